@@ -1,0 +1,66 @@
+# caffe-admm: `make demo` and `make test` do all setup first (apt packages,
+# the Caffe build, the Python venv, the data), each step cached.
+SHELL := /bin/bash
+.DELETE_ON_ERROR:
+
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CACHE ?= $(HOME)/.cache/caffe-admm
+CAFFE_PREFIX := $(CACHE)/caffe-py3.11
+CLI := $(VENV)/bin/caffe-admm
+
+export GLOG_minloglevel ?= 2
+export OPENBLAS_NUM_THREADS ?= 2
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup deps data demo test bench clean
+
+setup: deps $(VENV)/.caffe caffe_admm/proto/admm_pb2.py $(VENV)/.installed
+
+deps:
+	@tools/install_deps.sh
+
+$(VENV)/.requirements: requirements.txt | deps
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip setuptools wheel
+	@$(PY) -m pip install -q -r requirements.txt
+	@touch $@
+
+$(VENV)/.caffe: $(VENV)/.requirements tools/install_caffe.sh tools/link_caffe.sh
+	@tools/install_caffe.sh $(CAFFE_PREFIX) $(abspath $(PY))
+	@tools/link_caffe.sh $(CAFFE_PREFIX) $(VENV)
+	@touch $@
+
+caffe_admm/proto/admm_pb2.py: caffe_admm/proto/admm.proto | deps
+	protoc -Icaffe_admm/proto --python_out=caffe_admm/proto $<
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.requirements
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+data: setup data/mnist_train_lmdb data/fashion_mnist_train_lmdb
+
+data/%_train_lmdb:
+	$(CLI) data $* --out data
+
+# The LeNet baselines are trained once and reused (delete runs/ to retrain).
+runs/lenet_mnist/baseline.caffemodel: | data
+	$(CLI) train --solver solvers/lenet_solver.prototxt --out runs/lenet_mnist
+
+runs/lenet_fashion/baseline.caffemodel: | data
+	$(CLI) train --solver solvers/lenet_fashion_solver.prototxt --out runs/lenet_fashion
+
+demo: setup data runs/lenet_mnist/baseline.caffemodel
+	$(CLI) test --model prototxt/lenet_train_test.prototxt \
+	    --weights runs/lenet_mnist/baseline.caffemodel
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup data
+	$(PY) benchmarks/bench_admm_overhead.py
+
+clean:
+	rm -rf $(VENV) runs data/*_lmdb caffe_admm/proto/admm_pb2.py

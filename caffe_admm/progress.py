@@ -1,0 +1,66 @@
+"""Progress of long solver runs: a one-line bar on a terminal, periodic lines otherwise."""
+
+import sys
+import time
+
+__all__ = ["Progress"]
+
+
+class Progress:
+    """Reports ``done`` of ``total`` iterations with rate and time left.
+
+    Parameters
+    ----------
+    total : int
+    label : str
+    stream : file, default sys.stderr
+    enabled : bool
+    every : float
+        Seconds between lines when the stream is not a terminal.
+    """
+
+    def __init__(self, total, label, stream=None, enabled=True, every=10.0):
+        self.total = int(total)
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self.every = every
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.first_done = None
+
+    def update(self, done, info=""):
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if self.first_done is None:
+            self.first_done, self.start = done, now
+            return
+        if not self.tty and now - self.last < self.every and done < self.total:
+            return
+        self.last = now
+        rate = (done - self.first_done) / max(now - self.start, 1e-9)
+        left = (self.total - done) / rate if rate > 0 else float("nan")
+        frac = done / max(self.total, 1)
+        if self.tty:
+            bar = "#" * int(30 * frac)
+            self.stream.write("\r%s [%-30s] %d/%d %.1f it/s, %s left %s\x1b[K"
+                              % (self.label, bar, done, self.total, rate, _fmt(left), info))
+        else:
+            self.stream.write("%s %d/%d (%.0f%%) %.1f it/s, %s left %s\n"
+                              % (self.label, done, self.total, 100 * frac, rate, _fmt(left), info))
+        self.stream.flush()
+
+    def close(self):
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _fmt(seconds):
+    if seconds != seconds:  # NaN
+        return "?"
+    seconds = int(seconds)
+    return "%d:%02d" % (seconds // 60, seconds % 60) if seconds < 3600 else \
+        "%d:%02d:%02d" % (seconds // 3600, seconds // 60 % 60, seconds % 60)

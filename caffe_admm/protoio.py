@@ -1,0 +1,202 @@
+"""Reading and writing Caffe's protobuf files: prototxt, solver, caffemodel.
+
+Everything goes through ``caffe_pb2`` messages and ``text_format``; nothing
+edits prototxt as strings. Writes are atomic (temporary file, then rename),
+so an interrupted run never leaves a truncated file behind.
+"""
+
+import contextlib
+import os
+import tempfile
+
+from google.protobuf import text_format
+
+__all__ = ["ProtoError", "parse_text", "read_net", "read_solver", "read_caffemodel",
+           "write_text", "write_binary", "atomic_write", "resolve_solver_net",
+           "layer_line", "check_bottoms", "blob_shape", "caffemodel_shapes", "make_caffemodel"]
+
+
+class ProtoError(ValueError):
+    """A prototxt that does not parse or does not make sense; names file and line."""
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Open a temporary file beside ``path``; rename it over ``path`` on success."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def parse_text(path, message):
+    """Parse the protobuf text file ``path`` into ``message`` (returned).
+
+    Raises
+    ------
+    ProtoError
+        naming the file, line and column of the first error.
+    """
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as exc:
+        raise ProtoError("%s: cannot read: %s" % (path, exc.strerror)) from exc
+    try:
+        text_format.Merge(text, message)
+    except text_format.ParseError as exc:
+        # ParseError's text starts with "line:column : "; prefix the file name.
+        raise ProtoError("%s:%s" % (path, exc)) from exc
+    return message
+
+
+def read_net(path):
+    """Read a net prototxt as ``caffe_pb2.NetParameter``."""
+    from caffe_admm.backend import caffe_pb2
+    return parse_text(path, caffe_pb2.NetParameter())
+
+
+def read_solver(path):
+    """Read a solver prototxt as ``caffe_pb2.SolverParameter``."""
+    from caffe_admm.backend import caffe_pb2
+    return parse_text(path, caffe_pb2.SolverParameter())
+
+
+def read_caffemodel(path):
+    """Read a binary ``.caffemodel`` as ``caffe_pb2.NetParameter``."""
+    from caffe_admm.backend import caffe_pb2
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ProtoError("%s: cannot read: %s" % (path, exc.strerror)) from exc
+    net = caffe_pb2.NetParameter()
+    try:
+        net.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError or RuntimeError
+        raise ProtoError("%s: not a binary caffemodel (%s)" % (path, exc)) from exc
+    return net
+
+
+def write_text(path, message):
+    """Write ``message`` as protobuf text, atomically."""
+    with atomic_write(path, "w") as f:
+        f.write(text_format.MessageToString(message))
+
+
+def write_binary(path, message):
+    """Write ``message`` in protobuf binary form (e.g. a caffemodel), atomically."""
+    with atomic_write(path, "wb") as f:
+        f.write(message.SerializeToString())
+
+
+def resolve_solver_net(solver_path, solver):
+    """Return the path of the train/test net a solver names.
+
+    Like Caffe, relative paths are taken from the current directory; a path
+    relative to the solver file's directory is accepted too.
+
+    Raises
+    ------
+    ProtoError
+        if the solver names no single net file, or the file is missing.
+    """
+    if solver.HasField("net_param") or solver.HasField("train_net_param"):
+        raise ProtoError("%s: inline net_param is not supported; put the net in a "
+                         "file and name it with `net:`" % solver_path)
+    if not solver.HasField("net"):
+        raise ProtoError("%s: the solver must name its net with `net: \"file.prototxt\"` "
+                         "(train_net/test_net pairs are not supported)" % solver_path)
+    candidates = [solver.net, os.path.join(os.path.dirname(solver_path), solver.net)]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    raise ProtoError("%s: net file %r not found (relative paths are taken from the "
+                     "current directory, %s, as Caffe does)" % (solver_path, solver.net, os.getcwd()))
+
+
+def layer_line(path, layer_name):
+    """Best-effort 1-based line number of ``name: "layer_name"`` in a text file."""
+    try:
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                stripped = line.split("#", 1)[0]
+                if "name" in stripped and ('"%s"' % layer_name in stripped
+                                           or "'%s'" % layer_name in stripped):
+                    return number
+    except OSError:
+        pass
+    return None
+
+
+def blob_shape(blob):
+    """Shape of a ``caffe_pb2.BlobProto`` (new ``shape`` or legacy 4-D fields)."""
+    if blob.HasField("shape"):
+        return tuple(int(d) for d in blob.shape.dim)
+    return tuple(int(d) for d in (blob.num, blob.channels, blob.height, blob.width))
+
+
+def caffemodel_shapes(model):
+    """``{layer name: [blob shapes]}`` of a caffemodel ``NetParameter``."""
+    layers = list(model.layer) or list(model.layers)  # V2, else V1 layers
+    return {layer.name: [blob_shape(b) for b in layer.blobs] for layer in layers if layer.blobs}
+
+
+def make_caffemodel(name, params, types):
+    """Build a caffemodel ``NetParameter`` from arrays.
+
+    Parameters
+    ----------
+    name : str
+        Net name.
+    params : dict[str, list of ndarray]
+        Per layer name, its blobs in Caffe's order (weight, bias, ...).
+    types : dict[str, str]
+        Per layer name, its Caffe type.
+    """
+    from caffe_admm.backend import caffe_pb2
+    import numpy as np
+
+    net = caffe_pb2.NetParameter(name=name)
+    for layer_name, blobs in params.items():
+        layer = net.layer.add(name=layer_name, type=types[layer_name])
+        for array in blobs:
+            array = np.ascontiguousarray(array, dtype=np.float32)
+            blob = layer.blobs.add()
+            blob.shape.dim.extend(array.shape)
+            blob.data.extend(array.ravel())
+    return net
+
+
+def _in_phase(layer, phase):
+    """Caffe's NetStateRule check, for the phase field only."""
+    if layer.include:
+        return any(not r.HasField("phase") or r.phase == phase for r in layer.include)
+    return not any(r.HasField("phase") and r.phase == phase for r in layer.exclude)
+
+
+def check_bottoms(net_param, path, phase):
+    """Raise ProtoError if a layer of ``phase`` reads a blob no earlier layer writes.
+
+    Caffe would abort the process (glog CHECK) on such a net.
+    """
+    produced = set(net_param.input)
+    for layer in net_param.layer:
+        if not _in_phase(layer, phase):
+            continue
+        for bottom in layer.bottom:
+            if bottom not in produced:
+                line = layer_line(path, layer.name)
+                raise ProtoError("%s%s: layer %r reads bottom %r, which no earlier layer "
+                                 "produces" % (path, ":%d" % line if line else "", layer.name,
+                                               bottom))
+        produced.update(layer.top)

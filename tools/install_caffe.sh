@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Build genuine BVLC Caffe (CPU, pycaffe, Python layers) from Debian's
+# bullseye source package and install it into a cached prefix.
+#
+#   tools/install_caffe.sh PREFIX PYTHON
+#
+# PREFIX gets bin/caffe, lib/libcaffe.so* and lib/python3/dist-packages/caffe.
+# A stamp file makes a second run a no-op; delete PREFIX to rebuild.
+# Only Debian's archive is contacted (through a private apt state, so the
+# machine's own apt configuration is not touched).
+set -euo pipefail
+
+PREFIX=${1:?usage: install_caffe.sh PREFIX PYTHON}
+PYTHON=${2:?usage: install_caffe.sh PREFIX PYTHON}
+VERSION=1.0.0+git20180821.99bd997-8
+UPSTREAM=1.0.0+git20180821.99bd997
+# sha256 of the source package files (upstream BVLC commit 99bd997).
+SHA_ORIG=e0eb3f06794f7402c77b7dec8e8480273ee1a1bb192e9122b621a69d4147ad0c
+SHA_DEBIAN=07cf073227494a6b07234e40cb5df91db566616593eef9baafdc4d06ad159f21
+SHA_DSC=c492f4893fc1ba1fb514b2d9b4763bc78dc93571ea24adc6e604eccbb93cdd64
+HERE=$(cd "$(dirname "$0")" && pwd)
+STAMP_KEY=$(cat "$0" | sha256sum | cut -c1-16)
+
+if [[ -f "$PREFIX/.stamp" && "$(cat "$PREFIX/.stamp")" == "$STAMP_KEY" ]]; then
+    echo "caffe: cached build in $PREFIX"
+    exit 0
+fi
+
+WORK="$PREFIX.work"
+rm -rf "$WORK" "$PREFIX"
+mkdir -p "$WORK/lists/partial" "$WORK/cache/archives/partial" "$WORK/etc"
+
+# Debian's mirror, as the machine's own apt sources name it.
+MIRROR=$(sed -n 's/^URIs: *\(http[^ ]*\/debian\)\/*$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR bullseye main" \
+    > "$WORK/etc/sources.list"
+APT_OPTS=(-o "Dir::Etc::SourceList=$WORK/etc/sources.list" -o Dir::Etc::SourceParts=/dev/null
+          -o "Dir::State::Lists=$WORK/lists" -o "Dir::Cache=$WORK/cache"
+          -o APT::Sandbox::User=root -q)
+
+echo "caffe: fetching Debian source package caffe=$VERSION"
+apt-get "${APT_OPTS[@]}" update >/dev/null
+(cd "$WORK" && apt-get "${APT_OPTS[@]}" source --download-only "caffe=$VERSION" >/dev/null)
+(cd "$WORK" && sha256sum -c --quiet - <<SUMS
+$SHA_ORIG  caffe_$UPSTREAM.orig.tar.gz
+$SHA_DEBIAN  caffe_$VERSION.debian.tar.xz
+$SHA_DSC  caffe_$VERSION.dsc
+SUMS
+)
+
+# dpkg-source applies Debian's patch series (python lib naming, install dirs).
+(cd "$WORK" && dpkg-source --no-check -q -x "caffe_$VERSION.dsc" src >/dev/null)
+SRC="$WORK/src"
+# protobuf >= 3.21 dropped the two-argument SetTotalBytesLimit.
+sed -i 's/SetTotalBytesLimit(kProtoReadBytesLimit, 536870912)/SetTotalBytesLimit(kProtoReadBytesLimit)/' \
+    "$SRC/src/caffe/util/io.cpp"
+grep -q 'SetTotalBytesLimit(kProtoReadBytesLimit)' "$SRC/src/caffe/util/io.cpp"
+
+PY_VER=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+PY_INC=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+PY_LIB=$("$PYTHON" -c 'import sysconfig, os; print(os.path.join(sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")))')
+NP_INC=$("$PYTHON" -c 'import numpy; print(numpy.get_include())')
+JOBS=${JOBS:-$(nproc)}
+
+echo "caffe: configuring (python $PY_VER, numpy $("$PYTHON" -c 'import numpy; print(numpy.__version__)'))"
+cmake -S "$SRC" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_INSTALL_PREFIX="$PREFIX" \
+    -DCMAKE_INSTALL_RPATH='$ORIGIN/../lib;$ORIGIN/../../..' \
+    -DCPU_ONLY=ON -DUSE_OPENCV=OFF -DUSE_LMDB=ON -DUSE_LEVELDB=ON -DUSE_NCCL=OFF \
+    -DBUILD_python=ON -DBUILD_python_layer=ON -DBUILD_matlab=OFF -DBUILD_docs=OFF \
+    -DBLAS=Open -Dpython_version="$PY_VER" \
+    -DPYTHON_EXECUTABLE="$PYTHON" -DPYTHON_INCLUDE_DIR="$PY_INC" -DPYTHON_LIBRARY="$PY_LIB" \
+    -DNUMPY_INCLUDE_DIR="$NP_INC" > "$WORK/cmake.log" 2>&1 \
+    || { tail -n 40 "$WORK/cmake.log"; exit 1; }
+
+echo "caffe: building with $JOBS jobs (about 2-4 minutes on 2 cores; log: $WORK/build.log)"
+cmake --build "$WORK/build" -j "$JOBS" > "$WORK/build.log" 2>&1 \
+    || { tail -n 40 "$WORK/build.log"; exit 1; }
+cmake --install "$WORK/build" > "$WORK/install.log" 2>&1 \
+    || { tail -n 40 "$WORK/install.log"; exit 1; }
+
+echo "$STAMP_KEY" > "$PREFIX/.stamp"
+rm -rf "$WORK"
+echo "caffe: installed into $PREFIX"
