@@ -1,0 +1,190 @@
+"""ADMM state and updates for structured pruning (StructADMM, arXiv 1807.11091).
+
+For every pruned layer i and every constraint j on it (FILTER_SHAPE has two),
+the state holds the copy Z_ij, the scaled dual U_ij and the penalty rho_ij.
+Between blocks of ordinary SGD on
+
+    f(W) + sum_ij rho_ij / 2 * ||W_i - Z_ij + U_ij||^2
+
+the state is updated by
+
+    Z_ij <- Proj_Sij(W_i + U_ij)        (Z-step, exact projection)
+    U_ij <- U_ij + W_i - Z_ij            (U-step)
+    rho_ij <- min(rho_ij * growth, max)  (schedule)
+
+and the primal residual ||W_i - Z_ij|| / ||W_i|| is recorded. This module is
+pure numpy: weights go in and out as ``dict[str, ndarray]`` keyed by layer name.
+"""
+
+import numpy as np
+
+from caffe_admm import projections
+
+__all__ = ["ConstraintState", "ADMMState"]
+
+
+class ConstraintState:
+    """Z, U and rho of one constraint "W has at most ``keep`` ``kind`` groups".
+
+    Parameters
+    ----------
+    kind : str
+        One of :data:`caffe_admm.projections.KINDS`.
+    keep : int
+        Number of groups kept.
+    rho : float
+    group : int
+        Caffe's ``convolution_param.group`` of the layer.
+    z, u : ndarray, shape of the layer's weight
+    """
+
+    def __init__(self, kind, keep, rho, group, z, u):
+        self.kind = kind
+        self.keep = int(keep)
+        self.rho = float(rho)
+        self.group = int(group)
+        self.z = z
+        self.u = u
+
+    def project(self, w):
+        return projections.project(w, self.kind, self.keep, self.group)
+
+    def support(self, w):
+        return projections.support(w, self.kind, self.keep, self.group)
+
+
+class ADMMState:
+    """ADMM variables of every pruned layer; no I/O in the constructor.
+
+    Parameters
+    ----------
+    constraints : dict[str, list[ConstraintState]]
+        Per layer name, its constraints.
+    step : int
+        Number of completed Z/U updates.
+    """
+
+    def __init__(self, constraints, step=0):
+        self.constraints = constraints
+        self.step = int(step)
+
+    @classmethod
+    def initial(cls, specs, weights):
+        """Z = Proj(W), U = 0 for every constraint of every spec.
+
+        Parameters
+        ----------
+        specs : iterable of caffe_admm.config.LayerSpec
+        weights : dict[str, ndarray]
+        """
+        constraints = {}
+        for spec in specs:
+            w = np.asarray(weights[spec.name], dtype=np.float32)
+            states = []
+            for c in spec.constraints:
+                n = projections.num_groups(w.shape, c.kind)
+                group = spec.group if c.kind == "filter" else 1
+                keep = projections.keep_count(n, c.keep_ratio, group)
+                state = ConstraintState(c.kind, keep, spec.rho, group, None, np.zeros_like(w))
+                state.z = state.project(w)
+                states.append(state)
+            constraints[spec.name] = states
+        return cls(constraints)
+
+    def penalty(self, name, w):
+        """Value and gradient of sum_j rho_j/2 ||W - Z_j + U_j||^2 for one layer.
+
+        Returns
+        -------
+        value : float
+        grad : ndarray, shape of ``w``: sum_j rho_j (W - Z_j + U_j)
+        """
+        value = 0.0
+        grad = np.zeros_like(w)
+        for c in self.constraints[name]:
+            d = w - c.z + c.u
+            value += 0.5 * c.rho * float(np.dot(d.ravel(), d.ravel()))
+            grad += c.rho * d
+        return value, grad
+
+    def update(self, weights, growth=1.0, rho_max=float("inf")):
+        """One Z-step, U-step and rho growth; returns the primal residuals.
+
+        Returns
+        -------
+        residuals : dict[str, list[float]]
+            ||W - Z_j|| / ||W|| per layer and constraint, after the Z-step.
+        """
+        residuals = {}
+        for name, states in self.constraints.items():
+            w = np.asarray(weights[name], dtype=np.float32)
+            norm = float(np.linalg.norm(w)) or 1.0
+            res = []
+            for c in states:
+                c.z = c.project(w + c.u)
+                c.u = c.u + w - c.z
+                res.append(float(np.linalg.norm(w - c.z)) / norm)
+                c.rho = min(c.rho * growth, rho_max)
+            residuals[name] = res
+        self.step += 1
+        return residuals
+
+    def residuals(self, weights):
+        """||W - Z_j|| / ||W|| per layer and constraint, without updating."""
+        out = {}
+        for name, states in self.constraints.items():
+            w = np.asarray(weights[name], dtype=np.float32)
+            norm = float(np.linalg.norm(w)) or 1.0
+            out[name] = [float(np.linalg.norm(w - c.z)) / norm for c in states]
+        return out
+
+    def hard_prune_masks(self, weights):
+        """Masks of the weights kept by the hard prune.
+
+        The support of Proj(W) for every constraint, intersected across the
+        constraints of a layer (FILTER_SHAPE keeps kept filters x kept columns).
+
+        Returns
+        -------
+        masks : dict[str, ndarray of bool], shapes of the weights
+        """
+        masks = {}
+        for name, states in self.constraints.items():
+            w = np.asarray(weights[name])
+            mask = np.ones(w.shape, dtype=np.bool_)
+            for c in states:
+                mask &= c.support(w)
+            masks[name] = mask
+        return masks
+
+    def to_arrays(self):
+        """Flatten into a dict of arrays for ``np.savez``."""
+        out = {"step": np.array(self.step)}
+        for name, states in self.constraints.items():
+            out["layers/%s/count" % name] = np.array(len(states))
+            for j, c in enumerate(states):
+                key = "layers/%s/%d/" % (name, j)
+                out[key + "kind"] = np.array(c.kind)
+                out[key + "keep"] = np.array(c.keep)
+                out[key + "rho"] = np.array(c.rho)
+                out[key + "group"] = np.array(c.group)
+                out[key + "z"] = c.z
+                out[key + "u"] = c.u
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        """Inverse of :meth:`to_arrays`."""
+        constraints = {}
+        names = [k[len("layers/"):-len("/count")] for k in arrays
+                 if k.startswith("layers/") and k.endswith("/count")]
+        for name in names:
+            states = []
+            for j in range(int(arrays["layers/%s/count" % name])):
+                key = "layers/%s/%d/" % (name, j)
+                states.append(ConstraintState(
+                    str(arrays[key + "kind"]), int(arrays[key + "keep"]),
+                    float(arrays[key + "rho"]), int(arrays[key + "group"]),
+                    np.array(arrays[key + "z"]), np.array(arrays[key + "u"])))
+            constraints[name] = states
+        return cls(constraints, step=int(arrays["step"]))

@@ -1,0 +1,141 @@
+"""caffe-admm: StructADMM structured pruning for Caffe models.
+
+Verbs:
+  data     write MNIST or Fashion-MNIST as Caffe LMDBs
+  train    train a net with its Caffe solver (baseline)
+  test     evaluate a net's TEST phase with given weights
+  prune    ADMM structured pruning, hard prune and masked retraining
+  retrain  masked retraining alone (pruned weights stay exactly zero)
+"""
+
+import argparse
+import json
+import os
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="caffe-admm", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version="%(prog)s " + __import__("caffe_admm").__version__)
+    parser.add_argument("--gpu", type=int, default=None,
+                        help="GPU id (Caffe must be built with CUDA); default: CPU")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = verbs.add_parser("data", help="write a data set as Caffe LMDBs", formatter_class=fmt)
+    p.add_argument("dataset", choices=("mnist", "fashion_mnist"))
+    p.add_argument("--out", default="data", help="directory for <dataset>_{train,test}_lmdb")
+    p.add_argument("--overwrite", action="store_true", help="replace existing LMDBs")
+
+    p = verbs.add_parser("train", help="train with a Caffe solver", formatter_class=fmt)
+    p.add_argument("--solver", required=True, help="solver prototxt")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--weights", help="initial caffemodel (fine-tuning)")
+    p.add_argument("--iters", type=int, help="iterations (default: the solver's max_iter)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+    p = verbs.add_parser("test", help="evaluate the TEST phase of a net", formatter_class=fmt)
+    p.add_argument("--model", required=True, help="net prototxt with a TEST-phase data layer")
+    p.add_argument("--weights", required=True, help="caffemodel")
+    p.add_argument("--iters", type=int, help="batches (default: one pass over the test LMDB)")
+
+    p = verbs.add_parser("prune", help="StructADMM pruning + masked retraining",
+                         formatter_class=fmt)
+    p.add_argument("--solver", required=True, help="solver prototxt (its net is pruned)")
+    p.add_argument("--weights", required=True, help="trained caffemodel to prune")
+    p.add_argument("--config", required=True, help="pruning config (caffe_admm/proto/admm.proto)")
+    p.add_argument("--out", required=True, help="run directory (resumed if it holds a checkpoint)")
+    p.add_argument("--restart", action="store_true", help="discard checkpoints in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+    p = verbs.add_parser("retrain", help="masked retraining alone", formatter_class=fmt)
+    p.add_argument("--solver", required=True, help="solver prototxt")
+    p.add_argument("--weights", required=True, help="pruned caffemodel")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--masks", help="masks.npz (default: keep the non-zero weights of every "
+                                   "Convolution/InnerProduct layer)")
+    p.add_argument("--iters", type=int, help="iterations (default: the solver's max_iter)")
+    p.add_argument("--restart", action="store_true", help="discard checkpoints in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return parser
+
+
+def _print_json(obj):
+    print(json.dumps(obj, indent=1, sort_keys=True))
+
+
+def _run(args):
+    if args.verb == "data":
+        from caffe_admm import data
+        targets = [os.path.join(args.out, "%s_%s_lmdb" % (args.dataset, s)) for s in ("train", "test")]
+        existing = [t for t in targets if os.path.exists(t)]
+        if existing and not args.overwrite:
+            raise FileExistsError("%s already exist(s); pass --overwrite to replace"
+                                  % ", ".join(existing))
+        paths = data.prepare(args.dataset, args.out, overwrite=args.overwrite)
+        for split, path in paths.items():
+            print("%s %s -> %s" % (args.dataset, split, path))
+        return 0
+
+    from caffe_admm import backend, solver
+    backend.set_mode(args.gpu)
+    if args.verb == "train":
+        result = solver.train(args.solver, args.out, weights=args.weights, iters=args.iters,
+                              progress=not args.quiet)
+        print("trained %d iterations in %.0f s; test: %s; weights: %s" % (
+            result["iterations"], result["seconds"],
+            ", ".join("%s %.4f" % kv for kv in sorted(result["test"].items())),
+            result["weights"]))
+    elif args.verb == "test":
+        scores, iters = solver.evaluate(args.model, args.weights, args.iters)
+        print("%s over %d batches: %s" % (args.weights, iters,
+                                          ", ".join("%s %.4f" % kv for kv in sorted(scores.items()))))
+    elif args.verb == "prune":
+        report = solver.prune(args.solver, args.weights, args.config, args.out,
+                              progress=not args.quiet, restart=args.restart)
+        _print_summary(report)
+    elif args.verb == "retrain":
+        report = solver.retrain(args.solver, args.weights, args.out, masks_path=args.masks,
+                                iters=args.iters, progress=not args.quiet, restart=args.restart)
+        print("accuracy: %s" % report["accuracy"])
+    return 0
+
+
+def _print_summary(report):
+    print("%-10s %-14s %10s %10s %8s %8s %8s" % ("layer", "kind", "params", "nonzero", "filters",
+                                                 "columns", "kept%"))
+    for name, e in report["layers"].items():
+        print("%-10s %-14s %10d %10d %4d/%-4d %4d/%-4d %7.2f%%" % (
+            name, e["kind"], e["params"], e["nonzero"], e["filters_kept"], e["filters"],
+            e["shapes_kept"], e["shapes"], 100.0 * e["nonzero"] / e["params"]))
+    t = report["pruned_layers_total"]
+    print("pruned layers: %d of %d weights kept (%.1fx)" % (t["nonzero"], t["params"],
+                                                            t["compression"]))
+    for phase, scores in report["accuracy"].items():
+        print("%-18s %s" % (phase, ", ".join("%s %.4f" % kv for kv in sorted(scores.items()))))
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from caffe_admm.protoio import ProtoError
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("caffe-admm: interrupted; the run resumes from its last checkpoint when "
+              "started again with the same --out", file=sys.stderr)
+        return 130
+    except (ProtoError, FileExistsError, FileNotFoundError, ValueError) as exc:  # bad input
+        print("caffe-admm: error: %s" % exc, file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # DivergenceError
+        print("caffe-admm: error: %s" % exc, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Euclidean projections onto structured-sparse sets (StructADMM's Z-step).
+
+A Convolution weight of shape (F, C, kh, kw) is viewed as the GEMM matrix of
+shape (F, C*kh*kw) that Caffe multiplies with the im2col buffer; an
+InnerProduct weight (N, K) is the same with kh = kw = 1. The sparsity kinds
+and their groups (Zhang et al., StructADMM, arXiv 1807.11091, Sec. 3):
+
+========== ===================================== =======================
+kind       group                                  number of groups
+========== ===================================== =======================
+filter     one row of the GEMM matrix (a filter)  F
+channel    the kh*kw columns of one input channel C
+shape      one column of the GEMM matrix          C*kh*kw
+non_struct one weight                             F*C*kh*kw
+========== ===================================== =======================
+
+Keeping the ``k`` groups of largest L2 norm and zeroing the rest is the exact
+Euclidean projection onto "at most k non-zero groups", because the groups do
+not overlap. Ties are broken deterministically: among equal norms the group
+with the lower index is kept.
+
+For a grouped convolution (``group`` = g > 1) the filter-wise projection keeps
+the same number of filters in every one of the g groups (the exact projection
+onto that set), so the pruned layer stays a valid grouped convolution.
+"""
+
+import numpy as np
+
+__all__ = ["KINDS", "as_4d", "num_groups", "keep_count", "group_norms",
+           "group_mask", "support", "project"]
+
+KINDS = ("filter", "channel", "shape", "non_structured")
+
+
+def as_4d(w):
+    """View a weight as (F, C, kh, kw); InnerProduct (N, K) becomes (N, K, 1, 1)."""
+    w = np.asarray(w)
+    if w.ndim == 2:
+        return w.reshape(w.shape[0], w.shape[1], 1, 1)
+    if w.ndim == 4:
+        return w
+    raise ValueError("expected a 2-D InnerProduct or 4-D Convolution weight, got shape %s"
+                     % (w.shape,))
+
+
+def _check_kind(kind):
+    if kind not in KINDS:
+        raise ValueError("unknown sparsity kind %r; choose one of %s" % (kind, ", ".join(KINDS)))
+
+
+def num_groups(shape, kind):
+    """Number of groups of ``kind`` in a weight of ``shape``."""
+    _check_kind(kind)
+    f, c, kh, kw = as_4d(np.empty(shape, dtype=np.bool_)).shape
+    return {"filter": f, "channel": c, "shape": c * kh * kw,
+            "non_structured": f * c * kh * kw}[kind]
+
+
+def keep_count(n, keep_ratio, group=1):
+    """How many of ``n`` groups a keep ratio in (0, 1] keeps: at least one.
+
+    With ``group`` > 1 the count is a multiple of ``group`` (at least one per group).
+    """
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError("keep ratio must be in (0, 1], got %r" % keep_ratio)
+    per_group = n // group
+    return group * min(per_group, max(1, int(round(keep_ratio * per_group))))
+
+
+def group_norms(w, kind):
+    """L2 norm of every group of ``kind``.
+
+    Parameters
+    ----------
+    w : ndarray, shape (F, C, kh, kw) or (N, K)
+    kind : str, one of :data:`KINDS`
+
+    Returns
+    -------
+    norms : ndarray, shape (num_groups(w.shape, kind),), float64
+    """
+    _check_kind(kind)
+    w4 = as_4d(w).astype(np.float64)
+    sq = w4 * w4
+    if kind == "filter":
+        return np.sqrt(sq.sum(axis=(1, 2, 3)))
+    if kind == "channel":
+        return np.sqrt(sq.sum(axis=(0, 2, 3)))
+    if kind == "shape":
+        return np.sqrt(sq.sum(axis=0).ravel())
+    return np.abs(w4).ravel()
+
+
+def _top_k(norms, k):
+    """Boolean selection of the k largest norms; ties keep the lower index."""
+    order = np.argsort(-norms, kind="stable")
+    keep = np.zeros(norms.shape[0], dtype=np.bool_)
+    keep[order[:k]] = True
+    return keep
+
+
+def group_mask(w, kind, k, group=1):
+    """Which groups of ``kind`` the projection keeps.
+
+    Parameters
+    ----------
+    w : ndarray, shape (F, C, kh, kw) or (N, K)
+    kind : str
+    k : int
+        Number of groups to keep, 1 <= k <= num_groups; a multiple of ``group``
+        for filter-wise pruning of a grouped convolution.
+    group : int
+        Caffe's ``convolution_param.group``.
+
+    Returns
+    -------
+    keep : ndarray of bool, shape (num_groups(w.shape, kind),)
+    """
+    n = num_groups(np.shape(w), kind)
+    if kind == "non_structured":
+        group = 1  # element-wise sets ignore grouping
+    if not 1 <= k <= n:
+        raise ValueError("cannot keep %d of %d %s groups" % (k, n, kind))
+    norms = group_norms(w, kind)
+    if group == 1:
+        return _top_k(norms, k)
+    if kind != "filter":
+        raise ValueError("%s-wise sparsity is not supported on grouped convolutions "
+                         "(group=%d); use filter-wise or non_structured" % (kind, group))
+    if n % group or k % group:
+        raise ValueError("filter-wise pruning of a convolution with group=%d needs F=%d and "
+                         "k=%d to be multiples of %d" % (group, n, k, group))
+    per = n // group
+    return np.concatenate([_top_k(norms[i * per:(i + 1) * per], k // group)
+                           for i in range(group)])
+
+
+def support(w, kind, k, group=1):
+    """Boolean mask, shaped like ``w``, of the weights the projection keeps."""
+    keep = group_mask(w, kind, k, group)
+    f, c, kh, kw = as_4d(w).shape
+    if kind == "filter":
+        m = np.broadcast_to(keep[:, None, None, None], (f, c, kh, kw))
+    elif kind == "channel":
+        m = np.broadcast_to(keep[None, :, None, None], (f, c, kh, kw))
+    elif kind == "shape":
+        m = np.broadcast_to(keep.reshape(1, c, kh, kw), (f, c, kh, kw))
+    else:
+        m = keep.reshape(f, c, kh, kw)
+    return np.array(m).reshape(np.shape(w))
+
+
+def project(w, kind, k, group=1):
+    """Euclidean projection of ``w`` onto "at most k non-zero groups of ``kind``".
+
+    Returns
+    -------
+    z : ndarray, same shape and dtype as ``w``
+    """
+    w = np.asarray(w)
+    return np.where(support(w, kind, k, group), w, np.zeros((), dtype=w.dtype))

@@ -1,0 +1,683 @@
+"""The Python loop around the user's own Caffe solver.
+
+Three jobs share it: plain training (:func:`train`), StructADMM pruning
+(:func:`prune`: ADMM phase, hard prune, masked retraining) and masked
+retraining alone (:func:`retrain`). The user's solver prototxt is used as is
+(SGD, Nesterov, Adam, ... whatever Caffe supports), except that the net is
+replaced by a copy with :class:`caffe_admm.layers.WeightHook` layers and that
+snapshots and testing are driven from here.
+
+Runs are resumable: a checkpoint is Caffe's own snapshot (weights and solver
+state) plus the ADMM state and the run's history, recorded in
+``checkpoints/meta.json`` only after all its files are complete. On resume
+the training data are advanced by the batches already consumed, so a resumed
+run gives the same weights as an uninterrupted one for nets whose training
+has no randomness besides the data order (no Dropout or random crops: Caffe
+does not save its random generator's state).
+"""
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import time
+
+import numpy as np
+
+from caffe_admm import protoio
+from caffe_admm.admm import ADMMState
+from caffe_admm.backend import caffe, caffe_pb2
+from caffe_admm.config import PRUNABLE_TYPES, load_config
+from caffe_admm.layers import HOOK_PREFIX, NonFiniteWeights
+from caffe_admm.masks import apply_masks, load_masks, masks_from_zeros, save_masks, sparsity_stats
+from caffe_admm.progress import Progress
+
+__all__ = ["DivergenceError", "RunError", "train", "prune", "retrain", "evaluate_net"]
+
+SOURCE_TYPES = ("Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData",
+                "Input", "Python")
+
+
+class RunError(ValueError):
+    """Bad input to a run, found before Caffe sees it."""
+
+
+class DivergenceError(RuntimeError):
+    """The loss or the weights became NaN or infinite."""
+
+
+# --------------------------------------------------------------------------- nets
+
+
+def _layers_named(net_param, name):
+    return [layer for layer in net_param.layer if layer.name == name]
+
+
+def add_hooks(net_param, shapes):
+    """Copy of ``net_param`` with a WeightHook layer for each layer in ``shapes``.
+
+    Parameters
+    ----------
+    net_param : caffe_pb2.NetParameter
+    shapes : dict[str, tuple]
+        Weight shape of each hooked layer.
+
+    Returns
+    -------
+    caffe_pb2.NetParameter
+    """
+    net = caffe_pb2.NetParameter()
+    net.CopyFrom(net_param)
+    owners = {}
+    hooks = []
+    for name, shape in shapes.items():
+        layers = _layers_named(net, name)
+        if not layers:
+            raise RunError("layer %r is not in net %r" % (name, net.name))
+        for layer in layers:
+            if not layer.param:
+                layer.param.add()
+            if not layer.param[0].name:
+                layer.param[0].name = "admm/%s/weight" % name
+        spec = layers[0].param[0]
+        if spec.name in owners:
+            raise RunError("layers %r and %r share the weight %r; pruning shared weights is "
+                           "not supported" % (owners[spec.name], name, spec.name))
+        owners[spec.name] = name
+        if spec.HasField("lr_mult") and spec.lr_mult == 0:
+            raise RunError("layer %r has lr_mult: 0 on its weight; a frozen layer cannot be "
+                           "pruned by ADMM" % name)
+        hook = caffe_pb2.LayerParameter(name=HOOK_PREFIX + name, type="Python",
+                                        top=[HOOK_PREFIX + name], loss_weight=[1.0])
+        hook.include.add(phase=caffe_pb2.TRAIN)
+        hook.python_param.module = "caffe_admm.layers"
+        hook.python_param.layer = "WeightHook"
+        hook.python_param.param_str = json.dumps({"layer": name, "shape": list(shape)})
+        hook_spec = hook.param.add(name=spec.name)
+        for field in ("lr_mult", "decay_mult"):
+            if spec.HasField(field):
+                setattr(hook_spec, field, getattr(spec, field))
+        hooks.append(hook)
+    rest = list(net.layer)
+    del net.layer[:]
+    net.layer.extend(hooks + rest)
+    return net
+
+
+def _hook_layers(net):
+    """``{pruned layer name: WeightHook object}`` of a live train net."""
+    hooks = {}
+    for name, layer in zip(net._layer_names, net.layers):
+        if name.startswith(HOOK_PREFIX):
+            hooks[name[len(HOOK_PREFIX):]] = layer
+    return hooks
+
+
+def _weights(net, names):
+    """Live views of the weight blobs of ``names``."""
+    return {name: net.params[name][0].data for name in names}
+
+
+def _net_arrays(net, net_param):
+    """Copies of all parameter blobs of the layers of ``net_param`` present in ``net``."""
+    params, types = {}, {}
+    for layer in net_param.layer:
+        if layer.name in net.params and layer.name not in params:
+            params[layer.name] = [b.data.copy() for b in net.params[layer.name]]
+            types[layer.name] = layer.type
+    return params, types
+
+
+def save_weights(path, net, net_param):
+    """Write the weights of ``net`` for the layers of ``net_param`` as a caffemodel."""
+    params, types = _net_arrays(net, net_param)
+    protoio.write_binary(path, protoio.make_caffemodel(net_param.name, params, types))
+
+
+def check_weights(weights_path, net_path, net_param):
+    """Check a caffemodel against a net in Python, before Caffe would abort on it.
+
+    Returns
+    -------
+    shapes : dict[str, list of tuple]
+        Parameter shapes of the net (TEST phase) by layer name.
+    """
+    if not os.path.isfile(weights_path):
+        raise RunError("weights file %s not found" % weights_path)
+    model = protoio.read_caffemodel(weights_path)
+    have = protoio.caffemodel_shapes(model)
+    net = caffe.Net(net_path, caffe.TEST)
+    want = {name: [tuple(b.data.shape) for b in blobs] for name, blobs in net.params.items()}
+    for name, shapes in want.items():
+        if name in have and [tuple(s) for s in have[name]] != shapes \
+                and [int(np.prod(s)) for s in have[name]] != [int(np.prod(s)) for s in shapes]:
+            raise RunError("%s: layer %r has blobs of shapes %s but net %s expects %s"
+                           % (weights_path, name, have[name], net_path, shapes))
+    if not set(want) & set(have):
+        raise RunError("%s holds no weights for any layer of %s (layers with weights: %s)"
+                       % (weights_path, net_path, ", ".join(sorted(have)) or "none"))
+    return want
+
+
+def _check_test_phase(net_param, path):
+    protoio.check_bottoms(net_param, path, caffe_pb2.TRAIN)
+    protoio.check_bottoms(net_param, path, caffe_pb2.TEST)
+    for layer in net_param.layer:
+        if layer.type in SOURCE_TYPES and any(r.phase == caffe_pb2.TEST for r in layer.include):
+            return
+        if layer.type in SOURCE_TYPES and not layer.include:
+            return
+    raise RunError("%s has no TEST-phase data layer; accuracy cannot be measured" % path)
+
+
+# ----------------------------------------------------------------------- solving
+
+
+def _write_solver(solver_param, net_path, out_dir, tag, test_iter):
+    """Write the solver copy a run uses; returns its path."""
+    sp = caffe_pb2.SolverParameter()
+    sp.CopyFrom(solver_param)
+    for field in ("net", "net_param", "train_net", "train_net_param"):
+        sp.ClearField(field)
+    del sp.test_net[:]
+    del sp.test_net_param[:]
+    sp.net = os.path.abspath(net_path)
+    sp.snapshot_prefix = os.path.join(os.path.abspath(out_dir), "checkpoints", tag)
+    sp.snapshot = 0
+    sp.snapshot_after_train = False
+    sp.test_interval = 2 ** 31 - 1  # Caffe needs > 0; testing is driven from here
+    sp.test_initialization = False
+    del sp.test_iter[:]
+    sp.test_iter.append(test_iter)
+    path = os.path.join(out_dir, "%s_solver.prototxt" % tag)
+    protoio.write_text(path, sp)
+    return path
+
+
+def evaluate_net(net, iters):
+    """Mean of every scalar output of a TEST net over ``iters`` forward passes."""
+    sums = {}
+    for _ in range(iters):
+        out = net.forward()
+        for key, value in out.items():
+            if value.size == 1:
+                sums[key] = sums.get(key, 0.0) + float(value.ravel()[0])
+    return {key: total / iters for key, total in sums.items()}
+
+
+def _evaluate(solver, iters):
+    test_net = solver.test_nets[0]
+    test_net.share_with(solver.net)
+    return evaluate_net(test_net, iters)
+
+
+def _train_outputs(net):
+    return {name: float(net.blobs[name].data.ravel()[0]) for name in net.outputs
+            if net.blobs[name].data.size == 1}
+
+
+def _skip_batches(net, count):
+    """Advance the train net's data layers by ``count`` batches (for resume)."""
+    names = list(net._layer_names)
+    sources = [i for i, layer in enumerate(net.layers)
+               if layer.type in SOURCE_TYPES and not names[i].startswith(HOOK_PREFIX)]
+    if not sources or count <= 0:
+        return
+    start, end = names[sources[0]], names[sources[-1]]
+    for _ in range(count):
+        net.forward(start=start, end=end)
+
+
+class _Interrupt:
+    """Turn SIGTERM into KeyboardInterrupt so kill stops a run like Ctrl-C does."""
+
+    def __enter__(self):
+        try:
+            self.old = signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not the main thread
+            self.old = None
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt("terminated by signal %d" % signum)
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+        return False
+
+
+class _Checkpoints:
+    """Snapshots of one run directory, recorded in ``checkpoints/meta.json``."""
+
+    def __init__(self, out_dir, fingerprint):
+        self.dir = os.path.join(out_dir, "checkpoints")
+        self.meta_path = os.path.join(self.dir, "meta.json")
+        self.fingerprint = fingerprint
+
+    def load(self):
+        if not os.path.exists(self.meta_path):
+            return None
+        with open(self.meta_path) as f:
+            meta = json.load(f)
+        if meta.get("fingerprint") != self.fingerprint:
+            raise RunError("%s holds a run with other inputs (solver, net, weights or config); "
+                           "use another --out, or --restart to discard it" % self.meta_path)
+        return meta
+
+    def save(self, solver, phase, history, state=None, extra=None):
+        os.makedirs(self.dir, exist_ok=True)
+        it = solver.iter
+        solver.snapshot()  # Caffe writes <prefix>_iter_<it>.caffemodel/.solverstate
+        prefix = "%s_iter_%d" % (os.path.join(self.dir, phase), it)
+        meta = {"fingerprint": self.fingerprint, "phase": phase, "iter": it,
+                "solverstate": prefix + ".solverstate", "history": history}
+        meta.update(extra or {})
+        if state is not None:
+            meta["admm_state"] = prefix + ".admm.npz"
+            with protoio.atomic_write(meta["admm_state"]) as f:
+                np.savez(f, **state.to_arrays())
+        old = self.load_raw()
+        with protoio.atomic_write(self.meta_path, "w") as f:
+            json.dump(meta, f, indent=1)
+        if old and old.get("solverstate") != meta["solverstate"]:
+            self._remove(old)
+        return meta
+
+    def load_raw(self):
+        if not os.path.exists(self.meta_path):
+            return None
+        with open(self.meta_path) as f:
+            return json.load(f)
+
+    @staticmethod
+    def _remove(meta):
+        base = meta["solverstate"][:-len(".solverstate")]
+        for suffix in (".solverstate", ".caffemodel", ".admm.npz"):
+            if os.path.exists(base + suffix):
+                os.unlink(base + suffix)
+
+
+def _fingerprint(*paths, extra=""):
+    h = hashlib.sha256(extra.encode())
+    for path in paths:
+        with open(path, "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()[:16]
+
+
+def _run_iters(solver, until, label, progress, chunk=None,
+               checkpoint_every=None, checkpoint=None):
+    """Step ``solver`` up to iteration ``until``, checking for divergence.
+
+    Returns the sampled training outputs: list of (iteration, {name: value}).
+    """
+    samples = []
+    start = solver.iter
+    bar = Progress(until - start, label, enabled=progress)
+    chunk = chunk or max(1, min(50, until - start))
+    bar.update(0)
+    while solver.iter < until:
+        n = min(chunk, until - solver.iter)
+        if checkpoint_every:
+            n = min(n, checkpoint_every - solver.iter % checkpoint_every)
+        try:
+            solver.step(n)
+        except NonFiniteWeights as exc:
+            bad = [str(exc)]
+        else:
+            outputs = _train_outputs(solver.net)
+            bad = ["%s=%s" % (k, v) for k, v in outputs.items() if not math.isfinite(v)]
+        if bad:
+            bar.close()
+            raise DivergenceError(
+                "%s diverged at iteration %d: %s. Nothing after the last checkpoint was "
+                "kept; lower base_lr (or rho) and run again with the same --out to resume"
+                % (label, solver.iter, ", ".join(bad)))
+        samples.append((solver.iter, outputs))
+        bar.update(solver.iter - start, " ".join("%s=%.4g" % kv for kv in outputs.items()))
+        if checkpoint_every and checkpoint and solver.iter % checkpoint_every == 0 \
+                and solver.iter < until:
+            checkpoint()
+    bar.close()
+    return samples
+
+
+def _log(msg):
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------------- training
+
+
+def _test_iters(solver_param, override=0):
+    if override:
+        return int(override)
+    if solver_param.test_iter:
+        return int(solver_param.test_iter[0])
+    raise RunError("the solver has no test_iter; set test_iter in the solver or the config")
+
+
+def train(solver_path, out_dir, weights=None, iters=None, progress=True):
+    """Plain training with the user's solver; writes ``baseline.caffemodel``.
+
+    Returns
+    -------
+    dict, also written to ``out_dir/train.json``
+    """
+    solver_param = protoio.read_solver(solver_path)
+    net_path = protoio.resolve_solver_net(solver_path, solver_param)
+    net_param = protoio.read_net(net_path)
+    _check_test_phase(net_param, net_path)
+    if weights:
+        check_weights(weights, net_path, net_param)
+    os.makedirs(out_dir, exist_ok=True)
+    iters = int(iters or solver_param.max_iter)
+    test_iter = _test_iters(solver_param)
+    sp_path = _write_solver(solver_param, net_path, out_dir, "train", test_iter)
+    solver = caffe.get_solver(sp_path)
+    if weights:
+        solver.net.copy_from(weights)
+    t0 = time.time()
+    with _Interrupt():
+        samples = _run_iters(solver, iters, "train", progress,
+                             chunk=max(1, solver_param.display or 100))
+    seconds = time.time() - t0
+    scores = _evaluate(solver, test_iter)
+    model = os.path.join(out_dir, "baseline.caffemodel")
+    save_weights(model, solver.net, net_param)
+    result = {"solver": os.path.abspath(solver_path), "net": os.path.abspath(net_path),
+              "iterations": iters, "seconds": seconds, "test": scores,
+              "test_iter": test_iter, "weights": os.path.abspath(model),
+              "loss": [(it, out.get("loss")) for it, out in samples]}
+    with protoio.atomic_write(os.path.join(out_dir, "train.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def evaluate(net_path, weights, iters=None):
+    """Scores of the TEST phase of ``net_path`` with ``weights``.
+
+    ``iters`` defaults to enough batches to cover the first TEST data layer's
+    LMDB once (MNIST: 10000 / 100).
+    """
+    net_param = protoio.read_net(net_path)
+    _check_test_phase(net_param, net_path)
+    check_weights(weights, net_path, net_param)
+    if not iters:
+        iters = _full_pass_iters(net_param)
+    net = caffe.Net(net_path, caffe.TEST, weights=weights)
+    return evaluate_net(net, iters), iters
+
+
+def _full_pass_iters(net_param):
+    import lmdb
+    for layer in net_param.layer:
+        if layer.type == "Data" and (not layer.include or layer.include[0].phase == caffe_pb2.TEST):
+            src = layer.data_param.source
+            if not os.path.isdir(src):
+                raise RunError("data source %s of layer %r not found" % (src, layer.name))
+            env = lmdb.open(src, readonly=True, lock=False)
+            try:
+                n = env.stat()["entries"]
+            finally:
+                env.close()
+            return int(math.ceil(n / float(layer.data_param.batch_size)))
+    raise RunError("cannot tell the test set size; pass --iters")
+
+
+# ----------------------------------------------------------------- ADMM pruning
+
+
+def _layer_report(name, spec, state_constraints, w):
+    stats = sparsity_stats(w)
+    out = {"kind": spec.kind, "rho_initial": spec.rho,
+           "target_keep": {c.kind: c.keep_ratio for c in spec.constraints},
+           "target_groups_kept": {c.kind: c.keep for c in state_constraints},
+           "rho_final": [c.rho for c in state_constraints]}
+    out.update(stats)
+    return out
+
+
+def prune(solver_path, weights, config_path, out_dir, progress=True, restart=False):
+    """StructADMM: ADMM training, hard prune, masked retraining.
+
+    Writes into ``out_dir``: ``pruned.caffemodel`` with the net it goes with
+    (``train_test.prototxt``), ``masks.npz``, ``admm.caffemodel`` (hard-pruned
+    before retraining) and ``report.json``; checkpoints in ``checkpoints/``.
+
+    Returns
+    -------
+    report : dict
+    """
+    solver_param = protoio.read_solver(solver_path)
+    net_path = protoio.resolve_solver_net(solver_path, solver_param)
+    net_param = protoio.read_net(net_path)
+    cfg = load_config(config_path, net_param)
+    _check_test_phase(net_param, net_path)
+    shapes = check_weights(weights, net_path, net_param)
+    names = [spec.name for spec in cfg.layers]
+    missing = [n for n in names if n not in shapes]
+    if missing:
+        raise RunError("layers %s have no weights in the TEST-phase net" % missing)
+    test_iter = _test_iters(solver_param, cfg.test_iter)
+
+    out_dir = os.path.abspath(out_dir)
+    if restart and os.path.isdir(os.path.join(out_dir, "checkpoints")):
+        shutil.rmtree(os.path.join(out_dir, "checkpoints"))
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt = _Checkpoints(out_dir, _fingerprint(solver_path, net_path, weights, config_path))
+    meta = ckpt.load()
+    if meta and meta["phase"] == "done":
+        _log("%s: run already complete" % out_dir)
+        with open(os.path.join(out_dir, "report.json")) as f:
+            return json.load(f)
+
+    hooked = add_hooks(net_param, {n: shapes[n][0] for n in names})
+    hooked_path = os.path.join(out_dir, "admm_train_test.prototxt")
+    protoio.write_text(hooked_path, hooked)
+    history = meta["history"] if meta else {"residuals": [], "loss": {"admm": [], "retrain": []},
+                                            "accuracy": {}}
+    t0 = time.time()
+    with _Interrupt():
+        if meta is None or meta["phase"] == "admm":
+            state, masks = _admm_phase(cfg, solver_param, hooked_path, out_dir, weights,
+                                       test_iter, ckpt, meta, history, progress)
+            hard = os.path.join(out_dir, "admm.caffemodel")
+            meta = None
+        else:
+            state = ADMMState.from_arrays(dict(np.load(meta["admm_state"])))
+            hard = os.path.join(out_dir, "admm.caffemodel")
+            masks = load_masks(os.path.join(out_dir, "masks.npz"))
+        solver = _retrain_phase(solver_param, hooked_path, out_dir, hard, masks,
+                                cfg.retrain_iters, cfg.snapshot_interval, test_iter, ckpt, meta,
+                                history, progress, state=state, net_param=net_param)
+    weights_now = _weights(solver.net, names)
+    report = {
+        "solver": os.path.abspath(solver_path), "net": os.path.abspath(net_path),
+        "weights": os.path.abspath(weights), "config": cfg.path,
+        "schedule": {"admm_steps": cfg.admm_steps, "iters_per_step": cfg.iters_per_step,
+                     "retrain_iters": cfg.retrain_iters, "rho_growth": cfg.rho_growth,
+                     "rho_max": cfg.rho_max if math.isfinite(cfg.rho_max) else None},
+        "test_iter": test_iter, "accuracy": history["accuracy"],
+        "layers": {spec.name: _layer_report(spec.name, spec, state.constraints[spec.name],
+                                            weights_now[spec.name]) for spec in cfg.layers},
+        "residuals": history["residuals"], "loss": history["loss"],
+        "seconds_this_session": time.time() - t0,
+    }
+    for name, entry in report["layers"].items():
+        entry["residual_history"] = [step["residuals"][name] for step in history["residuals"]]
+    total = sum(e["params"] for e in report["layers"].values())
+    kept = sum(e["nonzero"] for e in report["layers"].values())
+    report["pruned_layers_total"] = {"params": total, "nonzero": kept,
+                                     "compression": total / max(kept, 1)}
+    all_params, _ = _net_arrays(solver.net, net_param)
+    n_all = sum(b[0].size for b in all_params.values())
+    n_zero = sum(int((b[0] == 0).sum()) for b in all_params.values())
+    report["all_weights"] = {"params": n_all, "nonzero": n_all - n_zero,
+                             "compression": n_all / max(n_all - n_zero, 1)}
+    with protoio.atomic_write(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    ckpt_meta = ckpt.load_raw() or {}
+    ckpt_meta.update({"fingerprint": ckpt.fingerprint, "phase": "done"})
+    with protoio.atomic_write(ckpt.meta_path, "w") as f:
+        json.dump(ckpt_meta, f, indent=1)
+    return report
+
+
+def _set_penalty(hooks, state):
+    for name, hook in hooks.items():
+        hook.penalty = [(c.rho, c.z, c.u) for c in state.constraints[name]]
+
+
+def _admm_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ckpt, meta,
+                history, progress):
+    sp_path = _write_solver(solver_param, hooked_path, out_dir, "admm", test_iter)
+    solver = caffe.get_solver(sp_path)
+    names = [spec.name for spec in cfg.layers]
+    if meta is None:
+        solver.net.copy_from(weights)
+        state = ADMMState.initial(cfg.layers, _weights(solver.net, names))
+        history["accuracy"]["baseline"] = _evaluate(solver, test_iter)
+        _log("baseline: %s" % _fmt_scores(history["accuracy"]["baseline"]))
+    else:
+        solver.restore(meta["solverstate"])
+        state = ADMMState.from_arrays(dict(np.load(meta["admm_state"])))
+        _log("resuming ADMM at iteration %d (step %d of %d)"
+             % (solver.iter, state.step + 1, cfg.admm_steps))
+        _skip_batches(solver.net, solver.iter * max(1, solver_param.iter_size))
+    hooks = _hook_layers(solver.net)
+    _set_penalty(hooks, state)
+    ips = cfg.iters_per_step
+
+    def checkpoint():
+        ckpt.save(solver, "admm", history, state)
+
+    while state.step < cfg.admm_steps:
+        end = (state.step + 1) * ips
+        samples = _run_iters(solver, end, "ADMM step %d/%d" % (state.step + 1, cfg.admm_steps),
+                             progress, checkpoint_every=cfg.snapshot_interval,
+                             checkpoint=checkpoint)
+        history["loss"]["admm"].extend((it, out.get("loss")) for it, out in samples)
+        residuals = state.update(_weights(solver.net, names), cfg.rho_growth, cfg.rho_max)
+        _set_penalty(hooks, state)
+        history["residuals"].append({"step": state.step, "iter": solver.iter,
+                                     "residuals": residuals,
+                                     "rho": {n: [c.rho for c in cs]
+                                             for n, cs in state.constraints.items()}})
+        _log("ADMM step %d/%d: residual %s" % (
+            state.step, cfg.admm_steps,
+            " ".join("%s=%s" % (n, "/".join("%.2e" % r for r in rs))
+                     for n, rs in residuals.items())))
+        checkpoint()
+    history["accuracy"]["after_admm"] = _evaluate(solver, test_iter)
+    w = _weights(solver.net, names)
+    masks = state.hard_prune_masks(w)
+    apply_masks(w, masks)
+    history["accuracy"]["after_hard_prune"] = _evaluate(solver, test_iter)
+    _log("after ADMM: %s; after hard prune: %s" % (
+        _fmt_scores(history["accuracy"]["after_admm"]),
+        _fmt_scores(history["accuracy"]["after_hard_prune"])))
+    net_param = protoio.read_net(hooked_path)
+    save_weights(os.path.join(out_dir, "admm.caffemodel"), solver.net, _strip_hooks(net_param))
+    save_masks(os.path.join(out_dir, "masks.npz"), masks)
+    return state, masks
+
+
+def _strip_hooks(net_param):
+    net = caffe_pb2.NetParameter()
+    net.CopyFrom(net_param)
+    keep = [l for l in net.layer if not l.name.startswith(HOOK_PREFIX)]
+    del net.layer[:]
+    net.layer.extend(keep)
+    return net
+
+
+def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, snapshot_interval,
+                   test_iter, ckpt, meta, history, progress, state=None, net_param=None):
+    sp_path = _write_solver(solver_param, hooked_path, out_dir, "retrain", test_iter)
+    solver = caffe.get_solver(sp_path)
+    if meta is None:
+        solver.net.copy_from(weights)
+    else:
+        solver.restore(meta["solverstate"])
+        _log("resuming masked retraining at iteration %d of %d" % (solver.iter, iters))
+        _skip_batches(solver.net, solver.iter * max(1, solver_param.iter_size))
+    hooks = _hook_layers(solver.net)
+    for name, hook in hooks.items():
+        hook.penalty = []
+        hook.mask = masks[name].astype(np.float32)
+    apply_masks(_weights(solver.net, list(masks)), masks)
+
+    def checkpoint():
+        ckpt.save(solver, "retrain", history, state)
+
+    if iters:
+        samples = _run_iters(solver, iters, "retrain", progress,
+                             checkpoint_every=snapshot_interval, checkpoint=checkpoint)
+        history["loss"]["retrain"].extend((it, out.get("loss")) for it, out in samples)
+    apply_masks(_weights(solver.net, list(masks)), masks)
+    history["accuracy"]["after_retrain"] = _evaluate(solver, test_iter)
+    _log("after masked retraining: %s" % _fmt_scores(history["accuracy"]["after_retrain"]))
+    net_param = net_param or _strip_hooks(protoio.read_net(hooked_path))
+    save_weights(os.path.join(out_dir, "pruned.caffemodel"), solver.net, net_param)
+    protoio.write_text(os.path.join(out_dir, "train_test.prototxt"), net_param)
+    return solver
+
+
+def retrain(solver_path, weights, out_dir, masks_path=None, iters=None, progress=True,
+            restart=False):
+    """Masked retraining alone: pruned weights (zeros, or ``masks_path``) stay 0.
+
+    Without ``masks_path`` every Convolution and InnerProduct weight that is
+    exactly zero in ``weights`` is held at zero.
+    """
+    solver_param = protoio.read_solver(solver_path)
+    net_path = protoio.resolve_solver_net(solver_path, solver_param)
+    net_param = protoio.read_net(net_path)
+    _check_test_phase(net_param, net_path)
+    shapes = check_weights(weights, net_path, net_param)
+    test_iter = _test_iters(solver_param)
+    iters = int(iters if iters is not None else solver_param.max_iter)
+    if masks_path:
+        masks = load_masks(masks_path)
+        unknown = [n for n in masks if n not in shapes]
+        if unknown:
+            raise RunError("%s: masks for layers not in the net: %s" % (masks_path, unknown))
+    else:
+        net = caffe.Net(net_path, caffe.TEST, weights=weights)
+        prunable = [l.name for l in net_param.layer if l.type in PRUNABLE_TYPES]
+        masks = masks_from_zeros({n: net.params[n][0].data for n in prunable if n in net.params})
+    out_dir = os.path.abspath(out_dir)
+    if restart and os.path.isdir(os.path.join(out_dir, "checkpoints")):
+        shutil.rmtree(os.path.join(out_dir, "checkpoints"))
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt = _Checkpoints(out_dir, _fingerprint(solver_path, net_path, weights,
+                                              *([masks_path] if masks_path else []),
+                                              extra="retrain:%d" % iters))
+    meta = ckpt.load()
+    hooked = add_hooks(net_param, {n: masks[n].shape for n in masks})
+    hooked_path = os.path.join(out_dir, "retrain_train_test.prototxt")
+    protoio.write_text(hooked_path, hooked)
+    history = meta["history"] if meta else {"loss": {"retrain": []}, "accuracy": {}}
+    if meta is None:
+        history["accuracy"]["before"] = evaluate_net(
+            caffe.Net(net_path, caffe.TEST, weights=weights), test_iter)
+    with _Interrupt():
+        solver = _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters,
+                                max(1, solver_param.snapshot or 1000), test_iter, ckpt, meta,
+                                history, progress, net_param=net_param)
+    save_masks(os.path.join(out_dir, "masks.npz"), masks)
+    layers = {n: sparsity_stats(solver.net.params[n][0].data) for n in masks}
+    report = {"accuracy": history["accuracy"], "layers": layers, "loss": history["loss"],
+              "iterations": iters}
+    with protoio.atomic_write(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+def _fmt_scores(scores):
+    return ", ".join("%s %.4f" % kv for kv in sorted(scores.items()))

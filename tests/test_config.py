@@ -1,0 +1,103 @@
+"""Pruning configs: parsing, defaults, and errors that name file, line and field."""
+
+import pytest
+from google.protobuf import text_format
+
+from caffe_admm.backend import caffe_pb2
+from caffe_admm.config import ConfigError, load_config
+from caffe_admm.protoio import ProtoError
+
+from conftest import write
+
+NET = text_format.Parse("""
+name: "N"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 dim: 8 dim: 8 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 8 kernel_size: 3 } }
+layer { name: "gconv" type: "Convolution" bottom: "conv1" top: "gconv"
+        convolution_param { num_output: 8 kernel_size: 3 group: 2 } }
+layer { name: "relu" type: "ReLU" bottom: "gconv" top: "gconv" }
+layer { name: "ip1" type: "InnerProduct" bottom: "gconv" top: "ip1"
+        inner_product_param { num_output: 10 } }
+""", caffe_pb2.NetParameter())
+
+
+def test_defaults_merge_into_layers(tmp_path):
+    path = write(tmp_path / "c.prototxt", """
+        default { kind: FILTER_SHAPE keep_ratio: 0.5 }
+        rho { initial: 0.01 growth: 1.5 max: 1 }
+        layer { name: "conv1" shape_keep_ratio: 0.25 }
+        layer { name: "ip1" kind: NON_STRUCTURED prune_ratio: 0.9 rho: 0.003 }
+        admm_steps: 3 iters_per_step: 20 retrain_iters: 7
+    """)
+    cfg = load_config(path, NET)
+    conv1, ip1 = cfg.layers
+    assert conv1.kind == "filter_shape"
+    assert [(c.kind, c.keep_ratio) for c in conv1.constraints] == [("filter", 0.5),
+                                                                   ("shape", 0.25)]
+    assert conv1.rho == pytest.approx(0.01)
+    assert ip1.kind == "non_structured" and ip1.rho == pytest.approx(0.003)
+    assert ip1.constraints[0].keep_ratio == pytest.approx(0.1)
+    assert (cfg.admm_steps, cfg.iters_per_step, cfg.retrain_iters) == (3, 20, 7)
+    assert cfg.rho_growth == 1.5 and cfg.rho_max == 1.0
+
+
+def test_global_keep_ratio_covers_unlisted_layers(tmp_path):
+    path = write(tmp_path / "c.prototxt", """
+        default { kind: FILTER }
+        global_keep_ratio: 0.5
+        layer { name: "ip1" keep_ratio: 0.1 }
+    """)
+    cfg = load_config(path, NET)
+    ratios = {s.name: s.constraints[0].keep_ratio for s in cfg.layers}
+    assert ratios == pytest.approx({"ip1": 0.1, "conv1": 0.5, "gconv": 0.5})
+
+
+def test_syntax_error_names_file_line_and_field(tmp_path):
+    path = write(tmp_path / "c.prototxt", """
+        default { kind: FILTER }
+        layer { name: "conv1" keep_ratoi: 0.5 }
+    """)
+    with pytest.raises(ProtoError, match=r"c\.prototxt:3:.*keep_ratoi"):
+        load_config(path, NET)
+
+
+@pytest.mark.parametrize("body, message", [
+    ('layer { name: "conv9" keep_ratio: 0.5 }',
+     r"c\.prototxt:2: layer 'conv9', field name: no layer 'conv9' in net 'N' "
+     r"\(prunable layers: conv1, gconv, ip1\)"),
+    ('layer { name: "relu" keep_ratio: 0.5 }', r":2: layer 'relu'.*is a ReLU"),
+    ('layer { name: "conv1" keep_ratio: 1.5 }', r":2: layer 'conv1', field keep_ratio: 1.5 is outside"),
+    ('layer { name: "conv1" keep_ratio: 0 }', r"field keep_ratio: 0 is outside \(0, 1\]"),
+    ('layer { name: "conv1" prune_ratio: 1 }', r"field prune_ratio: 1 is outside \[0, 1\)"),
+    ('layer { name: "gconv" kind: SHAPE keep_ratio: 0.5 }',
+     r"field kind: kind SHAPE does not fit convolution 'gconv' with group=2"),
+    ('layer { name: "conv1" }', r"field keep_ratio: no keep_ratio or prune_ratio"),
+    ('layer { name: "conv1" keep_ratio: 0.5 prune_ratio: 0.5 }', "not both"),
+    ('layer { name: "ip1" keep_ratio: 0.5 }\nlayer { name: "ip1" keep_ratio: 0.2 }',
+     "listed twice"),
+    ('', "no layer to prune"),
+])
+def test_semantic_errors_are_clear(tmp_path, body, message):
+    path = write(tmp_path / "c.prototxt", "\n" + body + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, NET)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ProtoError, match="cannot read"):
+        load_config(str(tmp_path / "nope.prototxt"), NET)
+
+
+def test_bundled_configs_fit_lenet():
+    import glob
+    import os
+
+    from caffe_admm.protoio import read_net
+    from conftest import ROOT
+    net = read_net(os.path.join(ROOT, "prototxt", "lenet_train_test.prototxt"))
+    configs = glob.glob(os.path.join(ROOT, "prototxt", "lenet_admm*.prototxt"))
+    assert configs
+    for path in configs:
+        cfg = load_config(path, net)
+        assert {s.name for s in cfg.layers} <= {"conv1", "conv2", "ip1", "ip2"}

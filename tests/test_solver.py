@@ -1,0 +1,174 @@
+"""The loop around the Caffe solver: ADMM pruning, masked retraining, resume."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from caffe_admm import layers, solver
+from caffe_admm.backend import caffe
+from caffe_admm.masks import load_masks
+
+from conftest import write, write_tiny
+
+CONFIG = """
+rho { initial: 0.05 growth: 2.0 max: 5 }
+admm_steps: %(steps)d
+iters_per_step: 40
+retrain_iters: %(retrain)d
+snapshot_interval: 20
+layer { name: "conv1" kind: FILTER_SHAPE filter_keep_ratio: 0.5 shape_keep_ratio: 0.5 }
+layer { name: "conv2" kind: CHANNEL keep_ratio: 0.5 }
+layer { name: "ip1" kind: NON_STRUCTURED keep_ratio: 0.25 }
+"""
+
+
+def config(tmp_path, steps=20, retrain=60):
+    return write(tmp_path / "admm.prototxt", CONFIG % {"steps": steps, "retrain": retrain})
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory, tiny_trained):
+    d = tmp_path_factory.mktemp("pruned")
+    report = solver.prune(tiny_trained["solver"], tiny_trained["weights"], config(d),
+                          str(d / "run"), progress=False)
+    return report, str(d / "run")
+
+
+def test_residual_falls_under_1e_3(pruned):
+    report, _ = pruned
+    for name, layer in report["layers"].items():
+        history = layer["residual_history"]
+        assert len(history) == 20
+        assert max(history[-1]) < 1e-3, (name, history)
+        assert max(history[-1]) < max(history[0])
+
+
+def test_exact_structured_sparsity_after_retraining(pruned):
+    report, run = pruned
+    net = caffe.Net(os.path.join(run, "train_test.prototxt"),
+                    caffe.TEST, weights=os.path.join(run, "pruned.caffemodel"))
+    conv1 = net.params["conv1"][0].data  # (8, 1, 3, 3)
+    assert (np.abs(conv1).sum(axis=(1, 2, 3)) > 0).sum() == 4          # filters kept
+    assert (np.abs(conv1).sum(axis=0).ravel() > 0).sum() == 4           # 9 columns -> 4 (round(4.5))
+    conv2 = net.params["conv2"][0].data  # (8, 8, 3, 3)
+    assert (np.abs(conv2).sum(axis=(0, 2, 3)) > 0).sum() == 4           # channels kept
+    ip1 = net.params["ip1"][0].data      # (4, 512)
+    assert (ip1 != 0).sum() == round(0.25 * ip1.size)
+    assert report["layers"]["ip1"]["nonzero"] == round(0.25 * ip1.size)
+    masks = load_masks(os.path.join(run, "masks.npz"))
+    for name, mask in masks.items():
+        assert np.all(net.params[name][0].data[~mask] == 0)
+    acc = report["accuracy"]
+    assert set(acc) == {"baseline", "after_admm", "after_hard_prune", "after_retrain"}
+    assert acc["after_retrain"]["accuracy"] >= 0.9
+
+
+def test_outputs_and_report_are_complete(pruned):
+    report, run = pruned
+    for name in ("pruned.caffemodel", "train_test.prototxt", "masks.npz", "admm.caffemodel",
+                 "report.json"):
+        assert os.path.exists(os.path.join(run, name)), name
+    with open(os.path.join(run, "report.json")) as f:
+        on_disk = json.load(f)
+    layer = on_disk["layers"]["conv1"]
+    assert layer["kind"] == "filter_shape"
+    assert layer["target_groups_kept"] == {"filter": 4, "shape": 4}
+    assert layer["filters_kept"] == 4 and layer["shapes_kept"] == 4
+    assert on_disk["pruned_layers_total"]["compression"] > 1
+    # the pruned model's prototxt has no hook layers: plain Caffe loads it
+    with open(os.path.join(run, "train_test.prototxt")) as f:
+        assert layers.HOOK_PREFIX not in f.read()
+
+
+@pytest.mark.parametrize("solver_type", ["SGD", "Nesterov", "Adam"])
+def test_pruned_weights_stay_exactly_zero_in_retraining(tmp_path, tiny_data, tiny_trained,
+                                                        solver_type):
+    # weight decay and momentum (or Adam's moments) would revive them without the mask
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, lr=0.01, solver_type=solver_type)
+    net = caffe.Net(net_path, caffe.TEST, weights=tiny_trained["weights"])
+    w = net.params["conv2"][0].data
+    w[:, ::2] = 0
+    net.params["ip1"][0].data[:, :100] = 0
+    start = str(tmp_path / "zeroed.caffemodel")
+    net.save(start)
+    report = solver.retrain(solver_path, start, str(tmp_path / "run"), iters=60,
+                            progress=False)
+    out = caffe.Net(net_path, caffe.TEST,
+                    weights=str(tmp_path / "run" / "pruned.caffemodel"))
+    assert np.all(out.params["conv2"][0].data[:, ::2] == 0)
+    assert np.all(out.params["ip1"][0].data[:, :100] == 0)
+    assert np.any(out.params["conv2"][0].data[:, 1::2] != w[:, 1::2])  # the rest trained
+    assert report["layers"]["conv2"]["channels_kept"] == 4
+
+
+class _InterruptAt:
+    """Raise KeyboardInterrupt from inside Caffe's step, on the n-th hook forward."""
+
+    def __init__(self, monkeypatch, n):
+        self.count, self.n = 0, n
+        original = layers.WeightHook.forward
+
+        def forward(hook, bottom, top):
+            if hook.target == "conv1":
+                self.count += 1
+                if self.count == self.n:
+                    raise KeyboardInterrupt("simulated Ctrl-C")
+            original(hook, bottom, top)
+
+        monkeypatch.setattr(layers.WeightHook, "forward", forward)
+
+
+@pytest.mark.parametrize("interrupt_at", [75, 205])  # ADMM phase (4 x 40), retraining
+def test_resume_gives_the_same_weights(tmp_path, tiny_trained, monkeypatch, interrupt_at):
+    cfg = config(tmp_path, steps=4, retrain=80)
+    args = (tiny_trained["solver"], tiny_trained["weights"], cfg)
+    straight = solver.prune(*args, str(tmp_path / "straight"), progress=False)
+    with monkeypatch.context() as m:
+        _InterruptAt(m, interrupt_at)
+        with pytest.raises(KeyboardInterrupt):
+            solver.prune(*args, str(tmp_path / "resumed"), progress=False)
+    with open(tmp_path / "resumed" / "checkpoints" / "meta.json") as f:
+        meta = json.load(f)
+    assert meta["phase"] == ("admm" if interrupt_at < 160 else "retrain")
+    resumed = solver.prune(*args, str(tmp_path / "resumed"), progress=False)
+    a = caffe.Net(tiny_trained["net"], caffe.TEST,
+                  weights=str(tmp_path / "straight" / "pruned.caffemodel"))
+    b = caffe.Net(tiny_trained["net"], caffe.TEST,
+                  weights=str(tmp_path / "resumed" / "pruned.caffemodel"))
+    for name in a.params:
+        for x, y in zip(a.params[name], b.params[name]):
+            np.testing.assert_array_equal(x.data, y.data)
+    assert resumed["residuals"] == straight["residuals"]
+    assert resumed["accuracy"] == straight["accuracy"]
+
+
+def test_divergence_stops_with_a_clear_message(tmp_path, tiny_data, tiny_trained):
+    solver_path, _ = write_tiny(tmp_path, tiny_data, lr=1e6)
+    with pytest.raises(solver.DivergenceError, match=r"ADMM step 1/20 diverged at iteration \d+: (the weights of layer .* are not finite|.*=nan)"):
+        solver.prune(solver_path, tiny_trained["weights"], config(tmp_path),
+                     str(tmp_path / "run"), progress=False)
+
+
+def test_bad_inputs_fail_before_caffe(tmp_path, tiny_data, tiny_trained):
+    other = write(tmp_path / "other.prototxt", """
+        name: "other"
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 8 dim: 8 } } }
+        layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+                convolution_param { num_output: 3 kernel_size: 3 } }
+    """)
+    wrong = str(tmp_path / "wrong.caffemodel")
+    caffe.Net(other, caffe.TEST).save(wrong)
+    with pytest.raises(solver.RunError, match=r"layer 'conv1' has blobs of shapes"):
+        solver.prune(tiny_trained["solver"], wrong, config(tmp_path), str(tmp_path / "r1"),
+                     progress=False)
+    with pytest.raises(solver.RunError, match="weights file .* not found"):
+        solver.prune(tiny_trained["solver"], str(tmp_path / "none.caffemodel"),
+                     config(tmp_path), str(tmp_path / "r2"), progress=False)
+    # an out dir holding another run is not silently mixed with a new one
+    solver.prune(tiny_trained["solver"], tiny_trained["weights"], config(tmp_path, 1, 0),
+                 str(tmp_path / "r3"), progress=False)
+    with pytest.raises(solver.RunError, match="holds a run with other inputs"):
+        solver.prune(tiny_trained["solver"], tiny_trained["weights"], config(tmp_path, 2, 0),
+                     str(tmp_path / "r3"), progress=False)
