@@ -6,6 +6,8 @@ Verbs:
   test     evaluate a net's TEST phase with given weights
   prune    ADMM structured pruning, hard prune and masked retraining
   retrain  masked retraining alone (pruned weights stay exactly zero)
+  compact  cut pruned filters/channels out: a smaller prototxt + caffemodel
+  time     per-layer and whole-net forward time, original vs compacted
 """
 
 import argparse
@@ -62,6 +64,24 @@ def build_parser():
     p.add_argument("--iters", type=int, help="iterations (default: the solver's max_iter)")
     p.add_argument("--restart", action="store_true", help="discard checkpoints in --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p = verbs.add_parser("compact", help="write a smaller net without the pruned channels",
+                         formatter_class=fmt)
+    p.add_argument("--model", required=True, help="net prototxt (deploy, or train/test)")
+    p.add_argument("--weights", required=True, help="structured-sparse caffemodel")
+    p.add_argument("--out", required=True, help="directory for compact.prototxt, "
+                                                "compact.caffemodel and plan.json")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest |reference - compacted| output difference, relative")
+    p.add_argument("--force", action="store_true", help="write even above the tolerance")
+
+    p = verbs.add_parser("time", help="forward time, original vs compacted", formatter_class=fmt)
+    p.add_argument("--model", required=True, help="original deploy prototxt (Input layers)")
+    p.add_argument("--weights", help="original caffemodel (default: random fillers)")
+    p.add_argument("--compact", required=True, help="compacted deploy prototxt")
+    p.add_argument("--compact-weights", required=True, help="compacted caffemodel")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32], help="batch sizes")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs after warm-up")
+    p.add_argument("--json", help="also write the result here")
     return parser
 
 
@@ -99,6 +119,33 @@ def _run(args):
         report = solver.prune(args.solver, args.weights, args.config, args.out,
                               progress=not args.quiet, restart=args.restart)
         _print_summary(report)
+    elif args.verb == "compact":
+        from caffe_admm import compact
+        report = compact.compact(args.model, args.weights, args.out, tolerance=args.tolerance,
+                                 force=args.force)
+        for w in report["warnings"]:
+            print("warning:", w)
+        t, eq = report["total"], report["equivalence"]
+        print("%-10s %-18s %-18s %9s" % ("layer", "weight", "compacted", "FLOP red"))
+        for name, l in report["layers"].items():
+            print("%-10s %-18s %-18s %8.2fx" % (name, "x".join(map(str, l["weight_shape"])),
+                                               "x".join(map(str, l["compact_shape"])),
+                                               l["flop_reduction"]))
+        print("params %d -> %d (%.2fx), FLOPs/image %d -> %d (%.2fx); max |reference - "
+              "compacted| = %.3g%s" % (t["params"], t["compact_params"],
+                                       t["params"] / max(t["compact_params"], 1), t["flops"],
+                                       t["compact_flops"], t["flops"] / max(t["compact_flops"], 1),
+                                       eq["max_abs_diff"], "" if eq["passed"] else " (FORCED)"))
+        print("wrote %s/compact.prototxt, compact.caffemodel, plan.json" % args.out)
+    elif args.verb == "time":
+        from caffe_admm import timing
+        result = timing.compare(args.model, args.weights, args.compact, args.compact_weights,
+                                batches=args.batch, repeats=args.repeats)
+        print(timing.format_table(result))
+        if args.json:
+            from caffe_admm.protoio import atomic_write
+            with atomic_write(args.json, "w") as f:
+                json.dump(result, f, indent=1)
     elif args.verb == "retrain":
         report = solver.retrain(args.solver, args.weights, args.out, masks_path=args.masks,
                                 iters=args.iters, progress=not args.quiet, restart=args.restart)

@@ -69,7 +69,28 @@ class WeightHook(caffe.Layer):
             self.blobs.add_blob(*shape)
         self.penalty = []
         self.mask = None
-        self._grad = None
+
+    @property
+    def penalty(self):
+        """The terms (rho_j, Z_j, U_j); setting them precomputes what the passes need.
+
+        With R = sum_j rho_j, B = sum_j rho_j (Z_j - U_j) and
+        K = sum_j rho_j / 2 ||Z_j - U_j||^2, the gradient is R W - B and the value
+        R/2 ||W||^2 - W.B + K: one pass over W each, whatever the number of terms.
+        """
+        return self._terms
+
+    @penalty.setter
+    def penalty(self, terms):
+        self._terms = list(terms)
+        self._rho_sum, self._b, self._k = 0.0, None, 0.0
+        for rho, z, u in self._terms:
+            c = np.asarray(z, dtype=np.float64) - u
+            self._rho_sum += float(rho)
+            self._b = rho * c if self._b is None else self._b + rho * c
+            self._k += 0.5 * float(rho) * float(np.dot(c.ravel(), c.ravel()))
+        if self._b is not None:
+            self._b = self._b.astype(np.float32)
 
     def reshape(self, bottom, top):
         top[0].reshape(1)
@@ -78,24 +99,23 @@ class WeightHook(caffe.Layer):
         w = self.blobs[0].data
         if self.mask is not None:
             np.multiply(w, self.mask, out=w)
-        value = 0.0
-        grad = None
-        for rho, z, u in self.penalty:
-            d = w - z
-            d += u
-            value += 0.5 * rho * float(np.dot(d.ravel(), d.ravel()))
-            d *= rho
-            grad = d if grad is None else grad + d
-        if not self.penalty:
-            value = float(np.dot(w.ravel(), w.ravel())) * 0.0  # NaN/inf survive the product
-        if not np.isfinite(value):
+        flat = w.ravel()
+        ww = float(np.dot(flat, flat))  # NaN/inf in w make this non-finite
+        if not np.isfinite(ww):
             raise NonFiniteWeights("the weights of layer %r are not finite" % self.target)
-        self._grad = grad
-        top[0].data[...] = value
+        value = 0.0
+        if self._b is not None:
+            value = 0.5 * self._rho_sum * ww - float(np.dot(flat, self._b.ravel())) + self._k
+        top[0].data[...] = max(value, 0.0)
 
     def backward(self, top, propagate_down, bottom):
         diff = self.blobs[0].diff
-        if self._grad is not None:
-            diff += top[0].diff[0] * self._grad
+        if self._b is not None:
+            scale = float(top[0].diff[0])
+            diff += (scale * self._rho_sum) * self.blobs[0].data
+            if scale == 1.0:
+                diff -= self._b
+            else:
+                diff -= scale * self._b
         if self.mask is not None:
             np.multiply(diff, self.mask, out=diff)

@@ -1,0 +1,611 @@
+"""Compaction ("thinning"): cut pruned filters and channels out of a Caffe net.
+
+Plan, then apply (Distiller's thinning recipe). The plan is pure data: for
+every *channel space* (the channels shared by a chain of blobs: a conv
+output, the ReLU/Pooling/BatchNorm/Scale... that pass it on, the partners of
+an Eltwise) the channel indices that survive. A channel goes when
+
+* every layer that writes it has an all-zero filter for it (its output is then
+  exactly zero, once the filter's bias and the following BatchNorm mean,
+  Scale/Bias offsets are zeroed too), or
+* no layer reads it: all consumers' weights for it are zero (Convolution
+  input channels; InnerProduct columns, a block of H*W per channel after a
+  flatten).
+
+Removing a filter can leave other channels unread, so the decision is
+iterated to a fixed point. Eltwise partners share one space, so a channel of
+a residual sum goes only where all partners agree. Concat composes the
+spaces of its inputs with offsets. Grouped convolutions keep the same number
+of channels in every group. Softmax, losses, Accuracy and the net's outputs
+read every channel. Layer types the planner does not know stop it with an
+error naming the layer.
+
+The appliers then write a NetParameter with smaller ``num_output`` and a
+caffemodel with sliced blobs; stock Caffe loads both. The *reference* net is
+the original with the zeroing above applied (biases, BatchNorm means,
+Scale/Bias offsets of removed channels); the compacted net must reproduce it,
+which :func:`check_equivalence` measures.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from caffe_admm import protoio
+from caffe_admm.backend import caffe, caffe_pb2
+
+__all__ = ["CompactionError", "plan_compaction", "apply_plan", "reference_params",
+           "check_equivalence", "compact"]
+
+# Layers that pass channels through unchanged and map 0 to 0.
+PASS_THROUGH = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Dropout", "Pooling", "LRN",
+                "BatchNorm", "Scale", "Bias", "Split"}
+# Layers with one blob entry per channel, sliced with their channels.
+PER_CHANNEL = {"BatchNorm": (0, 1), "Scale": (0, 1), "Bias": (0,), "PReLU": (0,)}
+# Layers that read every channel of their bottoms and start new spaces.
+BARRIERS = {"Softmax", "SoftmaxWithLoss", "Accuracy", "EuclideanLoss", "SigmoidCrossEntropyLoss",
+            "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "ArgMax", "Silence",
+            "Sigmoid", "Power", "Exp", "Log", "BNLL", "Threshold", "Reshape", "Slice", "Crop",
+            "Deconvolution", "Embed", "Python"}
+SOURCES = {"Input", "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData"}
+
+
+class CompactionError(ValueError):
+    """The net cannot be compacted as asked; the message names the layer."""
+
+
+class _Space:
+    """A set of channels shared by several blobs (union-find node)."""
+
+    def __init__(self, size, fixed=False):
+        self.size = int(size)
+        self.parent = None
+        self.fixed = fixed        # written by a data layer or a barrier: never shrinks
+        self.producers = []       # (layer, group) writing these channels
+        self.readers = []         # (layer, kind, detail) reading them
+        self.per_channel = []     # BatchNorm/Scale/Bias/PReLU layers on it
+        self.lrn_across = []      # LRN ACROSS_CHANNELS layers on it
+
+    def root(self):
+        s = self
+        while s.parent is not None:
+            s = s.parent
+        return s
+
+
+def _union(a, b, where):
+    a, b = a.root(), b.root()
+    if a is b:
+        return a
+    if a.size != b.size:
+        raise CompactionError("layer %r joins blobs of %d and %d channels" % (where, a.size, b.size))
+    b.parent = a
+    a.fixed = a.fixed or b.fixed
+    for field in ("producers", "readers", "per_channel", "lrn_across"):
+        getattr(a, field).extend(getattr(b, field))
+    return a
+
+
+class _Composite:
+    """The top of a Concat: parts (space, offset)."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.size = sum(p.size for p, _ in parts)
+
+    def locate(self, channel):
+        for space, offset in self.parts:
+            if offset <= channel < offset + space.size:
+                return space.root(), channel - offset
+        raise IndexError(channel)
+
+
+def _layer_options(net_param):
+    """Per layer name: whether an LRN works across channels, a Concat's axis."""
+    lrn = {l.name: l.lrn_param.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS
+           for l in net_param.layer if l.type == "LRN"}
+    axis = {}
+    for l in net_param.layer:
+        if l.type == "Concat":
+            p = l.concat_param
+            axis[l.name] = p.axis if p.HasField("axis") else (
+                p.concat_dim if p.HasField("concat_dim") else 1)
+    return lrn, axis
+
+
+def _build_graph(net, net_param):
+    """Channel spaces of a live TEST-phase ``caffe.Net``."""
+    lrn_across, concat_axis = _layer_options(net_param)
+    blob_space = {}   # blob -> (_Space or _Composite, block)
+    layers = []
+    for name, layer in zip(net._layer_names, net.layers):
+        kind = layer.type
+        bottoms, tops = list(net.bottom_names[name]), list(net.top_names[name])
+        info = {"name": name, "type": kind, "bottoms": bottoms, "tops": tops}
+        layers.append(info)
+
+        def new_space(blob, fixed=False, producer=None, group=1):
+            shape = net.blobs[blob].data.shape
+            space = _Space(shape[1] if len(shape) > 1 else 1, fixed)
+            if producer:
+                space.producers.append((producer, group))
+            blob_space[blob] = (space, 1)
+            return space
+
+        if kind in SOURCES:
+            for t in tops:
+                new_space(t, fixed=True)
+        elif kind == "Convolution":
+            group = layer.blobs[0].data.shape[1] and net.blobs[bottoms[0]].data.shape[1] // \
+                layer.blobs[0].data.shape[1]
+            _read(blob_space, bottoms[0], (name, "conv", group))
+            new_space(tops[0], producer=name, group=group)
+        elif kind == "InnerProduct":
+            shape = net.blobs[bottoms[0]].data.shape
+            space, block = blob_space[bottoms[0]]
+            block = block * int(np.prod(shape[2:])) if len(shape) > 2 else block
+            w = layer.blobs[0].data
+            if w.shape[1] != space.size * block:
+                raise CompactionError("layer %r: InnerProduct with axis != 1 is not supported"
+                                      % name)
+            _read(blob_space, bottoms[0], (name, "ip", block))
+            new_space(tops[0], producer=name)
+        elif kind in PASS_THROUGH:
+            space, block = blob_space[bottoms[0]]
+            if kind == "Scale" and len(bottoms) > 1 or kind == "Bias" and len(bottoms) > 1:
+                raise CompactionError("layer %r: %s with two bottoms is not supported" % (name, kind))
+            if isinstance(space, _Composite) and (kind in PER_CHANNEL or kind == "LRN"):
+                space = _materialise(blob_space, bottoms[0], name)
+            if kind in PER_CHANNEL:
+                space.root().per_channel.append(name)
+            if kind == "LRN" and lrn_across.get(name, True):
+                space.root().lrn_across.append(name)
+            for t in tops:
+                blob_space[t] = (space, block)
+        elif kind == "Flatten":
+            space, block = blob_space[bottoms[0]]
+            shape = net.blobs[bottoms[0]].data.shape
+            blob_space[tops[0]] = (space, block * int(np.prod(shape[2:])))
+        elif kind == "Eltwise":
+            spaces = [blob_space[b][0] for b in bottoms]
+            if any(isinstance(s, _Composite) for s in spaces):
+                spaces = [_materialise(blob_space, b, name) for b in bottoms]
+            merged = spaces[0].root()
+            for s in spaces[1:]:
+                merged = _union(merged, s, name)
+            blob_space[tops[0]] = (merged, blob_space[bottoms[0]][1])
+        elif kind == "Concat":
+            if net.blobs[tops[0]].data.ndim < 2 or concat_axis.get(name, 1) != 1:
+                raise CompactionError("layer %r: Concat along an axis other than channels is "
+                                      "not supported" % name)
+            parts, offset = [], 0
+            for b in bottoms:
+                s = _materialise(blob_space, b, name)
+                parts.append((s, offset))
+                offset += s.size
+            blob_space[tops[0]] = (_Composite(parts), 1)
+        elif kind in BARRIERS:
+            for b in bottoms:
+                _read(blob_space, b, (name, "all", None))
+            for t in tops:
+                new_space(t, fixed=True)
+        else:
+            raise CompactionError("layer %r: type %s is not supported by compaction (supported: "
+                                  "Convolution, InnerProduct, Eltwise, Concat, Flatten, %s; "
+                                  "read-only: %s)" % (name, kind, ", ".join(sorted(PASS_THROUGH)),
+                                                      ", ".join(sorted(BARRIERS))))
+    for blob in net.outputs:
+        _read(blob_space, blob, ("<output %s>" % blob, "all", None))
+    return blob_space, layers
+
+
+def _materialise(blob_space, blob, where):
+    space, block = blob_space[blob]
+    if isinstance(space, _Composite):
+        raise CompactionError("layer %r reads the Concat output %r through a layer that needs "
+                              "per-channel state; not supported" % (where, blob))
+    return space.root()
+
+
+def _read(blob_space, blob, reader):
+    space, block = blob_space[blob]
+    if isinstance(space, _Composite):
+        for part, offset in space.parts:
+            part.root().readers.append((reader[0], reader[1], reader[2], offset, space.size))
+    else:
+        space.root().readers.append((reader[0], reader[1], reader[2], 0, space.size))
+
+
+def _balance(removable, groups):
+    """Keep removals equal across ``groups`` equal slices (lowest indices first)."""
+    if groups <= 1:
+        return removable
+    n = removable.size // groups
+    per = [np.flatnonzero(removable[i * n:(i + 1) * n]) for i in range(groups)]
+    k = min(len(p) for p in per)
+    out = np.zeros_like(removable)
+    for i, p in enumerate(per):
+        out[i * n + p[:k]] = True
+    return out
+
+
+def plan_compaction(net, net_param):
+    """Compute the compaction plan of a live TEST-phase net with its weights.
+
+    ``net_param`` is the net's prototxt (for LRN regions and Concat axes).
+
+    Returns
+    -------
+    plan : dict
+        ``layers``: per Convolution/InnerProduct/per-channel layer, the kept
+        output channels (``out``) and kept input channels (``in``);
+        ``spaces``: per channel space, its blobs' size and kept channels;
+        ``warnings``: e.g. LRN across channels over a shrunk space.
+    """
+    blob_space, layers = _build_graph(net, net_param)
+    weights = {name: net.params[name][0].data.copy() for name in net.params
+               if net.layers[list(net._layer_names).index(name)].type
+               in ("Convolution", "InnerProduct")}
+    spaces = []
+    for space, _ in blob_space.values():
+        parts = space.parts if isinstance(space, _Composite) else [(space, 0)]
+        for s, _ in parts:
+            r = s.root()
+            if not any(r is x for x in spaces):
+                spaces.append(r)
+    removed = {id(s): np.zeros(s.size, bool) for s in spaces}
+
+    while True:
+        changed = False
+        for s in spaces:
+            if s.fixed:
+                continue
+            zero = np.ones(s.size, bool)
+            for producer, _ in s.producers:
+                w = weights[producer].reshape(weights[producer].shape[0], -1)
+                zero &= ~np.any(w != 0, axis=1)
+            if not s.producers:
+                zero[:] = False
+            unread = np.ones(s.size, bool)
+            for reader, kind, detail, offset, total in s.readers:
+                unread &= ~_reads(kind, detail, weights.get(reader), offset, s.size, total)
+            cut = zero | unread
+            for _, group in s.producers:
+                cut = _balance(cut, group)
+            for reader, kind, detail, offset, total in s.readers:
+                if kind == "conv":
+                    cut = _balance_conv_input(cut, detail, offset, total)
+            if np.any(cut & ~removed[id(s)]):
+                removed[id(s)] |= cut
+                changed = True
+                for producer, _ in s.producers:
+                    weights[producer][removed[id(s)]] = 0
+                for reader, kind, detail, offset, total in s.readers:
+                    _zero_reader(weights.get(reader), kind, detail, offset, removed[id(s)], total)
+        if not changed:
+            break
+
+    plan = {"layers": {}, "spaces": [], "warnings": []}
+    for s in spaces:
+        keep = np.flatnonzero(~removed[id(s)]).tolist()
+        blobs = sorted(b for b, (sp, _) in blob_space.items()
+                       if not isinstance(sp, _Composite) and sp.root() is s)
+        plan["spaces"].append({"blobs": blobs, "channels": s.size, "kept": keep})
+        for producer, _ in s.producers:
+            plan["layers"].setdefault(producer, {})["out"] = keep
+        for name in s.per_channel:
+            plan["layers"].setdefault(name, {})["out"] = keep
+        for reader, kind, detail, offset, total in s.readers:
+            if kind in ("conv", "ip"):
+                entry = plan["layers"].setdefault(reader, {})
+                entry.setdefault("in_parts", []).append((offset, s.size, keep, detail))
+        if s.lrn_across and removed[id(s)].any():
+            plan["warnings"].append(
+                "LRN across channels (%s) reads a space from which %d channels are removed: "
+                "its normalisation changes; the equivalence check measures the deviation"
+                % (", ".join(s.lrn_across), int(removed[id(s)].sum())))
+    for name, entry in plan["layers"].items():
+        parts = sorted(entry.pop("in_parts", []))
+        if parts:
+            entry["in"] = [offset + c for offset, _, keep, _ in parts for c in keep]
+            entry["in_block"] = parts[0][3] if layers_type(layers, name) == "InnerProduct" else 1
+    return plan
+
+
+def layers_type(layers, name):
+    for info in layers:
+        if info["name"] == name:
+            return info["type"]
+    return None
+
+
+def _reads(kind, detail, w, offset, size, total):
+    """Which channels [offset, offset+size) of a reader's input it uses."""
+    if kind == "all":
+        return np.ones(size, bool)
+    if kind == "conv":
+        group = detail
+        f, cg = w.shape[:2]
+        used = np.zeros(total, bool)
+        fg = f // group
+        for g in range(group):
+            block = w[g * fg:(g + 1) * fg]
+            used[g * cg:(g + 1) * cg] = np.any(block.reshape(fg, cg, -1) != 0, axis=(0, 2))
+        return used[offset:offset + size]
+    if kind == "ip":
+        block = detail
+        cols = np.any(w != 0, axis=0).reshape(total, block)
+        return np.any(cols, axis=1)[offset:offset + size]
+    raise ValueError(kind)
+
+
+def _balance_conv_input(cut, group, offset, total):
+    if group <= 1:
+        return cut
+    full = np.zeros(total, bool)
+    full[offset:offset + cut.size] = cut
+    return _balance(full, group)[offset:offset + cut.size]
+
+
+def _zero_reader(w, kind, detail, offset, removed, total):
+    if w is None or kind == "all":
+        return
+    idx = offset + np.flatnonzero(removed)
+    if kind == "conv":
+        cg = w.shape[1]
+        group = detail
+        fg = w.shape[0] // group
+        for c in idx:
+            g, local = divmod(int(c), cg)
+            w[g * fg:(g + 1) * fg, local] = 0
+    else:
+        block = detail
+        cols = w.reshape(w.shape[0], total, block)
+        cols[:, idx] = 0
+
+
+def reference_params(net, plan):
+    """Parameters of the *reference* net: removed channels made exactly zero.
+
+    Returns
+    -------
+    dict[str, list of ndarray] : copies of all parameter blobs, with the
+    weights and biases of removed filters, the BatchNorm means and Scale/Bias
+    offsets of removed channels, and readers' weights of removed inputs zeroed.
+    """
+    names = list(net._layer_names)
+    params = {name: [b.data.copy() for b in blobs] for name, blobs in net.params.items()}
+    for name, entry in plan["layers"].items():
+        kind = net.layers[names.index(name)].type
+        blobs = params[name]
+        if "out" in entry:
+            gone = np.setdiff1d(np.arange(_out_size(kind, blobs)), entry["out"])
+            if kind in ("Convolution", "InnerProduct"):
+                for b in blobs:
+                    b[gone] = 0
+            elif kind == "BatchNorm":
+                blobs[0][gone] = 0   # mean: 0 -> 0
+            elif kind == "Scale" and len(blobs) > 1:
+                blobs[1][gone] = 0   # beta
+            elif kind == "Bias":
+                blobs[0][gone] = 0
+        if "in" in entry:
+            w = blobs[0]
+            if kind == "Convolution":
+                group = _conv_group(net, name)
+                total = w.shape[1] * group
+                gone = np.setdiff1d(np.arange(total), entry["in"])
+                _zero_reader(w, "conv", group, 0, np.isin(np.arange(total), gone), total)
+            else:
+                block = entry["in_block"]
+                total = w.shape[1] // block
+                gone = np.isin(np.arange(total), entry["in"], invert=True)
+                _zero_reader(w, "ip", block, 0, gone, total)
+    return params
+
+
+def _out_size(kind, blobs):
+    return blobs[0].shape[0]
+
+
+def _conv_group(net, name):
+    bottom = net.bottom_names[name][0]
+    return net.blobs[bottom].data.shape[1] // net.params[name][0].data.shape[1]
+
+
+def apply_plan(net_param, params, plan, group_of):
+    """Write the compacted NetParameter and blobs.
+
+    Parameters
+    ----------
+    net_param : caffe_pb2.NetParameter
+        The original prototxt (all phases); layers are rewritten by name.
+    params : dict[str, list of ndarray]
+        Reference parameters (see :func:`reference_params`).
+    plan : dict
+    group_of : dict[str, int]
+        ``group`` of each Convolution.
+
+    Returns
+    -------
+    (caffe_pb2.NetParameter, dict[str, list of ndarray])
+    """
+    new_net = caffe_pb2.NetParameter()
+    new_net.CopyFrom(net_param)
+    new_params = {name: [b.copy() for b in blobs] for name, blobs in params.items()}
+    for layer in new_net.layer:
+        entry = plan["layers"].get(layer.name)
+        if not entry or layer.name not in new_params:
+            continue
+        blobs = new_params[layer.name]
+        out = np.asarray(entry.get("out", np.arange(blobs[0].shape[0])), dtype=np.int64)
+        if layer.type == "Convolution":
+            group = group_of[layer.name]
+            w = blobs[0]
+            if "in" in entry:
+                cg = w.shape[1]
+                fg = w.shape[0] // group
+                keep_in = np.asarray(entry["in"], dtype=np.int64)
+                per_group = [keep_in[(keep_in >= g * cg) & (keep_in < (g + 1) * cg)] - g * cg
+                             for g in range(group)]
+                w = np.concatenate([w[g * fg:(g + 1) * fg][:, per_group[g]] for g in range(group)])
+            blobs[0] = w[out]
+            if len(blobs) > 1:
+                blobs[1] = blobs[1][out]
+            layer.convolution_param.num_output = len(out)
+        elif layer.type == "InnerProduct":
+            w = blobs[0]
+            if "in" in entry:
+                block = entry["in_block"]
+                cols = (np.asarray(entry["in"])[:, None] * block + np.arange(block)).ravel()
+                w = w[:, cols]
+            blobs[0] = w[out]
+            if len(blobs) > 1:
+                blobs[1] = blobs[1][out]
+            layer.inner_product_param.num_output = len(out)
+        elif layer.type in PER_CHANNEL:
+            for i in PER_CHANNEL[layer.type]:
+                if i < len(blobs) and blobs[i].size > 1:
+                    blobs[i] = blobs[i][out]
+    return new_net, new_params
+
+
+def _set_params(net, params):
+    for name, blobs in params.items():
+        for dst, src in zip(net.params[name], blobs):
+            if dst.data.shape != src.shape:
+                raise CompactionError("internal: %s blob %s vs %s" % (name, dst.data.shape, src.shape))
+            dst.data[...] = src
+
+
+def _forward_outputs(net, inputs, seed_batches):
+    outs = []
+    for batch in range(seed_batches):
+        if inputs is not None:
+            for name, arr in inputs[batch].items():
+                net.blobs[name].data[...] = arr
+        out = net.forward()
+        outs.append({k: v.copy() for k, v in out.items()})
+    return outs
+
+
+def check_equivalence(ref_net, compact_net, batches=2, seed=0):
+    """Max abs difference of every output, reference vs compacted, same inputs.
+
+    Input-layer nets get seeded random normal inputs; Data-layer nets read the
+    same first ``batches`` batches of their TEST source.
+    """
+    rng = np.random.default_rng(seed)
+    inputs = None
+    if ref_net.inputs:
+        inputs = [{name: rng.standard_normal(ref_net.blobs[name].data.shape).astype(np.float32)
+                   for name in ref_net.inputs} for _ in range(batches)]
+    a = _forward_outputs(ref_net, inputs, batches)
+    b = _forward_outputs(compact_net, inputs, batches)
+    diff, scale = 0.0, 0.0
+    per_output = {}
+    for x, y in zip(a, b):
+        for k in x:
+            d = float(np.max(np.abs(x[k] - y[k]))) if x[k].size else 0.0
+            per_output[k] = max(per_output.get(k, 0.0), d)
+            diff = max(diff, d)
+            scale = max(scale, float(np.max(np.abs(x[k]))) if x[k].size else 0.0)
+    return {"max_abs_diff": diff, "output_scale": scale, "per_output": per_output}
+
+
+def _net_stats(net):
+    stats = {}
+    names = list(net._layer_names)
+    for name, blobs in net.params.items():
+        layer = net.layers[names.index(name)]
+        if layer.type not in ("Convolution", "InnerProduct"):
+            continue
+        w = blobs[0].data
+        top = net.blobs[net.top_names[name][0]].data.shape
+        spatial = int(np.prod(top[2:])) if len(top) > 2 else 1
+        stats[name] = {"weight_shape": list(w.shape), "params": int(w.size),
+                       "flops_per_image": 2 * int(w.size) * spatial}
+    return stats
+
+
+def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2):
+    """Compact a net and write ``compact.prototxt``, ``compact.caffemodel``, ``plan.json``.
+
+    Parameters
+    ----------
+    model : str
+        Net prototxt (deploy with Input layers, or train/test with TEST data).
+    weights : str
+        Masked / structured-sparse caffemodel.
+    tolerance : float
+        Largest allowed |reference - compacted| relative to the outputs' scale.
+    force : bool
+        Write the outputs even above the tolerance.
+
+    Returns
+    -------
+    report : dict (also in ``plan.json``)
+    """
+    from caffe_admm.solver import check_weights
+
+    net_param = protoio.read_net(model)
+    protoio.check_bottoms(net_param, model, caffe_pb2.TEST)
+    check_weights(weights, model, net_param)
+    net = caffe.Net(model, caffe.TEST, weights=weights)
+    plan = plan_compaction(net, net_param)
+    ref = reference_params(net, plan)
+    group_of = {name: _conv_group(net, name) for name in net.params
+                if net.layers[list(net._layer_names).index(name)].type == "Convolution"}
+    new_net_param, new_params = apply_plan(net_param, ref, plan, group_of)
+
+    os.makedirs(out_dir, exist_ok=True)
+    tmp_proto = os.path.join(out_dir, ".compact.check.prototxt")
+    protoio.write_text(tmp_proto, new_net_param)
+    try:
+        compact_net = caffe.Net(tmp_proto, caffe.TEST)
+    finally:
+        os.unlink(tmp_proto)
+    _set_params(compact_net, new_params)
+    # Fresh nets each time, so Data layers read the same first batches.
+    # Original vs reference: what zeroing the removed channels' offsets changed.
+    original_outputs = check_equivalence(net, _with_params(model, ref), batches)
+    eq = check_equivalence(_with_params(model, ref), compact_net, batches)
+    eq["tolerance"] = tolerance
+    eq["passed"] = eq["max_abs_diff"] <= tolerance * max(1.0, eq["output_scale"])
+
+    before, after = _net_stats(net), _net_stats(compact_net)
+    layers = {}
+    for name, s in before.items():
+        a = after[name]
+        layers[name] = {"weight_shape": s["weight_shape"], "compact_shape": a["weight_shape"],
+                        "params": s["params"], "compact_params": a["params"],
+                        "flops": s["flops_per_image"], "compact_flops": a["flops_per_image"],
+                        "flop_reduction": s["flops_per_image"] / max(a["flops_per_image"], 1),
+                        "kept_out": plan["layers"].get(name, {}).get("out"),
+                        "kept_in": plan["layers"].get(name, {}).get("in")}
+    total = {k: sum(l[k] for l in layers.values())
+             for k in ("params", "compact_params", "flops", "compact_flops")}
+    report = {"model": os.path.abspath(model), "weights": os.path.abspath(weights),
+              "layers": layers, "total": total, "equivalence": eq,
+              "reference_vs_original": original_outputs, "warnings": plan["warnings"],
+              "plan": {"layers": plan["layers"], "spaces": plan["spaces"]}}
+    if not eq["passed"] and not force:
+        raise CompactionError(
+            "the compacted net differs from the reference by %.3g (outputs up to %.3g; tolerance "
+            "%.1g relative)%s; nothing written (pass --force to write anyway)"
+            % (eq["max_abs_diff"], eq["output_scale"], tolerance,
+               "; " + "; ".join(plan["warnings"]) if plan["warnings"] else ""))
+    protoio.write_text(os.path.join(out_dir, "compact.prototxt"), new_net_param)
+    types = {l.name: l.type for l in new_net_param.layer}
+    protoio.write_binary(os.path.join(out_dir, "compact.caffemodel"),
+                         protoio.make_caffemodel(new_net_param.name, new_params, types))
+    with protoio.atomic_write(os.path.join(out_dir, "plan.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+def _with_params(model, params):
+    net = caffe.Net(model, caffe.TEST)
+    _set_params(net, params)
+    return net

@@ -1,0 +1,136 @@
+"""Forward time of Caffe nets, per layer and whole, at several batch sizes.
+
+Times come from Caffe's own layer implementations (``Net::ForwardFromTo``
+through pycaffe, im2col included), in the mode Caffe is in (CPU here). Each
+measurement is a warm-up followed by ``repeats`` timed runs; the median and
+the spread (min, max) are reported, next to each layer's FLOPs and
+parameters, so a measured speed-up can be read against the ideal one.
+Original and compacted nets are timed alternately in the same process.
+"""
+
+import statistics
+import time
+
+import numpy as np
+
+from caffe_admm.backend import caffe
+
+__all__ = ["layer_costs", "time_net", "compare", "format_table"]
+
+
+def layer_costs(net):
+    """FLOPs (multiply + add) per image and parameter count of each conv/fc layer.
+
+    Returns
+    -------
+    dict[str, dict] with ``flops`` and ``params``
+    """
+    names = list(net._layer_names)
+    costs = {}
+    for name, blobs in net.params.items():
+        layer = net.layers[names.index(name)]
+        if layer.type not in ("Convolution", "InnerProduct"):
+            continue
+        w = blobs[0].data
+        top = net.blobs[net.top_names[name][0]].data.shape
+        spatial = int(np.prod(top[2:])) if len(top) > 2 else 1
+        costs[name] = {"flops": 2 * int(w.size) * spatial, "params": int(w.size)}
+    return costs
+
+
+def _reshape(net, batch):
+    for name in net.inputs:
+        shape = list(net.blobs[name].data.shape)
+        shape[0] = batch
+        net.blobs[name].reshape(*shape)
+    net.reshape()
+
+
+def _timed(fn, repeats):
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(out), "min_ms": min(out), "max_ms": max(out)}
+
+
+def time_net(net, batch, repeats=10, warmup=2, layers=None):
+    """Whole-net and per-layer forward times of an Input-layer net.
+
+    Parameters
+    ----------
+    net : caffe.Net
+    batch : int
+    layers : list of str or None
+        Layers to time one by one (default: every Convolution and InnerProduct).
+
+    Returns
+    -------
+    dict with ``net`` and ``layers`` ({name: {median_ms, min_ms, max_ms}})
+    """
+    if not net.inputs:
+        raise ValueError("timing needs a deploy net with Input layers (no Data layers)")
+    _reshape(net, batch)
+    rng = np.random.default_rng(0)
+    for name in net.inputs:
+        net.blobs[name].data[...] = rng.standard_normal(net.blobs[name].data.shape)
+    names = list(net._layer_names)
+    if layers is None:
+        layers = [n for n, l in zip(names, net.layers) if l.type in ("Convolution", "InnerProduct")]
+    last = len(names) - 1
+    for _ in range(warmup):
+        net._forward(0, last)
+    result = {"net": _timed(lambda: net._forward(0, last), repeats), "layers": {}}
+    for name in layers:
+        i = names.index(name)
+        net._forward(i, i)
+        result["layers"][name] = _timed(lambda i=i: net._forward(i, i), repeats)
+    return result
+
+
+def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), repeats=10,
+            warmup=2):
+    """Time the original and the compacted net alternately; speed-ups per layer.
+
+    Returns
+    -------
+    dict: per batch size, per layer: original and compacted timings, the
+    measured speed-up (ratio of medians), the FLOP and parameter reductions.
+    """
+    a = caffe.Net(model, caffe.TEST, weights=weights) if weights else caffe.Net(model, caffe.TEST)
+    b = caffe.Net(compact_model, caffe.TEST, weights=compact_weights)
+    costs_a, costs_b = layer_costs(a), layer_costs(b)
+    layers = [n for n in costs_a if n in costs_b]
+    out = {"model": model, "compact_model": compact_model, "repeats": repeats, "batches": {}}
+    for batch in batches:
+        ta = time_net(a, batch, repeats, warmup, layers)
+        tb = time_net(b, batch, repeats, warmup, layers)
+        rows = {}
+        for name in layers:
+            rows[name] = {
+                "original": ta["layers"][name], "compact": tb["layers"][name],
+                "speedup": ta["layers"][name]["median_ms"] / tb["layers"][name]["median_ms"],
+                "flop_reduction": costs_a[name]["flops"] / max(costs_b[name]["flops"], 1),
+                "param_reduction": costs_a[name]["params"] / max(costs_b[name]["params"], 1)}
+        out["batches"][batch] = {
+            "layers": rows, "net": {"original": ta["net"], "compact": tb["net"],
+                                    "speedup": ta["net"]["median_ms"] / tb["net"]["median_ms"]}}
+    return out
+
+
+def format_table(result):
+    """Plain-text table of :func:`compare`'s result."""
+    lines = []
+    for batch, data in result["batches"].items():
+        lines.append("batch %s" % batch)
+        lines.append("  %-10s %12s %12s %9s %9s %9s" % ("layer", "orig ms", "compact ms",
+                                                        "speedup", "FLOP red", "param red"))
+        for name, r in data["layers"].items():
+            lines.append("  %-10s %12.3f %12.3f %8.2fx %8.2fx %8.2fx" % (
+                name, r["original"]["median_ms"], r["compact"]["median_ms"], r["speedup"],
+                r["flop_reduction"], r["param_reduction"]))
+        n = data["net"]
+        lines.append("  %-10s %12.3f %12.3f %8.2fx" % ("whole net", n["original"]["median_ms"],
+                                                       n["compact"]["median_ms"], n["speedup"]))
+    return "\n".join(lines)

@@ -1,0 +1,194 @@
+"""Compaction: compacted nets reproduce the reference outputs and load in plain Caffe."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from caffe_admm import compact, timing
+from caffe_admm.backend import caffe
+
+from conftest import ROOT, write
+
+NETS = os.path.join(ROOT, "prototxt")
+
+
+def sparse_weights(model, path, seed=0, keep_last=("ip2", "fc", "fc8"), filters=0.5, channels=0.25):
+    """Random weights with random whole filters and input channels zeroed."""
+    rng = np.random.default_rng(seed)
+    net = caffe.Net(model, caffe.TEST)
+    types = dict(zip(net._layer_names, [l.type for l in net.layers]))
+    for name, blobs in net.params.items():
+        for b in blobs:
+            b.data[...] = rng.standard_normal(b.data.shape) * 0.1
+        if types[name] == "BatchNorm":
+            blobs[1].data[...] = np.abs(blobs[1].data) + 0.5
+            blobs[2].data[...] = 1
+        if types[name] in ("Convolution", "InnerProduct") and name not in keep_last:
+            w = blobs[0].data
+            w[rng.permutation(w.shape[0])[:int(filters * w.shape[0])]] = 0
+            if w.ndim == 4 and w.shape[1] > 3:
+                w[:, rng.permutation(w.shape[1])[:int(channels * w.shape[1])]] = 0
+    net.save(path)
+    return net
+
+
+def run_compact(tmp_path, model, **kwargs):
+    weights = str(tmp_path / "sparse.caffemodel")
+    sparse_weights(model, weights, **kwargs)
+    out = str(tmp_path / "out")
+    return compact.compact(model, weights, out), weights, out
+
+
+@pytest.mark.parametrize("name", ["lenet_deploy", "resnet_mini_deploy", "concat_deploy"])
+def test_compacted_outputs_equal_reference(tmp_path, name):
+    model = os.path.join(NETS, name + ".prototxt")
+    report, weights, out = run_compact(tmp_path, model)
+    # reload from disk: the reference follows plan.json, the compacted net is plain Caffe
+    with open(os.path.join(out, "plan.json")) as f:
+        plan = json.load(f)["plan"]
+    reference = caffe.Net(model, caffe.TEST)
+    compact._set_params(reference, compact.reference_params(
+        caffe.Net(model, caffe.TEST, weights=weights), plan))
+    small = caffe.Net(os.path.join(out, "compact.prototxt"), caffe.TEST,
+                      weights=os.path.join(out, "compact.caffemodel"))
+    x = np.random.default_rng(5).standard_normal(reference.blobs["data"].data.shape)
+    reference.blobs["data"].data[...] = x
+    small.blobs["data"].data[...] = x
+    np.testing.assert_allclose(small.forward()["prob"], reference.forward()["prob"],
+                               rtol=1e-4, atol=1e-6)
+    assert report["equivalence"]["passed"]
+    assert report["total"]["compact_params"] < report["total"]["params"]
+
+
+def test_lenet_plan_removes_filters_and_their_consumers(tmp_path):
+    model = os.path.join(NETS, "lenet_deploy.prototxt")
+    weights = str(tmp_path / "w.caffemodel")
+    net = sparse_weights(model, weights, filters=0.0, channels=0.0)
+    net.params["conv1"][0].data[[1, 3]] = 0          # two dead conv1 filters
+    net.params["conv2"][0].data[[0, 7, 9]] = 0       # three dead conv2 filters
+    net.params["ip1"][0].data[:, 16 * 4:16 * 5] = 0  # conv2 channel 4 unread by ip1
+    net.save(weights)
+    report = compact.compact(model, weights, str(tmp_path / "out"))
+    layers = report["layers"]
+    assert layers["conv1"]["compact_shape"] == [18, 1, 5, 5]
+    assert layers["conv2"]["compact_shape"] == [46, 18, 5, 5]
+    assert layers["conv2"]["kept_out"] == [c for c in range(50) if c not in (0, 4, 7, 9)]
+    assert layers["ip1"]["compact_shape"] == [500, 46 * 16]
+    assert layers["ip2"]["compact_shape"] == [10, 500]
+    with open(tmp_path / "out" / "plan.json") as f:
+        assert json.load(f)["layers"]["conv1"]["kept_out"] == [0, 2] + list(range(4, 20))
+
+
+def test_eltwise_partners_must_agree(tmp_path):
+    model = os.path.join(NETS, "resnet_mini_deploy.prototxt")
+    weights = str(tmp_path / "w.caffemodel")
+    net = sparse_weights(model, weights, filters=0.0, channels=0.0)
+    for conv in ("conv1", "a_conv2", "b_conv2"):
+        net.params[conv][0].data[[2, 5]] = 0
+    net.params["b_conv2"][0].data[5] = 1.0             # one partner still writes channel 5
+    net.save(weights)
+    report = compact.compact(model, weights, str(tmp_path / "out"))
+    assert report["layers"]["conv1"]["kept_out"] == [c for c in range(16) if c != 2]
+    assert report["layers"]["fc"]["compact_shape"] == [10, 15]
+    assert report["layers"]["a_conv1"]["compact_shape"] == [16, 15, 3, 3]
+
+
+GROUPED = """
+name: "grouped"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 8 dim: 8 } } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+        convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2"
+        convolution_param { num_output: 6 kernel_size: 3 pad: 1 group: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "c2" top: "fc" inner_product_param { num_output: 3 } }
+"""
+
+
+def test_grouped_convolution_stays_balanced(tmp_path):
+    model = write(tmp_path / "g.prototxt", GROUPED)
+    net = caffe.Net(model, caffe.TEST)
+    rng = np.random.default_rng(1)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.data[...] = rng.standard_normal(b.data.shape)
+    net.params["c1"][0].data[[0, 1, 5]] = 0   # group 0 loses 2 inputs, group 1 loses 1
+    net.params["c2"][0].data[[3]] = 0         # one filter of group 1 (filters 3..5)
+    weights = str(tmp_path / "g.caffemodel")
+    net.save(weights)
+    report = compact.compact(model, weights, str(tmp_path / "out"))
+    # one channel removed per group (the lowest-index dead ones), so c1 keeps 6 filters;
+    # c2's filter 3 cannot go alone: groups keep 3 filters each
+    assert report["layers"]["c1"]["kept_out"] == [1, 2, 3, 4, 6, 7]
+    assert report["layers"]["c2"]["compact_shape"] == [6, 3, 3, 3]
+    assert report["equivalence"]["passed"]
+
+
+def test_unsupported_layer_is_named(tmp_path):
+    model = write(tmp_path / "t.prototxt", """
+        name: "t"
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
+        layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+                convolution_param { num_output: 4 kernel_size: 1 } }
+        layer { name: "tile" type: "Tile" bottom: "c1" top: "t" tile_param { tiles: 2 } }
+    """)
+    weights = str(tmp_path / "t.caffemodel")
+    caffe.Net(model, caffe.TEST).save(weights)
+    with pytest.raises(compact.CompactionError, match=r"layer 'tile': type Tile is not supported"):
+        compact.compact(model, weights, str(tmp_path / "out"))
+
+
+def test_lrn_across_channels_deviation_is_reported_and_refused(tmp_path):
+    model = write(tmp_path / "lrn.prototxt", """
+        name: "lrn"
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }
+        layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+                convolution_param { num_output: 8 kernel_size: 3 } }
+        layer { name: "norm" type: "LRN" bottom: "c1" top: "n1" lrn_param { local_size: 3 alpha: 1 beta: 0.75 } }
+        layer { name: "fc" type: "InnerProduct" bottom: "n1" top: "fc" inner_product_param { num_output: 3 } }
+    """)
+    net = caffe.Net(model, caffe.TEST)
+    rng = np.random.default_rng(2)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.data[...] = rng.standard_normal(b.data.shape)
+    net.params["c1"][0].data[[2, 5]] = 0
+    net.params["c1"][1].data[[2, 5]] = 0
+    weights = str(tmp_path / "lrn.caffemodel")
+    net.save(weights)
+    out = str(tmp_path / "out")
+    with pytest.raises(compact.CompactionError, match=r"LRN across channels \(norm\).*--force"):
+        compact.compact(model, weights, out)
+    assert not os.path.exists(os.path.join(out, "compact.caffemodel"))
+    report = compact.compact(model, weights, out, force=True)
+    assert report["equivalence"]["max_abs_diff"] > 1e-3 and not report["equivalence"]["passed"]
+    assert os.path.exists(os.path.join(out, "compact.caffemodel"))
+
+
+def test_compacted_files_load_in_the_caffe_cli(tmp_path):
+    model = os.path.join(NETS, "concat_deploy.prototxt")
+    _, _, out = run_compact(tmp_path, model)
+    res = subprocess.run([os.path.join(ROOT, ".venv", "bin", "caffe"), "test",
+                          "-model", os.path.join(out, "compact.prototxt"),
+                          "-weights", os.path.join(out, "compact.caffemodel"),
+                          "-iterations", "1"], capture_output=True, text=True,
+                         env=dict(os.environ, GLOG_minloglevel="0"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Loss: 0" in res.stderr or "prob" in res.stderr
+
+
+def test_timing_reports_every_layer_with_exact_flop_reduction(tmp_path):
+    model = os.path.join(NETS, "lenet_deploy.prototxt")
+    report, weights, out = run_compact(tmp_path, model)
+    result = timing.compare(model, weights, os.path.join(out, "compact.prototxt"),
+                            os.path.join(out, "compact.caffemodel"), batches=(1, 4), repeats=2)
+    for batch in (1, 4):
+        rows = result["batches"][batch]["layers"]
+        assert set(rows) == {"conv1", "conv2", "ip1", "ip2"}
+        for name, row in rows.items():
+            assert row["original"]["median_ms"] > 0 and row["compact"]["median_ms"] > 0
+            assert row["flop_reduction"] == pytest.approx(report["layers"][name]["flop_reduction"])
+    assert "whole net" in timing.format_table(result)
