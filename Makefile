@@ -52,15 +52,35 @@ runs/lenet_mnist/baseline.caffemodel: | data
 runs/lenet_fashion/baseline.caffemodel: | data
 	$(CLI) train --solver solvers/lenet_fashion_solver.prototxt --out runs/lenet_fashion
 
-demo: setup data runs/lenet_mnist/baseline.caffemodel
+# The main job on the bundled default: LeNet/MNIST, StructADMM filter+shape
+# pruning (resumable: interrupt and run again), compaction, timing.
+PRUNED := runs/lenet_mnist_fs
+
+$(PRUNED)/pruned.caffemodel: runs/lenet_mnist/baseline.caffemodel prototxt/lenet_admm_filter_shape.prototxt
+	$(CLI) prune --solver solvers/lenet_solver.prototxt \
+	    --weights runs/lenet_mnist/baseline.caffemodel \
+	    --config prototxt/lenet_admm_filter_shape.prototxt --out $(PRUNED)
+
+demo: setup data runs/lenet_mnist/baseline.caffemodel $(PRUNED)/pruned.caffemodel
 	$(CLI) test --model prototxt/lenet_train_test.prototxt \
 	    --weights runs/lenet_mnist/baseline.caffemodel
+	$(CLI) compact --model prototxt/lenet_train_test.prototxt \
+	    --weights $(PRUNED)/pruned.caffemodel --out $(PRUNED)/compact
+	$(CLI) test --model $(PRUNED)/compact/compact.prototxt \
+	    --weights $(PRUNED)/compact/compact.caffemodel
+	$(CLI) compact --model prototxt/lenet_deploy.prototxt \
+	    --weights $(PRUNED)/pruned.caffemodel --out $(PRUNED)/compact_deploy
+	$(CLI) time --model prototxt/lenet_deploy.prototxt --weights $(PRUNED)/pruned.caffemodel \
+	    --compact $(PRUNED)/compact_deploy/compact.prototxt \
+	    --compact-weights $(PRUNED)/compact_deploy/compact.caffemodel \
+	    --batch 1 64 --json $(PRUNED)/timing.json
 
 test: setup
 	$(PY) -m pytest -q tests
 
 bench: setup data
 	$(PY) benchmarks/bench_admm_overhead.py
+	$(PY) benchmarks/bench_alexnet_compaction.py
 
 clean:
 	rm -rf $(VENV) runs data/*_lmdb caffe_admm/proto/admm_pb2.py

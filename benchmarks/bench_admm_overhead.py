@@ -44,7 +44,7 @@ def main():
     cfg = load_config(args.config, net_param)
     tmp = tempfile.mkdtemp(prefix="bench_admm_")
     plain = caffe.get_solver(_write_solver(solver_param, net_path, tmp, "plain", 1))
-    shapes = {s.name: plain.net.params[s.name][0].data.shape for s in cfg.layers}
+    shapes = {s.name: [b.data.shape for b in plain.net.params[s.name]] for s in cfg.layers}
     hooked_path = os.path.join(tmp, "hooked.prototxt")
     protoio.write_text(hooked_path, add_hooks(net_param, shapes))
     admm = caffe.get_solver(_write_solver(solver_param, hooked_path, tmp, "admm", 1))

@@ -46,29 +46,33 @@ class NonFiniteWeights(FloatingPointError):
 class WeightHook(caffe.Layer):
     """Adds the ADMM penalty gradient to, and masks, a shared weight blob.
 
-    ``param_str`` (JSON): ``{"layer": "conv1", "shape": [20, 1, 5, 5]}``.
+    ``param_str`` (JSON): ``{"layer": "conv1", "shapes": [[20, 1, 5, 5], [20]]}``,
+    the shapes of the weight and (if the layer has one) the bias it shares.
 
     Attributes set by the driver
     ----------------------------
     penalty : list of (rho, z, u) or empty
         z, u : ndarray, shape ``shape``
-    mask : ndarray of bool, shape ``shape``, or None
+    mask : ndarray, shape of the weight, 1 = kept, or None
+    bias_mask : ndarray, shape of the bias, or None
     """
 
     def setup(self, bottom, top):
         try:
             params = json.loads(self.param_str)
             self.target = str(params["layer"])
-            shape = [int(s) for s in params["shape"]]
+            shapes = [[int(d) for d in shape] for shape in params["shapes"]]
         except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError("WeightHook param_str must be JSON with 'layer' and 'shape', "
+            raise ValueError("WeightHook param_str must be JSON with 'layer' and 'shapes', "
                              "got %r (%s)" % (self.param_str, exc)) from exc
         if bottom or len(top) != 1:
             raise ValueError("WeightHook for %r takes no bottom and one top" % self.target)
         if not self.blobs:
-            self.blobs.add_blob(*shape)
+            for shape in shapes:
+                self.blobs.add_blob(*shape)
         self.penalty = []
         self.mask = None
+        self.bias_mask = None
 
     @property
     def penalty(self):
@@ -99,6 +103,8 @@ class WeightHook(caffe.Layer):
         w = self.blobs[0].data
         if self.mask is not None:
             np.multiply(w, self.mask, out=w)
+        if self.bias_mask is not None:
+            np.multiply(self.blobs[1].data, self.bias_mask, out=self.blobs[1].data)
         flat = w.ravel()
         ww = float(np.dot(flat, flat))  # NaN/inf in w make this non-finite
         if not np.isfinite(ww):
@@ -119,3 +125,5 @@ class WeightHook(caffe.Layer):
                 diff -= scale * self._b
         if self.mask is not None:
             np.multiply(diff, self.mask, out=diff)
+        if self.bias_mask is not None:
+            np.multiply(self.blobs[1].diff, self.bias_mask, out=self.blobs[1].diff)

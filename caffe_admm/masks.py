@@ -11,7 +11,7 @@ import numpy as np
 
 from caffe_admm.projections import as_4d
 
-__all__ = ["masks_from_zeros", "apply_masks", "sparsity_stats", "save_masks", "load_masks"]
+__all__ = ["masks_from_zeros", "apply_masks", "filter_mask", "sparsity_stats", "save_masks", "load_masks"]
 
 
 def masks_from_zeros(weights):
@@ -26,6 +26,20 @@ def masks_from_zeros(weights):
     dict[str, ndarray of bool]
     """
     return {name: np.asarray(w) != 0 for name, w in weights.items()}
+
+
+def filter_mask(mask):
+    """Which filters (rows) of a weight mask keep any weight.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (F, C, kh, kw) or (N, K)
+
+    Returns
+    -------
+    ndarray of bool, shape (F,)
+    """
+    return np.asarray(mask).reshape(np.shape(mask)[0], -1).any(axis=1)
 
 
 def apply_masks(weights, masks):

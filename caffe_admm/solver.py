@@ -31,7 +31,8 @@ from caffe_admm.admm import ADMMState
 from caffe_admm.backend import caffe, caffe_pb2
 from caffe_admm.config import PRUNABLE_TYPES, load_config
 from caffe_admm.layers import HOOK_PREFIX, NonFiniteWeights
-from caffe_admm.masks import apply_masks, load_masks, masks_from_zeros, save_masks, sparsity_stats
+from caffe_admm.masks import (apply_masks, filter_mask, load_masks, masks_from_zeros, save_masks,
+                              sparsity_stats)
 from caffe_admm.progress import Progress
 
 __all__ = ["DivergenceError", "RunError", "train", "prune", "retrain", "evaluate_net"]
@@ -61,8 +62,9 @@ def add_hooks(net_param, shapes):
     Parameters
     ----------
     net_param : caffe_pb2.NetParameter
-    shapes : dict[str, tuple]
-        Weight shape of each hooked layer.
+    shapes : dict[str, list of tuple]
+        Blob shapes of each hooked layer: the weight, and the bias if it has one
+        (the hook shares both, so it can hold the biases of pruned filters at 0).
 
     Returns
     -------
@@ -72,21 +74,23 @@ def add_hooks(net_param, shapes):
     net.CopyFrom(net_param)
     owners = {}
     hooks = []
-    for name, shape in shapes.items():
+    for name, blob_shapes in shapes.items():
+        blob_shapes = [list(s) for s in blob_shapes[:2]]
         layers = _layers_named(net, name)
         if not layers:
             raise RunError("layer %r is not in net %r" % (name, net.name))
         for layer in layers:
-            if not layer.param:
+            while len(layer.param) < len(blob_shapes):
                 layer.param.add()
-            if not layer.param[0].name:
-                layer.param[0].name = "admm/%s/weight" % name
-        spec = layers[0].param[0]
-        if spec.name in owners:
+            for i, role in enumerate(("weight", "bias")[:len(blob_shapes)]):
+                if not layer.param[i].name:
+                    layer.param[i].name = "admm/%s/%s" % (name, role)
+        specs = layers[0].param[:len(blob_shapes)]
+        if specs[0].name in owners:
             raise RunError("layers %r and %r share the weight %r; pruning shared weights is "
-                           "not supported" % (owners[spec.name], name, spec.name))
-        owners[spec.name] = name
-        if spec.HasField("lr_mult") and spec.lr_mult == 0:
+                           "not supported" % (owners[specs[0].name], name, specs[0].name))
+        owners[specs[0].name] = name
+        if specs[0].HasField("lr_mult") and specs[0].lr_mult == 0:
             raise RunError("layer %r has lr_mult: 0 on its weight; a frozen layer cannot be "
                            "pruned by ADMM" % name)
         hook = caffe_pb2.LayerParameter(name=HOOK_PREFIX + name, type="Python",
@@ -94,11 +98,12 @@ def add_hooks(net_param, shapes):
         hook.include.add(phase=caffe_pb2.TRAIN)
         hook.python_param.module = "caffe_admm.layers"
         hook.python_param.layer = "WeightHook"
-        hook.python_param.param_str = json.dumps({"layer": name, "shape": list(shape)})
-        hook_spec = hook.param.add(name=spec.name)
-        for field in ("lr_mult", "decay_mult"):
-            if spec.HasField(field):
-                setattr(hook_spec, field, getattr(spec, field))
+        hook.python_param.param_str = json.dumps({"layer": name, "shapes": blob_shapes})
+        for spec in specs:
+            hook_spec = hook.param.add(name=spec.name)
+            for field in ("lr_mult", "decay_mult"):
+                if spec.HasField(field):
+                    setattr(hook_spec, field, getattr(spec, field))
         hooks.append(hook)
     rest = list(net.layer)
     del net.layer[:]
@@ -476,7 +481,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
         with open(os.path.join(out_dir, "report.json")) as f:
             return json.load(f)
 
-    hooked = add_hooks(net_param, {n: shapes[n][0] for n in names})
+    hooked = add_hooks(net_param, {n: shapes[n] for n in names})
     hooked_path = os.path.join(out_dir, "admm_train_test.prototxt")
     protoio.write_text(hooked_path, hooked)
     history = meta["history"] if meta else {"residuals": [], "loss": {"admm": [], "retrain": []},
@@ -576,7 +581,7 @@ def _admm_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ckp
     history["accuracy"]["after_admm"] = _evaluate(solver, test_iter)
     w = _weights(solver.net, names)
     masks = state.hard_prune_masks(w)
-    apply_masks(w, masks)
+    _apply_masks(solver.net, masks)
     history["accuracy"]["after_hard_prune"] = _evaluate(solver, test_iter)
     _log("after ADMM: %s; after hard prune: %s" % (
         _fmt_scores(history["accuracy"]["after_admm"]),
@@ -585,6 +590,14 @@ def _admm_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ckp
     save_weights(os.path.join(out_dir, "admm.caffemodel"), solver.net, _strip_hooks(net_param))
     save_masks(os.path.join(out_dir, "masks.npz"), masks)
     return state, masks
+
+
+def _apply_masks(net, masks):
+    """Zero the pruned weights and the biases of fully pruned filters."""
+    apply_masks(_weights(net, list(masks)), masks)
+    for name, mask in masks.items():
+        if len(net.params[name]) > 1:
+            net.params[name][1].data[~filter_mask(mask)] = 0
 
 
 def _strip_hooks(net_param):
@@ -610,7 +623,8 @@ def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, sn
     for name, hook in hooks.items():
         hook.penalty = []
         hook.mask = masks[name].astype(np.float32)
-    apply_masks(_weights(solver.net, list(masks)), masks)
+        hook.bias_mask = filter_mask(masks[name]).astype(np.float32)
+    _apply_masks(solver.net, masks)
 
     def checkpoint():
         ckpt.save(solver, "retrain", history, state)
@@ -619,7 +633,7 @@ def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, sn
         samples = _run_iters(solver, iters, "retrain", progress,
                              checkpoint_every=snapshot_interval, checkpoint=checkpoint)
         history["loss"]["retrain"].extend((it, out.get("loss")) for it, out in samples)
-    apply_masks(_weights(solver.net, list(masks)), masks)
+    _apply_masks(solver.net, masks)
     history["accuracy"]["after_retrain"] = _evaluate(solver, test_iter)
     _log("after masked retraining: %s" % _fmt_scores(history["accuracy"]["after_retrain"]))
     net_param = net_param or _strip_hooks(protoio.read_net(hooked_path))
@@ -659,7 +673,7 @@ def retrain(solver_path, weights, out_dir, masks_path=None, iters=None, progress
                                               *([masks_path] if masks_path else []),
                                               extra="retrain:%d" % iters))
     meta = ckpt.load()
-    hooked = add_hooks(net_param, {n: masks[n].shape for n in masks})
+    hooked = add_hooks(net_param, {n: shapes[n] for n in masks})
     hooked_path = os.path.join(out_dir, "retrain_train_test.prototxt")
     protoio.write_text(hooked_path, hooked)
     history = meta["history"] if meta else {"loss": {"retrain": []}, "accuracy": {}}

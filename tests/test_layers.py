@@ -23,7 +23,7 @@ SHAPE = (4, 3, 3, 3)
 @pytest.fixture
 def hooked_net(tmp_path):
     net_param = text_format.Parse(NET, caffe_pb2.NetParameter())
-    hooked = add_hooks(net_param, {"conv": SHAPE})
+    hooked = add_hooks(net_param, {"conv": [SHAPE, (4,)]})
     path = str(tmp_path / "hooked.prototxt")
     protoio.write_text(path, hooked)
     net = caffe.Net(path, caffe.TRAIN)
@@ -35,6 +35,8 @@ def test_hook_comes_first_and_shares_the_weight(hooked_net):
     assert hooked.layer[0].name == HOOK_PREFIX + "conv"
     assert hooked.layer[0].param[0].name == hooked.layer[2].param[0].name == "admm/conv/weight"
     assert hooked.layer[0].param[0].lr_mult == 1 and hooked.layer[0].param[0].decay_mult == 1
+    assert hooked.layer[0].param[1].name == hooked.layer[2].param[1].name == "admm/conv/bias"
+    assert hooked.layer[0].param[1].lr_mult == 2 and hooked.layer[0].param[1].decay_mult == 0
     w = net.params["conv"][0].data
     w[...] = 3.0
     np.testing.assert_array_equal(hook.blobs[0].data, 3.0)  # same memory
@@ -76,17 +78,22 @@ def test_mask_zeroes_weights_in_forward_and_gradient_in_backward(hooked_net):
     mask = np.zeros(SHAPE, np.float32)
     mask[:2] = 1
     hook.mask = mask
+    hook.bias_mask = np.array([1, 1, 0, 0], np.float32)
+    net.params["conv"][1].data[...] = 2.0
     net.forward()
     assert np.all(w[2:] == 0) and np.all(w[:2] == 1)
+    np.testing.assert_array_equal(net.params["conv"][1].data, [2, 2, 0, 0])
     net.params["conv"][0].diff[...] = 5.0
+    net.params["conv"][1].diff[...] = 5.0
     net.backward()
     assert np.all(net.params["conv"][0].diff[2:] == 0)
     assert np.all(net.params["conv"][0].diff[:2] == 5.0)
+    np.testing.assert_array_equal(net.params["conv"][1].diff, [5, 5, 0, 0])
 
 
 def test_bad_param_str_is_a_clear_error(tmp_path):
     net = text_format.Parse(NET, caffe_pb2.NetParameter())
-    hooked = add_hooks(net, {"conv": SHAPE})
+    hooked = add_hooks(net, {"conv": [SHAPE, (4,)]})
     hooked.layer[0].python_param.param_str = "not json"
     path = str(tmp_path / "bad.prototxt")
     protoio.write_text(path, hooked)

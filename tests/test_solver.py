@@ -60,6 +60,9 @@ def test_exact_structured_sparsity_after_retraining(pruned):
     masks = load_masks(os.path.join(run, "masks.npz"))
     for name, mask in masks.items():
         assert np.all(net.params[name][0].data[~mask] == 0)
+        dead = ~mask.reshape(mask.shape[0], -1).any(axis=1)
+        assert np.all(net.params[name][1].data[dead] == 0)  # biases go with their filters
+    assert (net.params["conv1"][1].data == 0).sum() == 4
     acc = report["accuracy"]
     assert set(acc) == {"baseline", "after_admm", "after_hard_prune", "after_retrain"}
     assert acc["after_retrain"]["accuracy"] >= 0.9
