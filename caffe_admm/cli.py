@@ -73,6 +73,9 @@ def build_parser():
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest |reference - compacted| output difference, relative")
     p.add_argument("--force", action="store_true", help="write even above the tolerance")
+    p.add_argument("--shape", action="store_true",
+                   help="also cut zero GEMM columns (Im2col + Slice/Concat + 1x1 conv); "
+                        "time it: it pays only when the GEMM saving beats the copies")
 
     p = verbs.add_parser("time", help="forward time, original vs compacted", formatter_class=fmt)
     p.add_argument("--model", required=True, help="original deploy prototxt (Input layers)")
@@ -122,7 +125,7 @@ def _run(args):
     elif args.verb == "compact":
         from caffe_admm import compact
         report = compact.compact(args.model, args.weights, args.out, tolerance=args.tolerance,
-                                 force=args.force)
+                                 force=args.force, shape=args.shape)
         for w in report["warnings"]:
             print("warning:", w)
         t, eq = report["total"], report["equivalence"]

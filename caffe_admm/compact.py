@@ -36,7 +36,7 @@ from caffe_admm import protoio
 from caffe_admm.backend import caffe, caffe_pb2
 
 __all__ = ["CompactionError", "plan_compaction", "apply_plan", "reference_params",
-           "check_equivalence", "compact"]
+           "compact_shapes", "check_equivalence", "compact"]
 
 # Layers that pass channels through unchanged and map 0 to 0.
 PASS_THROUGH = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Dropout", "Pooling", "LRN",
@@ -471,6 +471,94 @@ def apply_plan(net_param, params, plan, group_of):
     return new_net, new_params
 
 
+def _runs(keep):
+    """Contiguous runs [(start, stop, kept)] covering a boolean vector."""
+    runs, start = [], 0
+    for i in range(1, keep.size + 1):
+        if i == keep.size or keep[i] != keep[start]:
+            runs.append((start, i, bool(keep[start])))
+            start = i
+    return runs
+
+
+def compact_shapes(net_param, params, group_of, min_saving=0.0):
+    """Shape-wise (GEMM column) compaction with stock layers.
+
+    Each Convolution (group 1) whose weight has all-zero columns is replaced
+    by ``L/im2col`` (Caffe's Im2col with the same kernel, stride, pad and
+    dilation), ``L/slice`` (Slice on the channel axis into runs of kept and
+    dropped columns), ``L/concat`` of the kept runs, ``L/silence`` for the
+    dropped ones, and ``L`` itself as a 1x1 Convolution with weight
+    (F, kept columns, 1, 1). Im2col still lowers every column, and the slices
+    are copied, so this pays only where the GEMM saving outweighs the copies:
+    measure it with :mod:`caffe_admm.timing`.
+
+    Returns
+    -------
+    (caffe_pb2.NetParameter, dict[str, list of ndarray], dict[str, dict])
+        The rewritten net and blobs, and per rewritten layer its kept columns.
+    """
+    new_net = caffe_pb2.NetParameter()
+    new_net.CopyFrom(net_param)
+    del new_net.layer[:]
+    new_params = dict(params)
+    rewritten = {}
+    for layer in net_param.layer:
+        w = params.get(layer.name, [None])[0]
+        if (layer.type != "Convolution" or w is None or group_of.get(layer.name, 1) != 1
+                or w.ndim != 4):
+            new_net.layer.add().CopyFrom(layer)
+            continue
+        cols = np.any(w.reshape(w.shape[0], -1) != 0, axis=0)
+        if cols.all() or not cols.any() or 1.0 - cols.mean() <= min_saving:
+            new_net.layer.add().CopyFrom(layer)
+            continue
+        name, cp = layer.name, layer.convolution_param
+        im2col = new_net.layer.add(name=name + "/im2col", type="Im2col",
+                                   bottom=list(layer.bottom), top=[name + "/cols"])
+        im2col.convolution_param.CopyFrom(cp)
+        im2col.convolution_param.ClearField("weight_filler")
+        im2col.convolution_param.ClearField("bias_filler")
+        runs = _runs(cols)
+        kept_tops, dropped_tops = [], []
+        if len(runs) > 1:
+            sl = new_net.layer.add(name=name + "/slice", type="Slice", bottom=[name + "/cols"])
+            sl.slice_param.axis = 1
+            for i, (start, stop, keep) in enumerate(runs):
+                if start:
+                    sl.slice_param.slice_point.append(start)
+                top = "%s/cols%d" % (name, i)
+                sl.top.append(top)
+                (kept_tops if keep else dropped_tops).append(top)
+            if dropped_tops:
+                new_net.layer.add(name=name + "/silence", type="Silence", bottom=dropped_tops)
+            if len(kept_tops) > 1:
+                new_net.layer.add(name=name + "/concat", type="Concat", bottom=kept_tops,
+                                  top=[name + "/kept"]).concat_param.axis = 1
+                src = name + "/kept"
+            else:
+                src = kept_tops[0]
+        else:
+            src = name + "/cols"
+        conv = new_net.layer.add()
+        conv.CopyFrom(layer)
+        conv.ClearField("bottom")
+        conv.bottom.append(src)
+        conv.convolution_param.ClearField("kernel_size")
+        conv.convolution_param.ClearField("stride")
+        conv.convolution_param.ClearField("pad")
+        conv.convolution_param.ClearField("dilation")
+        for field in ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w"):
+            conv.convolution_param.ClearField(field)
+        conv.convolution_param.kernel_size.append(1)
+        blobs = list(params[name])
+        blobs[0] = w.reshape(w.shape[0], -1)[:, cols].reshape(w.shape[0], -1, 1, 1)
+        new_params[name] = blobs
+        rewritten[name] = {"columns": int(cols.size), "kept_columns": int(cols.sum()),
+                           "runs": sum(1 for r in runs if r[2])}
+    return new_net, new_params, rewritten
+
+
 def _set_params(net, params):
     for name, blobs in params.items():
         for dst, src in zip(net.params[name], blobs):
@@ -529,7 +617,7 @@ def _net_stats(net):
     return stats
 
 
-def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2):
+def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, shape=False):
     """Compact a net and write ``compact.prototxt``, ``compact.caffemodel``, ``plan.json``.
 
     Parameters
@@ -542,6 +630,8 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2):
         Largest allowed |reference - compacted| relative to the outputs' scale.
     force : bool
         Write the outputs even above the tolerance.
+    shape : bool
+        Also compact shape-wise (column) sparsity with :func:`compact_shapes`.
 
     Returns
     -------
@@ -558,6 +648,10 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2):
     group_of = {name: _conv_group(net, name) for name in net.params
                 if net.layers[list(net._layer_names).index(name)].type == "Convolution"}
     new_net_param, new_params = apply_plan(net_param, ref, plan, group_of)
+    shapes_rewritten = {}
+    if shape:
+        new_net_param, new_params, shapes_rewritten = compact_shapes(new_net_param, new_params,
+                                                                     group_of)
 
     os.makedirs(out_dir, exist_ok=True)
     tmp_proto = os.path.join(out_dir, ".compact.check.prototxt")
@@ -589,6 +683,7 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2):
     report = {"model": os.path.abspath(model), "weights": os.path.abspath(weights),
               "layers": layers, "total": total, "equivalence": eq,
               "reference_vs_original": original_outputs, "warnings": plan["warnings"],
+              "shape_compaction": shapes_rewritten,
               "plan": {"layers": plan["layers"], "spaces": plan["spaces"]}}
     if not eq["passed"] and not force:
         raise CompactionError(

@@ -15,7 +15,7 @@ import numpy as np
 
 from caffe_admm.backend import caffe
 
-__all__ = ["layer_costs", "time_net", "compare", "format_table"]
+__all__ = ["layer_costs", "time_net", "layer_range", "compare", "format_table"]
 
 
 def layer_costs(net):
@@ -63,7 +63,8 @@ def time_net(net, batch, repeats=10, warmup=2, layers=None):
     net : caffe.Net
     batch : int
     layers : list of str or None
-        Layers to time one by one (default: every Convolution and InnerProduct).
+        Layers to time one by one (default: every Convolution and InnerProduct);
+        a layer's time includes the ``name/...`` helpers before it.
 
     Returns
     -------
@@ -83,9 +84,20 @@ def time_net(net, batch, repeats=10, warmup=2, layers=None):
         net._forward(0, last)
     result = {"net": _timed(lambda: net._forward(0, last), repeats), "layers": {}}
     for name in layers:
-        i = names.index(name)
-        net._forward(i, i)
-        result["layers"][name] = _timed(lambda i=i: net._forward(i, i), repeats)
+        start, end = layer_range(names, name)
+        net._forward(start, end)
+        result["layers"][name] = _timed(lambda s=start, e=end: net._forward(s, e), repeats)
+    return result
+
+
+def layer_range(names, name):
+    """Indices [start, end] of layer ``name`` and the helper layers ``name/...``
+    that shape-wise compaction puts before it (Im2col, Slice, Concat, Silence)."""
+    end = names.index(name)
+    start = end
+    while start > 0 and names[start - 1].startswith(name + "/"):
+        start -= 1
+    return start, end
     return result
 
 

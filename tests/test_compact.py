@@ -192,3 +192,32 @@ def test_timing_reports_every_layer_with_exact_flop_reduction(tmp_path):
             assert row["original"]["median_ms"] > 0 and row["compact"]["median_ms"] > 0
             assert row["flop_reduction"] == pytest.approx(report["layers"][name]["flop_reduction"])
     assert "whole net" in timing.format_table(result)
+
+
+def test_shape_compaction_with_stock_layers_is_exact(tmp_path):
+    model = os.path.join(NETS, "lenet_deploy.prototxt")
+    weights = str(tmp_path / "w.caffemodel")
+    net = sparse_weights(model, weights, filters=0.0, channels=0.0)
+    cols = np.random.default_rng(3).permutation(500)[:350]
+    net.params["conv2"][0].data.reshape(50, -1)[:, cols] = 0
+    net.save(weights)
+    out = str(tmp_path / "out")
+    report = compact.compact(model, weights, out, shape=True)
+    assert report["shape_compaction"]["conv2"]["kept_columns"] == 150
+    assert report["layers"]["conv2"]["compact_shape"] == [50, 150, 1, 1]
+    assert report["layers"]["conv2"]["flop_reduction"] == pytest.approx(500 / 150)
+    assert report["equivalence"]["passed"]
+    small = caffe.Net(os.path.join(out, "compact.prototxt"), caffe.TEST,
+                      weights=os.path.join(out, "compact.caffemodel"))
+    names = list(small._layer_names)
+    assert [small.layers[names.index(n)].type for n in ("conv2/im2col", "conv2/slice",
+                                                        "conv2/concat", "conv2")] == \
+        ["Im2col", "Slice", "Concat", "Convolution"]
+    assert timing.layer_range(names, "conv2") == (names.index("conv2/im2col"),
+                                                  names.index("conv2"))
+    full = caffe.Net(model, caffe.TEST, weights=weights)
+    x = np.random.default_rng(4).standard_normal(full.blobs["data"].data.shape)
+    full.blobs["data"].data[...] = x
+    small.blobs["data"].data[...] = x
+    np.testing.assert_allclose(small.forward()["prob"], full.forward()["prob"], rtol=1e-4,
+                               atol=1e-6)
