@@ -21,10 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from caffe_admm import protoio  # noqa: E402
-from caffe_admm.admm import ADMMState  # noqa: E402
+from caffe_admm.methods import make_method  # noqa: E402
 from caffe_admm.backend import caffe  # noqa: E402
 from caffe_admm.config import load_config  # noqa: E402
-from caffe_admm.solver import _hook_layers, _set_penalty, _write_solver, add_hooks  # noqa: E402
+from caffe_admm.solver import _hook_layers, _set_hooks, _write_solver, add_hooks  # noqa: E402
 
 
 def main():
@@ -48,8 +48,9 @@ def main():
     hooked_path = os.path.join(tmp, "hooked.prototxt")
     protoio.write_text(hooked_path, add_hooks(net_param, shapes))
     admm = caffe.get_solver(_write_solver(solver_param, hooked_path, tmp, "admm", 1))
-    state = ADMMState.initial(cfg.layers, {n: admm.net.params[n][0].data for n in shapes})
-    _set_penalty(_hook_layers(admm.net), state)
+    method = make_method(cfg)
+    method.start({n: admm.net.params[n][0].data for n in shapes})
+    _set_hooks(_hook_layers(admm.net), method)
 
     variants = {"plain": plain, "admm": admm}
     for s in variants.values():  # warm-up

@@ -39,6 +39,7 @@ class LayerSpec:
     group: int
     constraints: tuple
     rho: float
+    lasso_lambda: float = 0.0
 
     @property
     def kind(self):
@@ -58,6 +59,8 @@ class PruneConfig:
     retrain_iters: int
     snapshot_interval: int
     test_iter: int
+    method: str = "admm"
+    ssl_threshold: float = None
 
     def layer(self, name):
         for spec in self.layers:
@@ -140,8 +143,12 @@ def _layer_spec(path, entry, layer, initial_rho):
     rho = float(entry.rho) if entry.HasField("rho") else initial_rho
     if rho <= 0:
         raise ConfigError("%s: rho must be > 0, got %g" % (_where(path, name, "rho"), rho))
+    if entry.lasso_lambda < 0:
+        raise ConfigError("%s: must be >= 0, got %g" % (_where(path, name, "lasso_lambda"),
+                                                         entry.lasso_lambda))
     return LayerSpec(name=name, layer_type=layer.type, group=group, rho=rho,
-                     constraints=tuple(Constraint(k, ratios[k]) for k in kinds))
+                     constraints=tuple(Constraint(k, ratios[k]) for k in kinds),
+                     lasso_lambda=float(entry.lasso_lambda))
 
 
 def load_config(path, net):
@@ -179,6 +186,9 @@ def load_config(path, net):
     for field in ("admm_steps", "iters_per_step"):
         if getattr(msg, field) == 0:
             raise ConfigError("%s: %s must be > 0" % (path, field))
+    if msg.HasField("ssl_threshold") and not 0 < msg.ssl_threshold < 1:
+        raise ConfigError("%s: ssl_threshold must be in (0, 1), relative to the largest group "
+                          "norm; got %g" % (path, msg.ssl_threshold))
     if msg.default.HasField("name"):
         raise ConfigError("%s: default, field name: the default entry takes no layer name" % path)
 
@@ -223,4 +233,5 @@ def load_config(path, net):
         rho_max=float(msg.rho.max) if msg.rho.HasField("max") else float("inf"),
         admm_steps=msg.admm_steps, iters_per_step=msg.iters_per_step,
         retrain_iters=msg.retrain_iters, snapshot_interval=max(1, msg.snapshot_interval),
-        test_iter=msg.test_iter)
+        test_iter=msg.test_iter, method=pb2.Method.Name(msg.method).lower(),
+        ssl_threshold=float(msg.ssl_threshold) if msg.HasField("ssl_threshold") else None)

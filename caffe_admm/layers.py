@@ -33,6 +33,7 @@ import json
 import numpy as np
 
 from caffe_admm.backend import caffe
+from caffe_admm.methods import lasso_penalty
 
 __all__ = ["WeightHook", "NonFiniteWeights", "HOOK_PREFIX"]
 
@@ -52,7 +53,10 @@ class WeightHook(caffe.Layer):
     Attributes set by the driver
     ----------------------------
     penalty : list of (rho, z, u) or empty
-        z, u : ndarray, shape ``shape``
+        z, u : ndarray, shape of the weight
+    lasso : list of (lambda, kind) or empty
+        SSL's group Lasso, lambda * sum_g ||W_g||, groups of ``kind``
+        (see :mod:`caffe_admm.projections`).
     mask : ndarray, shape of the weight, 1 = kept, or None
     bias_mask : ndarray, shape of the bias, or None
     """
@@ -71,8 +75,10 @@ class WeightHook(caffe.Layer):
             for shape in shapes:
                 self.blobs.add_blob(*shape)
         self.penalty = []
+        self.lasso = []
         self.mask = None
         self.bias_mask = None
+        self._lasso_grad = None
 
     @property
     def penalty(self):
@@ -111,8 +117,14 @@ class WeightHook(caffe.Layer):
             raise NonFiniteWeights("the weights of layer %r are not finite" % self.target)
         value = 0.0
         if self._b is not None:
-            value = 0.5 * self._rho_sum * ww - float(np.dot(flat, self._b.ravel())) + self._k
-        top[0].data[...] = max(value, 0.0)
+            value = max(0.5 * self._rho_sum * ww - float(np.dot(flat, self._b.ravel())) + self._k,
+                        0.0)
+        self._lasso_grad = None
+        for lam, kind in self.lasso:
+            v, g = lasso_penalty(w, kind, lam)
+            value += v
+            self._lasso_grad = g if self._lasso_grad is None else self._lasso_grad + g
+        top[0].data[...] = value
 
     def backward(self, top, propagate_down, bottom):
         diff = self.blobs[0].diff
@@ -123,6 +135,8 @@ class WeightHook(caffe.Layer):
                 diff -= self._b
             else:
                 diff -= scale * self._b
+        if self._lasso_grad is not None:
+            diff += float(top[0].diff[0]) * self._lasso_grad
         if self.mask is not None:
             np.multiply(diff, self.mask, out=diff)
         if self.bias_mask is not None:

@@ -27,7 +27,7 @@ onto that set), so the pruned layer stays a valid grouped convolution.
 import numpy as np
 
 __all__ = ["KINDS", "as_4d", "num_groups", "keep_count", "group_norms",
-           "group_mask", "support", "project"]
+           "group_mask", "expand", "support", "project"]
 
 KINDS = ("filter", "channel", "shape", "non_structured")
 
@@ -135,19 +135,34 @@ def group_mask(w, kind, k, group=1):
                            for i in range(group)])
 
 
+def expand(values, shape, kind):
+    """Broadcast one value per group of ``kind`` to every weight of ``shape``.
+
+    Parameters
+    ----------
+    values : ndarray, shape (num_groups(shape, kind),)
+    shape : tuple, (F, C, kh, kw) or (N, K)
+
+    Returns
+    -------
+    ndarray, shape ``shape``
+    """
+    f, c, kh, kw = as_4d(np.empty(shape, dtype=np.bool_)).shape
+    values = np.asarray(values)
+    if kind == "filter":
+        full = np.broadcast_to(values[:, None, None, None], (f, c, kh, kw))
+    elif kind == "channel":
+        full = np.broadcast_to(values[None, :, None, None], (f, c, kh, kw))
+    elif kind == "shape":
+        full = np.broadcast_to(values.reshape(1, c, kh, kw), (f, c, kh, kw))
+    else:
+        full = values.reshape(f, c, kh, kw)
+    return np.array(full).reshape(shape)
+
+
 def support(w, kind, k, group=1):
     """Boolean mask, shaped like ``w``, of the weights the projection keeps."""
-    keep = group_mask(w, kind, k, group)
-    f, c, kh, kw = as_4d(w).shape
-    if kind == "filter":
-        m = np.broadcast_to(keep[:, None, None, None], (f, c, kh, kw))
-    elif kind == "channel":
-        m = np.broadcast_to(keep[None, :, None, None], (f, c, kh, kw))
-    elif kind == "shape":
-        m = np.broadcast_to(keep.reshape(1, c, kh, kw), (f, c, kh, kw))
-    else:
-        m = keep.reshape(f, c, kh, kw)
-    return np.array(m).reshape(np.shape(w))
+    return expand(group_mask(w, kind, k, group), np.shape(w), kind)
 
 
 def project(w, kind, k, group=1):

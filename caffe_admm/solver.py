@@ -27,10 +27,10 @@ import time
 import numpy as np
 
 from caffe_admm import protoio
-from caffe_admm.admm import ADMMState
 from caffe_admm.backend import caffe, caffe_pb2
 from caffe_admm.config import PRUNABLE_TYPES, load_config
 from caffe_admm.layers import HOOK_PREFIX, NonFiniteWeights
+from caffe_admm.methods import make_method
 from caffe_admm.masks import (apply_masks, filter_mask, load_masks, masks_from_zeros, save_masks,
                               sparsity_stats)
 from caffe_admm.progress import Progress
@@ -282,8 +282,8 @@ class _Checkpoints:
                 "solverstate": prefix + ".solverstate", "history": history}
         meta.update(extra or {})
         if state is not None:
-            meta["admm_state"] = prefix + ".admm.npz"
-            with protoio.atomic_write(meta["admm_state"]) as f:
+            meta["method_state"] = prefix + ".state.npz"
+            with protoio.atomic_write(meta["method_state"]) as f:
                 np.savez(f, **state.to_arrays())
         old = self.load_raw()
         with protoio.atomic_write(self.meta_path, "w") as f:
@@ -301,7 +301,7 @@ class _Checkpoints:
     @staticmethod
     def _remove(meta):
         base = meta["solverstate"][:-len(".solverstate")]
-        for suffix in (".solverstate", ".caffemodel", ".admm.npz"):
+        for suffix in (".solverstate", ".caffemodel", ".state.npz"):
             if os.path.exists(base + suffix):
                 os.unlink(base + suffix)
 
@@ -437,12 +437,16 @@ def _full_pass_iters(net_param):
 # ----------------------------------------------------------------- ADMM pruning
 
 
-def _layer_report(name, spec, state_constraints, w):
+def _layer_report(spec, method, w):
     stats = sparsity_stats(w)
-    out = {"kind": spec.kind, "rho_initial": spec.rho,
+    out = {"kind": spec.kind, "method": method.name,
            "target_keep": {c.kind: c.keep_ratio for c in spec.constraints},
-           "target_groups_kept": {c.kind: c.keep for c in state_constraints},
-           "rho_final": [c.rho for c in state_constraints]}
+           "target_groups_kept": method.target_groups(spec.name)}
+    if method.name == "admm":
+        out["rho_initial"] = spec.rho
+        out["rho_final"] = [c.rho for c in method.state.constraints[spec.name]]
+    if method.name == "ssl":
+        out["lasso_lambda"] = spec.lasso_lambda
     out.update(stats)
     return out
 
@@ -482,39 +486,41 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
             return json.load(f)
 
     hooked = add_hooks(net_param, {n: shapes[n] for n in names})
-    hooked_path = os.path.join(out_dir, "admm_train_test.prototxt")
+    hooked_path = os.path.join(out_dir, "hooked_train_test.prototxt")
     protoio.write_text(hooked_path, hooked)
-    history = meta["history"] if meta else {"residuals": [], "loss": {"admm": [], "retrain": []},
+    history = meta["history"] if meta else {"steps": [], "loss": {cfg.method: [], "retrain": []},
                                             "accuracy": {}}
     t0 = time.time()
     with _Interrupt():
-        if meta is None or meta["phase"] == "admm":
-            state, masks = _admm_phase(cfg, solver_param, hooked_path, out_dir, weights,
-                                       test_iter, ckpt, meta, history, progress)
-            hard = os.path.join(out_dir, "admm.caffemodel")
+        if meta is None or meta["phase"] == cfg.method:
+            method, masks = _first_phase(cfg, solver_param, hooked_path, out_dir, weights,
+                                         test_iter, ckpt, meta, history, progress)
             meta = None
         else:
-            state = ADMMState.from_arrays(dict(np.load(meta["admm_state"])))
-            hard = os.path.join(out_dir, "admm.caffemodel")
+            method = make_method(cfg, dict(np.load(meta["method_state"])))
             masks = load_masks(os.path.join(out_dir, "masks.npz"))
+        hard = os.path.join(out_dir, "%s.caffemodel" % cfg.method)
         solver = _retrain_phase(solver_param, hooked_path, out_dir, hard, masks,
                                 cfg.retrain_iters, cfg.snapshot_interval, test_iter, ckpt, meta,
-                                history, progress, state=state, net_param=net_param)
+                                history, progress, state=method, net_param=net_param)
     weights_now = _weights(solver.net, names)
     report = {
+        "method": cfg.method,
         "solver": os.path.abspath(solver_path), "net": os.path.abspath(net_path),
         "weights": os.path.abspath(weights), "config": cfg.path,
-        "schedule": {"admm_steps": cfg.admm_steps, "iters_per_step": cfg.iters_per_step,
+        "schedule": {"steps": cfg.admm_steps, "iters_per_step": cfg.iters_per_step,
                      "retrain_iters": cfg.retrain_iters, "rho_growth": cfg.rho_growth,
-                     "rho_max": cfg.rho_max if math.isfinite(cfg.rho_max) else None},
+                     "rho_max": cfg.rho_max if math.isfinite(cfg.rho_max) else None,
+                     "ssl_threshold": cfg.ssl_threshold},
         "test_iter": test_iter, "accuracy": history["accuracy"],
-        "layers": {spec.name: _layer_report(spec.name, spec, state.constraints[spec.name],
-                                            weights_now[spec.name]) for spec in cfg.layers},
-        "residuals": history["residuals"], "loss": history["loss"],
+        "layers": {spec.name: _layer_report(spec, method, weights_now[spec.name])
+                   for spec in cfg.layers},
+        "steps": history["steps"], "loss": history["loss"],
         "seconds_this_session": time.time() - t0,
     }
-    for name, entry in report["layers"].items():
-        entry["residual_history"] = [step["residuals"][name] for step in history["residuals"]]
+    if cfg.method == "admm":
+        for name, entry in report["layers"].items():
+            entry["residual_history"] = [step["residuals"][name] for step in history["steps"]]
     total = sum(e["params"] for e in report["layers"].values())
     kept = sum(e["nonzero"] for e in report["layers"].values())
     report["pruned_layers_total"] = {"params": total, "nonzero": kept,
@@ -533,63 +539,68 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     return report
 
 
-def _set_penalty(hooks, state):
+LABELS = {"admm": "ADMM step", "ssl": "SSL round", "magnitude": "pruning round"}
+
+
+def _set_hooks(hooks, method):
     for name, hook in hooks.items():
-        hook.penalty = [(c.rho, c.z, c.u) for c in state.constraints[name]]
+        terms = method.hook_terms(name)
+        hook.penalty = terms.get("penalty", [])
+        hook.lasso = terms.get("lasso", [])
+        mask = terms.get("mask")
+        hook.mask = None if mask is None else mask.astype(np.float32)
+        hook.bias_mask = None if mask is None else filter_mask(mask).astype(np.float32)
 
 
-def _admm_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ckpt, meta,
-                history, progress):
-    sp_path = _write_solver(solver_param, hooked_path, out_dir, "admm", test_iter)
+def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ckpt, meta,
+                 history, progress):
+    """ADMM steps, SSL rounds or pruning rounds, then the hard prune."""
+    sp_path = _write_solver(solver_param, hooked_path, out_dir, cfg.method, test_iter)
     solver = caffe.get_solver(sp_path)
     names = [spec.name for spec in cfg.layers]
+    label = LABELS[cfg.method]
     if meta is None:
         solver.net.copy_from(weights)
-        state = ADMMState.initial(cfg.layers, _weights(solver.net, names))
+        method = make_method(cfg)
+        method.start(_weights(solver.net, names))
         history["accuracy"]["baseline"] = _evaluate(solver, test_iter)
         _log("baseline: %s" % _fmt_scores(history["accuracy"]["baseline"]))
     else:
         solver.restore(meta["solverstate"])
-        state = ADMMState.from_arrays(dict(np.load(meta["admm_state"])))
-        _log("resuming ADMM at iteration %d (step %d of %d)"
-             % (solver.iter, state.step + 1, cfg.admm_steps))
+        method = make_method(cfg, dict(np.load(meta["method_state"])))
+        _log("resuming at iteration %d (%s %d of %d)"
+             % (solver.iter, label, method.round + 1, cfg.admm_steps))
         _skip_batches(solver.net, solver.iter * max(1, solver_param.iter_size))
     hooks = _hook_layers(solver.net)
-    _set_penalty(hooks, state)
+    _set_hooks(hooks, method)
     ips = cfg.iters_per_step
 
     def checkpoint():
-        ckpt.save(solver, "admm", history, state)
+        ckpt.save(solver, cfg.method, history, method)
 
-    while state.step < cfg.admm_steps:
-        end = (state.step + 1) * ips
-        samples = _run_iters(solver, end, "ADMM step %d/%d" % (state.step + 1, cfg.admm_steps),
+    while method.round < cfg.admm_steps:
+        end = (method.round + 1) * ips
+        samples = _run_iters(solver, end, "%s %d/%d" % (label, method.round + 1, cfg.admm_steps),
                              progress, checkpoint_every=cfg.snapshot_interval,
                              checkpoint=checkpoint)
-        history["loss"]["admm"].extend((it, out.get("loss")) for it, out in samples)
-        residuals = state.update(_weights(solver.net, names), cfg.rho_growth, cfg.rho_max)
-        _set_penalty(hooks, state)
-        history["residuals"].append({"step": state.step, "iter": solver.iter,
-                                     "residuals": residuals,
-                                     "rho": {n: [c.rho for c in cs]
-                                             for n, cs in state.constraints.items()}})
-        _log("ADMM step %d/%d: residual %s" % (
-            state.step, cfg.admm_steps,
-            " ".join("%s=%s" % (n, "/".join("%.2e" % r for r in rs))
-                     for n, rs in residuals.items())))
+        history["loss"][cfg.method].extend((it, out.get("loss")) for it, out in samples)
+        log = method.end_round(_weights(solver.net, names))
+        _set_hooks(hooks, method)
+        history["steps"].append(dict(log, step=method.round, iter=solver.iter))
+        _log("%s %d/%d: %s" % (label, method.round, cfg.admm_steps, method.describe(log)))
         checkpoint()
-    history["accuracy"]["after_admm"] = _evaluate(solver, test_iter)
-    w = _weights(solver.net, names)
-    masks = state.hard_prune_masks(w)
+    history["accuracy"]["after_" + cfg.method] = _evaluate(solver, test_iter)
+    masks = method.final_masks(_weights(solver.net, names))
     _apply_masks(solver.net, masks)
     history["accuracy"]["after_hard_prune"] = _evaluate(solver, test_iter)
-    _log("after ADMM: %s; after hard prune: %s" % (
-        _fmt_scores(history["accuracy"]["after_admm"]),
+    _log("after %s: %s; after hard prune: %s" % (
+        cfg.method, _fmt_scores(history["accuracy"]["after_" + cfg.method]),
         _fmt_scores(history["accuracy"]["after_hard_prune"])))
     net_param = protoio.read_net(hooked_path)
-    save_weights(os.path.join(out_dir, "admm.caffemodel"), solver.net, _strip_hooks(net_param))
+    save_weights(os.path.join(out_dir, "%s.caffemodel" % cfg.method), solver.net,
+                 _strip_hooks(net_param))
     save_masks(os.path.join(out_dir, "masks.npz"), masks)
-    return state, masks
+    return method, masks
 
 
 def _apply_masks(net, masks):
@@ -622,6 +633,7 @@ def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, sn
     hooks = _hook_layers(solver.net)
     for name, hook in hooks.items():
         hook.penalty = []
+        hook.lasso = []
         hook.mask = masks[name].astype(np.float32)
         hook.bias_mask = filter_mask(masks[name]).astype(np.float32)
     _apply_masks(solver.net, masks)

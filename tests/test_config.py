@@ -29,8 +29,10 @@ def test_defaults_merge_into_layers(tmp_path):
         layer { name: "conv1" shape_keep_ratio: 0.25 }
         layer { name: "ip1" kind: NON_STRUCTURED prune_ratio: 0.9 rho: 0.003 }
         admm_steps: 3 iters_per_step: 20 retrain_iters: 7
+        method: SSL
     """)
     cfg = load_config(path, NET)
+    assert cfg.method == "ssl" and cfg.ssl_threshold is None
     conv1, ip1 = cfg.layers
     assert conv1.kind == "filter_shape"
     assert [(c.kind, c.keep_ratio) for c in conv1.constraints] == [("filter", 0.5),
@@ -77,6 +79,9 @@ def test_syntax_error_names_file_line_and_field(tmp_path):
     ('layer { name: "ip1" keep_ratio: 0.5 }\nlayer { name: "ip1" keep_ratio: 0.2 }',
      "listed twice"),
     ('', "no layer to prune"),
+    ('ssl_threshold: 1.5\nlayer { name: "conv1" keep_ratio: 0.5 }', "ssl_threshold must be in"),
+    ('layer { name: "conv1" keep_ratio: 0.5 lasso_lambda: -1 }',
+     r"field lasso_lambda: must be >= 0"),
 ])
 def test_semantic_errors_are_clear(tmp_path, body, message):
     path = write(tmp_path / "c.prototxt", "\n" + body + "\n")

@@ -1,0 +1,226 @@
+"""The three ways of finding the groups to prune, behind one interface.
+
+Every method runs ``rounds`` blocks of solver iterations (ADMM steps, SSL
+rounds, magnitude-pruning rounds: the same budget for all), then gives the
+masks of the hard prune; masked retraining follows for all alike.
+
+* :class:`ADMMMethod`: StructADMM (Zhang et al., arXiv 1807.11091): the hooks
+  add rho (W - Z + U); Z and U are updated after every block.
+* :class:`SSLMethod`: SSL (Wen et al., NIPS 2016): the hooks add the
+  group-Lasso subgradient lambda W_g / ||W_g|| (0 where W_g = 0); the hard
+  prune keeps the groups of largest norm at the config's keep ratio (matched
+  sparsity), or drops the groups under ``ssl_threshold`` x the largest norm.
+* :class:`MagnitudeMethod`: iterative pruning (Han et al., NIPS 2015): before
+  each block the weights are pruned to a keep ratio that falls linearly from
+  1 to the target, by group norm (structured) or magnitude; the block trains
+  with the mask.
+
+Each method tells the hook layers what to do (:meth:`hook_terms`), reacts to
+the end of a block (:meth:`end_round`, which returns what is logged), and
+gives its final masks and its state for checkpoints, as numpy arrays.
+"""
+
+import numpy as np
+
+from caffe_admm import projections
+from caffe_admm.admm import ADMMState
+
+__all__ = ["ADMMMethod", "SSLMethod", "MagnitudeMethod", "make_method", "lasso_penalty"]
+
+
+def lasso_penalty(w, kind, lam):
+    """Group Lasso lam * sum_g ||W_g||_2 and its subgradient (0 at W_g = 0).
+
+    Returns
+    -------
+    value : float
+    grad : ndarray, shape of ``w``
+    """
+    norms = projections.group_norms(w, kind)
+    safe = np.where(norms > 0, norms, 1.0)
+    scale = np.where(norms > 0, lam / safe, 0.0)
+    return lam * float(norms.sum()), (projections.expand(scale, np.shape(w), kind) * w)
+
+
+def _keep_counts(spec, shape, ratio_of=None):
+    out = []
+    for c in spec.constraints:
+        group = spec.group if c.kind == "filter" else 1
+        ratio = c.keep_ratio if ratio_of is None else ratio_of(c.keep_ratio)
+        out.append((c.kind, projections.keep_count(projections.num_groups(shape, c.kind),
+                                                   ratio, group), group))
+    return out
+
+
+def _support(w, counts):
+    mask = np.ones(np.shape(w), dtype=np.bool_)
+    for kind, k, group in counts:
+        mask &= projections.support(w, kind, k, group)
+    return mask
+
+
+class ADMMMethod:
+    """StructADMM: the penalty rho (W - Z + U) and the Z/U updates."""
+    name = "admm"
+
+    def __init__(self, cfg, state=None):
+        self.cfg = cfg
+        self.state = state
+
+    @property
+    def round(self):
+        return self.state.step
+
+    def start(self, weights):
+        self.state = ADMMState.initial(self.cfg.layers, weights)
+
+    def hook_terms(self, name):
+        return {"penalty": [(c.rho, c.z, c.u) for c in self.state.constraints[name]]}
+
+    def end_round(self, weights):
+        residuals = self.state.update(weights, self.cfg.rho_growth, self.cfg.rho_max)
+        return {"residuals": residuals,
+                "rho": {n: [c.rho for c in cs] for n, cs in self.state.constraints.items()}}
+
+    def describe(self, log):
+        return "residual " + " ".join("%s=%s" % (n, "/".join("%.2e" % r for r in rs))
+                                      for n, rs in log["residuals"].items())
+
+    def final_masks(self, weights):
+        return self.state.hard_prune_masks(weights)
+
+    def target_groups(self, name):
+        return {c.kind: c.keep for c in self.state.constraints[name]}
+
+    def to_arrays(self):
+        return self.state.to_arrays()
+
+    @classmethod
+    def from_arrays(cls, cfg, arrays):
+        return cls(cfg, ADMMState.from_arrays(arrays))
+
+
+class SSLMethod:
+    """Group Lasso on the config's groups, then the smallest groups are zeroed."""
+    name = "ssl"
+
+    def __init__(self, cfg, round_=0):
+        self.cfg = cfg
+        self._round = int(round_)
+
+    @property
+    def round(self):
+        return self._round
+
+    def start(self, weights):
+        self._round = 0
+
+    def hook_terms(self, name):
+        spec = self.cfg.layer(name)
+        return {"lasso": [(spec.lasso_lambda, c.kind) for c in spec.constraints]}
+
+    def end_round(self, weights):
+        self._round += 1
+        log = {}
+        for spec in self.cfg.layers:
+            w = weights[spec.name]
+            entry = {}
+            for c in spec.constraints:
+                norms = projections.group_norms(w, c.kind)
+                entry[c.kind] = float((norms < 1e-3 * max(norms.max(), 1e-12)).mean())
+            log[spec.name] = entry
+        return {"small_group_fraction": log}
+
+    def describe(self, log):
+        return "groups under 1e-3 of max norm: " + " ".join(
+            "%s=%s" % (n, "/".join("%.2f" % v for v in e.values()))
+            for n, e in log["small_group_fraction"].items())
+
+    def final_masks(self, weights):
+        masks = {}
+        for spec in self.cfg.layers:
+            w = weights[spec.name]
+            if self.cfg.ssl_threshold is None:
+                masks[spec.name] = _support(w, _keep_counts(spec, w.shape))
+                continue
+            mask = np.ones(w.shape, dtype=np.bool_)
+            for c in spec.constraints:
+                norms = projections.group_norms(w, c.kind)
+                keep = norms >= self.cfg.ssl_threshold * norms.max()
+                mask &= projections.expand(keep, w.shape, c.kind)
+            masks[spec.name] = mask
+        return masks
+
+    def target_groups(self, name):
+        return None
+
+    def to_arrays(self):
+        return {"round": np.array(self._round)}
+
+    @classmethod
+    def from_arrays(cls, cfg, arrays):
+        return cls(cfg, int(arrays["round"]))
+
+
+class MagnitudeMethod:
+    """Iterative pruning: keep ratio falls linearly to the target over the rounds."""
+    name = "magnitude"
+
+    def __init__(self, cfg, round_=0, masks=None):
+        self.cfg = cfg
+        self._round = int(round_)
+        self.masks = masks or {}
+
+    @property
+    def round(self):
+        return self._round
+
+    def _ratio(self, target):
+        frac = (self._round + 1) / float(self.cfg.admm_steps)
+        return 1.0 - (1.0 - target) * frac
+
+    def start(self, weights):
+        self._round = 0
+        self.prune(weights)
+
+    def prune(self, weights):
+        """Masks for this round's keep ratio, from the current weights."""
+        for spec in self.cfg.layers:
+            w = weights[spec.name]
+            self.masks[spec.name] = _support(w, _keep_counts(spec, w.shape, self._ratio))
+
+    def hook_terms(self, name):
+        return {"mask": self.masks[name]}
+
+    def end_round(self, weights):
+        self._round += 1
+        log = {"kept": {n: float(m.mean()) for n, m in self.masks.items()}}
+        if self._round < self.cfg.admm_steps:
+            self.prune(weights)
+        return log
+
+    def describe(self, log):
+        return "kept " + " ".join("%s=%.3f" % kv for kv in log["kept"].items())
+
+    def final_masks(self, weights):
+        return {n: m.copy() for n, m in self.masks.items()}
+
+    def target_groups(self, name):
+        return None
+
+    def to_arrays(self):
+        out = {"round": np.array(self._round)}
+        out.update({"masks/" + n: m for n, m in self.masks.items()})
+        return out
+
+    @classmethod
+    def from_arrays(cls, cfg, arrays):
+        masks = {k[len("masks/"):]: np.asarray(v, dtype=np.bool_) for k, v in arrays.items()
+                 if k.startswith("masks/")}
+        return cls(cfg, int(arrays["round"]), masks)
+
+
+def make_method(cfg, arrays=None):
+    """The method a config names, fresh or restored from checkpoint arrays."""
+    cls = {"admm": ADMMMethod, "ssl": SSLMethod, "magnitude": MagnitudeMethod}[cfg.method]
+    return cls(cfg) if arrays is None else cls.from_arrays(cfg, arrays)

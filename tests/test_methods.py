@@ -1,0 +1,123 @@
+"""SSL group Lasso and iterative magnitude pruning, through the same loop as ADMM."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from caffe_admm import layers, methods, projections, solver
+from caffe_admm.backend import caffe
+
+from conftest import write
+from test_solver import _InterruptAt
+
+
+@pytest.mark.parametrize("kind", projections.KINDS)
+def test_group_lasso_gradient_matches_finite_difference(kind):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 2, 2))
+    w[1] = 0              # a zero filter
+    w[:, 2] = 0           # a zero channel
+    value, grad = methods.lasso_penalty(w, kind, 0.3)
+    norms = projections.group_norms(w, kind)
+    assert value == pytest.approx(0.3 * norms.sum())
+    zero_groups = projections.expand(norms == 0, w.shape, kind)
+    assert np.all(grad[zero_groups] == 0)    # the subgradient chosen at W_g = 0
+    eps = 1e-6
+    for idx in zip(*np.nonzero(~zero_groups)):
+        wp, wm = w.copy(), w.copy()
+        wp[idx] += eps
+        wm[idx] -= eps
+        numeric = (methods.lasso_penalty(wp, kind, 0.3)[0]
+                   - methods.lasso_penalty(wm, kind, 0.3)[0]) / (2 * eps)
+        assert grad[idx] == pytest.approx(numeric, rel=1e-5, abs=1e-7)
+
+
+def test_hook_injects_the_group_lasso_subgradient(tmp_path):
+    from test_layers import NET, SHAPE
+    from google.protobuf import text_format
+    from caffe_admm.backend import caffe_pb2
+    from caffe_admm import protoio
+    hooked = solver.add_hooks(text_format.Parse(NET, caffe_pb2.NetParameter()),
+                              {"conv": [SHAPE, (4,)]})
+    path = str(tmp_path / "h.prototxt")
+    protoio.write_text(path, hooked)
+    net = caffe.Net(path, caffe.TRAIN)
+    hook = solver._hook_layers(net)["conv"]
+    w = net.params["conv"][0].data
+    w[...] = np.random.default_rng(1).standard_normal(SHAPE)
+    w[2] = 0
+    hook.lasso = [(0.2, "filter"), (0.05, "shape")]
+    out = net.forward()
+    net.params["conv"][0].diff[...] = 0
+    net.backward()
+    v1, g1 = methods.lasso_penalty(w, "filter", 0.2)
+    v2, g2 = methods.lasso_penalty(w, "shape", 0.05)
+    assert out[layers.HOOK_PREFIX + "conv"].item() == pytest.approx(v1 + v2, rel=1e-5)
+    np.testing.assert_allclose(net.params["conv"][0].diff, g1 + g2, rtol=1e-5, atol=1e-7)
+
+
+CONFIG = """
+method: %(method)s
+admm_steps: 4
+iters_per_step: 40
+retrain_iters: 40
+snapshot_interval: 20
+default { lasso_lambda: 0.01 }
+%(extra)s
+layer { name: "conv1" kind: FILTER keep_ratio: 0.5 }
+layer { name: "conv2" kind: FILTER_SHAPE filter_keep_ratio: 0.5 shape_keep_ratio: 0.25 }
+layer { name: "ip1" kind: NON_STRUCTURED keep_ratio: 0.2 }
+"""
+
+
+def cfg(tmp_path, method, extra=""):
+    return write(tmp_path / ("%s.prototxt" % method), CONFIG % {"method": method, "extra": extra})
+
+
+@pytest.mark.parametrize("method", ["SSL", "MAGNITUDE"])
+def test_matched_sparsity_is_exact(tmp_path, tiny_trained, method):
+    report = solver.prune(tiny_trained["solver"], tiny_trained["weights"], cfg(tmp_path, method),
+                          str(tmp_path / "run"), progress=False)
+    lay = report["layers"]
+    assert report["method"] == method.lower()
+    assert lay["conv1"]["filters_kept"] == 4
+    assert lay["conv2"]["filters_kept"] <= 4 and lay["conv2"]["shapes_kept"] <= 18
+    assert lay["conv2"]["nonzero"] <= 4 * 18
+    assert lay["ip1"]["nonzero"] == round(0.2 * lay["ip1"]["params"])
+    assert set(report["accuracy"]) == {"baseline", "after_" + method.lower(),
+                                       "after_hard_prune", "after_retrain"}
+    assert len(report["steps"]) == 4
+    if method == "MAGNITUDE":
+        kept = [s["kept"]["conv1"] for s in report["steps"]]
+        assert kept == sorted(kept, reverse=True) and kept[-1] == pytest.approx(0.5)
+
+
+def test_ssl_threshold_zeroes_small_groups_exactly(tmp_path, tiny_trained):
+    config = cfg(tmp_path, "SSL", "ssl_threshold: 0.3")
+    report = solver.prune(tiny_trained["solver"], tiny_trained["weights"], config,
+                          str(tmp_path / "run"), progress=False)
+    run = str(tmp_path / "run")
+    before = caffe.Net(tiny_trained["net"], caffe.TEST, weights=os.path.join(run, "ssl.caffemodel"))
+    w = before.params["conv1"][0].data
+    norms = projections.group_norms(w, "filter")
+    assert np.all(norms[norms < 0.3 * norms.max()] == 0)  # only zeros below the threshold
+    with open(os.path.join(run, "report.json")) as f:
+        assert json.load(f)["schedule"]["ssl_threshold"] == pytest.approx(0.3)
+
+
+def test_magnitude_run_resumes_to_the_same_weights(tmp_path, tiny_trained, monkeypatch):
+    config = cfg(tmp_path, "MAGNITUDE")
+    args = (tiny_trained["solver"], tiny_trained["weights"], config)
+    solver.prune(*args, str(tmp_path / "a"), progress=False)
+    with monkeypatch.context() as m:
+        _InterruptAt(m, 95)
+        with pytest.raises(KeyboardInterrupt):
+            solver.prune(*args, str(tmp_path / "b"), progress=False)
+    solver.prune(*args, str(tmp_path / "b"), progress=False)
+    a = caffe.Net(tiny_trained["net"], caffe.TEST, weights=str(tmp_path / "a" / "pruned.caffemodel"))
+    b = caffe.Net(tiny_trained["net"], caffe.TEST, weights=str(tmp_path / "b" / "pruned.caffemodel"))
+    for name in a.params:
+        for x, y in zip(a.params[name], b.params[name]):
+            np.testing.assert_array_equal(x.data, y.data)
