@@ -8,6 +8,7 @@ Verbs:
   retrain  masked retraining alone (pruned weights stay exactly zero)
   compact  cut pruned filters/channels out: a smaller prototxt + caffemodel
   time     per-layer and whole-net forward time, original vs compacted
+  report   tables and plots over one or more prune runs
 """
 
 import argparse
@@ -85,6 +86,11 @@ def build_parser():
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32], help="batch sizes")
     p.add_argument("--repeats", type=int, default=10, help="timed runs after warm-up")
     p.add_argument("--json", help="also write the result here")
+
+    p = verbs.add_parser("report", help="sparsity tables and plots over prune runs",
+                         formatter_class=fmt)
+    p.add_argument("runs", nargs="+", help="prune run directories (--out of caffe-admm prune)")
+    p.add_argument("--out", required=True, help="directory for report.md, summary.json, PNGs")
     return parser
 
 
@@ -103,6 +109,13 @@ def _run(args):
         paths = data.prepare(args.dataset, args.out, overwrite=args.overwrite)
         for split, path in paths.items():
             print("%s %s -> %s" % (args.dataset, split, path))
+        return 0
+
+    if args.verb == "report":
+        from caffe_admm import report
+        result = report.write_report(args.runs, args.out)
+        print(result["markdown"])
+        print("plots:", ", ".join(result["plots"]))
         return 0
 
     from caffe_admm import backend, solver

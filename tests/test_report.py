@@ -1,0 +1,64 @@
+"""caffe-admm report: parses run outputs, writes tables and plots, fails clearly."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from caffe_admm import report, solver
+
+from conftest import write
+from test_methods import cfg
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_trained):
+    d = tmp_path_factory.mktemp("report_runs")
+    out = []
+    for method in ("ADMM", "SSL", "MAGNITUDE"):
+        run = str(d / method.lower())
+        solver.prune(tiny_trained["solver"], tiny_trained["weights"], cfg(d, method), run,
+                     progress=False)
+        out.append(run)
+    return out
+
+
+def test_report_tables_and_plots(tmp_path, runs):
+    import matplotlib.image
+    result = report.write_report(runs, str(tmp_path / "rep"))
+    assert [r["method"] for r in result["rows"]] == ["admm", "ssl", "magnitude"]
+    for r in result["rows"]:
+        assert r["compression"] > 1 and 0 <= r["accuracy"] <= 1
+    md = result["markdown"]
+    assert "| conv1 | filter | 72 | 36 | 50.00% | 50.00% (4/8)" in md
+    assert md.count("### ") == 3
+    names = sorted(os.path.basename(p) for p in result["plots"])
+    assert names == ["accuracy_vs_compression.png", "admm_residuals.png", "kept_fractions.png",
+                     "training_loss.png"]
+    for path in result["plots"]:
+        image = matplotlib.image.imread(path)       # opens as a real PNG
+        assert image.shape[0] > 100 and image.shape[1] > 100
+        assert np.std(image[..., :3]) > 0.05          # not a blank canvas
+    with open(tmp_path / "rep" / "summary.json") as f:
+        assert len(json.load(f)) == 3
+
+
+def test_missing_unfinished_and_corrupt_runs_fail_clearly(tmp_path, runs):
+    with pytest.raises(report.ReportError, match="not a directory"):
+        report.load_run(str(tmp_path / "nope"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(report.ReportError, match="no report.json .not a caffe-admm prune"):
+        report.load_run(str(empty))
+    (empty / "checkpoints").mkdir()
+    with pytest.raises(report.ReportError, match="has not finished"):
+        report.load_run(str(empty))
+    write(empty / "report.json", '{"layers": {')
+    with pytest.raises(report.ReportError, match="corrupt report.json"):
+        report.load_run(str(empty))
+    write(empty / "report.json", '{"layers": {}}')
+    with pytest.raises(report.ReportError, match="has no 'accuracy'"):
+        report.load_run(str(empty))
+    with pytest.raises(report.ReportError, match="no run directory"):
+        report.write_report([], str(tmp_path / "x"))
