@@ -1,0 +1,78 @@
+"""The caffe-admm command line: verbs wired to the library, exit codes, messages."""
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import ROOT, write
+from test_compact import NETS, sparse_weights
+
+CLI = os.path.join(ROOT, ".venv", "bin", "caffe-admm")
+
+
+def run(*args, cwd=None):
+    return subprocess.run([CLI, *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_lists_every_verb():
+    res = run("--help")
+    assert res.returncode == 0
+    for verb in ("data", "train", "test", "prune", "retrain", "compact", "time", "report"):
+        assert verb in res.stdout
+
+
+def test_prune_compact_report_from_the_command_line(tmp_path, tiny_trained):
+    config = write(tmp_path / "c.prototxt", """
+        admm_steps: 2 iters_per_step: 20 retrain_iters: 20
+        layer { name: "conv1" kind: FILTER keep_ratio: 0.5 }
+        layer { name: "conv2" kind: FILTER keep_ratio: 0.5 }
+    """)
+    out = str(tmp_path / "run")
+    res = run("prune", "--solver", tiny_trained["solver"], "--weights", tiny_trained["weights"],
+              "--config", config, "--out", out, "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "conv1      filter" in res.stdout and "after_retrain" in res.stdout
+    res = run("compact", "--model", tiny_trained["net"], "--weights",
+              os.path.join(out, "pruned.caffemodel"), "--out", os.path.join(out, "compact"))
+    assert res.returncode == 0, res.stderr
+    assert "conv1      8x1x3x3            4x1x3x3" in res.stdout
+    res = run("test", "--model", os.path.join(out, "compact", "compact.prototxt"),
+              "--weights", os.path.join(out, "compact", "compact.caffemodel"))
+    assert res.returncode == 0 and "accuracy" in res.stdout, res.stderr
+    res = run("report", out, "--out", str(tmp_path / "rep"))
+    assert res.returncode == 0, res.stderr
+    assert os.path.exists(tmp_path / "rep" / "accuracy_vs_compression.png")
+
+
+def test_bad_config_exits_2_naming_file_and_line(tmp_path, tiny_trained):
+    config = write(tmp_path / "bad.prototxt", """
+        admm_steps: 2
+        layer { name: "conv7" keep_ratio: 0.5 }
+    """)
+    res = run("prune", "--solver", tiny_trained["solver"], "--weights", tiny_trained["weights"],
+              "--config", config, "--out", str(tmp_path / "run"))
+    assert res.returncode == 2
+    assert "bad.prototxt:3: layer 'conv7', field name: no layer 'conv7'" in res.stderr
+    assert not os.path.exists(tmp_path / "run")   # nothing started
+
+
+def test_compact_refusal_exits_2(tmp_path):
+    model = write(tmp_path / "t.prototxt", """
+        name: "t"
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
+        layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+                convolution_param { num_output: 4 kernel_size: 1 } }
+        layer { name: "tile" type: "Tile" bottom: "c1" top: "t" tile_param { tiles: 2 } }
+    """)
+    weights = str(tmp_path / "w.caffemodel")
+    sparse_weights(model, weights)
+    res = run("compact", "--model", model, "--weights", weights, "--out", str(tmp_path / "o"))
+    assert res.returncode == 2
+    assert "layer 'tile': type Tile is not supported" in res.stderr
+
+
+def test_data_refuses_to_overwrite(tmp_path):
+    (tmp_path / "mnist_train_lmdb").mkdir()
+    res = run("data", "mnist", "--out", str(tmp_path))
+    assert res.returncode == 2 and "--overwrite" in res.stderr
