@@ -34,6 +34,7 @@ import numpy as np
 
 from caffe_admm import protoio
 from caffe_admm.backend import caffe, caffe_pb2
+from caffe_admm.timing import layer_costs
 
 __all__ = ["CompactionError", "plan_compaction", "apply_plan", "reference_params",
            "compact_shapes", "check_equivalence", "compact"]
@@ -602,21 +603,6 @@ def check_equivalence(ref_net, compact_net, batches=2, seed=0):
     return {"max_abs_diff": diff, "output_scale": scale, "per_output": per_output}
 
 
-def _net_stats(net):
-    stats = {}
-    names = list(net._layer_names)
-    for name, blobs in net.params.items():
-        layer = net.layers[names.index(name)]
-        if layer.type not in ("Convolution", "InnerProduct"):
-            continue
-        w = blobs[0].data
-        top = net.blobs[net.top_names[name][0]].data.shape
-        spatial = int(np.prod(top[2:])) if len(top) > 2 else 1
-        stats[name] = {"weight_shape": list(w.shape), "params": int(w.size),
-                       "flops_per_image": 2 * int(w.size) * spatial}
-    return stats
-
-
 def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, shape=False):
     """Compact a net and write ``compact.prototxt``, ``compact.caffemodel``, ``plan.json``.
 
@@ -668,14 +654,14 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, sha
     eq["tolerance"] = tolerance
     eq["passed"] = eq["max_abs_diff"] <= tolerance * max(1.0, eq["output_scale"])
 
-    before, after = _net_stats(net), _net_stats(compact_net)
+    before, after = layer_costs(net), layer_costs(compact_net)
     layers = {}
     for name, s in before.items():
         a = after[name]
         layers[name] = {"weight_shape": s["weight_shape"], "compact_shape": a["weight_shape"],
                         "params": s["params"], "compact_params": a["params"],
-                        "flops": s["flops_per_image"], "compact_flops": a["flops_per_image"],
-                        "flop_reduction": s["flops_per_image"] / max(a["flops_per_image"], 1),
+                        "flops": s["flops"], "compact_flops": a["flops"],
+                        "flop_reduction": s["flops"] / max(a["flops"], 1),
                         "kept_out": plan["layers"].get(name, {}).get("out"),
                         "kept_in": plan["layers"].get(name, {}).get("in")}
     total = {k: sum(l[k] for l in layers.values())

@@ -23,7 +23,7 @@ def layer_costs(net):
 
     Returns
     -------
-    dict[str, dict] with ``flops`` and ``params``
+    dict[str, dict] with ``flops``, ``params`` and ``weight_shape``
     """
     names = list(net._layer_names)
     costs = {}
@@ -34,7 +34,8 @@ def layer_costs(net):
         w = blobs[0].data
         top = net.blobs[net.top_names[name][0]].data.shape
         spatial = int(np.prod(top[2:])) if len(top) > 2 else 1
-        costs[name] = {"flops": 2 * int(w.size) * spatial, "params": int(w.size)}
+        costs[name] = {"flops": 2 * int(w.size) * spatial, "params": int(w.size),
+                       "weight_shape": list(w.shape)}
     return costs
 
 

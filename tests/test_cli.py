@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT, write
-from test_compact import NETS, sparse_weights
+from test_compact import TILE_NET, sparse_weights
 
 CLI = os.path.join(ROOT, ".venv", "bin", "caffe-admm")
 
@@ -58,13 +58,7 @@ def test_bad_config_exits_2_naming_file_and_line(tmp_path, tiny_trained):
 
 
 def test_compact_refusal_exits_2(tmp_path):
-    model = write(tmp_path / "t.prototxt", """
-        name: "t"
-        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
-        layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
-                convolution_param { num_output: 4 kernel_size: 1 } }
-        layer { name: "tile" type: "Tile" bottom: "c1" top: "t" tile_param { tiles: 2 } }
-    """)
+    model = write(tmp_path / "t.prototxt", TILE_NET)
     weights = str(tmp_path / "w.caffemodel")
     sparse_weights(model, weights)
     res = run("compact", "--model", model, "--weights", weights, "--out", str(tmp_path / "o"))

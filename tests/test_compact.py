@@ -127,14 +127,17 @@ def test_grouped_convolution_stays_balanced(tmp_path):
     assert report["equivalence"]["passed"]
 
 
+TILE_NET = """
+    name: "t"
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
+    layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+            convolution_param { num_output: 4 kernel_size: 1 } }
+    layer { name: "tile" type: "Tile" bottom: "c1" top: "t" tile_param { tiles: 2 } }
+"""
+
+
 def test_unsupported_layer_is_named(tmp_path):
-    model = write(tmp_path / "t.prototxt", """
-        name: "t"
-        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
-        layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
-                convolution_param { num_output: 4 kernel_size: 1 } }
-        layer { name: "tile" type: "Tile" bottom: "c1" top: "t" tile_param { tiles: 2 } }
-    """)
+    model = write(tmp_path / "t.prototxt", TILE_NET)
     weights = str(tmp_path / "t.caffemodel")
     caffe.Net(model, caffe.TEST).save(weights)
     with pytest.raises(compact.CompactionError, match=r"layer 'tile': type Tile is not supported"):
