@@ -2,6 +2,7 @@
 
 Verbs:
   data     write MNIST or Fashion-MNIST as Caffe LMDBs
+  lmdb     write any images + labels (IDX files or .npy arrays) as a Caffe LMDB
   train    train a net with its Caffe solver (baseline)
   test     evaluate a net's TEST phase with given weights
   prune    ADMM structured pruning, hard prune and masked retraining
@@ -34,6 +35,14 @@ def build_parser():
     p.add_argument("dataset", choices=("mnist", "fashion_mnist"))
     p.add_argument("--out", default="data", help="directory for <dataset>_{train,test}_lmdb")
     p.add_argument("--overwrite", action="store_true", help="replace existing LMDBs")
+
+    p = verbs.add_parser("lmdb", help="convert IDX or .npy images and labels to a Caffe LMDB",
+                         formatter_class=fmt)
+    p.add_argument("--images", required=True,
+                   help="IDX file (.gz ok) or .npy, uint8, shape (N, H, W) or (N, C, H, W)")
+    p.add_argument("--labels", required=True, help="IDX file or .npy, shape (N,)")
+    p.add_argument("--out", required=True, help="LMDB directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing LMDB")
 
     p = verbs.add_parser("train", help="train with a Caffe solver", formatter_class=fmt)
     p.add_argument("--solver", required=True, help="solver prototxt")
@@ -116,6 +125,14 @@ def _run(args):
         result = report.write_report(args.runs, args.out)
         print(result["markdown"])
         print("plots:", ", ".join(result["plots"]))
+        return 0
+
+    if args.verb == "lmdb":
+        from caffe_admm import data
+        arrays = [data.read_array(p) for p in (args.images, args.labels)]
+        path = data.write_lmdb(args.out, arrays[0], arrays[1], overwrite=args.overwrite)
+        print("%d records (%s) -> %s" % (arrays[0].shape[0], "x".join(map(str, arrays[0].shape[1:])),
+                                          path))
         return 0
 
     from caffe_admm import backend, solver

@@ -16,7 +16,7 @@ import struct
 import numpy as np
 
 __all__ = ["DATASETS", "load_dataset", "load_mnist", "load_fashion_mnist",
-           "read_idx", "write_lmdb", "read_lmdb", "prepare"]
+           "read_idx", "read_array", "write_lmdb", "read_lmdb", "prepare"]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 DATASETS = ("mnist", "fashion_mnist")
@@ -45,6 +45,13 @@ def read_idx(path):
         raise ValueError("%s: header says %s (%d bytes) but %d bytes follow"
                          % (path, shape, expected, len(body)))
     return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def read_array(path):
+    """An array from a ``.npy`` file or an IDX file (optionally ``.gz``)."""
+    if path.endswith(".npy"):
+        return np.load(path, allow_pickle=False)
+    return read_idx(path)
 
 
 def load_mnist():

@@ -18,7 +18,7 @@ def run(*args, cwd=None):
 def test_help_lists_every_verb():
     res = run("--help")
     assert res.returncode == 0
-    for verb in ("data", "train", "test", "prune", "retrain", "compact", "time", "report"):
+    for verb in ("data", "lmdb", "train", "test", "prune", "retrain", "compact", "time", "report"):
         assert verb in res.stdout
 
 
@@ -70,3 +70,21 @@ def test_data_refuses_to_overwrite(tmp_path):
     (tmp_path / "mnist_train_lmdb").mkdir()
     res = run("data", "mnist", "--out", str(tmp_path))
     assert res.returncode == 2 and "--overwrite" in res.stderr
+
+
+def test_lmdb_converts_npy_and_idx(tmp_path):
+    import numpy as np
+    from caffe_admm.data import read_lmdb
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    np.save(tmp_path / "x.npy", images)
+    np.save(tmp_path / "y.npy", np.array([7, 9]))
+    res = run("lmdb", "--images", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+              "--out", str(tmp_path / "db"))
+    assert res.returncode == 0, res.stderr
+    back, labels = read_lmdb(str(tmp_path / "db"))
+    np.testing.assert_array_equal(back[:, 0], images)
+    assert labels.tolist() == [7, 9]
+    res = run("lmdb", "--images", "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz",
+              "--labels", "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz",
+              "--out", str(tmp_path / "fashion"))
+    assert res.returncode == 0 and "10000 records (28x28)" in res.stdout, res.stderr
