@@ -17,7 +17,16 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "pycaffe is not importable (%s). Run `make setup` to build Caffe into "
         "the project's virtual environment, and use .venv/bin/python." % exc) from exc
 
-__all__ = ["caffe", "caffe_pb2", "set_mode"]
+__all__ = ["caffe", "caffe_pb2", "set_mode", "has_gpu_build"]
+
+
+def has_gpu_build():
+    """Whether the loaded libcaffe was built with CUDA (it then maps libcudart)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return "libcudart" in f.read()
+    except OSError:  # pragma: no cover - non-Linux
+        return False
 
 
 def set_mode(gpu=None):
@@ -30,6 +39,10 @@ def set_mode(gpu=None):
     """
     if gpu is None:
         caffe.set_mode_cpu()
+    elif not has_gpu_build():
+        raise ValueError("--gpu %s: this Caffe build is CPU-only (tools/install_caffe.sh builds "
+                         "with CPU_ONLY=ON, as no CUDA toolkit comes from Debian's archive "
+                         "here); run without --gpu" % gpu)
     else:
         caffe.set_device(int(gpu))
         caffe.set_mode_gpu()

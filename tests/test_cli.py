@@ -88,3 +88,9 @@ def test_lmdb_converts_npy_and_idx(tmp_path):
               "--labels", "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz",
               "--out", str(tmp_path / "fashion"))
     assert res.returncode == 0 and "10000 records (28x28)" in res.stdout, res.stderr
+
+
+def test_gpu_on_a_cpu_only_build_is_refused_before_caffe_aborts(tmp_path):
+    res = run("--gpu", "0", "test", "--model", "x.prototxt", "--weights", "x.caffemodel")
+    assert res.returncode == 2
+    assert "CPU-only" in res.stderr
