@@ -1,8 +1,9 @@
 """Time per solver iteration: ADMM training vs plain Caffe training of LeNet.
 
 Both solvers are built in the same process over the same net and data; they
-are timed in alternating blocks (warm-up first), so machine noise hits both
-alike. The ADMM net carries one WeightHook per pruned layer with live Z/U
+are timed in alternating blocks in ABBA order (warm-up first), so machine
+noise and any first/second-in-a-pair effect hit both alike; the ratio is
+taken per pair of adjacent blocks. The ADMM net carries one WeightHook per pruned layer with live Z/U
 (the config's kinds: FILTER_SHAPE has two constraints). Prints a table and
 writes JSON.
 
@@ -32,7 +33,7 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--solver", default="solvers/lenet_solver.prototxt")
     parser.add_argument("--config", default="prototxt/lenet_admm_filter_shape.prototxt")
-    parser.add_argument("--blocks", type=int, default=7, help="timed blocks per variant")
+    parser.add_argument("--blocks", type=int, default=10, help="timed blocks per variant (even)")
     parser.add_argument("--iters", type=int, default=50, help="iterations per block")
     parser.add_argument("--out", default="benchmarks/results/admm_overhead.json")
     args = parser.parse_args()
@@ -56,8 +57,10 @@ def main():
     for s in variants.values():  # warm-up
         s.step(args.iters)
     times = {name: [] for name in variants}
-    for _ in range(args.blocks):
-        for name, s in variants.items():
+    for block in range(args.blocks):
+        order = ["plain", "admm"] if block % 2 == 0 else ["admm", "plain"]
+        for name in order:
+            s = variants[name]
             t0 = time.perf_counter()
             s.step(args.iters)
             times[name].append((time.perf_counter() - t0) / args.iters * 1e3)

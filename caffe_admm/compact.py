@@ -138,8 +138,8 @@ def _build_graph(net, net_param):
             for t in tops:
                 new_space(t, fixed=True)
         elif kind == "Convolution":
-            group = layer.blobs[0].data.shape[1] and net.blobs[bottoms[0]].data.shape[1] // \
-                layer.blobs[0].data.shape[1]
+            # Caffe's weight is (F, C / group, kh, kw)
+            group = net.blobs[bottoms[0]].data.shape[1] // layer.blobs[0].data.shape[1]
             _read(blob_space, bottoms[0], (name, "conv", group))
             new_space(tops[0], producer=name, group=group)
         elif kind == "InnerProduct":
@@ -245,9 +245,9 @@ def plan_compaction(net, net_param):
         ``warnings``: e.g. LRN across channels over a shrunk space.
     """
     blob_space, layers = _build_graph(net, net_param)
+    types = {info["name"]: info["type"] for info in layers}
     weights = {name: net.params[name][0].data.copy() for name in net.params
-               if net.layers[list(net._layer_names).index(name)].type
-               in ("Convolution", "InnerProduct")}
+               if types[name] in ("Convolution", "InnerProduct")}
     spaces = []
     for space, _ in blob_space.values():
         parts = space.parts if isinstance(space, _Composite) else [(space, 0)]
@@ -310,15 +310,8 @@ def plan_compaction(net, net_param):
         parts = sorted(entry.pop("in_parts", []))
         if parts:
             entry["in"] = [offset + c for offset, _, keep, _ in parts for c in keep]
-            entry["in_block"] = parts[0][3] if layers_type(layers, name) == "InnerProduct" else 1
+            entry["in_block"] = parts[0][3] if types[name] == "InnerProduct" else 1
     return plan
-
-
-def layers_type(layers, name):
-    for info in layers:
-        if info["name"] == name:
-            return info["type"]
-    return None
 
 
 def _reads(kind, detail, w, offset, size, total):
@@ -381,7 +374,7 @@ def reference_params(net, plan):
         kind = net.layers[names.index(name)].type
         blobs = params[name]
         if "out" in entry:
-            gone = np.setdiff1d(np.arange(_out_size(kind, blobs)), entry["out"])
+            gone = np.setdiff1d(np.arange(blobs[0].shape[0]), entry["out"])
             if kind in ("Convolution", "InnerProduct"):
                 for b in blobs:
                     b[gone] = 0
@@ -404,10 +397,6 @@ def reference_params(net, plan):
                 gone = np.isin(np.arange(total), entry["in"], invert=True)
                 _zero_reader(w, "ip", block, 0, gone, total)
     return params
-
-
-def _out_size(kind, blobs):
-    return blobs[0].shape[0]
 
 
 def _conv_group(net, name):
