@@ -61,6 +61,7 @@ class PruneConfig:
     test_iter: int
     method: str = "admm"
     ssl_threshold: float = None
+    retrain_solver: str = None
 
     def layer(self, name):
         for spec in self.layers:
@@ -189,6 +190,11 @@ def load_config(path, net):
     if msg.HasField("ssl_threshold") and not 0 < msg.ssl_threshold < 1:
         raise ConfigError("%s: ssl_threshold must be in (0, 1), relative to the largest group "
                           "norm; got %g" % (path, msg.ssl_threshold))
+    retrain_solver = None
+    if msg.HasField("retrain_solver"):
+        retrain_solver = os.path.join(os.path.dirname(os.path.abspath(path)), msg.retrain_solver)
+        if not os.path.isfile(retrain_solver):
+            raise ConfigError("%s: retrain_solver: no file %s" % (path, retrain_solver))
     if msg.default.HasField("name"):
         raise ConfigError("%s: default, field name: the default entry takes no layer name" % path)
 
@@ -234,4 +240,5 @@ def load_config(path, net):
         admm_steps=msg.admm_steps, iters_per_step=msg.iters_per_step,
         retrain_iters=msg.retrain_iters, snapshot_interval=max(1, msg.snapshot_interval),
         test_iter=msg.test_iter, method=pb2.Method.Name(msg.method).lower(),
-        ssl_threshold=float(msg.ssl_threshold) if msg.HasField("ssl_threshold") else None)
+        ssl_threshold=float(msg.ssl_threshold) if msg.HasField("ssl_threshold") else None,
+        retrain_solver=retrain_solver)

@@ -478,7 +478,11 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     if restart and os.path.isdir(os.path.join(out_dir, "checkpoints")):
         shutil.rmtree(os.path.join(out_dir, "checkpoints"))
     os.makedirs(out_dir, exist_ok=True)
-    ckpt = _Checkpoints(out_dir, _fingerprint(solver_path, net_path, weights, config_path))
+    retrain_param = solver_param
+    if cfg.retrain_solver:
+        retrain_param = protoio.read_solver(cfg.retrain_solver)
+    ckpt = _Checkpoints(out_dir, _fingerprint(solver_path, net_path, weights, config_path,
+                                              *([cfg.retrain_solver] if cfg.retrain_solver else [])))
     meta = ckpt.load()
     if meta and meta["phase"] == "done":
         _log("%s: run already complete" % out_dir)
@@ -500,7 +504,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
             method = make_method(cfg, dict(np.load(meta["method_state"])))
             masks = load_masks(os.path.join(out_dir, "masks.npz"))
         hard = os.path.join(out_dir, "%s.caffemodel" % cfg.method)
-        solver = _retrain_phase(solver_param, hooked_path, out_dir, hard, masks,
+        solver = _retrain_phase(retrain_param, hooked_path, out_dir, hard, masks,
                                 cfg.retrain_iters, cfg.snapshot_interval, test_iter, ckpt, meta,
                                 history, progress, state=method, net_param=net_param)
     weights_now = _weights(solver.net, names)
@@ -511,7 +515,8 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
         "schedule": {"steps": cfg.admm_steps, "iters_per_step": cfg.iters_per_step,
                      "retrain_iters": cfg.retrain_iters, "rho_growth": cfg.rho_growth,
                      "rho_max": cfg.rho_max if math.isfinite(cfg.rho_max) else None,
-                     "ssl_threshold": cfg.ssl_threshold},
+                     "ssl_threshold": cfg.ssl_threshold,
+                     "retrain_solver": cfg.retrain_solver},
         "test_iter": test_iter, "accuracy": history["accuracy"],
         "layers": {spec.name: _layer_report(spec, method, weights_now[spec.name])
                    for spec in cfg.layers},

@@ -80,6 +80,8 @@ def test_syntax_error_names_file_line_and_field(tmp_path):
      "listed twice"),
     ('', "no layer to prune"),
     ('ssl_threshold: 1.5\nlayer { name: "conv1" keep_ratio: 0.5 }', "ssl_threshold must be in"),
+    ('retrain_solver: "no_such_solver.prototxt"\nlayer { name: "conv1" keep_ratio: 0.5 }',
+     r"c\.prototxt: retrain_solver: no file .*no_such_solver\.prototxt"),
     ('layer { name: "conv1" keep_ratio: 0.5 lasso_lambda: -1 }',
      r"field lasso_lambda: must be >= 0"),
 ])

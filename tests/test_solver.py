@@ -175,3 +175,20 @@ def test_bad_inputs_fail_before_caffe(tmp_path, tiny_data, tiny_trained):
     with pytest.raises(solver.RunError, match="holds a run with other inputs"):
         solver.prune(tiny_trained["solver"], tiny_trained["weights"], config(tmp_path, 2, 0),
                      str(tmp_path / "r3"), progress=False)
+
+
+def test_retrain_solver_sets_the_retraining_schedule(tmp_path, tiny_data, tiny_trained):
+    ft_dir = tmp_path / "ft"
+    ft_dir.mkdir()
+    ft_solver, _ = write_tiny(ft_dir, tiny_data, lr=0.00125, solver_type="Adam")
+    cfg = config(tmp_path, steps=1, retrain=20)
+    with open(cfg, "a") as f:
+        f.write('retrain_solver: "ft/tiny_solver.prototxt"\n')  # relative to the config
+    report = solver.prune(tiny_trained["solver"], tiny_trained["weights"], cfg,
+                          str(tmp_path / "run"), progress=False)
+    assert report["schedule"]["retrain_solver"] == ft_solver
+    from caffe_admm.protoio import read_solver
+    used = read_solver(str(tmp_path / "run" / "retrain_solver.prototxt"))
+    assert used.type == "Adam" and abs(used.base_lr - 0.00125) < 1e-9
+    first = read_solver(str(tmp_path / "run" / "admm_solver.prototxt"))
+    assert first.type == "SGD" and abs(first.base_lr - 0.05) < 1e-9
