@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -78,7 +77,6 @@ def main():
                 if not os.path.exists(config) or open(config).read() != text:
                     with open(config, "w") as f:
                         f.write(text)
-                t0 = time.time()
                 rep = solver.prune(solver_path, weights, config, run, progress=False)
                 acc = rep["accuracy"]
                 row = {"dataset": dataset, "level": level, "method": method.lower(),
@@ -86,7 +84,7 @@ def main():
                        "after_hard_prune": acc["after_hard_prune"]["accuracy"],
                        "accuracy": acc["after_retrain"]["accuracy"],
                        "compression": rep["pruned_layers_total"]["compression"],
-                       "seconds": time.time() - t0, "run": run}
+                       "run": run}
                 results.append(row)
                 print("%-13s %-7s %-10s compression %5.1fx  hard-pruned %.4f  retrained %.4f "
                       "(baseline %.4f)" % (dataset, level, row["method"], row["compression"],
