@@ -127,6 +127,7 @@ def plot(runs, rows, out_dir):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     paths = []
     # accuracy vs compression, one line per method
@@ -169,12 +170,17 @@ def plot(runs, rows, out_dir):
     admm = [run for run in runs if run.get("method", "admm") == "admm" and run.get("steps")]
     if admm:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for run in admm:
+        names = sorted({name for run in admm for name in run["layers"]})
+        colors = {name: "C%d" % (i % 10) for i, name in enumerate(names)}  # a color per layer
+        styles = ["-", "--", ":", "-."]                                     # a line style per run
+        for r, run in enumerate(admm):
             for name in run["layers"]:
                 ys = [max(s["residuals"][name]) for s in run["steps"]]
-                ax.plot(range(1, len(ys) + 1), ys, "o-", ms=3,
+                ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, color=colors[name],
+                        linestyle=styles[r % len(styles)],
                         label="%s/%s" % (run["name"], name) if len(admm) > 1 else name)
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("ADMM step")
         ax.set_ylabel("primal residual ||W - Z|| / ||W||")
         ax.set_title("ADMM residuals")
