@@ -54,12 +54,13 @@ runs/lenet_fashion/baseline.caffemodel: | data
 
 # The main job on the bundled default: LeNet/MNIST, StructADMM filter+shape
 # pruning (resumable: interrupt and run again), compaction, timing.
-PRUNED := runs/lenet_mnist_fs
+PRUNED := runs/lenet_mnist_fs_mild
+PRUNE_CONFIG := prototxt/lenet_admm_filter_shape_mild.prototxt
 
-$(PRUNED)/pruned.caffemodel: runs/lenet_mnist/baseline.caffemodel prototxt/lenet_admm_filter_shape.prototxt
+$(PRUNED)/pruned.caffemodel: runs/lenet_mnist/baseline.caffemodel $(PRUNE_CONFIG) solvers/lenet_finetune_solver.prototxt
 	$(CLI) prune --solver solvers/lenet_solver.prototxt \
 	    --weights runs/lenet_mnist/baseline.caffemodel \
-	    --config prototxt/lenet_admm_filter_shape.prototxt --out $(PRUNED)
+	    --config $(PRUNE_CONFIG) --out $(PRUNED)
 
 demo: setup data runs/lenet_mnist/baseline.caffemodel $(PRUNED)/pruned.caffemodel
 	$(CLI) test --model prototxt/lenet_train_test.prototxt \
