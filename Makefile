@@ -79,7 +79,7 @@ demo: setup data runs/lenet_mnist/baseline.caffemodel $(PRUNED)/pruned.caffemode
 test: setup
 	$(PY) -m pytest -q tests
 
-bench: setup data
+bench: setup data runs/lenet_mnist/baseline.caffemodel
 	$(PY) benchmarks/bench_admm_overhead.py
 	$(PY) benchmarks/bench_alexnet_compaction.py
 
