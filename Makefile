@@ -82,6 +82,8 @@ test: setup
 bench: setup data runs/lenet_mnist/baseline.caffemodel
 	$(PY) benchmarks/bench_admm_overhead.py
 	$(PY) benchmarks/bench_alexnet_compaction.py
+	OPENBLAS_NUM_THREADS=1 $(PY) benchmarks/bench_alexnet_compaction.py \
+	    --out benchmarks/results/alexnet_compaction_1thread.json
 
 clean:
 	rm -rf $(VENV) runs data/*_lmdb caffe_admm/proto/admm_pb2.py

@@ -67,7 +67,7 @@ def main():
                             batches=args.batch, repeats=args.repeats)
     print(timing.format_table(result))
     compact_conv = sum(report["layers"][n]["compact_params"] for n in KEEP)
-    summary = {"keep_filters": KEEP,
+    summary = {"openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "keep_filters": KEEP,
                "conv_weights": conv_params, "conv_weights_nonzero": conv_nonzero,
                "conv_compression_masked": conv_params / conv_nonzero,
                "conv_compression_compacted": conv_params / compact_conv,
