@@ -84,8 +84,9 @@ def build_parser():
                    help="largest |reference - compacted| output difference, relative")
     p.add_argument("--force", action="store_true", help="write even above the tolerance")
     p.add_argument("--shape", action="store_true",
-                   help="also cut zero GEMM columns (Im2col + Slice/Concat + 1x1 conv); "
-                        "time it: it pays only when the GEMM saving beats the copies")
+                   help="also cut zero GEMM columns (conv: Im2col + Slice/Concat + 1x1 conv; "
+                        "InnerProduct: Flatten + Slice/Concat); time it: it pays only "
+                        "when the GEMM saving beats the copies")
 
     p = verbs.add_parser("time", help="forward time, original vs compacted", formatter_class=fmt)
     p.add_argument("--model", required=True, help="original deploy prototxt (Input layers)")

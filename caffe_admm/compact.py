@@ -479,9 +479,11 @@ def compact_shapes(net_param, params, group_of, min_saving=0.0):
     dilation), ``L/slice`` (Slice on the channel axis into runs of kept and
     dropped columns), ``L/concat`` of the kept runs, ``L/silence`` for the
     dropped ones, and ``L`` itself as a 1x1 Convolution with weight
-    (F, kept columns, 1, 1). Im2col still lowers every column, and the slices
-    are copied, so this pays only where the GEMM saving outweighs the copies:
-    measure it with :mod:`caffe_admm.timing`.
+    (F, kept columns, 1, 1). An InnerProduct (axis 1, not transposed) with
+    all-zero columns gets ``L/flatten`` (Flatten) in place of Im2col and stays
+    an InnerProduct over the kept columns. Im2col still lowers every column,
+    and the slices are copied, so this pays only where the GEMM saving
+    outweighs the copies: measure it with :mod:`caffe_admm.timing`.
 
     Returns
     -------
@@ -495,20 +497,28 @@ def compact_shapes(net_param, params, group_of, min_saving=0.0):
     rewritten = {}
     for layer in net_param.layer:
         w = params.get(layer.name, [None])[0]
-        if (layer.type != "Convolution" or w is None or group_of.get(layer.name, 1) != 1
-                or w.ndim != 4):
+        conv = (layer.type == "Convolution" and w is not None and w.ndim == 4
+                and group_of.get(layer.name, 1) == 1)
+        ip = (layer.type == "InnerProduct" and w is not None and w.ndim == 2
+              and layer.inner_product_param.axis == 1
+              and not layer.inner_product_param.transpose)
+        if not (conv or ip):
             new_net.layer.add().CopyFrom(layer)
             continue
         cols = np.any(w.reshape(w.shape[0], -1) != 0, axis=0)
         if cols.all() or not cols.any() or 1.0 - cols.mean() <= min_saving:
             new_net.layer.add().CopyFrom(layer)
             continue
-        name, cp = layer.name, layer.convolution_param
-        im2col = new_net.layer.add(name=name + "/im2col", type="Im2col",
-                                   bottom=list(layer.bottom), top=[name + "/cols"])
-        im2col.convolution_param.CopyFrom(cp)
-        im2col.convolution_param.ClearField("weight_filler")
-        im2col.convolution_param.ClearField("bias_filler")
+        name = layer.name
+        if conv:
+            im2col = new_net.layer.add(name=name + "/im2col", type="Im2col",
+                                       bottom=list(layer.bottom), top=[name + "/cols"])
+            im2col.convolution_param.CopyFrom(layer.convolution_param)
+            im2col.convolution_param.ClearField("weight_filler")
+            im2col.convolution_param.ClearField("bias_filler")
+        else:
+            new_net.layer.add(name=name + "/flatten", type="Flatten",
+                              bottom=list(layer.bottom), top=[name + "/cols"])
         runs = _runs(cols)
         kept_tops, dropped_tops = [], []
         if len(runs) > 1:
@@ -530,19 +540,18 @@ def compact_shapes(net_param, params, group_of, min_saving=0.0):
                 src = kept_tops[0]
         else:
             src = name + "/cols"
-        conv = new_net.layer.add()
-        conv.CopyFrom(layer)
-        conv.ClearField("bottom")
-        conv.bottom.append(src)
-        conv.convolution_param.ClearField("kernel_size")
-        conv.convolution_param.ClearField("stride")
-        conv.convolution_param.ClearField("pad")
-        conv.convolution_param.ClearField("dilation")
-        for field in ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w"):
-            conv.convolution_param.ClearField(field)
-        conv.convolution_param.kernel_size.append(1)
+        small = new_net.layer.add()
+        small.CopyFrom(layer)
+        small.ClearField("bottom")
+        small.bottom.append(src)
         blobs = list(params[name])
-        blobs[0] = w.reshape(w.shape[0], -1)[:, cols].reshape(w.shape[0], -1, 1, 1)
+        blobs[0] = w.reshape(w.shape[0], -1)[:, cols]
+        if conv:
+            for field in ("kernel_size", "stride", "pad", "dilation", "kernel_h", "kernel_w",
+                          "stride_h", "stride_w", "pad_h", "pad_w"):
+                small.convolution_param.ClearField(field)
+            small.convolution_param.kernel_size.append(1)
+            blobs[0] = blobs[0].reshape(w.shape[0], -1, 1, 1)
         new_params[name] = blobs
         rewritten[name] = {"columns": int(cols.size), "kept_columns": int(cols.sum()),
                            "runs": sum(1 for r in runs if r[2])}

@@ -99,7 +99,6 @@ def layer_range(names, name):
     while start > 0 and names[start - 1].startswith(name + "/"):
         start -= 1
     return start, end
-    return result
 
 
 def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), repeats=10,

@@ -203,12 +203,16 @@ def test_shape_compaction_with_stock_layers_is_exact(tmp_path):
     net = sparse_weights(model, weights, filters=0.0, channels=0.0)
     cols = np.random.default_rng(3).permutation(500)[:350]
     net.params["conv2"][0].data.reshape(50, -1)[:, cols] = 0
+    ip_cols = np.random.default_rng(6).permutation(800)[:300]  # inside kept channels
+    net.params["ip1"][0].data[:, ip_cols] = 0
     net.save(weights)
     out = str(tmp_path / "out")
     report = compact.compact(model, weights, out, shape=True)
     assert report["shape_compaction"]["conv2"]["kept_columns"] == 150
     assert report["layers"]["conv2"]["compact_shape"] == [50, 150, 1, 1]
     assert report["layers"]["conv2"]["flop_reduction"] == pytest.approx(500 / 150)
+    assert report["shape_compaction"]["ip1"]["kept_columns"] == 500
+    assert report["layers"]["ip1"]["compact_shape"] == [500, 500]
     assert report["equivalence"]["passed"]
     small = caffe.Net(os.path.join(out, "compact.prototxt"), caffe.TEST,
                       weights=os.path.join(out, "compact.caffemodel"))
@@ -216,6 +220,9 @@ def test_shape_compaction_with_stock_layers_is_exact(tmp_path):
     assert [small.layers[names.index(n)].type for n in ("conv2/im2col", "conv2/slice",
                                                         "conv2/concat", "conv2")] == \
         ["Im2col", "Slice", "Concat", "Convolution"]
+    assert [small.layers[names.index(n)].type for n in ("ip1/flatten", "ip1/slice",
+                                                        "ip1/concat", "ip1")] == \
+        ["Flatten", "Slice", "Concat", "InnerProduct"]
     assert timing.layer_range(names, "conv2") == (names.index("conv2/im2col"),
                                                   names.index("conv2"))
     full = caffe.Net(model, caffe.TEST, weights=weights)
