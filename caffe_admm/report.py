@@ -143,12 +143,8 @@ def plot(runs, rows, out_dir):
     if bases:
         ax.axhline(100 * max(bases), color="gray", ls="--", lw=1, label="baseline")
     ax.set_xscale("log")
-    ax.set_xlabel("compression of the pruned layers (x, log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy vs compression")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    paths.append(_save(fig, out_dir, "accuracy_vs_compression.png"))
+    paths.append(_finish(fig, ax, out_dir, "accuracy_vs_compression.png", "Accuracy vs compression",
+                         "compression of the pruned layers (x, log scale)", "test accuracy (%)"))
 
     # per-layer kept fractions
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -161,10 +157,8 @@ def plot(runs, rows, out_dir):
                width, label="%s (%s)" % (run["name"], run.get("method", "admm")))
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layer_names))])
     ax.set_xticklabels(layer_names)
-    ax.set_ylabel("weights kept (%)")
-    ax.set_title("Kept weights per layer")
-    ax.legend(fontsize=7)
-    paths.append(_save(fig, out_dir, "kept_fractions.png"))
+    paths.append(_finish(fig, ax, out_dir, "kept_fractions.png", "Kept weights per layer",
+                         None, "weights kept (%)", grid=False))
 
     # ADMM residuals
     admm = [run for run in runs if run.get("method", "admm") == "admm" and run.get("steps")]
@@ -181,12 +175,8 @@ def plot(runs, rows, out_dir):
                         label="%s/%s" % (run["name"], name) if len(admm) > 1 else name)
         ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("ADMM step")
-        ax.set_ylabel("primal residual ||W - Z|| / ||W||")
-        ax.set_title("ADMM residuals")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        paths.append(_save(fig, out_dir, "admm_residuals.png"))
+        paths.append(_finish(fig, ax, out_dir, "admm_residuals.png", "ADMM residuals",
+                             "ADMM step", "primal residual ||W - Z|| / ||W||"))
 
     # training loss: first phase, then retraining after it
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -204,13 +194,22 @@ def plot(runs, rows, out_dir):
                       for i in range(len(ys))]
             ax.plot(xs, smooth, lw=1, label="%s (%s)" % (run["name"], run.get("method", "admm")))
     ax.set_yscale("log")
-    ax.set_xlabel("iteration (pruning phase, then retraining); running mean of 10 samples")
-    ax.set_ylabel("training loss")
-    ax.set_title("Training loss")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    paths.append(_save(fig, out_dir, "training_loss.png"))
+    paths.append(_finish(fig, ax, out_dir, "training_loss.png", "Training loss",
+                         "iteration (pruning phase, then retraining); running mean of 10 samples",
+                         "training loss"))
     return paths
+
+
+def _finish(fig, ax, out_dir, name, title, xlabel, ylabel, grid=True):
+    """Label, title and legend ``ax``, then save ``fig`` as ``out_dir/name``."""
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    if grid:
+        ax.grid(alpha=0.3)
+    return _save(fig, out_dir, name)
 
 
 def _save(fig, out_dir, name):
