@@ -144,6 +144,7 @@ def write_lmdb(path, images, labels, overwrite=False):
     path = os.path.abspath(path)
     partial = path + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     n, c, h, w = images.shape
     map_size = max(1 << 20, 2 * n * (c * h * w + 64))
     try:

@@ -14,7 +14,7 @@ def test_lmdb_round_trip_is_exact(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (37, 3, 5, 4), dtype=np.uint8)
     labels = rng.integers(0, 1000, 37)
-    path = data.write_lmdb(str(tmp_path / "db"), images, labels)
+    path = data.write_lmdb(str(tmp_path / "new" / "dir" / "db"), images, labels)  # parents made
     back_images, back_labels = data.read_lmdb(path)
     np.testing.assert_array_equal(back_images, images)
     np.testing.assert_array_equal(back_labels, labels)
