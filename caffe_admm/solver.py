@@ -478,11 +478,11 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     if restart and os.path.isdir(os.path.join(out_dir, "checkpoints")):
         shutil.rmtree(os.path.join(out_dir, "checkpoints"))
     os.makedirs(out_dir, exist_ok=True)
-    retrain_param = solver_param
+    inputs, retrain_param = [solver_path, net_path, weights, config_path], solver_param
     if cfg.retrain_solver:
         retrain_param = protoio.read_solver(cfg.retrain_solver)
-    ckpt = _Checkpoints(out_dir, _fingerprint(solver_path, net_path, weights, config_path,
-                                              *([cfg.retrain_solver] if cfg.retrain_solver else [])))
+        inputs.append(cfg.retrain_solver)
+    ckpt = _Checkpoints(out_dir, _fingerprint(*inputs))
     meta = ckpt.load()
     if meta and meta["phase"] == "done":
         _log("%s: run already complete" % out_dir)
