@@ -13,6 +13,12 @@ AlexNet's LRN layers normalise across channels, so removing channels changes
 their output: the compaction is forced and the deviation written down.
 
     .venv/bin/python benchmarks/bench_alexnet_compaction.py [--batch 1 8 --repeats 5]
+
+GPU timing goes through ``caffe time`` (cuDNN where Caffe was built with it):
+``--gpu 0`` times here; ``--plan-only DIR`` writes the plan (and the
+compaction report) for a GPU machine, where ``python3 -m caffe_admm.caffetime
+DIR/plan.json RESULT.json`` measures it with nothing but a caffe binary, and
+``--measured RESULT.json --plan-only DIR`` then summarises it here.
 """
 
 import argparse
@@ -40,7 +46,23 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                       "alexnet_compaction.json"))
+    parser.add_argument("--engine", choices=("pycaffe", "caffe-time"), default="pycaffe")
+    parser.add_argument("--gpu", type=int, help="GPU id (caffe-time engine)")
+    parser.add_argument("--iterations", type=int, default=20, help="caffe-time iterations")
+    parser.add_argument("--conv-engine", choices=timing.CONV_ENGINES)
+    parser.add_argument("--plan-only", metavar="DIR", help="write a caffe-time plan and stop")
+    parser.add_argument("--measured", metavar="RESULT",
+                        help="summarise this measured plan result (with --plan-only DIR)")
     args = parser.parse_args()
+    if args.measured:
+        if not args.plan_only:
+            parser.error("--measured needs --plan-only DIR (the plan it measured)")
+        with open(os.path.join(args.plan_only, "compaction.json")) as f:
+            report, conv_params, conv_nonzero = json.load(f)
+        with open(args.measured) as f:
+            result = json.load(f)
+        summarize(args, report, result, conv_params, conv_nonzero)
+        return
     caffe.set_mode_cpu()
     tmp = tempfile.mkdtemp(prefix="bench_alexnet_")
     rng = np.random.default_rng(0)
@@ -62,9 +84,23 @@ def main():
     conv_nonzero = sum(int((net.params[n][0].data != 0).sum()) for n in KEEP)
 
     report = compact.compact(args.model, weights, os.path.join(tmp, "compact"), force=True)
-    result = timing.compare(args.model, weights, os.path.join(tmp, "compact", "compact.prototxt"),
+    compact_model = os.path.join(tmp, "compact", "compact.prototxt")
+    if args.plan_only:
+        timing.write_plan(args.model, compact_model, args.plan_only, args.batch, args.repeats,
+                          args.iterations, args.gpu, args.conv_engine)
+        with open(os.path.join(args.plan_only, "compaction.json"), "w") as f:
+            json.dump([report, conv_params, conv_nonzero], f)
+        print("wrote the plan in", args.plan_only)
+        return
+    engine = "caffe time" if args.gpu is not None or args.engine == "caffe-time" else "pycaffe"
+    result = timing.compare(args.model, weights, compact_model,
                             os.path.join(tmp, "compact", "compact.caffemodel"),
-                            batches=args.batch, repeats=args.repeats)
+                            batches=args.batch, repeats=args.repeats, engine=engine, gpu=args.gpu,
+                            iterations=args.iterations, conv_engine=args.conv_engine)
+    summarize(args, report, result, conv_params, conv_nonzero)
+
+
+def summarize(args, report, result, conv_params, conv_nonzero):
     print(timing.format_table(result))
     compact_conv = sum(report["layers"][n]["compact_params"] for n in KEEP)
     summary = {"openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "keep_filters": KEEP,
@@ -74,8 +110,11 @@ def main():
                "lrn_deviation_max_abs": report["equivalence"]["max_abs_diff"],
                "warnings": report["warnings"], "timing": result,
                "paper": {"structadmm_cpu_speedup": 11.93, "structadmm_conv_compression": 15.0,
-                         "ssl_cpu_speedup_gemm_only": 5.1}}
+                         "structadmm_gpu_speedups_no_loss": [2.58, 3.65],
+                         "structadmm_gpu_speedups_2pct_loss": [3.15, 8.52],
+                         "ssl_cpu_speedup_gemm_only": 5.1, "ssl_gpu_speedup": 3.1}}
     for batch, data in result["batches"].items():
+        batch = int(batch)
         rows = data["layers"]
         conv_orig = sum(rows[n]["original"]["median_ms"] for n in KEEP)
         conv_comp = sum(rows[n]["compact"]["median_ms"] for n in KEEP)

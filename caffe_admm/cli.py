@@ -94,8 +94,21 @@ def build_parser():
     p.add_argument("--compact", required=True, help="compacted deploy prototxt")
     p.add_argument("--compact-weights", required=True, help="compacted caffemodel")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32], help="batch sizes")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs after warm-up")
+    p.add_argument("--repeats", type=int, default=10,
+                   help="timed runs after warm-up (caffe time: processes per net)")
     p.add_argument("--json", help="also write the result here")
+    p.add_argument("--engine", choices=("pycaffe", "caffe-time"), default="pycaffe",
+                   help="pycaffe: wall clock in this process (CPU); caffe-time: Caffe's "
+                        "`caffe time` per-layer timer (CPU or GPU; the one --gpu uses)")
+    p.add_argument("--iterations", type=int, default=20,
+                   help="caffe-time: forward passes averaged in each process")
+    p.add_argument("--caffe", help="caffe-time: the caffe binary (default: $CAFFE_BIN, PATH)")
+    p.add_argument("--conv-engine", choices=("CAFFE", "CUDNN"),
+                   help="caffe-time: force every Convolution's engine (CAFFE: im2col + GEMM)")
+    p.add_argument("--plan-only", metavar="DIR",
+                   help="caffe-time: write the plan (resized prototxts, FLOPs) to DIR and "
+                        "stop; measure it elsewhere with `python3 -m caffe_admm.caffetime "
+                        "DIR/plan.json OUT.json`")
 
     p = verbs.add_parser("report", help="sparsity tables and plots over prune runs",
                          formatter_class=fmt)
@@ -136,6 +149,9 @@ def _run(args):
                                           path))
         return 0
 
+    if args.verb == "time":
+        return _time(args)
+
     from caffe_admm import backend, solver
     backend.set_mode(args.gpu)
     if args.verb == "train":
@@ -171,20 +187,54 @@ def _run(args):
                                        t["compact_flops"], t["flops"] / max(t["compact_flops"], 1),
                                        eq["max_abs_diff"], "" if eq["passed"] else " (FORCED)"))
         print("wrote %s/compact.prototxt, compact.caffemodel, plan.json" % args.out)
-    elif args.verb == "time":
-        from caffe_admm import timing
-        result = timing.compare(args.model, args.weights, args.compact, args.compact_weights,
-                                batches=args.batch, repeats=args.repeats)
-        print(timing.format_table(result))
-        if args.json:
-            from caffe_admm.protoio import atomic_write
-            with atomic_write(args.json, "w") as f:
-                json.dump(result, f, indent=1)
     elif args.verb == "retrain":
         report = solver.retrain(args.solver, args.weights, args.out, masks_path=args.masks,
                                 iters=args.iters, progress=not args.quiet, restart=args.restart)
         print("accuracy: %s" % report["accuracy"])
     return 0
+
+
+def _time(args):
+    from caffe_admm import timing
+    from caffe_admm.protoio import atomic_write
+    engine = "caffe time" if args.gpu is not None or args.engine == "caffe-time" else "pycaffe"
+    if args.conv_engine and engine != "caffe time":
+        raise ValueError("--conv-engine applies to the caffe-time engine: add --engine "
+                         "caffe-time (or --gpu N)")
+    if args.plan_only:
+        if engine != "caffe time":
+            raise ValueError("--plan-only writes a plan for the caffe-time engine: add "
+                             "--engine caffe-time (or --gpu N)")
+        _, path = timing.write_plan(args.model, args.compact, args.plan_only, args.batch,
+                                    args.repeats, args.iterations, args.gpu, args.conv_engine)
+        print("wrote %s; measure it with: python3 -m caffe_admm.caffetime %s OUT.json"
+              % (path, path))
+        return 0
+    if engine == "caffe time":
+        from caffe_admm import caffetime
+        caffe_bin = caffetime.find_caffe(args.caffe or _project_caffe())
+        os.environ["CAFFE_BIN"] = caffe_bin
+        progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    else:
+        from caffe_admm import backend
+        backend.set_mode(None)
+        progress = None
+    result = timing.compare(args.model, args.weights, args.compact, args.compact_weights,
+                            batches=args.batch, repeats=args.repeats, engine=engine,
+                            gpu=args.gpu, iterations=args.iterations, progress=progress,
+                            conv_engine=args.conv_engine)
+    print(timing.format_table(result))
+    if args.json:
+        with atomic_write(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+def _project_caffe():
+    """The caffe binary of the build pycaffe was loaded from, when there is one."""
+    from caffe_admm.backend import caffe
+    path = os.path.join(os.path.dirname(caffe.__file__), "..", "..", "..", "..", "bin", "caffe")
+    return os.path.normpath(path) if os.path.exists(path) else None
 
 
 def _print_summary(report):

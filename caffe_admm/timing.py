@@ -1,21 +1,28 @@
 """Forward time of Caffe nets, per layer and whole, at several batch sizes.
 
-Times come from Caffe's own layer implementations (``Net::ForwardFromTo``
-through pycaffe, im2col included), in the mode Caffe is in (CPU here). Each
-measurement is a warm-up followed by ``repeats`` timed runs; the median and
-the spread (min, max) are reported, next to each layer's FLOPs and
-parameters, so a measured speed-up can be read against the ideal one.
-Original and compacted nets are timed alternately in the same process.
+Two engines, both Caffe's own layer implementations (im2col included):
+
+- ``pycaffe`` (CPU): ``Net::ForwardFromTo`` through pycaffe, wall clock, in
+  one process; each measurement is a warm-up followed by ``repeats`` timed
+  runs, original and compacted nets alternately.
+- ``caffe time`` (CPU or GPU/cuDNN): Caffe's benchmark tool, whose per-layer
+  timer waits for the GPU; see :mod:`caffe_admm.caffetime`. GPU timing always
+  uses it. :func:`write_plan` writes what it needs (batch-resized prototxts,
+  FLOPs and parameters per layer) so the measuring can also happen on another
+  machine.
+
+The median and the spread (min, max) are reported, next to each layer's FLOPs
+and parameters, so a measured speed-up can be read against the ideal one.
 """
 
+import json
+import os
 import statistics
 import time
 
 import numpy as np
 
-from caffe_admm.backend import caffe
-
-__all__ = ["layer_costs", "time_net", "layer_range", "compare", "format_table"]
+__all__ = ["layer_costs", "time_net", "layer_range", "compare", "write_plan", "format_table"]
 
 
 def layer_costs(net):
@@ -101,20 +108,97 @@ def layer_range(names, name):
     return start, end
 
 
+def _costs(model):
+    from caffe_admm.backend import caffe
+    return layer_costs(caffe.Net(model, caffe.TEST))
+
+
+CONV_ENGINES = ("CAFFE", "CUDNN")
+
+
+def write_plan(model, compact_model, out_dir, batches=(1, 8, 32), repeats=5, iterations=20,
+               gpu=None, conv_engine=None):
+    """Write a ``caffe time`` timing plan: ``out_dir/plan.json`` and, per batch
+    size, both deploy prototxts with the Input layers resized to it.
+
+    ``conv_engine`` ("CAFFE": im2col + GEMM, "CUDNN") sets every Convolution's
+    engine; None keeps the prototxt's (Caffe's default: cuDNN where built with it).
+
+    Returns
+    -------
+    (plan dict, path of plan.json); measure it with :func:`caffe_admm.caffetime.measure`
+    or ``python3 -m caffe_admm.caffetime PLAN OUT``.
+    """
+    from caffe_admm import protoio
+    if conv_engine not in (None,) + CONV_ENGINES:
+        raise ValueError("conv engine %r: use one of %s" % (conv_engine, ", ".join(CONV_ENGINES)))
+    costs = {"original": _costs(model), "compact": _costs(compact_model)}
+    layers = [n for n in costs["original"] if n in costs["compact"]]
+    plan = {"model": model, "compact_model": compact_model, "gpu": gpu, "repeats": int(repeats),
+            "iterations": int(iterations), "conv_engine": conv_engine, "layers": layers,
+            "costs": costs, "models": {}}
+    os.makedirs(out_dir, exist_ok=True)
+    for batch in batches:
+        plan["models"][str(batch)] = {}
+        for which, path in (("original", model), ("compact", compact_model)):
+            net = protoio.read_net(path)
+            inputs = [l for l in net.layer if l.type == "Input"]
+            if not inputs:
+                raise ValueError("%s: timing needs a deploy net with Input layers (no Data "
+                                 "layers)" % path)
+            for layer in inputs:
+                for shape in layer.input_param.shape:
+                    shape.dim[0] = int(batch)
+            for layer in net.layer:  # the same random weights for both nets
+                param = {"Convolution": layer.convolution_param,
+                         "InnerProduct": layer.inner_product_param}.get(layer.type)
+                if param is not None:
+                    param.weight_filler.Clear()
+                    param.weight_filler.type = "gaussian"
+                    param.weight_filler.std = 0.01
+                if layer.type == "Convolution" and conv_engine:
+                    layer.convolution_param.engine = getattr(
+                        layer.convolution_param, conv_engine)
+            name = "%s_b%s.prototxt" % (which, batch)
+            protoio.write_text(os.path.join(out_dir, name), net)
+            plan["models"][str(batch)][which] = name
+    path = os.path.join(out_dir, "plan.json")
+    with protoio.atomic_write(path, "w") as f:
+        json.dump(plan, f, indent=1)
+    return plan, path
+
+
 def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), repeats=10,
-            warmup=2):
+            warmup=2, engine="pycaffe", gpu=None, iterations=20, plan_dir=None, progress=None,
+            conv_engine=None):
     """Time the original and the compacted net alternately; speed-ups per layer.
+
+    ``engine="caffe time"`` (forced by ``gpu``) runs Caffe's benchmark tool on
+    a plan written to ``plan_dir`` (a temporary directory if None); its
+    processes fill weights from the prototxt fillers, so ``weights`` and
+    ``compact_weights`` are not used there.
 
     Returns
     -------
     dict: per batch size, per layer: original and compacted timings, the
     measured speed-up (ratio of medians), the FLOP and parameter reductions.
     """
+    if gpu is not None or engine == "caffe time":
+        import tempfile
+        from caffe_admm import caffetime
+        with tempfile.TemporaryDirectory() as tmp:
+            plan, path = write_plan(model, compact_model, plan_dir or tmp, batches, repeats,
+                                    iterations, gpu, conv_engine)
+            return caffetime.measure(plan, os.path.dirname(path), progress=progress)
+    if engine != "pycaffe":
+        raise ValueError("unknown timing engine %r (pycaffe or 'caffe time')" % engine)
+    from caffe_admm.backend import caffe
     a = caffe.Net(model, caffe.TEST, weights=weights) if weights else caffe.Net(model, caffe.TEST)
     b = caffe.Net(compact_model, caffe.TEST, weights=compact_weights)
     costs_a, costs_b = layer_costs(a), layer_costs(b)
     layers = [n for n in costs_a if n in costs_b]
-    out = {"model": model, "compact_model": compact_model, "repeats": repeats, "batches": {}}
+    out = {"engine": "pycaffe", "model": model, "compact_model": compact_model,
+           "repeats": repeats, "batches": {}}
     for batch in batches:
         ta = time_net(a, batch, repeats, warmup, layers)
         tb = time_net(b, batch, repeats, warmup, layers)
@@ -133,7 +217,11 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
 
 def format_table(result):
     """Plain-text table of :func:`compare`'s result."""
-    lines = []
+    lines = ["engine: %s%s%s, %s repeats" % (
+        result.get("engine", "pycaffe"),
+        " (GPU %s)" % result["gpu"] if result.get("gpu") is not None else " (CPU)",
+        ", conv engine %s" % result["conv_engine"] if result.get("conv_engine") else "",
+        result["repeats"])]
     for batch, data in result["batches"].items():
         lines.append("batch %s" % batch)
         lines.append("  %-10s %12s %12s %9s %9s %9s" % ("layer", "orig ms", "compact ms",

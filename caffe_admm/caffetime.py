@@ -1,0 +1,165 @@
+"""Per-layer forward times from Caffe's own benchmark, ``caffe time``.
+
+This is the timing engine for GPU (cuDNN) builds: ``caffe time`` brackets each
+layer with Caffe's ``Timer``, which on the GPU records CUDA events and waits
+for them, so asynchronous kernels are timed where they run. (pycaffe has no
+synchronisation call, so wall-clock timing from Python would measure kernel
+launches.) It also runs on CPU builds, which is how the tests check it.
+
+The module needs the Python standard library only, so a timing *plan* written
+by :func:`caffe_admm.timing.write_plan` (batch-resized prototxts and each
+layer's FLOPs and parameters) can be measured on another machine that has
+nothing but a Caffe build::
+
+    python3 -m caffe_admm.caffetime PLAN_DIR/plan.json OUT.json
+
+Each repeat is one ``caffe time -phase TEST`` process (``iterations``
+forward+backward passes after Caffe's own warm-up pass); original and
+compacted nets alternate, and median, min and max over the repeats are
+reported. ``caffe time`` fills weights from the prototxt's fillers (zeros
+where none are given): dense kernels take the same time whatever the values.
+"""
+
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+
+__all__ = ["parse_log", "run", "measure", "find_caffe", "main"]
+
+_LAYER = re.compile(r"\]\s+(\S+)\s+forward: ([0-9.eE+-]+) ms\.")
+_FORWARD = re.compile(r"Average Forward pass: ([0-9.eE+-]+) ms\.")
+
+
+def parse_log(text):
+    """Per-layer and whole-net average forward times (ms) from ``caffe time`` output.
+
+    Returns
+    -------
+    dict with ``layers`` ({name: ms}, in net order) and ``forward_ms``
+    """
+    layers = {}
+    for match in _LAYER.finditer(text):
+        layers[match.group(1)] = float(match.group(2))
+    total = _FORWARD.search(text)
+    if total is None or not layers:
+        raise ValueError("no 'caffe time' benchmark in this output (last lines: %s)"
+                         % " | ".join(text.strip().splitlines()[-3:]))
+    return {"layers": layers, "forward_ms": float(total.group(1))}
+
+
+def find_caffe(caffe=None):
+    """The ``caffe`` binary: ``caffe`` if given, else $CAFFE_BIN, else on PATH."""
+    path = caffe or os.environ.get("CAFFE_BIN") or shutil.which("caffe")
+    if not path or not os.access(path, os.X_OK):
+        raise FileNotFoundError("no executable caffe binary (%r): pass its path, set CAFFE_BIN "
+                                "or put it on PATH" % (path,))
+    return path
+
+
+def run(caffe, model, iterations=20, gpu=None, timeout=None):
+    """One ``caffe time`` process on ``model`` (TEST phase); see :func:`parse_log`."""
+    cmd = [caffe, "time", "-model", model, "-iterations", str(int(iterations)),
+           "-phase", "TEST"]
+    if gpu is not None:
+        cmd += ["-gpu", str(int(gpu))]
+    env = dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1")
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                          timeout=timeout, universal_newlines=True)
+    if proc.returncode != 0:
+        raise RuntimeError("%s exited %d:\n%s" % (" ".join(cmd), proc.returncode,
+                                                  "\n".join(proc.stdout.splitlines()[-15:])))
+    return parse_log(proc.stdout)
+
+
+def _helpers(names, name):
+    """``name`` and the ``name/...`` helper layers that shape compaction puts before it."""
+    return [n for n in names if n == name or n.startswith(name + "/")]
+
+
+def _stats(values):
+    return {"median_ms": statistics.median(values), "min_ms": min(values),
+            "max_ms": max(values)}
+
+
+def measure(plan, base_dir=".", caffe=None, progress=None):
+    """Run a timing plan: original and compacted nets alternately, per batch size.
+
+    Parameters
+    ----------
+    plan : dict
+        As written by :func:`caffe_admm.timing.write_plan`: ``models`` (per batch
+        size, ``original`` and ``compact`` prototxt paths relative to
+        ``base_dir``), ``layers``, ``costs``, ``iterations``, ``repeats``, ``gpu``.
+    caffe : str or None
+        The caffe binary (default: :func:`find_caffe`).
+    progress : callable or None
+        Called with one line of text after each ``caffe time`` process.
+
+    Returns
+    -------
+    dict shaped like :func:`caffe_admm.timing.compare`'s result.
+    """
+    caffe = find_caffe(caffe)
+    costs_a, costs_b = plan["costs"]["original"], plan["costs"]["compact"]
+    out = {"engine": "caffe time", "gpu": plan.get("gpu"), "iterations": plan["iterations"],
+           "repeats": plan["repeats"], "conv_engine": plan.get("conv_engine"),
+           "model": plan.get("model"),
+           "compact_model": plan.get("compact_model"), "batches": {}}
+    for batch, models in plan["models"].items():
+        runs = {"original": [], "compact": []}
+        for r in range(plan["repeats"]):
+            for which in ("original", "compact"):
+                res = run(caffe, os.path.join(base_dir, models[which]), plan["iterations"],
+                          plan.get("gpu"))
+                runs[which].append(res)
+                if progress:
+                    progress("batch %s %s %d/%d: forward %.3f ms"
+                             % (batch, which, r + 1, plan["repeats"], res["forward_ms"]))
+        timed = {}
+        for which, results in runs.items():
+            names = list(results[0]["layers"])
+            timed[which] = {
+                "net": _stats([res["forward_ms"] for res in results]),
+                "layers": {name: _stats([sum(res["layers"][n] for n in _helpers(names, name))
+                                         for res in results]) for name in plan["layers"]}}
+        rows = {}
+        for name in plan["layers"]:
+            a, b = timed["original"]["layers"][name], timed["compact"]["layers"][name]
+            rows[name] = {"original": a, "compact": b,
+                          "speedup": a["median_ms"] / max(b["median_ms"], 1e-9),
+                          "flop_reduction": costs_a[name]["flops"] / max(costs_b[name]["flops"], 1),
+                          "param_reduction": (costs_a[name]["params"]
+                                              / max(costs_b[name]["params"], 1))}
+        net_a, net_b = timed["original"]["net"], timed["compact"]["net"]
+        out["batches"][batch] = {"layers": rows, "net": {
+            "original": net_a, "compact": net_b,
+            "speedup": net_a["median_ms"] / max(net_b["median_ms"], 1e-9)}}
+    return out
+
+
+def main(argv=None):
+    """``python3 -m caffe_admm.caffetime PLAN.json OUT.json [--caffe BIN]``."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python3 -m caffe_admm.caffetime",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("plan", help="plan.json written by `caffe-admm time --plan-only DIR`")
+    parser.add_argument("out", help="result JSON (same layout as `caffe-admm time --json`)")
+    parser.add_argument("--caffe", help="caffe binary (default: $CAFFE_BIN or PATH)")
+    args = parser.parse_args(argv)
+    with open(args.plan) as f:
+        plan = json.load(f)
+    result = measure(plan, os.path.dirname(os.path.abspath(args.plan)), args.caffe,
+                     progress=lambda line: print(line, file=sys.stderr, flush=True))
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    from caffe_admm.timing import format_table  # numpy only: no pycaffe needed
+    print(format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

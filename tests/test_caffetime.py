@@ -1,0 +1,139 @@
+"""The ``caffe time`` engine: real Caffe CLI runs, plans, parsing and errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from caffe_admm import caffetime, compact, timing
+from caffe_admm.protoio import read_net
+
+from conftest import ROOT
+from test_compact import NETS, run_compact
+
+CAFFE = os.path.join(ROOT, ".venv", "bin", "caffe")
+LENET = os.path.join(NETS, "lenet_deploy.prototxt")
+
+
+@pytest.fixture(scope="module")
+def compacted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compacted")
+    report, weights, out = run_compact(tmp, LENET)
+    return report, os.path.join(out, "compact.prototxt")
+
+
+def test_parse_log_reads_every_layer_of_a_real_caffe_time_run():
+    res = caffetime.run(CAFFE, LENET, iterations=2)
+    names = [l.name for l in read_net(LENET).layer]
+    assert list(res["layers"]) == names
+    assert res["forward_ms"] > 0 and all(v >= 0 for v in res["layers"].values())
+    # the whole pass is the layers plus Caffe's per-layer timer overhead
+    assert res["forward_ms"] >= 0.9 * sum(res["layers"].values())
+
+
+def test_parse_log_refuses_output_without_a_benchmark():
+    with pytest.raises(ValueError, match="no 'caffe time' benchmark"):
+        caffetime.parse_log("I1124 caffe.cpp:1] Use CPU.\nF1124 net.cpp:1] Check failed\n")
+
+
+def test_run_names_the_command_when_caffe_fails(tmp_path):
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text('layer { name: "x" type: "NoSuchLayer" top: "x" }')
+    with pytest.raises(RuntimeError, match="NoSuchLayer"):
+        caffetime.run(CAFFE, str(bad), iterations=1)
+
+
+def test_find_caffe_errors_clearly(monkeypatch):
+    monkeypatch.delenv("CAFFE_BIN", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(FileNotFoundError, match="no executable caffe binary"):
+        caffetime.find_caffe()
+
+
+def test_plan_resizes_inputs_and_carries_exact_costs(tmp_path, compacted):
+    report, compact_model = compacted
+    plan, path = timing.write_plan(LENET, compact_model, str(tmp_path / "plan"), batches=(1, 5),
+                                   repeats=2, iterations=3, gpu=0)
+    assert json.load(open(path)) == plan and plan["gpu"] == 0
+    for batch in ("1", "5"):
+        for which in ("original", "compact"):
+            net = read_net(os.path.join(str(tmp_path / "plan"), plan["models"][batch][which]))
+            inputs = [l for l in net.layer if l.type == "Input"]
+            assert [s.dim[0] for l in inputs for s in l.input_param.shape] == [int(batch)]
+    for name in plan["layers"]:
+        ratio = plan["costs"]["original"][name]["flops"] / plan["costs"]["compact"][name]["flops"]
+        assert ratio == pytest.approx(report["layers"][name]["flop_reduction"])
+
+
+def test_plan_can_force_the_convolution_engine(tmp_path, compacted):
+    _, compact_model = compacted
+    plan, _ = timing.write_plan(LENET, compact_model, str(tmp_path), batches=(1,),
+                                conv_engine="CAFFE")
+    net = read_net(os.path.join(str(tmp_path), plan["models"]["1"]["compact"]))
+    convs = [l for l in net.layer if l.type == "Convolution"]
+    assert convs and all(l.convolution_param.engine == l.convolution_param.CAFFE for l in convs)
+    with pytest.raises(ValueError, match="conv engine 'FAST'"):
+        timing.write_plan(LENET, compact_model, str(tmp_path), conv_engine="FAST")
+
+
+def test_measure_runs_the_plan_in_a_separate_python_without_pycaffe(tmp_path, compacted):
+    """The measuring side needs the standard library and a caffe binary only."""
+    _, compact_model = compacted
+    _, path = timing.write_plan(LENET, compact_model, str(tmp_path / "plan"), batches=(2,),
+                                repeats=2, iterations=2)
+    out = str(tmp_path / "result.json")
+    env = dict(os.environ, PYTHONPATH=ROOT, CAFFE_BIN=CAFFE)
+    code = ("import sys, builtins; real = builtins.__import__\n"
+            "def guard(name, *a, **k):\n"
+            "    assert name != 'caffe' and not name.startswith('caffe.'), name\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = guard\n"
+            "from caffe_admm import caffetime; sys.exit(caffetime.main(sys.argv[1:]))")
+    res = subprocess.run([sys.executable, "-c", code, path, out], capture_output=True, text=True,
+                         env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.load(open(out))
+    assert result["engine"] == "caffe time" and result["gpu"] is None
+    rows = result["batches"]["2"]["layers"]
+    assert set(rows) == {"conv1", "conv2", "ip1", "ip2"}
+    for row in rows.values():
+        assert row["original"]["min_ms"] <= row["original"]["median_ms"] <= row["original"]["max_ms"]
+        assert row["speedup"] == pytest.approx(row["original"]["median_ms"]
+                                               / row["compact"]["median_ms"])
+    assert "whole net" in res.stdout and "caffe time (CPU)" in res.stdout
+
+
+def test_cli_time_with_the_caffe_time_engine(tmp_path, compacted):
+    _, compact_model = compacted
+    out = str(tmp_path / "t.json")
+    res = subprocess.run([os.path.join(ROOT, ".venv", "bin", "caffe-admm"), "time",
+                          "--engine", "caffe-time", "--model", LENET, "--compact", compact_model,
+                          "--compact-weights", "unused", "--batch", "1", "--repeats", "1",
+                          "--iterations", "2", "--json", out], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.load(open(out))["batches"]["1"]["net"]["speedup"] > 0
+    assert "batch 1 compact 1/1" in res.stderr
+
+
+def test_cli_plan_only_needs_the_caffe_time_engine(tmp_path, compacted):
+    _, compact_model = compacted
+    cli = os.path.join(ROOT, ".venv", "bin", "caffe-admm")
+    args = ["time", "--model", LENET, "--compact", compact_model, "--compact-weights", "x",
+            "--plan-only", str(tmp_path / "p")]
+    res = subprocess.run([cli] + args, capture_output=True, text=True)
+    assert res.returncode == 2 and "--engine caffe-time" in res.stderr
+    # a plan for a GPU machine can be written on a CPU-only one
+    res = subprocess.run([cli, "--gpu", "0"] + args, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert json.load(open(str(tmp_path / "p" / "plan.json")))["gpu"] == 0
+
+
+def test_cli_refuses_gpu_timing_with_a_cpu_only_caffe(tmp_path, compacted):
+    _, compact_model = compacted
+    res = subprocess.run([os.path.join(ROOT, ".venv", "bin", "caffe-admm"), "--gpu", "0", "time",
+                          "--model", LENET, "--compact", compact_model, "--compact-weights", "x",
+                          "--batch", "1", "--repeats", "1"], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert "-gpu 0 exited" in res.stderr and "Cannot use GPU in CPU-only Caffe" in res.stderr
