@@ -7,7 +7,14 @@ PYTHON ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CACHE ?= $(HOME)/.cache/caffe-admm
+# CUDA_HOME=/path/to/cuda-toolkit (with cuDNN, or CUDNN_HOME) builds Caffe with
+# CUDA + cuDNN for CUDA_ARCH_BIN (default 90) into its own prefix.
+ifdef CUDA_HOME
+CAFFE_PREFIX := $(CACHE)/caffe-cuda-py3.11
+else
 CAFFE_PREFIX := $(CACHE)/caffe-py3.11
+endif
+CAFFE_STAMP := $(VENV)/.caffe-$(notdir $(CAFFE_PREFIX))
 CLI := $(VENV)/bin/caffe-admm
 
 export GLOG_minloglevel ?= 2
@@ -17,7 +24,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: setup deps data demo test bench clean
 
-setup: deps $(VENV)/.caffe caffe_admm/proto/admm_pb2.py $(VENV)/.installed
+setup: deps $(CAFFE_STAMP) caffe_admm/proto/admm_pb2.py $(VENV)/.installed
 
 deps:
 	@tools/install_deps.sh
@@ -28,9 +35,11 @@ $(VENV)/.requirements: requirements.txt | deps
 	@$(PY) -m pip install -q -r requirements.txt
 	@touch $@
 
-$(VENV)/.caffe: $(VENV)/.requirements tools/install_caffe.sh tools/link_caffe.sh
+$(CAFFE_STAMP): $(VENV)/.requirements tools/install_caffe.sh tools/link_caffe.sh \
+    tools/patches/caffe-cuda13-cudnn9.patch
 	@tools/install_caffe.sh $(CAFFE_PREFIX) $(abspath $(PY))
 	@tools/link_caffe.sh $(CAFFE_PREFIX) $(VENV)
+	@rm -f $(VENV)/.caffe*
 	@touch $@
 
 caffe_admm/proto/admm_pb2.py: caffe_admm/proto/admm.proto | deps

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Build genuine BVLC Caffe (CPU, pycaffe, Python layers) from Debian's
-# bullseye source package and install it into a cached prefix.
+# Build genuine BVLC Caffe (pycaffe, Python layers) from Debian's bullseye
+# source package and install it into a cached prefix: CPU-only by default,
+# CUDA + cuDNN when CUDA_HOME names a CUDA toolkit.
 #
 #   tools/install_caffe.sh PREFIX PYTHON
+#   CUDA_HOME=/usr/local/cuda [CUDNN_HOME=DIR] [CUDA_ARCH_BIN="80 90"] \
+#       tools/install_caffe.sh PREFIX PYTHON
 #
 # PREFIX gets bin/caffe, lib/libcaffe.so* and lib/python3/dist-packages/caffe.
 # A stamp file makes a second run a no-op; delete PREFIX to rebuild.
 # Only Debian's archive is contacted (through a private apt state, so the
 # machine's own apt configuration is not touched).
+# CUDA builds apply tools/patches/caffe-cuda13-cudnn9.patch (cuDNN 8/9 and
+# CUDA 13 API changes) and compile for CUDA_ARCH_BIN (default 90: H100/H200)
+# plus PTX of its last entry; cuDNN is looked up in CUDNN_HOME (include/,
+# lib/), else in the toolkit. tools/cuda_from_pypi.sh makes such a toolkit
+# from NVIDIA's PyPI wheels where no CUDA package is at hand.
 set -euo pipefail
 
 PREFIX=${1:?usage: install_caffe.sh PREFIX PYTHON}
@@ -19,7 +27,22 @@ SHA_ORIG=e0eb3f06794f7402c77b7dec8e8480273ee1a1bb192e9122b621a69d4147ad0c
 SHA_DEBIAN=07cf073227494a6b07234e40cb5df91db566616593eef9baafdc4d06ad159f21
 SHA_DSC=c492f4893fc1ba1fb514b2d9b4763bc78dc93571ea24adc6e604eccbb93cdd64
 HERE=$(cd "$(dirname "$0")" && pwd)
-STAMP_KEY=$(cat "$0" | sha256sum | cut -c1-16)
+PATCH="$HERE/patches/caffe-cuda13-cudnn9.patch"
+CUDA_HOME=${CUDA_HOME:-}
+CUDA_ARCH_BIN=${CUDA_ARCH_BIN:-90}
+CUDNN_HOME=${CUDNN_HOME:-${CUDA_HOME:+$CUDA_HOME}}
+if [[ -n "$CUDA_HOME" ]]; then
+    [[ -x "$CUDA_HOME/bin/nvcc" ]] || { echo "caffe: CUDA_HOME=$CUDA_HOME has no bin/nvcc" >&2; exit 1; }
+    CUDNN_INC="$CUDNN_HOME/include"
+    CUDNN_LIB=$( (ls "$CUDNN_HOME"/lib*/libcudnn.so 2>/dev/null || true) | head -n1)
+    [[ -f "$CUDNN_INC/cudnn.h" && -n "$CUDNN_LIB" ]] \
+        || { echo "caffe: no cuDNN (include/cudnn.h, lib/libcudnn.so) under CUDNN_HOME=$CUDNN_HOME" >&2; exit 1; }
+    BUILD_KIND="CUDA $CUDA_HOME, cuDNN $CUDNN_HOME, sm $CUDA_ARCH_BIN"
+else
+    BUILD_KIND="CPU only"
+fi
+STAMP_KEY=$( (cat "$0"; [[ -z "$CUDA_HOME" ]] || cat "$PATCH"; echo "$BUILD_KIND") \
+    | sha256sum | cut -c1-16)
 
 if [[ -f "$PREFIX/.stamp" && "$(cat "$PREFIX/.stamp")" == "$STAMP_KEY" ]]; then
     echo "caffe: cached build in $PREFIX"
@@ -56,6 +79,17 @@ SRC="$WORK/src"
 sed -i 's/SetTotalBytesLimit(kProtoReadBytesLimit, 536870912)/SetTotalBytesLimit(kProtoReadBytesLimit)/' \
     "$SRC/src/caffe/util/io.cpp"
 grep -q 'SetTotalBytesLimit(kProtoReadBytesLimit)' "$SRC/src/caffe/util/io.cpp"
+DEVICE_OPTS=(-DCPU_ONLY=ON)
+if [[ -n "$CUDA_HOME" ]]; then
+    patch -d "$SRC" -p1 -s < "$PATCH"
+    DEVICE_OPTS=(-DCPU_ONLY=OFF -DUSE_CUDNN=ON -DCUDA_TOOLKIT_ROOT_DIR="$CUDA_HOME"
+                 -DCUDNN_INCLUDE="$CUDNN_INC" -DCUDNN_LIBRARY="$CUDNN_LIB"
+                 -DCUDA_ARCH_NAME=Manual -DCUDA_ARCH_BIN="$CUDA_ARCH_BIN"
+                 -DCUDA_ARCH_PTX="${CUDA_ARCH_BIN##* }")
+    # CUDA 13 keeps thrust in include/cccl, which nvcc finds but g++ does not
+    [[ ! -d "$CUDA_HOME/include/cccl" ]] \
+        || DEVICE_OPTS+=(-DCMAKE_CXX_FLAGS="-isystem $CUDA_HOME/include/cccl")
+fi
 
 PY_VER=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 PY_INC=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
@@ -63,18 +97,18 @@ PY_LIB=$("$PYTHON" -c 'import sysconfig, os; print(os.path.join(sysconfig.get_co
 NP_INC=$("$PYTHON" -c 'import numpy; print(numpy.get_include())')
 JOBS=${JOBS:-$(nproc)}
 
-echo "caffe: configuring (python $PY_VER, numpy $("$PYTHON" -c 'import numpy; print(numpy.__version__)'))"
+echo "caffe: configuring ($BUILD_KIND; python $PY_VER, numpy $("$PYTHON" -c 'import numpy; print(numpy.__version__)'))"
 cmake -S "$SRC" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_INSTALL_PREFIX="$PREFIX" \
     -DCMAKE_INSTALL_RPATH='$ORIGIN/../lib;$ORIGIN/../../..' \
-    -DCPU_ONLY=ON -DUSE_OPENCV=OFF -DUSE_LMDB=ON -DUSE_LEVELDB=ON -DUSE_NCCL=OFF \
+    "${DEVICE_OPTS[@]}" -DUSE_OPENCV=OFF -DUSE_LMDB=ON -DUSE_LEVELDB=ON -DUSE_NCCL=OFF \
     -DBUILD_python=ON -DBUILD_python_layer=ON -DBUILD_matlab=OFF -DBUILD_docs=OFF \
     -DBLAS=Open -Dpython_version="$PY_VER" \
     -DPYTHON_EXECUTABLE="$PYTHON" -DPYTHON_INCLUDE_DIR="$PY_INC" -DPYTHON_LIBRARY="$PY_LIB" \
     -DNUMPY_INCLUDE_DIR="$NP_INC" > "$WORK/cmake.log" 2>&1 \
     || { tail -n 40 "$WORK/cmake.log"; exit 1; }
 
-echo "caffe: building with $JOBS jobs (about 2-4 minutes on 2 cores; log: $WORK/build.log)"
+echo "caffe: building with $JOBS jobs (CPU only: about 2-4 minutes on 2 cores, CUDA sm_90: about 8; log: $WORK/build.log)"
 cmake --build "$WORK/build" -j "$JOBS" > "$WORK/build.log" 2>&1 \
     || { tail -n 40 "$WORK/build.log"; exit 1; }
 cmake --install "$WORK/build" > "$WORK/install.log" 2>&1 \
