@@ -156,6 +156,11 @@ def write_plan(model, compact_model, out_dir, batches=(1, 8, 32), repeats=5, ite
                     param.weight_filler.Clear()
                     param.weight_filler.type = "gaussian"
                     param.weight_filler.std = 0.01
+                    # caffe time also runs Backward: with no learnable blobs it has
+                    # little to do (forward times are unaffected)
+                    del layer.param[:]
+                    for _ in range(2 if param.bias_term else 1):
+                        layer.param.add().lr_mult = 0
                 if layer.type == "Convolution" and conv_engine:
                     layer.convolution_param.engine = getattr(
                         layer.convolution_param, conv_engine)

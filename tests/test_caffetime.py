@@ -74,6 +74,9 @@ def test_plan_can_force_the_convolution_engine(tmp_path, compacted):
     net = read_net(os.path.join(str(tmp_path), plan["models"]["1"]["compact"]))
     convs = [l for l in net.layer if l.type == "Convolution"]
     assert convs and all(l.convolution_param.engine == l.convolution_param.CAFFE for l in convs)
+    # no learnable blobs: caffe time's backward pass computes no weight gradients
+    assert all([p.lr_mult for p in l.param] == [0, 0] for l in net.layer
+               if l.type in ("Convolution", "InnerProduct"))
     with pytest.raises(ValueError, match="conv engine 'FAST'"):
         timing.write_plan(LENET, compact_model, str(tmp_path), conv_engine="FAST")
 
