@@ -40,10 +40,12 @@ METHOD_LINES = {
 }
 
 
-def config_text(method, level, steps, iters, retrain):
+def config_text(method, level, steps, iters, retrain, retrain_solver=None):
     lines = ["method: %s" % method, METHOD_LINES[method],
              "admm_steps: %d" % steps, "iters_per_step: %d" % iters,
              "retrain_iters: %d" % retrain, "snapshot_interval: %d" % max(iters, 1000)]
+    if retrain_solver:
+        lines.append('retrain_solver: "%s"' % os.path.abspath(retrain_solver))
     for name, keep in LEVELS[level].items():
         if isinstance(keep, tuple):
             lines.append('layer { name: "%s" kind: FILTER_SHAPE filter_keep_ratio: %g '
@@ -61,19 +63,29 @@ def main():
     parser.add_argument("--retrain", type=int, default=2000)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--levels", nargs="+", default=list(LEVELS))
+    parser.add_argument("--methods", nargs="+", default=list(METHOD_LINES),
+                        choices=list(METHOD_LINES))
+    parser.add_argument("--solver", help="first-phase solver for every method (default: the "
+                                         "data set's baseline solver; one data set only)")
+    parser.add_argument("--retrain-solver", help="masked-retraining solver for every method "
+                                                 "(default: the first-phase one)")
     parser.add_argument("--out", default=os.path.join(ROOT, "runs", "compare"))
     args = parser.parse_args()
+    if args.solver and len(args.datasets) != 1:
+        parser.error("--solver applies to one data set: name it with --datasets")
     os.chdir(ROOT)  # the bundled prototxts name their LMDBs relative to the repository
     caffe.set_mode_cpu()
     results = []
     for dataset in args.datasets:
         solver_path, weights = DATASETS[dataset]
+        solver_path = args.solver or solver_path
         for level in args.levels:
-            for method in METHOD_LINES:
+            for method in args.methods:
                 run = os.path.join(args.out, dataset, "%s_%s" % (level, method.lower()))
                 os.makedirs(run, exist_ok=True)
                 config = os.path.join(run, "config.prototxt")
-                text = config_text(method, level, args.steps, args.iters, args.retrain)
+                text = config_text(method, level, args.steps, args.iters, args.retrain,
+                                   args.retrain_solver)
                 if not os.path.exists(config) or open(config).read() != text:
                     with open(config, "w") as f:
                         f.write(text)
@@ -94,6 +106,7 @@ def main():
                             os.path.join(args.out, dataset, "report"))
     summary = {"budget": {"steps": args.steps, "iters_per_step": args.iters,
                           "retrain_iters": args.retrain}, "levels": LEVELS,
+               "solver": args.solver, "retrain_solver": args.retrain_solver,
                "method_settings": METHOD_LINES, "results": results}
     with open(os.path.join(args.out, "compare.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -101,9 +114,11 @@ def main():
     for dataset in args.datasets:
         for level in args.levels:
             rows = {r["method"]: r for r in results if r["dataset"] == dataset and r["level"] == level}
-            print("| %s | %s | %.1fx | %.2f%% | %.2f%% | %.2f%% |" % (
-                dataset, level, rows["admm"]["compression"], 100 * rows["admm"]["accuracy"],
-                100 * rows["ssl"]["accuracy"], 100 * rows["magnitude"]["accuracy"]))
+            cells = ["%.2f%%" % (100 * rows[m]["accuracy"]) if m in rows else "-"
+                     for m in ("admm", "ssl", "magnitude")]
+            print("| %s | %s | %.1fx | %s |" % (dataset, level,
+                                               next(iter(rows.values()))["compression"],
+                                               " | ".join(cells)))
     print("wrote", os.path.join(args.out, "compare.json"))
 
 
