@@ -80,8 +80,11 @@ sed -i 's/SetTotalBytesLimit(kProtoReadBytesLimit, 536870912)/SetTotalBytesLimit
     "$SRC/src/caffe/util/io.cpp"
 grep -q 'SetTotalBytesLimit(kProtoReadBytesLimit)' "$SRC/src/caffe/util/io.cpp"
 DEVICE_OPTS=(-DCPU_ONLY=ON)
+CUDA_RPATH=
 if [[ -n "$CUDA_HOME" ]]; then
     patch -d "$SRC" -p1 -s < "$PATCH"
+    # find the toolkit's and cuDNN's libraries without LD_LIBRARY_PATH
+    CUDA_RPATH=";$CUDA_HOME/lib64;$CUDA_HOME/lib;$(dirname "$CUDNN_LIB")"
     DEVICE_OPTS=(-DCPU_ONLY=OFF -DUSE_CUDNN=ON -DCUDA_TOOLKIT_ROOT_DIR="$CUDA_HOME"
                  -DCUDNN_INCLUDE="$CUDNN_INC" -DCUDNN_LIBRARY="$CUDNN_LIB"
                  -DCUDA_ARCH_NAME=Manual -DCUDA_ARCH_BIN="$CUDA_ARCH_BIN"
@@ -100,7 +103,7 @@ JOBS=${JOBS:-$(nproc)}
 echo "caffe: configuring ($BUILD_KIND; python $PY_VER, numpy $("$PYTHON" -c 'import numpy; print(numpy.__version__)'))"
 cmake -S "$SRC" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_INSTALL_PREFIX="$PREFIX" \
-    -DCMAKE_INSTALL_RPATH='$ORIGIN/../lib;$ORIGIN/../../..' \
+    -DCMAKE_INSTALL_RPATH="\$ORIGIN/../lib;\$ORIGIN/../../..$CUDA_RPATH" \
     "${DEVICE_OPTS[@]}" -DUSE_OPENCV=OFF -DUSE_LMDB=ON -DUSE_LEVELDB=ON -DUSE_NCCL=OFF \
     -DBUILD_python=ON -DBUILD_python_layer=ON -DBUILD_matlab=OFF -DBUILD_docs=OFF \
     -DBLAS=Open -Dpython_version="$PY_VER" \
