@@ -51,9 +51,21 @@ def parse_log(text):
     return {"layers": layers, "forward_ms": float(total.group(1))}
 
 
+def _loaded_build():
+    """bin/caffe of the build whose pycaffe this process has loaded (None if none)."""
+    module = sys.modules.get("caffe")
+    if module is None or not getattr(module, "__file__", None):
+        return None
+    # PREFIX/lib/python3/dist-packages/caffe/__init__.py -> PREFIX/bin/caffe
+    path = os.path.join(os.path.dirname(module.__file__), *[".."] * 4 + ["bin", "caffe"])
+    return os.path.normpath(path) if os.path.exists(path) else None
+
+
 def find_caffe(caffe=None):
-    """The ``caffe`` binary: ``caffe`` if given, else $CAFFE_BIN, else on PATH."""
-    path = caffe or os.environ.get("CAFFE_BIN") or shutil.which("caffe")
+    """The ``caffe`` binary: ``caffe`` if given, else $CAFFE_BIN, else the one of
+    the build whose pycaffe is loaded, else ``caffe`` on PATH."""
+    path = (caffe or os.environ.get("CAFFE_BIN") or _loaded_build()
+            or shutil.which("caffe"))
     if not path or not os.access(path, os.X_OK):
         raise FileNotFoundError("no executable caffe binary (%r): pass its path, set CAFFE_BIN "
                                 "or put it on PATH" % (path,))

@@ -212,7 +212,8 @@ def _time(args):
         return 0
     if engine == "caffe time":
         from caffe_admm import caffetime
-        caffe_bin = caffetime.find_caffe(args.caffe or _project_caffe())
+        from caffe_admm.backend import caffe  # noqa: F401 - find_caffe prefers its build
+        caffe_bin = caffetime.find_caffe(args.caffe)
         os.environ["CAFFE_BIN"] = caffe_bin
         progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     else:
@@ -228,13 +229,6 @@ def _time(args):
         with atomic_write(args.json, "w") as f:
             json.dump(result, f, indent=1)
     return 0
-
-
-def _project_caffe():
-    """The caffe binary of the build pycaffe was loaded from, when there is one."""
-    from caffe_admm.backend import caffe
-    path = os.path.join(os.path.dirname(caffe.__file__), "..", "..", "..", "..", "bin", "caffe")
-    return os.path.normpath(path) if os.path.exists(path) else None
 
 
 def _print_summary(report):

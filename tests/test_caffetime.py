@@ -45,9 +45,13 @@ def test_run_names_the_command_when_caffe_fails(tmp_path):
         caffetime.run(CAFFE, str(bad), iterations=1)
 
 
-def test_find_caffe_errors_clearly(monkeypatch):
+def test_find_caffe_prefers_the_loaded_build_then_errors_clearly(monkeypatch):
+    from caffe_admm.backend import caffe
     monkeypatch.delenv("CAFFE_BIN", raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")
+    prefix = os.path.dirname(os.path.dirname(os.path.realpath(caffetime.find_caffe())))
+    assert os.path.realpath(caffe.__file__).startswith(prefix + os.sep)
+    monkeypatch.delitem(sys.modules, "caffe")
     with pytest.raises(FileNotFoundError, match="no executable caffe binary"):
         caffetime.find_caffe()
 
