@@ -40,12 +40,14 @@ METHOD_LINES = {
 }
 
 
-def config_text(method, level, steps, iters, retrain, retrain_solver=None):
+def config_text(method, level, steps, iters, retrain, retrain_solver=None, progressive=False):
     lines = ["method: %s" % method, METHOD_LINES[method],
              "admm_steps: %d" % steps, "iters_per_step: %d" % iters,
              "retrain_iters: %d" % retrain, "snapshot_interval: %d" % max(iters, 1000)]
     if retrain_solver:
         lines.append('retrain_solver: "%s"' % os.path.abspath(retrain_solver))
+    if progressive and method == "ADMM":
+        lines.append("progressive: true")
     for name, keep in LEVELS[level].items():
         if isinstance(keep, tuple):
             lines.append('layer { name: "%s" kind: FILTER_SHAPE filter_keep_ratio: %g '
@@ -69,6 +71,8 @@ def main():
                                          "data set's baseline solver; one data set only)")
     parser.add_argument("--retrain-solver", help="masked-retraining solver for every method "
                                                  "(default: the first-phase one)")
+    parser.add_argument("--progressive", action="store_true",
+                        help="ADMM projects onto a shrinking support (config `progressive`)")
     parser.add_argument("--out", default=os.path.join(ROOT, "runs", "compare"))
     args = parser.parse_args()
     if args.solver and len(args.datasets) != 1:
@@ -85,7 +89,7 @@ def main():
                 os.makedirs(run, exist_ok=True)
                 config = os.path.join(run, "config.prototxt")
                 text = config_text(method, level, args.steps, args.iters, args.retrain,
-                                   args.retrain_solver)
+                                   args.retrain_solver, args.progressive)
                 if not os.path.exists(config) or open(config).read() != text:
                     with open(config, "w") as f:
                         f.write(text)
@@ -107,6 +111,7 @@ def main():
     summary = {"budget": {"steps": args.steps, "iters_per_step": args.iters,
                           "retrain_iters": args.retrain}, "levels": LEVELS,
                "solver": args.solver, "retrain_solver": args.retrain_solver,
+               "progressive": args.progressive,
                "method_settings": METHOD_LINES, "results": results}
     with open(os.path.join(args.out, "compare.json"), "w") as f:
         json.dump(summary, f, indent=1)

@@ -46,8 +46,15 @@ class ConstraintState:
         self.z = z
         self.u = u
 
-    def project(self, w):
-        return projections.project(w, self.kind, self.keep, self.group)
+    def project(self, w, keep=None):
+        """Proj(w) onto at most ``keep`` groups (default: the target ``self.keep``)."""
+        return projections.project(w, self.kind, self.keep if keep is None else keep,
+                                   self.group)
+
+    def count_at(self, frac):
+        """Groups kept ``frac`` (in (0, 1]) of the way from all of them to ``keep``."""
+        n = projections.num_groups(self.u.shape, self.kind)
+        return projections.keep_count(n, (n - (n - self.keep) * frac) / float(n), self.group)
 
     def support(self, w):
         return projections.support(w, self.kind, self.keep, self.group)
@@ -69,13 +76,15 @@ class ADMMState:
         self.step = int(step)
 
     @classmethod
-    def initial(cls, specs, weights):
+    def initial(cls, specs, weights, frac=1.0):
         """Z = Proj(W), U = 0 for every constraint of every spec.
 
         Parameters
         ----------
         specs : iterable of caffe_admm.config.LayerSpec
         weights : dict[str, ndarray]
+        frac : float
+            Project onto :meth:`ConstraintState.count_at` ``(frac)`` groups (1: the target).
         """
         constraints = {}
         for spec in specs:
@@ -86,7 +95,7 @@ class ADMMState:
                 group = spec.group if c.kind == "filter" else 1
                 keep = projections.keep_count(n, c.keep_ratio, group)
                 state = ConstraintState(c.kind, keep, spec.rho, group, None, np.zeros_like(w))
-                state.z = state.project(w)
+                state.z = state.project(w, state.count_at(frac))
                 states.append(state)
             constraints[spec.name] = states
         return cls(constraints)
@@ -107,8 +116,9 @@ class ADMMState:
             grad += c.rho * d
         return value, grad
 
-    def update(self, weights, growth=1.0, rho_max=float("inf")):
-        """One Z-step, U-step and rho growth; returns the primal residuals.
+    def update(self, weights, growth=1.0, rho_max=float("inf"), frac=1.0):
+        """One Z-step (onto ``count_at(frac)`` groups), U-step and rho growth;
+        returns the primal residuals.
 
         Returns
         -------
@@ -121,7 +131,7 @@ class ADMMState:
             norm = float(np.linalg.norm(w)) or 1.0
             res = []
             for c in states:
-                c.z = c.project(w + c.u)
+                c.z = c.project(w + c.u, c.count_at(frac))
                 c.u = c.u + w - c.z
                 res.append(float(np.linalg.norm(w - c.z)) / norm)
                 c.rho = min(c.rho * growth, rho_max)

@@ -62,6 +62,7 @@ class PruneConfig:
     method: str = "admm"
     ssl_threshold: float = None
     retrain_solver: str = None
+    progressive: bool = False
 
     def layer(self, name):
         for spec in self.layers:
@@ -190,6 +191,9 @@ def load_config(path, net):
     if msg.HasField("ssl_threshold") and not 0 < msg.ssl_threshold < 1:
         raise ConfigError("%s: ssl_threshold must be in (0, 1), relative to the largest group "
                           "norm; got %g" % (path, msg.ssl_threshold))
+    if msg.progressive and msg.method != pb2.ADMM:
+        raise ConfigError("%s: progressive applies to method ADMM (magnitude pruning is "
+                          "progressive already)" % path)
     retrain_solver = None
     if msg.HasField("retrain_solver"):
         retrain_solver = os.path.join(os.path.dirname(os.path.abspath(path)), msg.retrain_solver)
@@ -241,4 +245,4 @@ def load_config(path, net):
         retrain_iters=msg.retrain_iters, snapshot_interval=max(1, msg.snapshot_interval),
         test_iter=msg.test_iter, method=pb2.Method.Name(msg.method).lower(),
         ssl_threshold=float(msg.ssl_threshold) if msg.HasField("ssl_threshold") else None,
-        retrain_solver=retrain_solver)
+        retrain_solver=retrain_solver, progressive=bool(msg.progressive))

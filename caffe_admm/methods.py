@@ -71,16 +71,27 @@ class ADMMMethod:
     def round(self):
         return self.state.step
 
+    def _frac(self, blocks_done):
+        """How far the next block's Z goes towards the target (config ``progressive``)."""
+        if not self.cfg.progressive:
+            return 1.0
+        return min(1.0, (blocks_done + 1) / float(self.cfg.admm_steps))
+
     def start(self, weights):
-        self.state = ADMMState.initial(self.cfg.layers, weights)
+        self.state = ADMMState.initial(self.cfg.layers, weights, self._frac(0))
 
     def hook_terms(self, name):
         return {"penalty": [(c.rho, c.z, c.u) for c in self.state.constraints[name]]}
 
     def end_round(self, weights):
-        residuals = self.state.update(weights, self.cfg.rho_growth, self.cfg.rho_max)
-        return {"residuals": residuals,
-                "rho": {n: [c.rho for c in cs] for n, cs in self.state.constraints.items()}}
+        frac = self._frac(self.state.step + 1)
+        residuals = self.state.update(weights, self.cfg.rho_growth, self.cfg.rho_max, frac)
+        log = {"residuals": residuals,
+               "rho": {n: [c.rho for c in cs] for n, cs in self.state.constraints.items()}}
+        if self.cfg.progressive:
+            log["z_groups"] = {n: [c.count_at(frac) for c in cs]
+                               for n, cs in self.state.constraints.items()}
+        return log
 
     def describe(self, log):
         return "residual " + " ".join("%s=%s" % (n, "/".join("%.2e" % r for r in rs))

@@ -97,3 +97,37 @@ def test_arrays_round_trip_exactly(state_and_weights):
             assert (a.kind, a.keep, a.rho, a.group) == (b.kind, b.keep, b.rho, b.group)
             np.testing.assert_array_equal(a.z, b.z)
             np.testing.assert_array_equal(a.u, b.u)
+
+
+def test_count_at_goes_from_every_group_to_the_target(state_and_weights):
+    state, _ = state_and_weights
+    conv_filter = state.constraints["conv"][0]  # 6 filters, keep 3
+    counts = [conv_filter.count_at(f) for f in (1 / 3.0, 2 / 3.0, 1.0)]
+    assert counts == [5, 4, 3]
+    ip_channel = state.constraints["ip"][0]  # 12 inputs, keep 3
+    assert [ip_channel.count_at(f) for f in (0.25, 0.5, 1.0)] == [10, 8, 3]
+
+
+def test_progressive_admm_projects_onto_a_shrinking_then_the_target_support():
+    import types
+    from caffe_admm.methods import ADMMMethod
+    from caffe_admm.projections import group_norms
+    rng = np.random.default_rng(1)
+    weights = {"conv": rng.standard_normal((8, 4, 3, 3)).astype(np.float32)}
+    cfg = types.SimpleNamespace(layers=[spec("conv", ["filter"], keep=0.25)], progressive=True,
+                                admm_steps=3, rho_growth=1.0, rho_max=1.0)
+    method = ADMMMethod(cfg)
+    method.start(weights)
+
+    def z_filters(m):
+        return int((group_norms(m.state.constraints["conv"][0].z, "filter") > 0).sum())
+    assert z_filters(method) == 6  # block 1 of 3: a third of the way from 8 to 2
+    logs = [method.end_round(weights) for _ in range(3)]
+    assert [log["z_groups"]["conv"] for log in logs] == [[4], [2], [2]]
+    assert z_filters(method) == 2
+    assert int(method.final_masks(weights)["conv"].any(axis=(1, 2, 3)).sum()) == 2
+    cfg.progressive = False
+    plain = ADMMMethod(cfg)
+    plain.start(weights)
+    assert z_filters(plain) == 2
+    assert "z_groups" not in plain.end_round(weights)

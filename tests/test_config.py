@@ -84,6 +84,8 @@ def test_syntax_error_names_file_line_and_field(tmp_path):
      r"c\.prototxt: retrain_solver: no file .*no_such_solver\.prototxt"),
     ('layer { name: "conv1" keep_ratio: 0.5 lasso_lambda: -1 }',
      r"field lasso_lambda: must be >= 0"),
+    ('method: MAGNITUDE progressive: true\nlayer { name: "conv1" keep_ratio: 0.5 }',
+     "progressive applies to method ADMM"),
 ])
 def test_semantic_errors_are_clear(tmp_path, body, message):
     path = write(tmp_path / "c.prototxt", "\n" + body + "\n")
