@@ -47,7 +47,7 @@ def config_text(method, level, steps, iters, retrain, retrain_solver=None, progr
     if retrain_solver:
         lines.append('retrain_solver: "%s"' % os.path.abspath(retrain_solver))
     if progressive and method == "ADMM":
-        lines.append("progressive: true")
+        lines.append("progressive: true progressive_steps: %d" % progressive)
     for name, keep in LEVELS[level].items():
         if isinstance(keep, tuple):
             lines.append('layer { name: "%s" kind: FILTER_SHAPE filter_keep_ratio: %g '
@@ -71,8 +71,9 @@ def main():
                                          "data set's baseline solver; one data set only)")
     parser.add_argument("--retrain-solver", help="masked-retraining solver for every method "
                                                  "(default: the first-phase one)")
-    parser.add_argument("--progressive", action="store_true",
-                        help="ADMM projects onto a shrinking support (config `progressive`)")
+    parser.add_argument("--progressive", type=int, metavar="STEPS", default=0,
+                        help="ADMM projects onto a support that shrinks to the target over "
+                             "STEPS steps (config `progressive`, `progressive_steps`)")
     parser.add_argument("--out", default=os.path.join(ROOT, "runs", "compare"))
     args = parser.parse_args()
     if args.solver and len(args.datasets) != 1:

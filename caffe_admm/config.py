@@ -63,6 +63,7 @@ class PruneConfig:
     ssl_threshold: float = None
     retrain_solver: str = None
     progressive: bool = False
+    progressive_steps: int = None
 
     def layer(self, name):
         for spec in self.layers:
@@ -194,6 +195,11 @@ def load_config(path, net):
     if msg.progressive and msg.method != pb2.ADMM:
         raise ConfigError("%s: progressive applies to method ADMM (magnitude pruning is "
                           "progressive already)" % path)
+    if msg.HasField("progressive_steps") and not (
+            msg.progressive and 0 < msg.progressive_steps <= msg.admm_steps):
+        raise ConfigError("%s: progressive_steps needs progressive: true and a value in "
+                          "1..admm_steps (%d), got %d" % (path, msg.admm_steps,
+                                                           msg.progressive_steps))
     retrain_solver = None
     if msg.HasField("retrain_solver"):
         retrain_solver = os.path.join(os.path.dirname(os.path.abspath(path)), msg.retrain_solver)
@@ -245,4 +251,6 @@ def load_config(path, net):
         retrain_iters=msg.retrain_iters, snapshot_interval=max(1, msg.snapshot_interval),
         test_iter=msg.test_iter, method=pb2.Method.Name(msg.method).lower(),
         ssl_threshold=float(msg.ssl_threshold) if msg.HasField("ssl_threshold") else None,
-        retrain_solver=retrain_solver, progressive=bool(msg.progressive))
+        retrain_solver=retrain_solver, progressive=bool(msg.progressive),
+        progressive_steps=(msg.progressive_steps if msg.HasField("progressive_steps")
+                           else msg.admm_steps))

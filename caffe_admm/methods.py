@@ -75,7 +75,7 @@ class ADMMMethod:
         """How far the next block's Z goes towards the target (config ``progressive``)."""
         if not self.cfg.progressive:
             return 1.0
-        return min(1.0, (blocks_done + 1) / float(self.cfg.admm_steps))
+        return min(1.0, (blocks_done + 1) / float(self.cfg.progressive_steps))
 
     def start(self, weights):
         self.state = ADMMState.initial(self.cfg.layers, weights, self._frac(0))

@@ -115,15 +115,15 @@ def test_progressive_admm_projects_onto_a_shrinking_then_the_target_support():
     rng = np.random.default_rng(1)
     weights = {"conv": rng.standard_normal((8, 4, 3, 3)).astype(np.float32)}
     cfg = types.SimpleNamespace(layers=[spec("conv", ["filter"], keep=0.25)], progressive=True,
-                                admm_steps=3, rho_growth=1.0, rho_max=1.0)
+                                admm_steps=4, progressive_steps=3, rho_growth=1.0, rho_max=1.0)
     method = ADMMMethod(cfg)
     method.start(weights)
 
     def z_filters(m):
         return int((group_norms(m.state.constraints["conv"][0].z, "filter") > 0).sum())
     assert z_filters(method) == 6  # block 1 of 3: a third of the way from 8 to 2
-    logs = [method.end_round(weights) for _ in range(3)]
-    assert [log["z_groups"]["conv"] for log in logs] == [[4], [2], [2]]
+    logs = [method.end_round(weights) for _ in range(4)]  # then the target until step 4
+    assert [log["z_groups"]["conv"] for log in logs] == [[4], [2], [2], [2]]
     assert z_filters(method) == 2
     assert int(method.final_masks(weights)["conv"].any(axis=(1, 2, 3)).sum()) == 2
     cfg.progressive = False
