@@ -214,16 +214,15 @@ def _time(args):
         from caffe_admm import caffetime
         from caffe_admm.backend import caffe  # noqa: F401 - find_caffe prefers its build
         caffe_bin = caffetime.find_caffe(args.caffe)
-        os.environ["CAFFE_BIN"] = caffe_bin
         progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     else:
         from caffe_admm import backend
         backend.set_mode(None)
-        progress = None
+        caffe_bin, progress = None, None
     result = timing.compare(args.model, args.weights, args.compact, args.compact_weights,
                             batches=args.batch, repeats=args.repeats, engine=engine,
                             gpu=args.gpu, iterations=args.iterations, progress=progress,
-                            conv_engine=args.conv_engine)
+                            conv_engine=args.conv_engine, caffe_bin=caffe_bin)
     print(timing.format_table(result))
     if args.json:
         with atomic_write(args.json, "w") as f:

@@ -175,11 +175,12 @@ def write_plan(model, compact_model, out_dir, batches=(1, 8, 32), repeats=5, ite
 
 def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), repeats=10,
             warmup=2, engine="pycaffe", gpu=None, iterations=20, plan_dir=None, progress=None,
-            conv_engine=None):
+            conv_engine=None, caffe_bin=None):
     """Time the original and the compacted net alternately; speed-ups per layer.
 
     ``engine="caffe time"`` (forced by ``gpu``) runs Caffe's benchmark tool on
-    a plan written to ``plan_dir`` (a temporary directory if None); its
+    a plan written to ``plan_dir`` (a temporary directory if None) with the
+    ``caffe_bin`` binary (default: :func:`caffe_admm.caffetime.find_caffe`); its
     processes fill weights from the prototxt fillers, so ``weights`` and
     ``compact_weights`` are not used there.
 
@@ -194,7 +195,7 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
         with tempfile.TemporaryDirectory() as tmp:
             plan, path = write_plan(model, compact_model, plan_dir or tmp, batches, repeats,
                                     iterations, gpu, conv_engine)
-            return caffetime.measure(plan, os.path.dirname(path), progress=progress)
+            return caffetime.measure(plan, os.path.dirname(path), caffe_bin, progress)
     if engine != "pycaffe":
         raise ValueError("unknown timing engine %r (pycaffe or 'caffe time')" % engine)
     from caffe_admm.backend import caffe
