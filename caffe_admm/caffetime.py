@@ -87,11 +87,6 @@ def run(caffe, model, iterations=20, gpu=None, timeout=None):
     return parse_log(proc.stdout)
 
 
-def _helpers(names, name):
-    """``name`` and the ``name/...`` helper layers that shape compaction puts before it."""
-    return [n for n in names if n == name or n.startswith(name + "/")]
-
-
 def _stats(values):
     return {"median_ms": statistics.median(values), "min_ms": min(values),
             "max_ms": max(values)}
@@ -115,8 +110,8 @@ def measure(plan, base_dir=".", caffe=None, progress=None):
     -------
     dict shaped like :func:`caffe_admm.timing.compare`'s result.
     """
+    from caffe_admm.timing import layer_range, speedups  # numpy only: no pycaffe needed
     caffe = find_caffe(caffe)
-    costs_a, costs_b = plan["costs"]["original"], plan["costs"]["compact"]
     out = {"engine": "caffe time", "gpu": plan.get("gpu"), "iterations": plan["iterations"],
            "repeats": plan["repeats"], "conv_engine": plan.get("conv_engine"),
            "model": plan.get("model"),
@@ -134,22 +129,14 @@ def measure(plan, base_dir=".", caffe=None, progress=None):
         timed = {}
         for which, results in runs.items():
             names = list(results[0]["layers"])
+            spans = {name: names[slice(*layer_range(names, name))] + [name]
+                     for name in plan["layers"]}  # a layer's time includes its helpers
             timed[which] = {
                 "net": _stats([res["forward_ms"] for res in results]),
-                "layers": {name: _stats([sum(res["layers"][n] for n in _helpers(names, name))
-                                         for res in results]) for name in plan["layers"]}}
-        rows = {}
-        for name in plan["layers"]:
-            a, b = timed["original"]["layers"][name], timed["compact"]["layers"][name]
-            rows[name] = {"original": a, "compact": b,
-                          "speedup": a["median_ms"] / max(b["median_ms"], 1e-9),
-                          "flop_reduction": costs_a[name]["flops"] / max(costs_b[name]["flops"], 1),
-                          "param_reduction": (costs_a[name]["params"]
-                                              / max(costs_b[name]["params"], 1))}
-        net_a, net_b = timed["original"]["net"], timed["compact"]["net"]
-        out["batches"][batch] = {"layers": rows, "net": {
-            "original": net_a, "compact": net_b,
-            "speedup": net_a["median_ms"] / max(net_b["median_ms"], 1e-9)}}
+                "layers": {name: _stats([sum(res["layers"][n] for n in span) for res in results])
+                           for name, span in spans.items()}}
+        out["batches"][batch] = speedups(timed["original"], timed["compact"],
+                                         plan["costs"]["original"], plan["costs"]["compact"])
     return out
 
 

@@ -22,7 +22,8 @@ import time
 
 import numpy as np
 
-__all__ = ["layer_costs", "time_net", "layer_range", "compare", "write_plan", "format_table"]
+__all__ = ["layer_costs", "time_net", "layer_range", "compare", "speedups", "write_plan",
+           "format_table"]
 
 
 def layer_costs(net):
@@ -206,19 +207,35 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
     out = {"engine": "pycaffe", "model": model, "compact_model": compact_model,
            "repeats": repeats, "batches": {}}
     for batch in batches:
-        ta = time_net(a, batch, repeats, warmup, layers)
-        tb = time_net(b, batch, repeats, warmup, layers)
-        rows = {}
-        for name in layers:
-            rows[name] = {
-                "original": ta["layers"][name], "compact": tb["layers"][name],
-                "speedup": ta["layers"][name]["median_ms"] / tb["layers"][name]["median_ms"],
-                "flop_reduction": costs_a[name]["flops"] / max(costs_b[name]["flops"], 1),
-                "param_reduction": costs_a[name]["params"] / max(costs_b[name]["params"], 1)}
-        out["batches"][batch] = {
-            "layers": rows, "net": {"original": ta["net"], "compact": tb["net"],
-                                    "speedup": ta["net"]["median_ms"] / tb["net"]["median_ms"]}}
+        out["batches"][batch] = speedups(time_net(a, batch, repeats, warmup, layers),
+                                         time_net(b, batch, repeats, warmup, layers),
+                                         costs_a, costs_b)
     return out
+
+
+def speedups(original, compact, costs_a, costs_b):
+    """One batch size's rows: both timings, measured speed-up (ratio of medians),
+    FLOP and parameter reductions, per layer of ``original["layers"]`` and whole net.
+
+    Parameters
+    ----------
+    original, compact : dict
+        ``net`` and ``layers`` ({name: {median_ms, min_ms, max_ms}}), as
+        :func:`time_net` returns them.
+    costs_a, costs_b : dict
+        :func:`layer_costs` of the original and the compacted net.
+    """
+    def ratio(a, b):
+        return a["median_ms"] / max(b["median_ms"], 1e-9)
+    rows = {}
+    for name, a in original["layers"].items():
+        b = compact["layers"][name]
+        rows[name] = {"original": a, "compact": b, "speedup": ratio(a, b),
+                      "flop_reduction": costs_a[name]["flops"] / max(costs_b[name]["flops"], 1),
+                      "param_reduction": (costs_a[name]["params"]
+                                          / max(costs_b[name]["params"], 1))}
+    return {"layers": rows, "net": {"original": original["net"], "compact": compact["net"],
+                                    "speedup": ratio(original["net"], compact["net"])}}
 
 
 def format_table(result):

@@ -144,3 +144,19 @@ def test_cli_refuses_gpu_timing_with_a_cpu_only_caffe(tmp_path, compacted):
                           "--batch", "1", "--repeats", "1"], capture_output=True, text=True)
     assert res.returncode == 1
     assert "-gpu 0 exited" in res.stderr and "Cannot use GPU in CPU-only Caffe" in res.stderr
+
+
+def test_a_shape_compacted_layer_is_timed_with_its_helpers(monkeypatch):
+    """measure()'s arithmetic on given `caffe time` results (no Caffe run here)."""
+    logs = {"o.prototxt": {"conv2": 8.0, "ip1": 1.0},
+            "c.prototxt": {"conv1": 0.5, "conv2/im2col": 0.25, "conv2/slice": 0.125,
+                           "conv2/concat": 0.125, "conv2": 1.5, "ip1": 0.5}}
+    monkeypatch.setattr(caffetime, "run", lambda caffe, model, iterations, gpu: {
+        "layers": logs[os.path.basename(model)], "forward_ms": 10.0})
+    costs = {"conv2": {"flops": 100, "params": 10}, "ip1": {"flops": 50, "params": 5}}
+    plan = {"costs": {"original": costs, "compact": costs}, "iterations": 1, "repeats": 3,
+            "layers": ["conv2", "ip1"],
+            "models": {"1": {"original": "o.prototxt", "compact": "c.prototxt"}}}
+    rows = caffetime.measure(plan, caffe=sys.executable)["batches"]["1"]["layers"]
+    assert rows["conv2"]["compact"]["median_ms"] == 2.0  # 0.25 + 0.125 + 0.125 + 1.5
+    assert rows["conv2"]["speedup"] == 4.0 and rows["ip1"]["speedup"] == 2.0
