@@ -30,7 +30,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 PATCH="$HERE/patches/caffe-cuda13-cudnn9.patch"
 CUDA_HOME=${CUDA_HOME:-}
 CUDA_ARCH_BIN=${CUDA_ARCH_BIN:-90}
-CUDNN_HOME=${CUDNN_HOME:-${CUDA_HOME:+$CUDA_HOME}}
+CUDNN_HOME=${CUDNN_HOME:-$CUDA_HOME}
 if [[ -n "$CUDA_HOME" ]]; then
     [[ -x "$CUDA_HOME/bin/nvcc" ]] || { echo "caffe: CUDA_HOME=$CUDA_HOME has no bin/nvcc" >&2; exit 1; }
     CUDNN_INC="$CUDNN_HOME/include"
