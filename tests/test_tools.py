@@ -34,7 +34,8 @@ def test_cuda_build_refuses_a_toolkit_without_cudnn(tmp_path):
 def test_cuda_patch_touches_only_cuda_code():
     with open(os.path.join(TOOLS, "patches", "caffe-cuda13-cudnn9.patch")) as f:
         files = [l.split()[1] for l in f if l.startswith("+++ ")]
-    assert files == ["b/include/caffe/util/cudnn.hpp", "b/src/caffe/common.cpp",
+    assert files == ["b/include/caffe/util/cudnn.hpp",
+                     "b/include/caffe/layers/cudnn_conv_layer.hpp", "b/src/caffe/common.cpp",
                      "b/src/caffe/layers/cudnn_conv_layer.cpp",
                      "b/src/caffe/layers/cudnn_deconv_layer.cpp", "b/cmake/Cuda.cmake"]
 
