@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 
@@ -87,11 +86,6 @@ def run(caffe, model, iterations=20, gpu=None, timeout=None):
     return parse_log(proc.stdout)
 
 
-def _stats(values):
-    return {"median_ms": statistics.median(values), "min_ms": min(values),
-            "max_ms": max(values)}
-
-
 def measure(plan, base_dir=".", caffe=None, progress=None):
     """Run a timing plan: original and compacted nets alternately, per batch size.
 
@@ -110,7 +104,7 @@ def measure(plan, base_dir=".", caffe=None, progress=None):
     -------
     dict shaped like :func:`caffe_admm.timing.compare`'s result.
     """
-    from caffe_admm.timing import layer_range, speedups  # numpy only: no pycaffe needed
+    from caffe_admm.timing import layer_range, speedups, summary  # numpy only, no pycaffe
     caffe = find_caffe(caffe)
     out = {"engine": "caffe time", "gpu": plan.get("gpu"), "iterations": plan["iterations"],
            "repeats": plan["repeats"], "conv_engine": plan.get("conv_engine"),
@@ -132,8 +126,8 @@ def measure(plan, base_dir=".", caffe=None, progress=None):
             spans = {name: names[slice(*layer_range(names, name))] + [name]
                      for name in plan["layers"]}  # a layer's time includes its helpers
             timed[which] = {
-                "net": _stats([res["forward_ms"] for res in results]),
-                "layers": {name: _stats([sum(res["layers"][n] for n in span) for res in results])
+                "net": summary([res["forward_ms"] for res in results]),
+                "layers": {name: summary([sum(res["layers"][n] for n in span) for res in results])
                            for name, span in spans.items()}}
         out["batches"][batch] = speedups(timed["original"], timed["compact"],
                                          plan["costs"]["original"], plan["costs"]["compact"])

@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
-__all__ = ["layer_costs", "time_net", "layer_range", "compare", "speedups", "write_plan",
-           "format_table"]
+__all__ = ["layer_costs", "time_net", "layer_range", "compare", "speedups", "summary",
+           "write_plan", "format_table"]
 
 
 def layer_costs(net):
@@ -61,7 +61,13 @@ def _timed(fn, repeats):
         t0 = time.perf_counter()
         fn()
         out.append((time.perf_counter() - t0) * 1e3)
-    return {"median_ms": statistics.median(out), "min_ms": min(out), "max_ms": max(out)}
+    return summary(out)
+
+
+def summary(times_ms):
+    """Median, min and max of repeated timings (ms), as every result reports them."""
+    return {"median_ms": statistics.median(times_ms), "min_ms": min(times_ms),
+            "max_ms": max(times_ms)}
 
 
 def time_net(net, batch, repeats=10, warmup=2, layers=None):
@@ -139,35 +145,33 @@ def write_plan(model, compact_model, out_dir, batches=(1, 8, 32), repeats=5, ite
             "iterations": int(iterations), "conv_engine": conv_engine, "layers": layers,
             "costs": costs, "models": {}}
     os.makedirs(out_dir, exist_ok=True)
-    for batch in batches:
-        plan["models"][str(batch)] = {}
-        for which, path in (("original", model), ("compact", compact_model)):
-            net = protoio.read_net(path)
-            inputs = [l for l in net.layer if l.type == "Input"]
-            if not inputs:
-                raise ValueError("%s: timing needs a deploy net with Input layers (no Data "
-                                 "layers)" % path)
+    for which, path in (("original", model), ("compact", compact_model)):
+        net = protoio.read_net(path)
+        inputs = [l for l in net.layer if l.type == "Input"]
+        if not inputs:
+            raise ValueError("%s: timing needs a deploy net with Input layers (no Data "
+                             "layers)" % path)
+        for layer in net.layer:  # the same random weights for both nets
+            param = {"Convolution": layer.convolution_param,
+                     "InnerProduct": layer.inner_product_param}.get(layer.type)
+            if param is not None:
+                param.weight_filler.Clear()
+                param.weight_filler.type = "gaussian"
+                param.weight_filler.std = 0.01
+                # caffe time also runs Backward: with no learnable blobs it has
+                # little to do (forward times are unaffected)
+                del layer.param[:]
+                for _ in range(2 if param.bias_term else 1):
+                    layer.param.add().lr_mult = 0
+            if layer.type == "Convolution" and conv_engine:
+                layer.convolution_param.engine = getattr(layer.convolution_param, conv_engine)
+        for batch in batches:
             for layer in inputs:
                 for shape in layer.input_param.shape:
                     shape.dim[0] = int(batch)
-            for layer in net.layer:  # the same random weights for both nets
-                param = {"Convolution": layer.convolution_param,
-                         "InnerProduct": layer.inner_product_param}.get(layer.type)
-                if param is not None:
-                    param.weight_filler.Clear()
-                    param.weight_filler.type = "gaussian"
-                    param.weight_filler.std = 0.01
-                    # caffe time also runs Backward: with no learnable blobs it has
-                    # little to do (forward times are unaffected)
-                    del layer.param[:]
-                    for _ in range(2 if param.bias_term else 1):
-                        layer.param.add().lr_mult = 0
-                if layer.type == "Convolution" and conv_engine:
-                    layer.convolution_param.engine = getattr(
-                        layer.convolution_param, conv_engine)
             name = "%s_b%s.prototxt" % (which, batch)
             protoio.write_text(os.path.join(out_dir, name), net)
-            plan["models"][str(batch)][which] = name
+            plan["models"].setdefault(str(batch), {})[which] = name
     path = os.path.join(out_dir, "plan.json")
     with protoio.atomic_write(path, "w") as f:
         json.dump(plan, f, indent=1)
