@@ -10,18 +10,29 @@ norm at the target ratio). Writes a table and JSON, and report plots.
     .venv/bin/python benchmarks/compare_methods.py [--steps 5 --iters 600 --retrain 2000]
 
 The baselines come from `make runs/lenet_mnist/baseline.caffemodel
-runs/lenet_fashion/baseline.caffemodel`.
+runs/lenet_fashion/baseline.caffemodel` (the solvers' random_seed 1). With
+`--seed S` each data set gets its own baseline, trained here with the
+solver's random_seed set to S (weight initialisation; the LMDB is read in
+order either way), and the pruning runs use that seed too:
+
+    compare_methods.py --seed 2 --out runs/compare_seed2
+    compare_methods.py --aggregate runs/compare runs/compare_seed2 ... --out runs/compare_seeds
+
+`--aggregate` reads the compare.json of finished runs and prints the mean,
+the standard deviation and the paired differences (ADMM minus each other
+method, same seed) per data set and level.
 """
 
 import argparse
 import json
 import os
+import statistics
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from caffe_admm import report, solver  # noqa: E402
+from caffe_admm import protoio, report, solver  # noqa: E402
 from caffe_admm.backend import caffe  # noqa: E402
 
 # keep ratios per layer: (filter, shape) for conv1, conv2, ip1; shape for ip2
@@ -57,6 +68,100 @@ def config_text(method, level, steps, iters, retrain, retrain_solver=None, progr
     return "\n".join(lines) + "\n"
 
 
+def seeded_baseline(solver_path, seed, out_dir):
+    """A copy of the solver with ``random_seed: seed``, and a baseline trained with it.
+
+    The baseline is trained once into ``out_dir/baseline/`` and reused.
+
+    Returns
+    -------
+    (solver copy path, baseline caffemodel path)
+    """
+    sp = protoio.read_solver(solver_path)
+    sp.net = os.path.abspath(protoio.resolve_solver_net(solver_path, sp))
+    sp.random_seed = seed
+    os.makedirs(out_dir, exist_ok=True)
+    seeded = os.path.join(out_dir, "solver_seed%d.prototxt" % seed)
+    protoio.write_text(seeded, sp)
+    base_dir = os.path.join(out_dir, "baseline")
+    model = os.path.join(base_dir, "baseline.caffemodel")
+    if not os.path.exists(model):
+        print("training the baseline for seed %d into %s" % (seed, base_dir), flush=True)
+        solver.train(seeded, base_dir, progress=False)
+    return seeded, model
+
+
+def aggregate(results):
+    """Per (data set, level, method): mean and spread over seeds; paired ADMM differences.
+
+    ``results`` are the rows of several compare.json files. Returns a list of
+    dicts, one per (data set, level), in first-seen order.
+    """
+    cells = {}
+    for row in results:
+        key = (row["dataset"], row["level"])
+        cell = cells.setdefault(key, {"dataset": key[0], "level": key[1], "by_seed": {}})
+        seed = row.get("seed")
+        seed = 1 if seed is None else seed  # runs without --seed: the solvers' random_seed 1
+        cell["by_seed"].setdefault(seed, {})[row["method"]] = row
+    out = []
+    for cell in cells.values():
+        seeds = sorted(cell.pop("by_seed").items())
+        methods = {}
+        for _, rows in seeds:
+            for method, row in rows.items():
+                methods.setdefault(method, []).append(row["accuracy"])
+                cell["compression"] = row["compression"]
+        cell["seeds"] = [seed for seed, _ in seeds]
+        cell["methods"] = {m: {"accuracy": accs, "mean": statistics.mean(accs),
+                               "sd": statistics.stdev(accs) if len(accs) > 1 else None}
+                           for m, accs in methods.items()}
+        cell["admm_minus"] = {}
+        for other in ("ssl", "magnitude"):
+            diffs = [rows["admm"]["accuracy"] - rows[other]["accuracy"] for _, rows in seeds
+                     if "admm" in rows and other in rows]
+            if diffs:
+                cell["admm_minus"][other] = {
+                    "diffs": diffs, "mean": statistics.mean(diffs),
+                    "sd": statistics.stdev(diffs) if len(diffs) > 1 else None,
+                    "admm_ahead_or_level": sum(d >= 0 for d in diffs)}
+        out.append(cell)
+    return out
+
+
+def _pm(mean, sd):
+    return "%.2f" % (100 * mean) + ("" if sd is None else " ± %.2f" % (100 * sd))
+
+
+def write_aggregate(dirs, out):
+    results = []
+    for d in dirs:
+        path = os.path.join(d, "compare.json")
+        try:
+            with open(path) as f:
+                results.extend(json.load(f)["results"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise SystemExit("%s: not a finished comparison (%s)" % (path, exc))
+    cells = aggregate(results)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "compare_seeds.json"), "w") as f:
+        json.dump({"runs": [os.path.abspath(d) for d in dirs], "cells": cells}, f, indent=1)
+    print("| data set | level | compression | seeds | ADMM | SSL | magnitude "
+          "| ADMM - SSL | ADMM - magnitude |\n|---|---|---|---|---|---|---|---|---|")
+    for c in cells:
+        accs = [_pm(c["methods"][m]["mean"], c["methods"][m]["sd"]) if m in c["methods"] else "-"
+                for m in ("admm", "ssl", "magnitude")]
+        diffs = []
+        for other in ("ssl", "magnitude"):
+            d = c["admm_minus"].get(other)
+            diffs.append("-" if d is None else "%s (%d of %d >= 0)" % (
+                _pm(d["mean"], d["sd"]), d["admm_ahead_or_level"], len(d["diffs"])))
+        print("| %s | %s | %.1fx | %s | %s | %s |" % (
+            c["dataset"], c["level"], c["compression"], ",".join(map(str, c["seeds"])),
+            " | ".join(accs), " | ".join(diffs)))
+    print("wrote", os.path.join(out, "compare_seeds.json"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,8 +179,16 @@ def main():
     parser.add_argument("--progressive", type=int, metavar="STEPS", default=0,
                         help="ADMM projects onto a support that shrinks to the target over "
                              "STEPS steps (config `progressive`, `progressive_steps`)")
+    parser.add_argument("--seed", type=int,
+                        help="train each data set's baseline with this solver random_seed "
+                             "(under OUT) and prune with it, instead of the Makefile's baselines")
+    parser.add_argument("--aggregate", nargs="+", metavar="DIR",
+                        help="no training: mean, spread and paired differences over the "
+                             "compare.json of these finished runs (one per seed), into OUT")
     parser.add_argument("--out", default=os.path.join(ROOT, "runs", "compare"))
     args = parser.parse_args()
+    if args.aggregate:
+        return write_aggregate(args.aggregate, args.out)
     if args.solver and len(args.datasets) != 1:
         parser.error("--solver applies to one data set: name it with --datasets")
     os.chdir(ROOT)  # the bundled prototxts name their LMDBs relative to the repository
@@ -84,6 +197,9 @@ def main():
     for dataset in args.datasets:
         solver_path, weights = DATASETS[dataset]
         solver_path = args.solver or solver_path
+        if args.seed is not None:
+            solver_path, weights = seeded_baseline(solver_path, args.seed,
+                                                   os.path.join(args.out, dataset))
         for level in args.levels:
             for method in args.methods:
                 run = os.path.join(args.out, dataset, "%s_%s" % (level, method.lower()))
@@ -97,6 +213,7 @@ def main():
                 rep = solver.prune(solver_path, weights, config, run, progress=False)
                 acc = rep["accuracy"]
                 row = {"dataset": dataset, "level": level, "method": method.lower(),
+                       "seed": args.seed,
                        "baseline": acc["baseline"]["accuracy"],
                        "after_hard_prune": acc["after_hard_prune"]["accuracy"],
                        "accuracy": acc["after_retrain"]["accuracy"],
@@ -112,7 +229,7 @@ def main():
     summary = {"budget": {"steps": args.steps, "iters_per_step": args.iters,
                           "retrain_iters": args.retrain}, "levels": LEVELS,
                "solver": args.solver, "retrain_solver": args.retrain_solver,
-               "progressive": args.progressive,
+               "progressive": args.progressive, "seed": args.seed,
                "method_settings": METHOD_LINES, "results": results}
     with open(os.path.join(args.out, "compare.json"), "w") as f:
         json.dump(summary, f, indent=1)

@@ -1,0 +1,80 @@
+"""benchmarks/compare_methods.py: seeded baselines and the over-seeds aggregate."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from caffe_admm import protoio
+
+from conftest import ROOT, write_tiny
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location(
+        "compare_methods", os.path.join(ROOT, "benchmarks", "compare_methods.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _weights(model):
+    return [np.array(b.data) for layer in protoio.read_caffemodel(model).layer
+            for b in layer.blobs]
+
+
+def test_seeded_baseline_repeats_and_differs_by_seed(tmp_path, tiny_data, compare):
+    solver_path, _ = write_tiny(tmp_path, tiny_data, max_iter=20)
+    runs = {}
+    for tag, seed in (("a", 2), ("b", 2), ("c", 3)):
+        seeded, model = compare.seeded_baseline(solver_path, seed, str(tmp_path / tag))
+        assert protoio.read_solver(seeded).random_seed == seed
+        assert os.path.isabs(protoio.read_solver(seeded).net)
+        runs[tag] = _weights(model)
+    assert all(np.array_equal(x, y) for x, y in zip(runs["a"], runs["b"]))
+    assert not all(np.array_equal(x, y) for x, y in zip(runs["a"], runs["c"]))
+    mtime = os.path.getmtime(model)
+    compare.seeded_baseline(solver_path, 3, str(tmp_path / "c"))   # reused, not retrained
+    assert os.path.getmtime(model) == mtime
+
+
+def _row(level, method, seed, acc):
+    return {"dataset": "mnist", "level": level, "method": method, "seed": seed,
+            "accuracy": acc, "compression": 4.8}
+
+
+def test_aggregate_means_and_paired_differences(compare):
+    rows = [_row("mild", "admm", None, 0.90), _row("mild", "ssl", None, 0.80),
+            _row("mild", "magnitude", None, 0.91),
+            _row("mild", "admm", 2, 0.94), _row("mild", "ssl", 2, 0.85),
+            _row("mild", "magnitude", 2, 0.92)]
+    (cell,) = compare.aggregate(rows)
+    assert cell["seeds"] == [1, 2]
+    assert cell["methods"]["admm"]["mean"] == pytest.approx(0.92)
+    assert cell["methods"]["admm"]["sd"] == pytest.approx(np.std([0.90, 0.94], ddof=1))
+    mag = cell["admm_minus"]["magnitude"]
+    assert mag["diffs"] == pytest.approx([-0.01, 0.02])
+    assert mag["mean"] == pytest.approx(0.005)
+    assert mag["admm_ahead_or_level"] == 1
+    assert cell["admm_minus"]["ssl"]["admm_ahead_or_level"] == 2
+
+
+def test_aggregate_single_seed_has_no_spread(compare):
+    (cell,) = compare.aggregate([_row("mild", "admm", 1, 0.9), _row("mild", "ssl", 1, 0.8)])
+    assert cell["methods"]["admm"]["sd"] is None
+    assert "magnitude" not in cell["admm_minus"]
+
+
+def test_write_aggregate_fails_clearly_on_unfinished_run(tmp_path, compare):
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "compare.json").write_text(json.dumps(
+        {"results": [_row("mild", "admm", 2, 0.9), _row("mild", "magnitude", 2, 0.9)]}))
+    compare.write_aggregate([str(good)], str(tmp_path / "out"))
+    saved = json.loads((tmp_path / "out" / "compare_seeds.json").read_text())
+    assert saved["cells"][0]["admm_minus"]["magnitude"]["diffs"] == [0.0]
+    with pytest.raises(SystemExit, match="missing.*not a finished comparison"):
+        compare.write_aggregate([str(good), str(tmp_path / "missing")], str(tmp_path / "o2"))
