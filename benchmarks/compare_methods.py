@@ -51,7 +51,8 @@ METHOD_LINES = {
 }
 
 
-def config_text(method, level, steps, iters, retrain, retrain_solver=None, progressive=False):
+def config_text(method, level, steps, iters, retrain, retrain_solver=None, progressive=False,
+                live_inputs_only=False):
     lines = ["method: %s" % method, METHOD_LINES[method],
              "admm_steps: %d" % steps, "iters_per_step: %d" % iters,
              "retrain_iters: %d" % retrain, "snapshot_interval: %d" % max(iters, 1000)]
@@ -59,6 +60,8 @@ def config_text(method, level, steps, iters, retrain, retrain_solver=None, progr
         lines.append('retrain_solver: "%s"' % os.path.abspath(retrain_solver))
     if progressive and method == "ADMM":
         lines.append("progressive: true progressive_steps: %d" % progressive)
+    if live_inputs_only:
+        lines.append("live_inputs_only: true")
     for name, keep in LEVELS[level].items():
         if isinstance(keep, tuple):
             lines.append('layer { name: "%s" kind: FILTER_SHAPE filter_keep_ratio: %g '
@@ -179,6 +182,9 @@ def main():
     parser.add_argument("--progressive", type=int, metavar="STEPS", default=0,
                         help="ADMM projects onto a support that shrinks to the target over "
                              "STEPS steps (config `progressive`, `progressive_steps`)")
+    parser.add_argument("--live-inputs-only", action="store_true",
+                        help="config `live_inputs_only` for every method: no kept column or "
+                             "channel reads a pruned producer filter")
     parser.add_argument("--seed", type=int,
                         help="train each data set's baseline with this solver random_seed "
                              "(under OUT) and prune with it, instead of the Makefile's baselines")
@@ -206,7 +212,8 @@ def main():
                 os.makedirs(run, exist_ok=True)
                 config = os.path.join(run, "config.prototxt")
                 text = config_text(method, level, args.steps, args.iters, args.retrain,
-                                   args.retrain_solver, args.progressive)
+                                   args.retrain_solver, args.progressive,
+                                   args.live_inputs_only)
                 if not os.path.exists(config) or open(config).read() != text:
                     with open(config, "w") as f:
                         f.write(text)
@@ -230,6 +237,7 @@ def main():
                           "retrain_iters": args.retrain}, "levels": LEVELS,
                "solver": args.solver, "retrain_solver": args.retrain_solver,
                "progressive": args.progressive, "seed": args.seed,
+               "live_inputs_only": args.live_inputs_only,
                "method_settings": METHOD_LINES, "results": results}
     with open(os.path.join(args.out, "compare.json"), "w") as f:
         json.dump(summary, f, indent=1)

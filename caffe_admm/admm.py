@@ -19,6 +19,7 @@ pure numpy: weights go in and out as ``dict[str, ndarray]`` keyed by layer name.
 import numpy as np
 
 from caffe_admm import projections
+from caffe_admm.liveness import in_net_order
 
 __all__ = ["ConstraintState", "ADMMState"]
 
@@ -46,18 +47,19 @@ class ConstraintState:
         self.z = z
         self.u = u
 
-    def project(self, w, keep=None):
-        """Proj(w) onto at most ``keep`` groups (default: the target ``self.keep``)."""
+    def project(self, w, keep=None, allowed=None):
+        """Proj(w) onto at most ``keep`` groups (default: the target ``self.keep``),
+        zero outside ``allowed`` when given."""
         return projections.project(w, self.kind, self.keep if keep is None else keep,
-                                   self.group)
+                                   self.group, allowed)
 
     def count_at(self, frac):
         """Groups kept ``frac`` (in (0, 1]) of the way from all of them to ``keep``."""
         n = projections.num_groups(self.u.shape, self.kind)
         return projections.keep_count(n, (n - (n - self.keep) * frac) / float(n), self.group)
 
-    def support(self, w):
-        return projections.support(w, self.kind, self.keep, self.group)
+    def support(self, w, allowed=None):
+        return projections.support(w, self.kind, self.keep, self.group, allowed)
 
 
 class ADMMState:
@@ -76,7 +78,7 @@ class ADMMState:
         self.step = int(step)
 
     @classmethod
-    def initial(cls, specs, weights, frac=1.0):
+    def initial(cls, specs, weights, frac=1.0, feeds=None):
         """Z = Proj(W), U = 0 for every constraint of every spec.
 
         Parameters
@@ -85,6 +87,8 @@ class ADMMState:
         weights : dict[str, ndarray]
         frac : float
             Project onto :meth:`ConstraintState.count_at` ``(frac)`` groups (1: the target).
+        feeds : caffe_admm.liveness.InputFeeds, optional
+            Project every layer onto its live inputs only (config ``live_inputs_only``).
         """
         constraints = {}
         for spec in specs:
@@ -94,11 +98,27 @@ class ADMMState:
                 n = projections.num_groups(w.shape, c.kind)
                 group = spec.group if c.kind == "filter" else 1
                 keep = projections.keep_count(n, c.keep_ratio, group)
-                state = ConstraintState(c.kind, keep, spec.rho, group, None, np.zeros_like(w))
-                state.z = state.project(w, state.count_at(frac))
-                states.append(state)
+                states.append(ConstraintState(c.kind, keep, spec.rho, group, np.zeros_like(w),
+                                              np.zeros_like(w)))
             constraints[spec.name] = states
-        return cls(constraints)
+        state = cls(constraints)
+        state._z_step({n: np.asarray(weights[n], dtype=np.float32) for n in constraints},
+                      frac, feeds)
+        return state
+
+    def _z_step(self, targets, frac, feeds):
+        """Z_j <- Proj_j(targets[layer] (+ U_j)), layers in net order; returns the supports."""
+        supports = {}
+        for name in in_net_order(self.constraints, feeds):
+            x = targets[name]
+            mask = np.ones(x.shape, dtype=np.bool_)
+            allowed = None if feeds is None else feeds.allowed(name, x.shape, supports)
+            for c in self.constraints[name]:
+                keep = projections.support(x + c.u, c.kind, c.count_at(frac), c.group, allowed)
+                c.z = np.where(keep, x + c.u, np.zeros((), dtype=x.dtype))
+                mask &= keep
+            supports[name] = mask
+        return supports
 
     def penalty(self, name, w):
         """Value and gradient of sum_j rho_j/2 ||W - Z_j + U_j||^2 for one layer.
@@ -116,22 +136,23 @@ class ADMMState:
             grad += c.rho * d
         return value, grad
 
-    def update(self, weights, growth=1.0, rho_max=float("inf"), frac=1.0):
-        """One Z-step (onto ``count_at(frac)`` groups), U-step and rho growth;
-        returns the primal residuals.
+    def update(self, weights, growth=1.0, rho_max=float("inf"), frac=1.0, feeds=None):
+        """One Z-step (onto ``count_at(frac)`` groups; live inputs only with
+        ``feeds``), U-step and rho growth; returns the primal residuals.
 
         Returns
         -------
         residuals : dict[str, list[float]]
             ||W - Z_j|| / ||W|| per layer and constraint, after the Z-step.
         """
+        weights = {n: np.asarray(weights[n], dtype=np.float32) for n in self.constraints}
+        self._z_step(weights, frac, feeds)
         residuals = {}
         for name, states in self.constraints.items():
-            w = np.asarray(weights[name], dtype=np.float32)
+            w = weights[name]
             norm = float(np.linalg.norm(w)) or 1.0
             res = []
             for c in states:
-                c.z = c.project(w + c.u, c.count_at(frac))
                 c.u = c.u + w - c.z
                 res.append(float(np.linalg.norm(w - c.z)) / norm)
                 c.rho = min(c.rho * growth, rho_max)
@@ -148,24 +169,26 @@ class ADMMState:
             out[name] = [float(np.linalg.norm(w - c.z)) / norm for c in states]
         return out
 
-    def hard_prune_masks(self, weights):
+    def hard_prune_masks(self, weights, feeds=None):
         """Masks of the weights kept by the hard prune.
 
         The support of Proj(W) for every constraint, intersected across the
-        constraints of a layer (FILTER_SHAPE keeps kept filters x kept columns).
+        constraints of a layer (FILTER_SHAPE keeps kept filters x kept columns);
+        with ``feeds``, on live inputs only.
 
         Returns
         -------
         masks : dict[str, ndarray of bool], shapes of the weights
         """
         masks = {}
-        for name, states in self.constraints.items():
+        for name in in_net_order(self.constraints, feeds):
             w = np.asarray(weights[name])
             mask = np.ones(w.shape, dtype=np.bool_)
-            for c in states:
-                mask &= c.support(w)
+            allowed = None if feeds is None else feeds.allowed(name, w.shape, masks)
+            for c in self.constraints[name]:
+                mask &= c.support(w, allowed)
             masks[name] = mask
-        return masks
+        return {n: masks[n] for n in self.constraints}
 
     def to_arrays(self):
         """Flatten into a dict of arrays for ``np.savez``."""

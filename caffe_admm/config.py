@@ -64,6 +64,7 @@ class PruneConfig:
     retrain_solver: str = None
     progressive: bool = False
     progressive_steps: int = None
+    live_inputs_only: bool = False
 
     def layer(self, name):
         for spec in self.layers:
@@ -253,4 +254,5 @@ def load_config(path, net):
         ssl_threshold=float(msg.ssl_threshold) if msg.HasField("ssl_threshold") else None,
         retrain_solver=retrain_solver, progressive=bool(msg.progressive),
         progressive_steps=(msg.progressive_steps if msg.HasField("progressive_steps")
-                           else msg.admm_steps))
+                           else msg.admm_steps),
+        live_inputs_only=bool(msg.live_inputs_only))

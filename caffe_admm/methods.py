@@ -24,6 +24,7 @@ import numpy as np
 
 from caffe_admm import projections
 from caffe_admm.admm import ADMMState
+from caffe_admm.liveness import in_net_order
 
 __all__ = ["ADMMMethod", "SSLMethod", "MagnitudeMethod", "make_method", "lasso_penalty"]
 
@@ -52,20 +53,33 @@ def _keep_counts(spec, shape, ratio_of=None):
     return out
 
 
-def _support(w, counts):
+def _support(w, counts, allowed=None):
     mask = np.ones(np.shape(w), dtype=np.bool_)
     for kind, k, group in counts:
-        mask &= projections.support(w, kind, k, group)
+        mask &= projections.support(w, kind, k, group, allowed)
     return mask
+
+
+def _supports(cfg, weights, feeds, counts_of):
+    """Per layer, the intersection of its constraints' supports, in net order;
+    on live inputs only when ``feeds`` (config ``live_inputs_only``) is given."""
+    specs = {spec.name: spec for spec in cfg.layers}
+    masks = {}
+    for name in in_net_order(specs, feeds):
+        w = weights[name]
+        allowed = None if feeds is None else feeds.allowed(name, np.shape(w), masks)
+        masks[name] = _support(w, counts_of(specs[name], np.shape(w)), allowed)
+    return {spec.name: masks[spec.name] for spec in cfg.layers}
 
 
 class ADMMMethod:
     """StructADMM: the penalty rho (W - Z + U) and the Z/U updates."""
     name = "admm"
 
-    def __init__(self, cfg, state=None):
+    def __init__(self, cfg, state=None, feeds=None):
         self.cfg = cfg
         self.state = state
+        self.feeds = feeds
 
     @property
     def round(self):
@@ -78,14 +92,15 @@ class ADMMMethod:
         return min(1.0, (blocks_done + 1) / float(self.cfg.progressive_steps))
 
     def start(self, weights):
-        self.state = ADMMState.initial(self.cfg.layers, weights, self._frac(0))
+        self.state = ADMMState.initial(self.cfg.layers, weights, self._frac(0), self.feeds)
 
     def hook_terms(self, name):
         return {"penalty": [(c.rho, c.z, c.u) for c in self.state.constraints[name]]}
 
     def end_round(self, weights):
         frac = self._frac(self.state.step + 1)
-        residuals = self.state.update(weights, self.cfg.rho_growth, self.cfg.rho_max, frac)
+        residuals = self.state.update(weights, self.cfg.rho_growth, self.cfg.rho_max, frac,
+                                      self.feeds)
         log = {"residuals": residuals,
                "rho": {n: [c.rho for c in cs] for n, cs in self.state.constraints.items()}}
         if self.cfg.progressive:
@@ -98,7 +113,7 @@ class ADMMMethod:
                                       for n, rs in log["residuals"].items())
 
     def final_masks(self, weights):
-        return self.state.hard_prune_masks(weights)
+        return self.state.hard_prune_masks(weights, self.feeds)
 
     def target_groups(self, name):
         return {c.kind: c.keep for c in self.state.constraints[name]}
@@ -107,17 +122,18 @@ class ADMMMethod:
         return self.state.to_arrays()
 
     @classmethod
-    def from_arrays(cls, cfg, arrays):
-        return cls(cfg, ADMMState.from_arrays(arrays))
+    def from_arrays(cls, cfg, arrays, feeds=None):
+        return cls(cfg, ADMMState.from_arrays(arrays), feeds)
 
 
 class SSLMethod:
     """Group Lasso on the config's groups, then the smallest groups are zeroed."""
     name = "ssl"
 
-    def __init__(self, cfg, round_=0):
+    def __init__(self, cfg, round_=0, feeds=None):
         self.cfg = cfg
         self._round = int(round_)
+        self.feeds = feeds
 
     @property
     def round(self):
@@ -148,12 +164,11 @@ class SSLMethod:
             for n, e in log["small_group_fraction"].items())
 
     def final_masks(self, weights):
+        if self.cfg.ssl_threshold is None:
+            return _supports(self.cfg, weights, self.feeds, _keep_counts)
         masks = {}
         for spec in self.cfg.layers:
             w = weights[spec.name]
-            if self.cfg.ssl_threshold is None:
-                masks[spec.name] = _support(w, _keep_counts(spec, w.shape))
-                continue
             mask = np.ones(w.shape, dtype=np.bool_)
             for c in spec.constraints:
                 norms = projections.group_norms(w, c.kind)
@@ -169,18 +184,19 @@ class SSLMethod:
         return {"round": np.array(self._round)}
 
     @classmethod
-    def from_arrays(cls, cfg, arrays):
-        return cls(cfg, int(arrays["round"]))
+    def from_arrays(cls, cfg, arrays, feeds=None):
+        return cls(cfg, int(arrays["round"]), feeds)
 
 
 class MagnitudeMethod:
     """Iterative pruning: keep ratio falls linearly to the target over the rounds."""
     name = "magnitude"
 
-    def __init__(self, cfg, round_=0, masks=None):
+    def __init__(self, cfg, round_=0, masks=None, feeds=None):
         self.cfg = cfg
         self._round = int(round_)
         self.masks = masks or {}
+        self.feeds = feeds
 
     @property
     def round(self):
@@ -196,9 +212,8 @@ class MagnitudeMethod:
 
     def prune(self, weights):
         """Masks for this round's keep ratio, from the current weights."""
-        for spec in self.cfg.layers:
-            w = weights[spec.name]
-            self.masks[spec.name] = _support(w, _keep_counts(spec, w.shape, self._ratio))
+        self.masks.update(_supports(self.cfg, weights, self.feeds,
+                                    lambda spec, shape: _keep_counts(spec, shape, self._ratio)))
 
     def hook_terms(self, name):
         return {"mask": self.masks[name]}
@@ -225,13 +240,17 @@ class MagnitudeMethod:
         return out
 
     @classmethod
-    def from_arrays(cls, cfg, arrays):
+    def from_arrays(cls, cfg, arrays, feeds=None):
         masks = {k[len("masks/"):]: np.asarray(v, dtype=np.bool_) for k, v in arrays.items()
                  if k.startswith("masks/")}
-        return cls(cfg, int(arrays["round"]), masks)
+        return cls(cfg, int(arrays["round"]), masks, feeds)
 
 
-def make_method(cfg, arrays=None):
-    """The method a config names, fresh or restored from checkpoint arrays."""
+def make_method(cfg, arrays=None, feeds=None):
+    """The method a config names, fresh or restored from checkpoint arrays.
+
+    ``feeds`` (:class:`caffe_admm.liveness.InputFeeds`) makes every support
+    keep live inputs only (config ``live_inputs_only``).
+    """
     cls = {"admm": ADMMMethod, "ssl": SSLMethod, "magnitude": MagnitudeMethod}[cfg.method]
-    return cls(cfg) if arrays is None else cls.from_arrays(cfg, arrays)
+    return cls(cfg, feeds=feeds) if arrays is None else cls.from_arrays(cfg, arrays, feeds)

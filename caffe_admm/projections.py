@@ -160,17 +160,25 @@ def expand(values, shape, kind):
     return np.array(full).reshape(shape)
 
 
-def support(w, kind, k, group=1):
-    """Boolean mask, shaped like ``w``, of the weights the projection keeps."""
-    return expand(group_mask(w, kind, k, group), np.shape(w), kind)
+def support(w, kind, k, group=1, allowed=None):
+    """Boolean mask, shaped like ``w``, of the weights the projection keeps.
+
+    ``allowed`` (bool, shaped like ``w``) restricts the set to weights that are
+    zero outside it: the groups are ranked by their norm inside ``allowed``.
+    """
+    if allowed is None:
+        return expand(group_mask(w, kind, k, group), np.shape(w), kind)
+    w = np.where(allowed, w, np.zeros((), dtype=np.asarray(w).dtype))
+    return expand(group_mask(w, kind, k, group), np.shape(w), kind) & allowed
 
 
-def project(w, kind, k, group=1):
-    """Euclidean projection of ``w`` onto "at most k non-zero groups of ``kind``".
+def project(w, kind, k, group=1, allowed=None):
+    """Euclidean projection of ``w`` onto "at most k non-zero groups of ``kind``"
+    (and zero outside ``allowed``, when given).
 
     Returns
     -------
     z : ndarray, same shape and dtype as ``w``
     """
     w = np.asarray(w)
-    return np.where(support(w, kind, k, group), w, np.zeros((), dtype=w.dtype))
+    return np.where(support(w, kind, k, group, allowed), w, np.zeros((), dtype=w.dtype))

@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from caffe_admm import protoio
+from caffe_admm import liveness, protoio
 from caffe_admm.backend import caffe, caffe_pb2
 from caffe_admm.config import PRUNABLE_TYPES, load_config
 from caffe_admm.layers import HOOK_PREFIX, NonFiniteWeights
@@ -495,13 +495,18 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     history = meta["history"] if meta else {"steps": [], "loss": {cfg.method: [], "retrain": []},
                                             "accuracy": {}}
     t0 = time.time()
+    feeds = None
+    if cfg.live_inputs_only:
+        feeds = liveness.input_feeds(net_param, {n: shapes[n][0] for n in names},
+                                     {spec.name: spec.group for spec in cfg.layers})
+        _log("live inputs only: %s" % feeds.describe())
     with _Interrupt():
         if meta is None or meta["phase"] == cfg.method:
             method, masks = _first_phase(cfg, solver_param, hooked_path, out_dir, weights,
-                                         test_iter, ckpt, meta, history, progress)
+                                         test_iter, ckpt, meta, history, progress, feeds)
             meta = None
         else:
-            method = make_method(cfg, dict(np.load(meta["method_state"])))
+            method = make_method(cfg, dict(np.load(meta["method_state"])), feeds)
             masks = load_masks(os.path.join(out_dir, "masks.npz"))
         hard = os.path.join(out_dir, "%s.caffemodel" % cfg.method)
         solver = _retrain_phase(retrain_param, hooked_path, out_dir, hard, masks,
@@ -558,7 +563,7 @@ def _set_hooks(hooks, method):
 
 
 def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ckpt, meta,
-                 history, progress):
+                 history, progress, feeds=None):
     """ADMM steps, SSL rounds or pruning rounds, then the hard prune."""
     sp_path = _write_solver(solver_param, hooked_path, out_dir, cfg.method, test_iter)
     solver = caffe.get_solver(sp_path)
@@ -566,13 +571,13 @@ def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ck
     label = LABELS[cfg.method]
     if meta is None:
         solver.net.copy_from(weights)
-        method = make_method(cfg)
+        method = make_method(cfg, feeds=feeds)
         method.start(_weights(solver.net, names))
         history["accuracy"]["baseline"] = _evaluate(solver, test_iter)
         _log("baseline: %s" % _fmt_scores(history["accuracy"]["baseline"]))
     else:
         solver.restore(meta["solverstate"])
-        method = make_method(cfg, dict(np.load(meta["method_state"])))
+        method = make_method(cfg, dict(np.load(meta["method_state"])), feeds)
         _log("resuming at iteration %d (%s %d of %d)"
              % (solver.iter, label, method.round + 1, cfg.admm_steps))
         _skip_batches(solver.net, solver.iter * max(1, solver_param.iter_size))

@@ -1,0 +1,123 @@
+"""Which inputs of a pruned layer still carry signal (config ``live_inputs_only``).
+
+When layer P loses a filter (and, at the hard prune, its bias), the matching
+output channel is exactly zero, and stays zero through ReLU, pooling and the
+other layers in :data:`ZERO_PRESERVING`. A pruned consumer L that reads it
+(the next Convolution, or an InnerProduct after a flatten: a block of H*W
+columns per channel) gains nothing from weights on that channel, and
+compaction cuts them out anyway. Yet a column or channel projection that
+ignores this can spend its keep budget on them: seen in ADMM runs on LeNet,
+where up to a quarter of a layer's kept columns read dead channels.
+
+With ``live_inputs_only``, every projection and support of L is taken onto
+"at most k groups AND zero on the dead inputs": the dead inputs are zeroed and
+the k groups of largest norm are chosen among the rest. That is still the
+exact Euclidean projection (onto the smaller set), and the budget goes to
+inputs that can carry signal. Layers are handled in net order, so P's new
+support is known when L is projected.
+"""
+
+import numpy as np
+
+from caffe_admm import projections
+
+__all__ = ["ZERO_PRESERVING", "InputFeeds", "input_feeds", "in_net_order"]
+
+# Single-input layers that map an all-zero channel to an all-zero channel, in
+# place of the channel (no mixing across channels, no added constant).
+ZERO_PRESERVING = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Dropout", "Pooling", "LRN",
+                   "Flatten"}
+
+
+def _producer(layers, index, blob, pruned):
+    """Walk back from ``blob`` read by ``layers[index]`` to a pruned layer, or None."""
+    while True:
+        writer = next((i for i in range(index - 1, -1, -1) if blob in layers[i].top), None)
+        if writer is None:
+            return None
+        layer = layers[writer]
+        if layer.name in pruned and layer.type in ("Convolution", "InnerProduct"):
+            return layer.name
+        if layer.type not in ZERO_PRESERVING or len(layer.bottom) != 1:
+            return None
+        index, blob = writer, layer.bottom[0]
+
+
+class InputFeeds:
+    """Per pruned layer, its pruned producer and how many inputs each channel feeds.
+
+    Parameters
+    ----------
+    order : list of str
+        The pruned layers in net order.
+    feeds : dict[str, (str, int)]
+        Consumer -> (producer, inputs per producer channel): in the (F, C, kh, kw)
+        view of the consumer's weight, input c reads producer channel c // per.
+    """
+
+    def __init__(self, order, feeds):
+        self.order = list(order)
+        self.feeds = dict(feeds)
+
+    def allowed(self, name, shape, supports):
+        """Boolean mask shaped ``shape`` of the weights of ``name`` on live inputs.
+
+        ``supports`` holds the masks already decided for producers; None when
+        ``name`` has no pruned producer (or its producer is not decided).
+        """
+        if name not in self.feeds or self.feeds[name][0] not in supports:
+            return None
+        producer, per = self.feeds[name]
+        mask = projections.as_4d(supports[producer])
+        alive = mask.reshape(mask.shape[0], -1).any(axis=1)
+        f, c, kh, kw = projections.as_4d(np.empty(shape, dtype=np.bool_)).shape
+        live = np.repeat(alive, per)
+        return np.broadcast_to(live[None, :, None, None], (f, c, kh, kw)).reshape(shape)
+
+    def describe(self):
+        return ", ".join("%s <- %s%s" % (name, p, " (%d inputs per channel)" % per if per > 1
+                                          else "")
+                         for name, (p, per) in self.feeds.items()) or "none"
+
+
+def in_net_order(names, feeds):
+    """``names`` with the layers ``feeds`` knows first, in net order (producers first)."""
+    names = list(names)
+    if feeds is None:
+        return names
+    return [n for n in feeds.order if n in names] + [n for n in names if n not in feeds.order]
+
+
+def input_feeds(net_param, shapes, groups=None):
+    """The producer links between the pruned layers of a net.
+
+    Parameters
+    ----------
+    net_param : caffe_pb2.NetParameter
+    shapes : dict[str, tuple]
+        Weight shape of every pruned layer, in any order.
+    groups : dict[str, int], optional
+        ``convolution_param.group`` per layer; grouped consumers are not linked.
+
+    Returns
+    -------
+    InputFeeds
+    """
+    from caffe_admm.backend import caffe_pb2
+    from caffe_admm.protoio import _in_phase
+    groups = groups or {}
+    layers = [l for l in net_param.layer if _in_phase(l, caffe_pb2.TEST)]
+    order = [l.name for l in layers if l.name in shapes]
+    feeds = {}
+    for index, layer in enumerate(layers):
+        if layer.name not in shapes or len(layer.bottom) != 1 or groups.get(layer.name, 1) != 1:
+            continue
+        producer = _producer(layers, index, layer.bottom[0], shapes)
+        if producer is None:
+            continue
+        n_filters = shapes[producer][0]
+        n_inputs = projections.as_4d(np.empty(shapes[layer.name], dtype=np.bool_)).shape[1]
+        if n_inputs % n_filters == 0 and (len(shapes[layer.name]) == 2
+                                          or n_inputs == n_filters):
+            feeds[layer.name] = (producer, n_inputs // n_filters)
+    return InputFeeds(order, feeds)

@@ -1,0 +1,108 @@
+"""live_inputs_only: no kept column or channel reads a pruned producer filter."""
+
+import itertools
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from caffe_admm import liveness, projections, solver
+from caffe_admm.admm import ADMMState
+from caffe_admm.backend import caffe_pb2
+from caffe_admm.config import load_config
+
+from conftest import TINY_NET, write
+from test_methods import CONFIG
+
+SHAPES = {"conv1": (8, 1, 3, 3), "conv2": (8, 8, 3, 3), "ip1": (4, 128)}
+
+
+def _net(text=TINY_NET):
+    return text_format.Parse(text % {"train": "t", "test": "t"}, caffe_pb2.NetParameter())
+
+
+def test_feeds_follow_zero_preserving_layers():
+    feeds = liveness.input_feeds(_net(), SHAPES)
+    assert feeds.order == ["conv1", "conv2", "ip1"]
+    # conv2 reads pool1 <- relu1 (in place) <- conv1; ip1 reads conv2's 8 x 4 x 4 outputs
+    assert feeds.feeds == {"conv2": ("conv1", 1), "ip1": ("conv2", 16)}
+
+
+def test_no_feed_through_layers_that_add_a_constant_or_mix_channels():
+    bn = TINY_NET.replace(
+        'layer { name: "conv2"',
+        'layer { name: "bn" type: "BatchNorm" bottom: "pool1" top: "pool1" }\n'
+        'layer { name: "conv2"')
+    assert liveness.input_feeds(_net(bn), SHAPES).feeds == {"ip1": ("conv2", 16)}
+    assert liveness.input_feeds(_net(), SHAPES, {"conv2": 2}).feeds == {"ip1": ("conv2", 16)}
+    assert liveness.input_feeds(_net(), {"conv2": (8, 8, 3, 3)}).feeds == {}  # conv1 unpruned
+
+
+def test_allowed_marks_the_inputs_of_dead_producer_filters():
+    feeds = liveness.InputFeeds(["conv2", "ip1"], {"ip1": ("conv2", 16)})
+    conv2 = np.ones(SHAPES["conv2"], dtype=bool)
+    conv2[[1, 6]] = False
+    allowed = feeds.allowed("ip1", SHAPES["ip1"], {"conv2": conv2})
+    dead = np.zeros(128, dtype=bool)
+    dead[16:32] = dead[96:112] = True
+    np.testing.assert_array_equal(allowed, np.broadcast_to(~dead, (4, 128)))
+    assert feeds.allowed("ip1", SHAPES["ip1"], {}) is None      # producer not decided yet
+    assert feeds.allowed("conv2", SHAPES["conv2"], {"conv2": conv2}) is None
+
+
+@pytest.mark.parametrize("kind", ["filter", "channel", "shape"])
+def test_restricted_projection_is_exact(kind):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((3, 3, 1, 2))
+    allowed = np.ones(w.shape, dtype=bool)
+    allowed[:, 1] = False                    # input channel 1 is dead
+    k = 2
+    z = projections.project(w, kind, k, allowed=allowed)
+    assert not z[~allowed].any()
+    n = projections.num_groups(w.shape, kind)
+    best = min(
+        np.sum((w - np.where(allowed & projections.expand(np.isin(np.arange(n), keep), w.shape,
+                                                          kind), w, 0)) ** 2)
+        for keep in itertools.combinations(range(n), k))
+    assert np.sum((w - z) ** 2) == pytest.approx(best)
+
+
+def test_admm_z_never_keeps_dead_columns(tmp_path):
+    rng = np.random.default_rng(0)
+    config = write(tmp_path / "c.prototxt",
+                   CONFIG % {"method": "ADMM", "extra": "live_inputs_only: true"})
+    cfg = load_config(config, _net())
+    assert cfg.live_inputs_only
+    weights = {n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()}
+    weights["conv1"][:4] *= 10                # the filters the projection keeps
+    feeds = liveness.input_feeds(_net(), SHAPES)
+    state = ADMMState.initial(cfg.layers, weights, feeds=feeds)
+    for _ in range(2):
+        state.update(weights, feeds=feeds)
+    conv1_alive = np.abs(state.constraints["conv1"][0].z).reshape(8, -1).any(axis=1)
+    assert conv1_alive.tolist() == [True] * 4 + [False] * 4
+    for c in state.constraints["conv2"]:
+        assert not c.z[:, ~conv1_alive].any()
+    masks = state.hard_prune_masks(weights, feeds)
+    assert not masks["conv2"][:, ~conv1_alive].any()
+    # the column budget is spent in full on live inputs: 25% of 72 columns
+    assert masks["conv2"].reshape(8, -1).any(axis=0).sum() == 18
+    plain = ADMMState.initial(cfg.layers, weights).hard_prune_masks(weights)
+    assert plain["conv2"][:, ~conv1_alive].any()   # without the option, budget goes to dead ones
+
+
+@pytest.mark.parametrize("method", ["ADMM", "MAGNITUDE", "SSL"])
+def test_pruned_runs_keep_no_dead_inputs(tmp_path, tiny_trained, method):
+    config = write(tmp_path / "c.prototxt",
+                   CONFIG % {"method": method, "extra": "live_inputs_only: true"})
+    report = solver.prune(tiny_trained["solver"], tiny_trained["weights"], config,
+                          str(tmp_path / "run"), progress=False)
+    masks = np.load(str(tmp_path / "run" / "masks.npz"))
+    conv1_alive = masks["conv1"].reshape(8, -1).any(axis=1)
+    assert conv1_alive.sum() == 4
+    assert not masks["conv2"][:, ~conv1_alive].any()
+    conv2_alive = masks["conv2"].reshape(8, -1).any(axis=1)
+    ip1_dead = np.repeat(~conv2_alive, 16)
+    assert not masks["ip1"][:, ip1_dead].any()
+    assert report["layers"]["conv2"]["filters_kept"] <= 4
+    assert masks["conv2"].reshape(8, -1).any(axis=0).sum() == 18
