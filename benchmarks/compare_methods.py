@@ -32,7 +32,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from caffe_admm import protoio, report, solver  # noqa: E402
+from caffe_admm import compact, protoio, report, solver  # noqa: E402
 from caffe_admm.backend import caffe  # noqa: E402
 
 # keep ratios per layer: (filter, shape) for conv1, conv2, ip1; shape for ip2
@@ -94,6 +94,19 @@ def seeded_baseline(solver_path, seed, out_dir):
     return seeded, model
 
 
+def compacted_compression(run, rep):
+    """Compression counting only the weights compaction keeps: from the run's
+    report, or measured on its outputs for runs older than that field."""
+    total = rep["pruned_layers_total"]
+    if total.get("compacted_compression") is not None:
+        return total["compacted_compression"]
+    names = list(rep["layers"])
+    model = os.path.join(run, "train_test.prototxt")
+    net = caffe.Net(model, caffe.TEST, weights=os.path.join(run, "pruned.caffemodel"))
+    kept = sum(compact.surviving_weights(net, protoio.read_net(model), names).values())
+    return total["params"] / max(kept, 1)
+
+
 def aggregate(results):
     """Per (data set, level, method): mean and spread over seeds; paired ADMM differences.
 
@@ -113,12 +126,18 @@ def aggregate(results):
         methods = {}
         for _, rows in seeds:
             for method, row in rows.items():
-                methods.setdefault(method, []).append(row["accuracy"])
+                methods.setdefault(method, []).append(row)
                 cell["compression"] = row["compression"]
         cell["seeds"] = [seed for seed, _ in seeds]
-        cell["methods"] = {m: {"accuracy": accs, "mean": statistics.mean(accs),
-                               "sd": statistics.stdev(accs) if len(accs) > 1 else None}
-                           for m, accs in methods.items()}
+        cell["methods"] = {}
+        for m, rows in methods.items():
+            accs = [r["accuracy"] for r in rows]
+            compacted = [r.get("compacted_compression") for r in rows]
+            cell["methods"][m] = {
+                "accuracy": accs, "mean": statistics.mean(accs),
+                "sd": statistics.stdev(accs) if len(accs) > 1 else None,
+                "compacted_compression": (statistics.mean(compacted)
+                                          if None not in compacted else None)}
         cell["admm_minus"] = {}
         for other in ("ssl", "magnitude"):
             diffs = [rows["admm"]["accuracy"] - rows[other]["accuracy"] for _, rows in seeds
@@ -134,6 +153,13 @@ def aggregate(results):
 
 def _pm(mean, sd):
     return "%.2f" % (100 * mean) + ("" if sd is None else " ± %.2f" % (100 * sd))
+
+
+def _cell(entry):
+    text = _pm(entry["mean"], entry["sd"])
+    if entry.get("compacted_compression") is not None:
+        text += " (%.1fx)" % entry["compacted_compression"]
+    return text
 
 
 def write_aggregate(dirs, out):
@@ -152,7 +178,7 @@ def write_aggregate(dirs, out):
     print("| data set | level | compression | seeds | ADMM | SSL | magnitude "
           "| ADMM - SSL | ADMM - magnitude |\n|---|---|---|---|---|---|---|---|---|")
     for c in cells:
-        accs = [_pm(c["methods"][m]["mean"], c["methods"][m]["sd"]) if m in c["methods"] else "-"
+        accs = [_cell(c["methods"][m]) if m in c["methods"] else "-"
                 for m in ("admm", "ssl", "magnitude")]
         diffs = []
         for other in ("ssl", "magnitude"):
@@ -225,12 +251,14 @@ def main():
                        "after_hard_prune": acc["after_hard_prune"]["accuracy"],
                        "accuracy": acc["after_retrain"]["accuracy"],
                        "compression": rep["pruned_layers_total"]["compression"],
+                       "compacted_compression": compacted_compression(run, rep),
                        "run": run}
                 results.append(row)
-                print("%-13s %-7s %-10s compression %5.1fx  hard-pruned %.4f  retrained %.4f "
-                      "(baseline %.4f)" % (dataset, level, row["method"], row["compression"],
-                                           row["after_hard_prune"], row["accuracy"],
-                                           row["baseline"]), flush=True)
+                print("%-13s %-7s %-10s compression %5.1fx (compacted %5.1fx)  hard-pruned %.4f  "
+                      "retrained %.4f (baseline %.4f)"
+                      % (dataset, level, row["method"], row["compression"],
+                         row["compacted_compression"], row["after_hard_prune"], row["accuracy"],
+                         row["baseline"]), flush=True)
         report.write_report([r["run"] for r in results if r["dataset"] == dataset],
                             os.path.join(args.out, dataset, "report"))
     summary = {"budget": {"steps": args.steps, "iters_per_step": args.iters,

@@ -399,6 +399,22 @@ def reference_params(net, plan):
     return params
 
 
+def surviving_weights(net, net_param, names):
+    """Per layer in ``names``, its non-zero weights that compaction keeps.
+
+    Weights on inputs whose producer filters are pruned, and filters no
+    consumer reads, are cut out by compaction; what is left is what the
+    compacted net stores.
+
+    Raises
+    ------
+    CompactionError
+        if the net holds a layer compaction does not support.
+    """
+    ref = reference_params(net, plan_compaction(net, net_param))
+    return {name: int(np.count_nonzero(ref[name][0])) for name in names}
+
+
 def _conv_group(net, name):
     bottom = net.bottom_names[name][0]
     return net.blobs[bottom].data.shape[1] // net.params[name][0].data.shape[1]

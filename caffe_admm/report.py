@@ -79,7 +79,10 @@ def summarize(runs):
                "baseline_accuracy": base, "accuracy": _final_accuracy(run),
                "compression": run["pruned_layers_total"]["compression"],
                "kept_weights": run["pruned_layers_total"]["nonzero"],
-               "weights": run["pruned_layers_total"]["params"]}
+               "weights": run["pruned_layers_total"]["params"],
+               # weights that survive compaction (None in runs older than the field)
+               "compacted_compression": run["pruned_layers_total"].get(
+                   "compacted_compression")}
         comp = run.get("compaction")
         if comp:
             t = comp["total"]
@@ -99,14 +102,15 @@ def _pct(x):
 
 def markdown(runs, rows):
     """Markdown text: summary table, then a per-layer sparsity table per run."""
-    out = ["| run | method | baseline | accuracy | compression | FLOP red. | speed-up |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["| run | method | baseline | accuracy | compression | compacted | FLOP red. "
+           "| speed-up |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         speed = ", ".join("b%s %.2fx" % kv for kv in r.get("speedup", {}).items()) or "-"
         flop = "%.2fx" % r["flop_reduction"] if "flop_reduction" in r else "-"
-        out.append("| %s | %s | %s | %s | %.1fx | %s | %s |" % (
+        compacted = r["compacted_compression"]
+        out.append("| %s | %s | %s | %s | %.1fx | %s | %s | %s |" % (
             r["run"], r["method"], _pct(r["baseline_accuracy"]), _pct(r["accuracy"]),
-            r["compression"], flop, speed))
+            r["compression"], "-" if compacted is None else "%.1fx" % compacted, flop, speed))
     for run in runs:
         out += ["", "### %s (%s)" % (run["name"], run.get("method", "admm")), "",
                 "| layer | kind | weights | kept | element sp. | filter sp. | channel sp. "

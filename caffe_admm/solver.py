@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from caffe_admm import liveness, protoio
+from caffe_admm import compact, liveness, protoio
 from caffe_admm.backend import caffe, caffe_pb2
 from caffe_admm.config import PRUNABLE_TYPES, load_config
 from caffe_admm.layers import HOOK_PREFIX, NonFiniteWeights
@@ -535,6 +535,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     kept = sum(e["nonzero"] for e in report["layers"].values())
     report["pruned_layers_total"] = {"params": total, "nonzero": kept,
                                      "compression": total / max(kept, 1)}
+    report["pruned_layers_total"].update(_compacted_total(solver, net_param, names, total))
     all_params, _ = _net_arrays(solver.net, net_param)
     n_all = sum(b[0].size for b in all_params.values())
     n_zero = sum(int((b[0] == 0).sum()) for b in all_params.values())
@@ -611,6 +612,23 @@ def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ck
                  _strip_hooks(net_param))
     save_masks(os.path.join(out_dir, "masks.npz"), masks)
     return method, masks
+
+
+def _compacted_total(solver, net_param, names, total):
+    """The pruned layers' weights that survive compaction, and their compression.
+
+    Masks count the weights on inputs that a pruned producer no longer feeds;
+    compaction cuts those out, so the compacted net can be smaller than the
+    masks say (see config ``live_inputs_only``).
+    """
+    test_net = solver.test_nets[0]
+    test_net.share_with(solver.net)
+    try:
+        kept = sum(compact.surviving_weights(test_net, net_param, names).values())
+    except compact.CompactionError as exc:
+        _log("compacted size not measured: %s" % exc)
+        return {"compacted_nonzero": None, "compacted_compression": None}
+    return {"compacted_nonzero": kept, "compacted_compression": total / max(kept, 1)}
 
 
 def _apply_masks(net, masks):

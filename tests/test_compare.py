@@ -41,15 +41,15 @@ def test_seeded_baseline_repeats_and_differs_by_seed(tmp_path, tiny_data, compar
     assert os.path.getmtime(model) == mtime
 
 
-def _row(level, method, seed, acc):
+def _row(level, method, seed, acc, compacted=None):
     return {"dataset": "mnist", "level": level, "method": method, "seed": seed,
-            "accuracy": acc, "compression": 4.8}
+            "accuracy": acc, "compression": 4.8, "compacted_compression": compacted}
 
 
 def test_aggregate_means_and_paired_differences(compare):
     rows = [_row("mild", "admm", None, 0.90), _row("mild", "ssl", None, 0.80),
             _row("mild", "magnitude", None, 0.91),
-            _row("mild", "admm", 2, 0.94), _row("mild", "ssl", 2, 0.85),
+            _row("mild", "admm", 2, 0.94, 5.0), _row("mild", "ssl", 2, 0.85),
             _row("mild", "magnitude", 2, 0.92)]
     (cell,) = compare.aggregate(rows)
     assert cell["seeds"] == [1, 2]
@@ -60,6 +60,14 @@ def test_aggregate_means_and_paired_differences(compare):
     assert mag["mean"] == pytest.approx(0.005)
     assert mag["admm_ahead_or_level"] == 1
     assert cell["admm_minus"]["ssl"]["admm_ahead_or_level"] == 2
+    assert cell["methods"]["admm"]["compacted_compression"] is None   # one seed lacks it
+
+
+def test_aggregate_averages_compacted_compression(compare):
+    (cell,) = compare.aggregate([_row("mild", "admm", 1, 0.9, 5.0),
+                                 _row("mild", "admm", 2, 0.9, 6.0)])
+    assert cell["methods"]["admm"]["compacted_compression"] == pytest.approx(5.5)
+    assert compare._cell(cell["methods"]["admm"]) == "90.00 ± 0.00 (5.5x)"
 
 
 def test_aggregate_single_seed_has_no_spread(compare):

@@ -106,3 +106,23 @@ def test_pruned_runs_keep_no_dead_inputs(tmp_path, tiny_trained, method):
     assert not masks["ip1"][:, ip1_dead].any()
     assert report["layers"]["conv2"]["filters_kept"] <= 4
     assert masks["conv2"].reshape(8, -1).any(axis=0).sum() == 18
+
+
+@pytest.mark.parametrize("extra", ["", "live_inputs_only: true"])
+def test_report_counts_the_weights_compaction_keeps(tmp_path, tiny_trained, extra):
+    from caffe_admm import compact, protoio
+    config = write(tmp_path / "c.prototxt", CONFIG % {"method": "ADMM", "extra": extra})
+    run = tmp_path / "run"
+    report = solver.prune(tiny_trained["solver"], tiny_trained["weights"], config, str(run),
+                          progress=False)
+    total = report["pruned_layers_total"]
+    out = compact.compact(str(run / "train_test.prototxt"), str(run / "pruned.caffemodel"),
+                          str(tmp_path / "compact"))
+    stored = {l.name: np.array(l.blobs[0].data) for l in
+              protoio.read_caffemodel(str(tmp_path / "compact" / "compact.caffemodel")).layer
+              if l.name in SHAPES}
+    assert total["compacted_nonzero"] == sum(int(np.count_nonzero(w)) for w in stored.values())
+    assert total["compacted_nonzero"] <= total["nonzero"]
+    assert total["compacted_compression"] == pytest.approx(
+        total["params"] / total["compacted_nonzero"])
+    assert out["total"]["params"] == total["params"]
