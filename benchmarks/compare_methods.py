@@ -5,7 +5,10 @@ filter+shape sparsity levels, the three methods start from the same trained
 baseline, use the same Caffe solver, the same first-phase budget
 (steps x iters_per_step) and the same masked retraining, and are hard-pruned
 to exactly the same per-layer group counts (SSL keeps the groups of largest
-norm at the target ratio). Writes a table and JSON, and report plots.
+norm at the target ratio). Every method runs with `live_inputs_only` (no kept
+column or channel reads a pruned filter's output), so the compacted nets
+match in size too; `--dead-inputs` turns it off. Writes a table and JSON,
+and report plots.
 
     .venv/bin/python benchmarks/compare_methods.py [--steps 5 --iters 600 --retrain 2000]
 
@@ -208,9 +211,14 @@ def main():
     parser.add_argument("--progressive", type=int, metavar="STEPS", default=0,
                         help="ADMM projects onto a support that shrinks to the target over "
                              "STEPS steps (config `progressive`, `progressive_steps`)")
-    parser.add_argument("--live-inputs-only", action="store_true",
-                        help="config `live_inputs_only` for every method: no kept column or "
-                             "channel reads a pruned producer filter")
+    parser.add_argument("--live-inputs-only", dest="live_inputs_only", action="store_true",
+                        default=True,
+                        help="(default) config `live_inputs_only` for every method: no kept "
+                             "column or channel reads a pruned producer filter, so the methods' "
+                             "compacted nets match in size too")
+    parser.add_argument("--dead-inputs", dest="live_inputs_only", action="store_false",
+                        help="without `live_inputs_only` (the comparison before it existed: "
+                             "group counts match, compacted sizes do not)")
     parser.add_argument("--seed", type=int,
                         help="train each data set's baseline with this solver random_seed "
                              "(under OUT) and prune with it, instead of the Makefile's baselines")
@@ -241,6 +249,9 @@ def main():
                                    args.retrain_solver, args.progressive,
                                    args.live_inputs_only)
                 if not os.path.exists(config) or open(config).read() != text:
+                    if os.path.exists(os.path.join(run, "checkpoints", "meta.json")):
+                        raise SystemExit("%s holds a run with another config (other flags); "
+                                         "use another --out" % run)
                     with open(config, "w") as f:
                         f.write(text)
                 rep = solver.prune(solver_path, weights, config, run, progress=False)
