@@ -137,9 +137,12 @@ def plot(runs, rows, out_dir):
     # accuracy vs compression, one line per method
     fig, ax = plt.subplots(figsize=(6, 4))
     by_method = {}
+    # the size compaction keeps, when every run reports it (older runs do not)
+    key = ("compacted_compression" if all(r["compacted_compression"] is not None for r in rows)
+           else "compression")
     for r in rows:
         if r["accuracy"] is not None:
-            by_method.setdefault(r["method"], []).append((r["compression"], r["accuracy"]))
+            by_method.setdefault(r["method"], []).append((r[key], r["accuracy"]))
     for method, pts in sorted(by_method.items()):
         pts.sort()
         ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=method)
@@ -148,7 +151,9 @@ def plot(runs, rows, out_dir):
         ax.axhline(100 * max(bases), color="gray", ls="--", lw=1, label="baseline")
     ax.set_xscale("log")
     paths.append(_finish(fig, ax, out_dir, "accuracy_vs_compression.png", "Accuracy vs compression",
-                         "compression of the pruned layers (x, log scale)", "test accuracy (%)"))
+                         "%s of the pruned layers (x, log scale)"
+                         % ("compacted compression" if key == "compacted_compression"
+                            else "compression (non-zero weights)"), "test accuracy (%)"))
 
     # per-layer kept fractions
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -30,6 +30,7 @@ def test_report_tables_and_plots(tmp_path, runs):
     assert [r["method"] for r in result["rows"]] == ["admm", "ssl", "magnitude"]
     for r in result["rows"]:
         assert r["compression"] > 1 and 0 <= r["accuracy"] <= 1
+        assert r["compacted_compression"] >= r["compression"] * (1 - 1e-12)
     md = result["markdown"]
     assert "| conv1 | filter | 72 | 36 | 50.00% | 50.00% (4/8)" in md
     assert md.count("### ") == 3
