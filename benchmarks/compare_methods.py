@@ -132,6 +132,8 @@ def aggregate(results):
                 methods.setdefault(method, []).append(row)
                 cell["compression"] = row["compression"]
         cell["seeds"] = [seed for seed, _ in seeds]
+        bases = [next(iter(rows.values())).get("baseline") for _, rows in seeds]
+        cell["baseline"] = statistics.mean(bases) if None not in bases else None
         cell["methods"] = {}
         for m, rows in methods.items():
             accs = [r["accuracy"] for r in rows]
@@ -178,8 +180,8 @@ def write_aggregate(dirs, out):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "compare_seeds.json"), "w") as f:
         json.dump({"runs": [os.path.abspath(d) for d in dirs], "cells": cells}, f, indent=1)
-    print("| data set | level | compression | seeds | ADMM | SSL | magnitude "
-          "| ADMM - SSL | ADMM - magnitude |\n|---|---|---|---|---|---|---|---|---|")
+    print("| data set | level | compression | seeds | baseline | ADMM | SSL | magnitude "
+          "| ADMM - SSL | ADMM - magnitude |\n|---|---|---|---|---|---|---|---|---|---|")
     for c in cells:
         accs = [_cell(c["methods"][m]) if m in c["methods"] else "-"
                 for m in ("admm", "ssl", "magnitude")]
@@ -188,8 +190,9 @@ def write_aggregate(dirs, out):
             d = c["admm_minus"].get(other)
             diffs.append("-" if d is None else "%s (%d of %d >= 0)" % (
                 _pm(d["mean"], d["sd"]), d["admm_ahead_or_level"], len(d["diffs"])))
-        print("| %s | %s | %.1fx | %s | %s | %s |" % (
+        print("| %s | %s | %.1fx | %s | %s | %s | %s |" % (
             c["dataset"], c["level"], c["compression"], ",".join(map(str, c["seeds"])),
+            "-" if c["baseline"] is None else "%.2f" % (100 * c["baseline"]),
             " | ".join(accs), " | ".join(diffs)))
     print("wrote", os.path.join(out, "compare_seeds.json"))
 

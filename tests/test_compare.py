@@ -43,7 +43,8 @@ def test_seeded_baseline_repeats_and_differs_by_seed(tmp_path, tiny_data, compar
 
 def _row(level, method, seed, acc, compacted=None):
     return {"dataset": "mnist", "level": level, "method": method, "seed": seed,
-            "accuracy": acc, "compression": 4.8, "compacted_compression": compacted}
+            "accuracy": acc, "compression": 4.8, "compacted_compression": compacted,
+            "baseline": 0.98 if seed is None else 1.0}
 
 
 def test_aggregate_means_and_paired_differences(compare):
@@ -53,6 +54,7 @@ def test_aggregate_means_and_paired_differences(compare):
             _row("mild", "magnitude", 2, 0.92)]
     (cell,) = compare.aggregate(rows)
     assert cell["seeds"] == [1, 2]
+    assert cell["baseline"] == pytest.approx(0.99)
     assert cell["methods"]["admm"]["mean"] == pytest.approx(0.92)
     assert cell["methods"]["admm"]["sd"] == pytest.approx(np.std([0.90, 0.94], ddof=1))
     mag = cell["admm_minus"]["magnitude"]
