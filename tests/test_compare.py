@@ -72,6 +72,14 @@ def test_aggregate_averages_compacted_compression(compare):
     assert compare._cell(cell["methods"]["admm"]) == "90.00 ± 0.00 (5.5x)"
 
 
+def test_aggregate_counts_float_rounding_as_level(compare):
+    (cell,) = compare.aggregate([_row("mild", "admm", 1, 0.9845 - 1e-9),
+                                 _row("mild", "magnitude", 1, 0.9845),
+                                 _row("mild", "admm", 2, 0.9844),
+                                 _row("mild", "magnitude", 2, 0.9845)])
+    assert cell["admm_minus"]["magnitude"]["admm_ahead_or_level"] == 1
+
+
 def test_aggregate_single_seed_has_no_spread(compare):
     (cell,) = compare.aggregate([_row("mild", "admm", 1, 0.9), _row("mild", "ssl", 1, 0.8)])
     assert cell["methods"]["admm"]["sd"] is None
