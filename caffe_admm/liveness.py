@@ -23,8 +23,9 @@ from caffe_admm import projections
 
 __all__ = ["ZERO_PRESERVING", "InputFeeds", "input_feeds", "in_net_order"]
 
-# Single-input layers that map an all-zero channel to an all-zero channel, in
-# place of the channel (no mixing across channels, no added constant).
+# Single-input layers that map an all-zero channel to an all-zero channel in the
+# same place (no added constant; LRN scales a channel by its neighbours' energy,
+# which leaves zero at zero).
 ZERO_PRESERVING = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Dropout", "Pooling", "LRN",
                    "Flatten"}
 
