@@ -19,7 +19,7 @@ pure numpy: weights go in and out as ``dict[str, ndarray]`` keyed by layer name.
 import numpy as np
 
 from caffe_admm import projections
-from caffe_admm.liveness import in_net_order
+from caffe_admm.liveness import masks_in_net_order
 
 __all__ = ["ConstraintState", "ADMMState"]
 
@@ -107,18 +107,16 @@ class ADMMState:
         return state
 
     def _z_step(self, targets, frac, feeds):
-        """Z_j <- Proj_j(targets[layer] (+ U_j)), layers in net order; returns the supports."""
-        supports = {}
-        for name in in_net_order(self.constraints, feeds):
+        """Z_j <- Proj_j(targets[layer] + U_j), layers in net order."""
+        def z_step(name, allowed):
             x = targets[name]
             mask = np.ones(x.shape, dtype=np.bool_)
-            allowed = None if feeds is None else feeds.allowed(name, x.shape, supports)
             for c in self.constraints[name]:
                 keep = projections.support(x + c.u, c.kind, c.count_at(frac), c.group, allowed)
                 c.z = np.where(keep, x + c.u, np.zeros((), dtype=x.dtype))
                 mask &= keep
-            supports[name] = mask
-        return supports
+            return mask
+        masks_in_net_order(self.constraints, feeds, z_step)
 
     def penalty(self, name, w):
         """Value and gradient of sum_j rho_j/2 ||W - Z_j + U_j||^2 for one layer.
@@ -180,15 +178,13 @@ class ADMMState:
         -------
         masks : dict[str, ndarray of bool], shapes of the weights
         """
-        masks = {}
-        for name in in_net_order(self.constraints, feeds):
+        def mask_of(name, allowed):
             w = np.asarray(weights[name])
             mask = np.ones(w.shape, dtype=np.bool_)
-            allowed = None if feeds is None else feeds.allowed(name, w.shape, masks)
             for c in self.constraints[name]:
                 mask &= c.support(w, allowed)
-            masks[name] = mask
-        return {n: masks[n] for n in self.constraints}
+            return mask
+        return masks_in_net_order(self.constraints, feeds, mask_of)
 
     def to_arrays(self):
         """Flatten into a dict of arrays for ``np.savez``."""

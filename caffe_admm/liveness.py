@@ -21,7 +21,7 @@ import numpy as np
 
 from caffe_admm import projections
 
-__all__ = ["ZERO_PRESERVING", "InputFeeds", "input_feeds", "in_net_order"]
+__all__ = ["ZERO_PRESERVING", "InputFeeds", "input_feeds", "masks_in_net_order"]
 
 # Single-input layers that map an all-zero channel to an all-zero channel in the
 # same place (no added constant; LRN scales a channel by its neighbours' energy,
@@ -54,14 +54,17 @@ class InputFeeds:
     feeds : dict[str, (str, int)]
         Consumer -> (producer, inputs per producer channel): in the (F, C, kh, kw)
         view of the consumer's weight, input c reads producer channel c // per.
+    shapes : dict[str, tuple]
+        Weight shape of every consumer.
     """
 
-    def __init__(self, order, feeds):
+    def __init__(self, order, feeds, shapes):
         self.order = list(order)
         self.feeds = dict(feeds)
+        self.shapes = dict(shapes)
 
-    def allowed(self, name, shape, supports):
-        """Boolean mask shaped ``shape`` of the weights of ``name`` on live inputs.
+    def allowed(self, name, supports):
+        """Boolean mask, shaped like the weight of ``name``, of its live inputs.
 
         ``supports`` holds the masks already decided for producers; None when
         ``name`` has no pruned producer (or its producer is not decided).
@@ -71,6 +74,7 @@ class InputFeeds:
         producer, per = self.feeds[name]
         mask = projections.as_4d(supports[producer])
         alive = mask.reshape(mask.shape[0], -1).any(axis=1)
+        shape = self.shapes[name]
         f, c, kh, kw = projections.as_4d(np.empty(shape, dtype=np.bool_)).shape
         live = np.repeat(alive, per)
         return np.broadcast_to(live[None, :, None, None], (f, c, kh, kw)).reshape(shape)
@@ -81,12 +85,20 @@ class InputFeeds:
                          for name, (p, per) in self.feeds.items()) or "none"
 
 
-def in_net_order(names, feeds):
-    """``names`` with the layers ``feeds`` knows first, in net order (producers first)."""
+def masks_in_net_order(names, feeds, mask_of):
+    """``mask_of(name, allowed)`` for every layer in ``names``, producers first.
+
+    ``allowed`` is the layer's live-input mask from ``feeds`` and the masks of
+    its producer (None without ``feeds``, or for a layer without a pruned
+    producer). Returns the masks as a dict in the order of ``names``.
+    """
     names = list(names)
-    if feeds is None:
-        return names
-    return [n for n in feeds.order if n in names] + [n for n in names if n not in feeds.order]
+    order = names if feeds is None else (
+        [n for n in feeds.order if n in names] + [n for n in names if n not in feeds.order])
+    masks = {}
+    for name in order:
+        masks[name] = mask_of(name, None if feeds is None else feeds.allowed(name, masks))
+    return {name: masks[name] for name in names}
 
 
 def input_feeds(net_param, shapes, groups=None):
@@ -121,4 +133,4 @@ def input_feeds(net_param, shapes, groups=None):
         if n_inputs % n_filters == 0 and (len(shapes[layer.name]) == 2
                                           or n_inputs == n_filters):
             feeds[layer.name] = (producer, n_inputs // n_filters)
-    return InputFeeds(order, feeds)
+    return InputFeeds(order, feeds, {name: shapes[name] for name in feeds})

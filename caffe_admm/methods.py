@@ -24,7 +24,7 @@ import numpy as np
 
 from caffe_admm import projections
 from caffe_admm.admm import ADMMState
-from caffe_admm.liveness import in_net_order
+from caffe_admm.liveness import masks_in_net_order
 
 __all__ = ["ADMMMethod", "SSLMethod", "MagnitudeMethod", "make_method", "lasso_penalty"]
 
@@ -64,12 +64,8 @@ def _supports(cfg, weights, feeds, counts_of):
     """Per layer, the intersection of its constraints' supports, in net order;
     on live inputs only when ``feeds`` (config ``live_inputs_only``) is given."""
     specs = {spec.name: spec for spec in cfg.layers}
-    masks = {}
-    for name in in_net_order(specs, feeds):
-        w = weights[name]
-        allowed = None if feeds is None else feeds.allowed(name, np.shape(w), masks)
-        masks[name] = _support(w, counts_of(specs[name], np.shape(w)), allowed)
-    return {spec.name: masks[spec.name] for spec in cfg.layers}
+    return masks_in_net_order(specs, feeds, lambda name, allowed: _support(
+        weights[name], counts_of(specs[name], np.shape(weights[name])), allowed))
 
 
 class ADMMMethod:

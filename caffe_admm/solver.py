@@ -212,10 +212,15 @@ def evaluate_net(net, iters):
     return {key: total / iters for key, total in sums.items()}
 
 
-def _evaluate(solver, iters):
+def _test_net(solver):
+    """The solver's TEST net, holding the train net's current weights."""
     test_net = solver.test_nets[0]
     test_net.share_with(solver.net)
-    return evaluate_net(test_net, iters)
+    return test_net
+
+
+def _evaluate(solver, iters):
+    return evaluate_net(_test_net(solver), iters)
 
 
 def _train_outputs(net):
@@ -621,10 +626,8 @@ def _compacted_total(solver, net_param, names, total):
     compaction cuts those out, so the compacted net can be smaller than the
     masks say (see config ``live_inputs_only``).
     """
-    test_net = solver.test_nets[0]
-    test_net.share_with(solver.net)
     try:
-        kept = sum(compact.surviving_weights(test_net, net_param, names).values())
+        kept = sum(compact.surviving_weights(_test_net(solver), net_param, names).values())
     except compact.CompactionError as exc:
         _log("compacted size not measured: %s" % exc)
         return {"compacted_nonzero": None, "compacted_compression": None}

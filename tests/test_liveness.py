@@ -39,15 +39,16 @@ def test_no_feed_through_layers_that_add_a_constant_or_mix_channels():
 
 
 def test_allowed_marks_the_inputs_of_dead_producer_filters():
-    feeds = liveness.InputFeeds(["conv2", "ip1"], {"ip1": ("conv2", 16)})
+    feeds = liveness.InputFeeds(["conv2", "ip1"], {"ip1": ("conv2", 16)},
+                                {"ip1": SHAPES["ip1"]})
     conv2 = np.ones(SHAPES["conv2"], dtype=bool)
     conv2[[1, 6]] = False
-    allowed = feeds.allowed("ip1", SHAPES["ip1"], {"conv2": conv2})
+    allowed = feeds.allowed("ip1", {"conv2": conv2})
     dead = np.zeros(128, dtype=bool)
     dead[16:32] = dead[96:112] = True
     np.testing.assert_array_equal(allowed, np.broadcast_to(~dead, (4, 128)))
-    assert feeds.allowed("ip1", SHAPES["ip1"], {}) is None      # producer not decided yet
-    assert feeds.allowed("conv2", SHAPES["conv2"], {"conv2": conv2}) is None
+    assert feeds.allowed("ip1", {}) is None      # producer not decided yet
+    assert feeds.allowed("conv2", {"conv2": conv2}) is None
 
 
 @pytest.mark.parametrize("kind", ["filter", "channel", "shape"])
