@@ -47,11 +47,10 @@ class ConstraintState:
         self.z = z
         self.u = u
 
-    def project(self, w, keep=None, allowed=None):
-        """Proj(w) onto at most ``keep`` groups (default: the target ``self.keep``),
-        zero outside ``allowed`` when given."""
+    def project(self, w, keep=None):
+        """Proj(w) onto at most ``keep`` groups (default: the target ``self.keep``)."""
         return projections.project(w, self.kind, self.keep if keep is None else keep,
-                                   self.group, allowed)
+                                   self.group)
 
     def count_at(self, frac):
         """Groups kept ``frac`` (in (0, 1]) of the way from all of them to ``keep``."""
@@ -90,9 +89,10 @@ class ADMMState:
         feeds : caffe_admm.liveness.InputFeeds, optional
             Project every layer onto its live inputs only (config ``live_inputs_only``).
         """
+        targets = {spec.name: np.asarray(weights[spec.name], dtype=np.float32) for spec in specs}
         constraints = {}
         for spec in specs:
-            w = np.asarray(weights[spec.name], dtype=np.float32)
+            w = targets[spec.name]
             states = []
             for c in spec.constraints:
                 n = projections.num_groups(w.shape, c.kind)
@@ -102,8 +102,7 @@ class ADMMState:
                                               np.zeros_like(w)))
             constraints[spec.name] = states
         state = cls(constraints)
-        state._z_step({n: np.asarray(weights[n], dtype=np.float32) for n in constraints},
-                      frac, feeds)
+        state._z_step(targets, frac, feeds)
         return state
 
     def _z_step(self, targets, frac, feeds):
@@ -112,8 +111,9 @@ class ADMMState:
             x = targets[name]
             mask = np.ones(x.shape, dtype=np.bool_)
             for c in self.constraints[name]:
-                keep = projections.support(x + c.u, c.kind, c.count_at(frac), c.group, allowed)
-                c.z = np.where(keep, x + c.u, np.zeros((), dtype=x.dtype))
+                v = x + c.u
+                keep = projections.support(v, c.kind, c.count_at(frac), c.group, allowed)
+                c.z = np.where(keep, v, np.zeros((), dtype=v.dtype))
                 mask &= keep
             return mask
         masks_in_net_order(self.constraints, feeds, z_step)
