@@ -11,6 +11,7 @@ the state is updated by
     Z_ij <- Proj_Sij(W_i + U_ij)        (Z-step, exact projection)
     U_ij <- U_ij + W_i - Z_ij            (U-step)
     rho_ij <- min(rho_ij * growth, max)  (schedule)
+    U_ij <- U_ij * rho_old / rho_new     (only with rescale_dual)
 
 and the primal residual ||W_i - Z_ij|| / ||W_i|| is recorded. This module is
 pure numpy: weights go in and out as ``dict[str, ndarray]`` keyed by layer name.
@@ -134,9 +135,13 @@ class ADMMState:
             grad += c.rho * d
         return value, grad
 
-    def update(self, weights, growth=1.0, rho_max=float("inf"), frac=1.0, feeds=None):
+    def update(self, weights, growth=1.0, rho_max=float("inf"), frac=1.0, feeds=None,
+               rescale_dual=False):
         """One Z-step (onto ``count_at(frac)`` groups; live inputs only with
         ``feeds``), U-step and rho growth; returns the primal residuals.
+
+        With ``rescale_dual`` a change of rho rescales U so that rho * U, the
+        unscaled dual, stays what it was (Boyd et al. 2011, section 3.4.1).
 
         Returns
         -------
@@ -153,7 +158,10 @@ class ADMMState:
             for c in states:
                 c.u = c.u + w - c.z
                 res.append(float(np.linalg.norm(w - c.z)) / norm)
-                c.rho = min(c.rho * growth, rho_max)
+                rho = min(c.rho * growth, rho_max)
+                if rescale_dual and rho != c.rho:
+                    c.u = c.u * np.float32(c.rho / rho)
+                c.rho = rho
             residuals[name] = res
         self.step += 1
         return residuals

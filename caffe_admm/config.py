@@ -65,6 +65,7 @@ class PruneConfig:
     progressive: bool = False
     progressive_steps: int = None
     live_inputs_only: bool = False
+    rescale_dual: bool = False
 
     def layer(self, name):
         for spec in self.layers:
@@ -196,6 +197,8 @@ def load_config(path, net):
     if msg.progressive and msg.method != pb2.ADMM:
         raise ConfigError("%s: progressive applies to method ADMM (magnitude pruning is "
                           "progressive already)" % path)
+    if msg.rho.rescale_dual and msg.method != pb2.ADMM:
+        raise ConfigError("%s: rho.rescale_dual applies to method ADMM only" % path)
     if msg.HasField("progressive_steps") and not (
             msg.progressive and 0 < msg.progressive_steps <= msg.admm_steps):
         raise ConfigError("%s: progressive_steps needs progressive: true and a value in "
@@ -255,4 +258,5 @@ def load_config(path, net):
         retrain_solver=retrain_solver, progressive=bool(msg.progressive),
         progressive_steps=(msg.progressive_steps if msg.HasField("progressive_steps")
                            else msg.admm_steps),
-        live_inputs_only=bool(msg.live_inputs_only))
+        live_inputs_only=bool(msg.live_inputs_only),
+        rescale_dual=bool(msg.rho.rescale_dual))

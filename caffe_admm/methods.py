@@ -96,7 +96,7 @@ class ADMMMethod:
     def end_round(self, weights):
         frac = self._frac(self.state.step + 1)
         residuals = self.state.update(weights, self.cfg.rho_growth, self.cfg.rho_max, frac,
-                                      self.feeds)
+                                      self.feeds, rescale_dual=self.cfg.rescale_dual)
         log = {"residuals": residuals,
                "rho": {n: [c.rho for c in cs] for n, cs in self.state.constraints.items()}}
         if self.cfg.progressive:

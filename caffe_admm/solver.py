@@ -525,6 +525,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
         "schedule": {"steps": cfg.admm_steps, "iters_per_step": cfg.iters_per_step,
                      "retrain_iters": cfg.retrain_iters, "rho_growth": cfg.rho_growth,
                      "rho_max": cfg.rho_max if math.isfinite(cfg.rho_max) else None,
+                     "rescale_dual": cfg.rescale_dual,
                      "ssl_threshold": cfg.ssl_threshold,
                      "retrain_solver": cfg.retrain_solver},
         "test_iter": test_iter, "accuracy": history["accuracy"],

@@ -115,7 +115,8 @@ def test_progressive_admm_projects_onto_a_shrinking_then_the_target_support():
     rng = np.random.default_rng(1)
     weights = {"conv": rng.standard_normal((8, 4, 3, 3)).astype(np.float32)}
     cfg = types.SimpleNamespace(layers=[spec("conv", ["filter"], keep=0.25)], progressive=True,
-                                admm_steps=4, progressive_steps=3, rho_growth=1.0, rho_max=1.0)
+                                admm_steps=4, progressive_steps=3, rho_growth=1.0, rho_max=1.0,
+                                rescale_dual=False)
     method = ADMMMethod(cfg)
     method.start(weights)
 
@@ -131,3 +132,26 @@ def test_progressive_admm_projects_onto_a_shrinking_then_the_target_support():
     plain.start(weights)
     assert z_filters(plain) == 2
     assert "z_groups" not in plain.end_round(weights)
+
+
+def test_rescale_dual_keeps_rho_times_u_when_rho_grows(state_and_weights):
+    state, weights = state_and_weights
+    c = state.constraints["ip"][0]
+    u0 = c.u.copy()
+    state.update(weights, growth=2.0, rho_max=0.15, rescale_dual=True)
+    assert c.rho == pytest.approx(0.15)                  # 0.1 * 2, capped at 0.15
+    # U-step, then U * rho_old / rho_new: the unscaled dual rho * U is kept
+    np.testing.assert_allclose(c.rho * c.u, 0.1 * (u0 + weights["ip"] - c.z), rtol=1e-5)
+    u1 = c.u.copy()
+    state.update(weights, growth=2.0, rho_max=0.15, rescale_dual=True)
+    # rho stays at the cap: the plain U-step, no rescaling
+    np.testing.assert_allclose(c.u, u1 + weights["ip"] - c.z, rtol=1e-6)
+
+
+def test_without_rescale_dual_u_is_not_scaled(state_and_weights):
+    state, weights = state_and_weights
+    c = state.constraints["ip"][0]
+    u_before = c.u.copy()
+    state.update(weights, growth=4.0)
+    assert c.rho == pytest.approx(0.4)
+    np.testing.assert_allclose(c.u, u_before + weights["ip"] - c.z, rtol=1e-6)

@@ -86,6 +86,8 @@ def test_syntax_error_names_file_line_and_field(tmp_path):
      r"field lasso_lambda: must be >= 0"),
     ('method: MAGNITUDE progressive: true\nlayer { name: "conv1" keep_ratio: 0.5 }',
      "progressive applies to method ADMM"),
+    ('method: SSL rho { rescale_dual: true }\nlayer { name: "conv1" keep_ratio: 0.5 }',
+     "rescale_dual applies to method ADMM only"),
     ('admm_steps: 4 progressive: true progressive_steps: 5\nlayer { name: "conv1" '
      'keep_ratio: 0.5 }', r"progressive_steps needs .* 1\.\.admm_steps \(4\), got 5"),
 ])
