@@ -21,6 +21,9 @@ order either way), and the pruning runs use that seed too:
     compare_methods.py --seed 2 --out runs/compare_seed2
     compare_methods.py --aggregate runs/compare runs/compare_seed2 ... --out runs/compare_seeds
 
+`--admm-settings TEXT` replaces the ADMM config lines (the rho schedule), for
+trying ADMM variants against the same baselines.
+
 `--aggregate` reads the compare.json of finished runs and prints the mean,
 the standard deviation and the paired differences (ADMM minus each other
 method, same seed) per data set and level.
@@ -226,6 +229,9 @@ def main():
     parser.add_argument("--dead-inputs", dest="live_inputs_only", action="store_false",
                         help="without `live_inputs_only` (the comparison before it existed: "
                              "group counts match, compacted sizes do not)")
+    parser.add_argument("--admm-settings", metavar="TEXT", default=METHOD_LINES["ADMM"],
+                        help="the ADMM config lines (prototxt text) in place of %r, e.g. "
+                             "'rho { initial: 0.05 growth: 1 }'" % METHOD_LINES["ADMM"])
     parser.add_argument("--seed", type=int,
                         help="train each data set's baseline with this solver random_seed "
                              "(under OUT) and prune with it, instead of the Makefile's baselines")
@@ -236,6 +242,7 @@ def main():
     args = parser.parse_args()
     if args.aggregate:
         return write_aggregate(args.aggregate, args.out)
+    METHOD_LINES["ADMM"] = args.admm_settings
     if args.solver and len(args.datasets) != 1:
         parser.error("--solver applies to one data set: name it with --datasets")
     os.chdir(ROOT)  # the bundled prototxts name their LMDBs relative to the repository
