@@ -58,8 +58,10 @@ METHOD_LINES = {
 
 
 def config_text(method, level, steps, iters, retrain, retrain_solver=None, progressive=False,
-                live_inputs_only=False):
-    lines = ["method: %s" % method, METHOD_LINES[method],
+                live_inputs_only=False, admm_settings=None):
+    """The pruning config of one run; ``admm_settings`` replaces ADMM's METHOD_LINES entry."""
+    settings = admm_settings if method == "ADMM" and admm_settings else METHOD_LINES[method]
+    lines = ["method: %s" % method, settings,
              "admm_steps: %d" % steps, "iters_per_step: %d" % iters,
              "retrain_iters: %d" % retrain, "snapshot_interval: %d" % max(iters, 1000)]
     if retrain_solver:
@@ -242,7 +244,6 @@ def main():
     args = parser.parse_args()
     if args.aggregate:
         return write_aggregate(args.aggregate, args.out)
-    METHOD_LINES["ADMM"] = args.admm_settings
     if args.solver and len(args.datasets) != 1:
         parser.error("--solver applies to one data set: name it with --datasets")
     os.chdir(ROOT)  # the bundled prototxts name their LMDBs relative to the repository
@@ -261,7 +262,7 @@ def main():
                 config = os.path.join(run, "config.prototxt")
                 text = config_text(method, level, args.steps, args.iters, args.retrain,
                                    args.retrain_solver, args.progressive,
-                                   args.live_inputs_only)
+                                   args.live_inputs_only, args.admm_settings)
                 if not os.path.exists(config) or open(config).read() != text:
                     if os.path.exists(os.path.join(run, "checkpoints", "meta.json")):
                         raise SystemExit("%s holds a run with another config (other flags); "
@@ -291,7 +292,8 @@ def main():
                "solver": args.solver, "retrain_solver": args.retrain_solver,
                "progressive": args.progressive, "seed": args.seed,
                "live_inputs_only": args.live_inputs_only,
-               "method_settings": METHOD_LINES, "results": results}
+               "method_settings": dict(METHOD_LINES, ADMM=args.admm_settings),
+               "results": results}
     with open(os.path.join(args.out, "compare.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print("\n| data set | level | compression | ADMM | SSL | magnitude |\n|---|---|---|---|---|---|")

@@ -96,3 +96,13 @@ def test_write_aggregate_fails_clearly_on_unfinished_run(tmp_path, compare):
     assert saved["cells"][0]["admm_minus"]["magnitude"]["diffs"] == [0.0]
     with pytest.raises(SystemExit, match="missing.*not a finished comparison"):
         compare.write_aggregate([str(good), str(tmp_path / "missing")], str(tmp_path / "o2"))
+
+
+def test_admm_settings_replace_the_admm_lines_only(compare):
+    settings = "rho { initial: 0.05 growth: 1.0 rescale_dual: true }"
+    admm = compare.config_text("ADMM", "strong", 5, 600, 2000, admm_settings=settings)
+    assert settings in admm.splitlines()
+    assert compare.METHOD_LINES["ADMM"] not in admm
+    ssl = compare.config_text("SSL", "strong", 5, 600, 2000, admm_settings=settings)
+    assert ssl == compare.config_text("SSL", "strong", 5, 600, 2000)
+    assert compare.METHOD_LINES["ADMM"] in compare.config_text("ADMM", "strong", 5, 600, 2000)
