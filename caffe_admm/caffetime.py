@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 
-__all__ = ["parse_log", "run", "measure", "find_caffe", "main"]
+__all__ = ["parse_log", "run", "measure", "summarise", "find_caffe", "main"]
 
 _LAYER = re.compile(r"\]\s+(\S+)\s+forward: ([0-9.eE+-]+) ms\.")
 _FORWARD = re.compile(r"Average Forward pass: ([0-9.eE+-]+) ms\.")
@@ -71,13 +71,17 @@ def find_caffe(caffe=None):
     return path
 
 
-def run(caffe, model, iterations=20, gpu=None, timeout=None):
-    """One ``caffe time`` process on ``model`` (TEST phase); see :func:`parse_log`."""
+def run(caffe, model, iterations=20, gpu=None, timeout=None, env=None):
+    """One ``caffe time`` process on ``model`` (TEST phase); see :func:`parse_log`.
+
+    ``env`` (a dict) replaces ``os.environ`` for the process, e.g. to give two
+    Caffe builds their own ``LD_LIBRARY_PATH``.
+    """
     cmd = [caffe, "time", "-model", model, "-iterations", str(int(iterations)),
            "-phase", "TEST"]
     if gpu is not None:
         cmd += ["-gpu", str(int(gpu))]
-    env = dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1")
+    env = dict(os.environ if env is None else env, GLOG_minloglevel="0", GLOG_logtostderr="1")
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                           timeout=timeout, universal_newlines=True)
     if proc.returncode != 0:
@@ -104,24 +108,48 @@ def measure(plan, base_dir=".", caffe=None, progress=None):
     -------
     dict shaped like :func:`caffe_admm.timing.compare`'s result.
     """
-    from caffe_admm.timing import layer_range, speedups, summary  # numpy only, no pycaffe
     caffe = find_caffe(caffe)
-    out = {"engine": "caffe time", "gpu": plan.get("gpu"), "iterations": plan["iterations"],
-           "repeats": plan["repeats"], "conv_engine": plan.get("conv_engine"),
-           "model": plan.get("model"),
-           "compact_model": plan.get("compact_model"), "batches": {}}
+    runs = {}
     for batch, models in plan["models"].items():
-        runs = {"original": [], "compact": []}
+        runs[batch] = {"original": [], "compact": []}
         for r in range(plan["repeats"]):
             for which in ("original", "compact"):
                 res = run(caffe, os.path.join(base_dir, models[which]), plan["iterations"],
                           plan.get("gpu"))
-                runs[which].append(res)
+                runs[batch][which].append(res)
                 if progress:
                     progress("batch %s %s %d/%d: forward %.3f ms"
                              % (batch, which, r + 1, plan["repeats"], res["forward_ms"]))
+    return summarise(plan, runs)
+
+
+def summarise(plan, runs):
+    """Median, min and max per layer and for the whole net, and the speed-ups.
+
+    Parameters
+    ----------
+    plan : dict
+        The timing plan (``layers``, ``costs``, ``iterations``, ...).
+    runs : dict
+        Per batch size (a key of ``plan["models"]``), ``original`` and
+        ``compact`` lists of :func:`run` results, one per ``caffe time`` process.
+
+    Returns
+    -------
+    dict shaped like :func:`caffe_admm.timing.compare`'s result; ``repeats``
+    is the number of processes actually summarised (the fewest of any cell).
+    """
+    from caffe_admm.timing import layer_range, speedups, summary  # numpy only, no pycaffe
+    counts = [len(results) for cells in runs.values() for results in cells.values()]
+    if not counts or min(counts) == 0:
+        raise ValueError("no caffe time results to summarise")
+    out = {"engine": "caffe time", "gpu": plan.get("gpu"), "iterations": plan["iterations"],
+           "repeats": min(counts), "conv_engine": plan.get("conv_engine"),
+           "model": plan.get("model"),
+           "compact_model": plan.get("compact_model"), "batches": {}}
+    for batch, cells in runs.items():
         timed = {}
-        for which, results in runs.items():
+        for which, results in cells.items():
             names = list(results[0]["layers"])
             spans = {name: names[slice(*layer_range(names, name))] + [name]
                      for name in plan["layers"]}  # a layer's time includes its helpers

@@ -160,3 +160,80 @@ def test_a_shape_compacted_layer_is_timed_with_its_helpers(monkeypatch):
     rows = caffetime.measure(plan, caffe=sys.executable)["batches"]["1"]["layers"]
     assert rows["conv2"]["compact"]["median_ms"] == 2.0  # 0.25 + 0.125 + 0.125 + 1.5
     assert rows["conv2"]["speedup"] == 4.0 and rows["ip1"]["speedup"] == 2.0
+
+
+AB = os.path.join(ROOT, "benchmarks", "ab_caffe_builds.py")
+
+
+def test_ab_script_interleaves_two_real_builds_and_rotates_their_order(tmp_path, compacted):
+    _, compact_model = compacted
+    _, path = timing.write_plan(LENET, compact_model, str(tmp_path / "plan"), batches=(1,),
+                                repeats=2, iterations=1, gpu=0)
+    out = str(tmp_path / "ab.json")
+    res = subprocess.run([sys.executable, AB, path, out, "--build", "a=" + CAFFE,
+                          "--build", "b=" + CAFFE, "--cpu"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    order = [line.rstrip(":").split(":")[0].split()[4:6] for line in res.stderr.splitlines() if line.startswith("round ")]
+    assert order == [["a", "original"], ["a", "compact"], ["b", "original"], ["b", "compact"],
+                     ["b", "compact"], ["b", "original"], ["a", "compact"], ["a", "original"]]
+    result = json.load(open(out))
+    assert result["rounds"] == 2 and not result["stopped_early"]
+    for name in ("a", "b"):
+        rows = result["results"][name]["batches"]["1"]["layers"]
+        assert set(rows) == {"conv1", "conv2", "ip1", "ip2"}
+        assert result["results"][name]["repeats"] == 2
+    rel = result["relative_to_first"]["1"]
+    a, b = (result["results"][n]["batches"]["1"]["net"]["compact"]["median_ms"] for n in "ab")
+    assert rel["net"]["b/a compact"] == pytest.approx(b / a)
+
+
+def test_ab_script_keeps_whole_rounds_at_its_deadline(tmp_path, compacted):
+    _, compact_model = compacted
+    _, path = timing.write_plan(LENET, compact_model, str(tmp_path / "plan"), batches=(1, 2),
+                                repeats=3, iterations=1)
+    out = str(tmp_path / "ab.json")
+    res = subprocess.run([sys.executable, AB, path, out, "--build", "a=" + CAFFE,
+                          "--build", "b=" + CAFFE, "--deadline-s", "0"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.load(open(out))
+    assert result["rounds"] == 1 and result["rounds_planned"] == 3 and result["stopped_early"]
+    assert set(result["results"]["b"]["batches"]) == {"1", "2"}
+    assert all(result["results"][n]["repeats"] == 1 for n in "ab")
+    assert "1 of 3 rounds" in res.stdout
+
+
+@pytest.mark.parametrize("builds, message", [
+    (["--build", "a=" + CAFFE], "two or more builds"),
+    (["--build", "a=" + CAFFE, "--build", "a=" + CAFFE], "distinct names"),
+    (["--build", "a=" + CAFFE, "--build", "b=/nonexistent/caffe"], "not an executable"),
+    (["--build", "a=" + CAFFE, "--build", "nopath"], "NAME=PATH"),
+])
+def test_ab_script_rejects_bad_builds(tmp_path, builds, message):
+    res = subprocess.run([sys.executable, AB, "plan.json", str(tmp_path / "o.json")] + builds,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and message in res.stderr
+
+
+def test_ab_script_gives_each_bundle_its_own_libraries(tmp_path, monkeypatch):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import ab_caffe_builds
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "b1" / "bin").mkdir(parents=True)
+    (tmp_path / "b1" / "lib").mkdir()
+    (tmp_path / "b1" / "lib" / "libcaffe.so.1.0.0").write_text("")
+    (tmp_path / "b2" / "bin").mkdir(parents=True)
+    (tmp_path / "b2" / "lib").mkdir()  # no libcaffe here: not a bundle
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/cuda/lib")
+    env = ab_caffe_builds.build_env(str(tmp_path / "b1" / "bin" / "caffe"))
+    assert env["LD_LIBRARY_PATH"] == str(tmp_path / "b1" / "lib") + ":/cuda/lib"
+    env = ab_caffe_builds.build_env(str(tmp_path / "b2" / "bin" / "caffe"))
+    assert env["LD_LIBRARY_PATH"] == "/cuda/lib"
+
+
+def test_summarise_refuses_an_empty_cell():
+    plan = {"layers": [], "costs": {}, "iterations": 1}
+    with pytest.raises(ValueError, match="no caffe time results"):
+        caffetime.summarise(plan, {"1": {"original": [], "compact": []}})
