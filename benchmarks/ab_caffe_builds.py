@@ -15,7 +15,9 @@ and compact net alternately, the builds' order rotated each round, so drift
 (GPU clocks, other load) falls on all of them alike. Each build's processes
 get ``BIN/../lib`` first on ``LD_LIBRARY_PATH`` (a bundle from
 ``tools/bundle_caffe_cli.sh`` finds its own ``libcaffe.so``, not the other
-build's). OUT.json is rewritten after every round; with ``--deadline-s`` no
+build's); ``--env NAME:VAR=VALUE`` sets a variable for one build's
+processes, so one binary can run under two names with two settings (e.g. a
+Caffe knob read from the environment). OUT.json is rewritten after every round; with ``--deadline-s`` no
 round starts after that many seconds, so a run cut short keeps whole rounds.
 """
 
@@ -44,10 +46,19 @@ def parse_build(text):
     return name, path
 
 
-def build_env(binary):
+def parse_env(text):
+    """``NAME:VAR=VALUE`` -> (name, var, value)."""
+    name, sep, assignment = text.partition(":")
+    var, eq, value = assignment.partition("=")
+    if not sep or not name or not eq or not var:
+        raise argparse.ArgumentTypeError("--env takes NAME:VAR=VALUE, got %r" % text)
+    return name, var, value
+
+
+def build_env(binary, extra=None):
     """os.environ with the build's own lib/ (BIN/../lib, where it holds a
-    libcaffe.so) first on LD_LIBRARY_PATH."""
-    env = dict(os.environ)
+    libcaffe.so) first on LD_LIBRARY_PATH, and the ``extra`` variables set."""
+    env = dict(os.environ, **(extra or {}))
     lib = os.path.normpath(os.path.join(os.path.dirname(binary), "..", "lib"))
     if glob.glob(os.path.join(lib, "libcaffe.so*")):
         env["LD_LIBRARY_PATH"] = lib + (":" + env["LD_LIBRARY_PATH"]
@@ -111,6 +122,10 @@ def main(argv=None):
     parser.add_argument("out", help="result JSON, rewritten after every round")
     parser.add_argument("--build", type=parse_build, action="append", required=True,
                         metavar="NAME=BIN", help="a caffe binary to time (two or more)")
+    parser.add_argument("--env", type=parse_env, action="append", default=[],
+                        metavar="NAME:VAR=VALUE",
+                        help="set VAR for build NAME's processes (one build binary can "
+                             "then run under several names and settings)")
     parser.add_argument("--repeats", type=int, help="rounds (default: the plan's repeats)")
     parser.add_argument("--iterations", type=int, help="default: the plan's iterations")
     parser.add_argument("--cpu", action="store_true",
@@ -121,6 +136,11 @@ def main(argv=None):
     names = [name for name, _ in args.build]
     if len(names) < 2 or len(set(names)) != len(names):
         parser.error("--build: give two or more builds with distinct names")
+    extra = {name: {} for name in names}
+    for name, var, value in args.env:
+        if name not in extra:
+            parser.error("--env %s:%s: no build named %s" % (name, var, name))
+        extra[name][var] = value
     with open(args.plan) as f:
         plan = json.load(f)
     base_dir = os.path.dirname(os.path.abspath(args.plan))
@@ -128,7 +148,7 @@ def main(argv=None):
     iterations = args.iterations or plan["iterations"]
     plan = dict(plan, iterations=iterations, gpu=None if args.cpu else plan.get("gpu"))
     binaries = dict(args.build)
-    envs = {name: build_env(path) for name, path in binaries.items()}
+    envs = {name: build_env(path, extra[name]) for name, path in binaries.items()}
     runs = {name: {batch: {"original": [], "compact": []} for batch in plan["models"]}
             for name in names}
     walls = {name: [] for name in names}
@@ -152,7 +172,8 @@ def main(argv=None):
                              walls[name][-1]), file=sys.stderr, flush=True)
         rounds = r + 1
         result = {name: caffetime.summarise(plan, runs[name]) for name in names}
-        summary = {"plan": os.path.abspath(args.plan), "builds": binaries, "order": names,
+        summary = {"plan": os.path.abspath(args.plan), "builds": binaries, "env": extra,
+                   "order": names,
                    "rounds": rounds, "rounds_planned": repeats, "iterations": iterations,
                    "stopped_early": False, "elapsed_s": time.time() - start,
                    "process_wall_s": {n: sorted(w)[len(w) // 2] for n, w in walls.items()},

@@ -208,6 +208,8 @@ def test_ab_script_keeps_whole_rounds_at_its_deadline(tmp_path, compacted):
     (["--build", "a=" + CAFFE, "--build", "a=" + CAFFE], "distinct names"),
     (["--build", "a=" + CAFFE, "--build", "b=/nonexistent/caffe"], "not an executable"),
     (["--build", "a=" + CAFFE, "--build", "nopath"], "NAME=PATH"),
+    (["--build", "a=" + CAFFE, "--build", "b=" + CAFFE, "--env", "c:X=1"], "no build named c"),
+    (["--build", "a=" + CAFFE, "--build", "b=" + CAFFE, "--env", "a=1"], "NAME:VAR=VALUE"),
 ])
 def test_ab_script_rejects_bad_builds(tmp_path, builds, message):
     res = subprocess.run([sys.executable, AB, "plan.json", str(tmp_path / "o.json")] + builds,
@@ -229,8 +231,10 @@ def test_ab_script_gives_each_bundle_its_own_libraries(tmp_path, monkeypatch):
     monkeypatch.setenv("LD_LIBRARY_PATH", "/cuda/lib")
     env = ab_caffe_builds.build_env(str(tmp_path / "b1" / "bin" / "caffe"))
     assert env["LD_LIBRARY_PATH"] == str(tmp_path / "b1" / "lib") + ":/cuda/lib"
-    env = ab_caffe_builds.build_env(str(tmp_path / "b2" / "bin" / "caffe"))
-    assert env["LD_LIBRARY_PATH"] == "/cuda/lib"
+    env = ab_caffe_builds.build_env(str(tmp_path / "b2" / "bin" / "caffe"),
+                                    {"CAFFE_CUDNN_WORKSPACE_MB": "64"})
+    assert env["LD_LIBRARY_PATH"] == "/cuda/lib" and env["CAFFE_CUDNN_WORKSPACE_MB"] == "64"
+    assert ab_caffe_builds.parse_env("ws:A=b=c") == ("ws", "A", "b=c")
 
 
 def test_summarise_refuses_an_empty_cell():
