@@ -172,6 +172,9 @@ def main(argv=None):
                              walls[name][-1]), file=sys.stderr, flush=True)
         rounds = r + 1
         result = {name: caffetime.summarise(plan, runs[name]) for name in names}
+        if plan.get("gpu") is not None:
+            for name in names:
+                result[name]["cudnn_workspace_mb"] = caffetime.cudnn_workspace_mb(envs[name])
         summary = {"plan": os.path.abspath(args.plan), "builds": binaries, "env": extra,
                    "order": names,
                    "rounds": rounds, "rounds_planned": repeats, "iterations": iterations,

@@ -27,7 +27,8 @@ import shutil
 import subprocess
 import sys
 
-__all__ = ["parse_log", "run", "measure", "summarise", "find_caffe", "main"]
+__all__ = ["parse_log", "run", "measure", "summarise", "cudnn_workspace_mb", "find_caffe",
+           "main"]
 
 _LAYER = re.compile(r"\]\s+(\S+)\s+forward: ([0-9.eE+-]+) ms\.")
 _FORWARD = re.compile(r"Average Forward pass: ([0-9.eE+-]+) ms\.")
@@ -120,7 +121,21 @@ def measure(plan, base_dir=".", caffe=None, progress=None):
                 if progress:
                     progress("batch %s %s %d/%d: forward %.3f ms"
                              % (batch, which, r + 1, plan["repeats"], res["forward_ms"]))
-    return summarise(plan, runs)
+    out = summarise(plan, runs)
+    if plan.get("gpu") is not None:
+        out["cudnn_workspace_mb"] = cudnn_workspace_mb()
+    return out
+
+
+def cudnn_workspace_mb(environ=None):
+    """The cuDNN workspace limit (MB per convolution) that this project's CUDA
+    build of Caffe applies: ``CAFFE_CUDNN_WORKSPACE_MB`` read as C's ``atoi``
+    reads it, 8 (Caffe's own) where unset or not positive. GPU speed depends on
+    it a lot, so GPU results record it."""
+    value = (os.environ if environ is None else environ).get("CAFFE_CUDNN_WORKSPACE_MB", "")
+    match = re.match(r"\s*([+-]?\d+)", value)
+    number = int(match.group(1)) if match else 0
+    return number if number > 0 else 8
 
 
 def summarise(plan, runs):

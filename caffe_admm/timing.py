@@ -244,10 +244,12 @@ def speedups(original, compact, costs_a, costs_b):
 
 def format_table(result):
     """Plain-text table of :func:`compare`'s result."""
-    lines = ["engine: %s%s%s, %s repeats" % (
+    lines = ["engine: %s%s%s%s, %s repeats" % (
         result.get("engine", "pycaffe"),
         " (GPU %s)" % result["gpu"] if result.get("gpu") is not None else " (CPU)",
         ", conv engine %s" % result["conv_engine"] if result.get("conv_engine") else "",
+        ", cuDNN workspace %d MB" % result["cudnn_workspace_mb"]
+        if result.get("cudnn_workspace_mb") else "",
         result["repeats"])]
     for batch, data in result["batches"].items():
         lines.append("batch %s" % batch)

@@ -241,3 +241,28 @@ def test_summarise_refuses_an_empty_cell():
     plan = {"layers": [], "costs": {}, "iterations": 1}
     with pytest.raises(ValueError, match="no caffe time results"):
         caffetime.summarise(plan, {"1": {"original": [], "compact": []}})
+
+
+@pytest.mark.parametrize("value, mb", [(None, 8), ("", 8), ("64", 64), (" 1024", 1024),
+                                       ("64MB", 64), ("0", 8), ("-5", 8), ("lots", 8)])
+def test_cudnn_workspace_is_read_as_the_patched_caffe_reads_it(value, mb):
+    environ = {} if value is None else {"CAFFE_CUDNN_WORKSPACE_MB": value}
+    assert caffetime.cudnn_workspace_mb(environ) == mb
+
+
+def test_gpu_results_record_the_cudnn_workspace(monkeypatch):
+    """measure()'s bookkeeping on given `caffe time` results (no Caffe run here)."""
+    monkeypatch.setattr(caffetime, "run", lambda caffe, model, iterations, gpu: {
+        "layers": {"ip1": 1.0}, "forward_ms": 2.0})
+    costs = {"ip1": {"flops": 50, "params": 5}}
+    plan = {"costs": {"original": costs, "compact": costs}, "iterations": 1, "repeats": 1,
+            "layers": ["ip1"], "gpu": 0,
+            "models": {"1": {"original": "o.prototxt", "compact": "c.prototxt"}}}
+    monkeypatch.setenv("CAFFE_CUDNN_WORKSPACE_MB", "64")
+    result = caffetime.measure(plan, caffe=sys.executable)
+    assert result["cudnn_workspace_mb"] == 64
+    assert "(GPU 0), cuDNN workspace 64 MB" in timing.format_table(result)
+    monkeypatch.delenv("CAFFE_CUDNN_WORKSPACE_MB")
+    assert caffetime.measure(plan, caffe=sys.executable)["cudnn_workspace_mb"] == 8
+    plan["gpu"] = None  # CPU timing: no cuDNN, nothing to record
+    assert "cudnn_workspace_mb" not in caffetime.measure(plan, caffe=sys.executable)
