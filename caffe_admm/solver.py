@@ -542,6 +542,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     report["pruned_layers_total"] = {"params": total, "nonzero": kept,
                                      "compression": total / max(kept, 1)}
     report["pruned_layers_total"].update(_compacted_total(solver, net_param, names, total))
+    _note_dead_inputs(report["pruned_layers_total"], cfg.live_inputs_only)
     all_params, _ = _net_arrays(solver.net, net_param)
     n_all = sum(b[0].size for b in all_params.values())
     n_zero = sum(int((b[0] == 0).sum()) for b in all_params.values())
@@ -633,6 +634,25 @@ def _compacted_total(solver, net_param, names, total):
         _log("compacted size not measured: %s" % exc)
         return {"compacted_nonzero": None, "compacted_compression": None}
     return {"compacted_nonzero": kept, "compacted_compression": total / max(kept, 1)}
+
+
+def _note_dead_inputs(totals, live_inputs_only, threshold=0.01):
+    """Record the kept weights that compaction cuts (``dead_input_weights``) and,
+    where they are more than ``threshold`` of the kept ones and the run did not
+    use ``live_inputs_only``, say so: the keep budget went partly to inputs
+    that carry no signal, and the compacted net is smaller than asked."""
+    if totals.get("compacted_nonzero") is None:
+        totals["dead_input_weights"] = None
+        return
+    dead = totals["nonzero"] - totals["compacted_nonzero"]
+    totals["dead_input_weights"] = dead
+    if not live_inputs_only and dead > threshold * totals["nonzero"]:
+        _log("note: %d of the %d kept weights (%.1f%%) read channels whose producer filters "
+             "are pruned, and compaction cuts them: the compacted layers come out %.1fx "
+             "smaller, not %.1fx as the masks say. With `live_inputs_only: true` in the "
+             "config that budget goes to inputs that carry signal."
+             % (dead, totals["nonzero"], 100.0 * dead / totals["nonzero"],
+                totals["compacted_compression"], totals["compression"]))
 
 
 def _apply_masks(net, masks):

@@ -110,13 +110,17 @@ def test_pruned_runs_keep_no_dead_inputs(tmp_path, tiny_trained, method):
 
 
 @pytest.mark.parametrize("extra", ["", "live_inputs_only: true"])
-def test_report_counts_the_weights_compaction_keeps(tmp_path, tiny_trained, extra):
+def test_report_counts_the_weights_compaction_keeps(tmp_path, tiny_trained, extra, capsys):
     from caffe_admm import compact, protoio
     config = write(tmp_path / "c.prototxt", CONFIG % {"method": "ADMM", "extra": extra})
     run = tmp_path / "run"
     report = solver.prune(tiny_trained["solver"], tiny_trained["weights"], config, str(run),
                           progress=False)
     total = report["pruned_layers_total"]
+    dead = total["nonzero"] - total["compacted_nonzero"]
+    assert total["dead_input_weights"] == dead
+    noted = "compaction cuts them" in capsys.readouterr().out
+    assert noted == (not extra and dead > 0.01 * total["nonzero"])
     out = compact.compact(str(run / "train_test.prototxt"), str(run / "pruned.caffemodel"),
                           str(tmp_path / "compact"))
     stored = {l.name: np.array(l.blobs[0].data) for l in
@@ -127,3 +131,24 @@ def test_report_counts_the_weights_compaction_keeps(tmp_path, tiny_trained, extr
     assert total["compacted_compression"] == pytest.approx(
         total["params"] / total["compacted_nonzero"])
     assert out["total"]["params"] == total["params"]
+
+
+@pytest.mark.parametrize("live, compacted, noted", [
+    (False, 900, True),      # 100 of 1000 kept weights read pruned channels
+    (False, 995, False),     # 0.5%: under the 1% threshold
+    (True, 900, False),      # the run asked for live inputs already
+])
+def test_runs_that_spend_budget_on_dead_inputs_say_so(capsys, live, compacted, noted):
+    totals = {"params": 10000, "nonzero": 1000, "compression": 10.0,
+              "compacted_nonzero": compacted, "compacted_compression": 10000 / compacted}
+    solver._note_dead_inputs(totals, live)
+    assert totals["dead_input_weights"] == 1000 - compacted
+    out = capsys.readouterr().out
+    assert ("100 of the 1000 kept weights (10.0%)" in out) == noted
+    assert ("live_inputs_only: true" in out) == noted
+
+
+def test_no_compacted_size_no_dead_input_count(capsys):
+    totals = {"nonzero": 10, "compacted_nonzero": None, "compacted_compression": None}
+    solver._note_dead_inputs(totals, False)
+    assert totals["dead_input_weights"] is None and capsys.readouterr().out == ""
