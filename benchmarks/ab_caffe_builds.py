@@ -17,8 +17,11 @@ get ``BIN/../lib`` first on ``LD_LIBRARY_PATH`` (a bundle from
 ``tools/bundle_caffe_cli.sh`` finds its own ``libcaffe.so``, not the other
 build's); ``--env NAME:VAR=VALUE`` sets a variable for one build's
 processes, so one binary can run under two names with two settings (e.g. a
-Caffe knob read from the environment). OUT.json is rewritten after every round; with ``--deadline-s`` no
-round starts after that many seconds, so a run cut short keeps whole rounds.
+Caffe knob read from the environment). OUT.json is rewritten after every
+round and holds whole rounds only: with ``--deadline-s`` no round starts
+after that many seconds, and a failed ``caffe`` process or Ctrl-C stops the
+run with the rounds done so far kept and the reason in ``stopped_early``
+(exit status 1; 0 at the deadline).
 """
 
 import argparse
@@ -141,8 +144,15 @@ def main(argv=None):
         if name not in extra:
             parser.error("--env %s:%s: no build named %s" % (name, var, name))
         extra[name][var] = value
-    with open(args.plan) as f:
-        plan = json.load(f)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if args.iterations is not None and args.iterations < 1:
+        parser.error("--iterations must be at least 1")
+    try:
+        with open(args.plan) as f:
+            plan = json.load(f)
+    except (OSError, ValueError) as exc:
+        parser.error("cannot read the plan %s: %s" % (args.plan, exc))
     base_dir = os.path.dirname(os.path.abspath(args.plan))
     repeats = args.repeats or plan["repeats"]
     iterations = args.iterations or plan["iterations"]
@@ -153,44 +163,58 @@ def main(argv=None):
             for name in names}
     walls = {name: [] for name in names}
     start = time.time()
-    rounds = 0
-    stopped_early = False
-    for r in range(repeats):
-        if args.deadline_s is not None and r > 0 and time.time() - start > args.deadline_s:
-            stopped_early = True
-            break
-        for batch, models in plan["models"].items():
-            for name in rotate(names, r):
-                for which in rotate(["original", "compact"], r):
-                    t0 = time.time()
-                    res = caffetime.run(binaries[name], os.path.join(base_dir, models[which]),
-                                        iterations, plan.get("gpu"), env=envs[name])
-                    walls[name].append(time.time() - t0)
-                    runs[name][batch][which].append(res)
-                    print("round %d/%d batch %s %s %s: forward %.3f ms (process %.1f s)"
-                          % (r + 1, repeats, batch, name, which, res["forward_ms"],
-                             walls[name][-1]), file=sys.stderr, flush=True)
-        rounds = r + 1
-        result = {name: caffetime.summarise(plan, runs[name]) for name in names}
+    summary = None
+    stopped = None
+
+    def write(rounds):
+        result = {name: caffetime.summarise(plan, {b: {w: cell[w][:rounds] for w in cell}
+                                                   for b, cell in runs[name].items()})
+                  for name in names}
         if plan.get("gpu") is not None:
             for name in names:
                 result[name]["cudnn_workspace_mb"] = caffetime.cudnn_workspace_mb(envs[name])
-        summary = {"plan": os.path.abspath(args.plan), "builds": binaries, "env": extra,
-                   "order": names,
-                   "rounds": rounds, "rounds_planned": repeats, "iterations": iterations,
-                   "stopped_early": False, "elapsed_s": time.time() - start,
-                   "process_wall_s": {n: sorted(w)[len(w) // 2] for n, w in walls.items()},
-                   "results": result, "relative_to_first": compare_builds(result, names)}
+        out = {"plan": os.path.abspath(args.plan), "builds": binaries, "env": extra,
+               "order": names, "rounds": rounds, "rounds_planned": repeats,
+               "iterations": iterations, "stopped_early": stopped,
+               "elapsed_s": time.time() - start,
+               "process_wall_s": {n: sorted(w)[len(w) // 2] for n, w in walls.items()},
+               "results": result, "relative_to_first": compare_builds(result, names)}
         with open(args.out, "w") as f:
-            json.dump(summary, f, indent=1)
-    if stopped_early:
-        summary["stopped_early"] = True
-        with open(args.out, "w") as f:
-            json.dump(summary, f, indent=1)
+            json.dump(out, f, indent=1)
+        return out
+
+    rounds = 0
+    try:
+        for r in range(repeats):
+            if args.deadline_s is not None and r > 0 and time.time() - start > args.deadline_s:
+                stopped = "deadline reached"
+                break
+            for batch, models in plan["models"].items():
+                for name in rotate(names, r):
+                    for which in rotate(["original", "compact"], r):
+                        t0 = time.time()
+                        res = caffetime.run(binaries[name],
+                                            os.path.join(base_dir, models[which]),
+                                            iterations, plan.get("gpu"), env=envs[name])
+                        walls[name].append(time.time() - t0)
+                        runs[name][batch][which].append(res)
+                        print("round %d/%d batch %s %s %s: forward %.3f ms (process %.1f s)"
+                              % (r + 1, repeats, batch, name, which, res["forward_ms"],
+                                 walls[name][-1]), file=sys.stderr, flush=True)
+            rounds = r + 1
+            summary = write(rounds)
+    except (RuntimeError, OSError, KeyboardInterrupt) as exc:
+        stopped = "%s: %s" % (type(exc).__name__, exc)
+        print("stopped in round %d: %s" % (rounds + 1, stopped), file=sys.stderr)
+    if rounds == 0:
+        print("no whole round to report; %s not written" % args.out, file=sys.stderr)
+        return 1
+    if stopped:
+        summary = write(rounds)  # records why; only whole rounds are in it
     print("%d of %d rounds, %.0f s%s" % (rounds, repeats, time.time() - start,
-                                         " (deadline reached)" if stopped_early else ""))
+                                         " (%s)" % stopped if stopped else ""))
     print(format_builds(summary["results"], names))
-    return 0
+    return 1 if stopped and stopped != "deadline reached" else 0
 
 
 if __name__ == "__main__":

@@ -197,10 +197,38 @@ def test_ab_script_keeps_whole_rounds_at_its_deadline(tmp_path, compacted):
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.load(open(out))
-    assert result["rounds"] == 1 and result["rounds_planned"] == 3 and result["stopped_early"]
+    assert result["rounds"] == 1 and result["rounds_planned"] == 3
+    assert result["stopped_early"] == "deadline reached"
     assert set(result["results"]["b"]["batches"]) == {"1", "2"}
     assert all(result["results"][n]["repeats"] == 1 for n in "ab")
     assert "1 of 3 rounds" in res.stdout
+
+
+def test_ab_script_keeps_whole_rounds_when_a_build_fails(tmp_path, compacted):
+    _, compact_model = compacted
+    _, path = timing.write_plan(LENET, compact_model, str(tmp_path / "plan"), batches=(1,),
+                                repeats=3, iterations=1)
+    flaky = tmp_path / "flaky" / "bin" / "caffe"   # the real caffe twice, then a failure
+    flaky.parent.mkdir(parents=True)
+    flaky.write_text('#!/bin/bash\nn=$(cat "%s" 2>/dev/null || echo 0); echo $((n + 1)) > "%s"\n'
+                     '[ "$n" -lt 2 ] || { echo "F0000 broken build"; exit 1; }\nexec "%s" "$@"\n'
+                     % (tmp_path / "count", tmp_path / "count", CAFFE))
+    flaky.chmod(0o755)
+    out = str(tmp_path / "ab.json")
+    res = subprocess.run([sys.executable, AB, path, out, "--build", "a=" + CAFFE,
+                          "--build", "b=" + str(flaky)], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert "stopped in round 2: RuntimeError" in res.stderr
+    result = json.load(open(out))
+    assert result["rounds"] == 1 and "broken build" in result["stopped_early"]
+    assert all(result["results"][n]["repeats"] == 1 for n in "ab")
+
+
+def test_ab_script_needs_a_readable_plan(tmp_path):
+    res = subprocess.run([sys.executable, AB, str(tmp_path / "none.json"), str(tmp_path / "o"),
+                          "--build", "a=" + CAFFE, "--build", "b=" + CAFFE],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "cannot read the plan" in res.stderr
 
 
 @pytest.mark.parametrize("builds, message", [
