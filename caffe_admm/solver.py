@@ -648,8 +648,8 @@ def _note_dead_inputs(totals, live_inputs_only, threshold=0.01):
     totals["dead_input_weights"] = dead
     if not live_inputs_only and dead > threshold * totals["nonzero"]:
         _log("note: %d of the %d kept weights (%.1f%%) read channels whose producer filters "
-             "are pruned, and compaction cuts them: the compacted layers come out %.1fx "
-             "smaller, not %.1fx as the masks say. With `live_inputs_only: true` in the "
+             "are pruned, and compaction cuts them: the pruned layers keep 1 in %.1f of their "
+             "weights, not 1 in %.1f as the masks say. With `live_inputs_only: true` in the "
              "config that budget goes to inputs that carry signal."
              % (dead, totals["nonzero"], 100.0 * dead / totals["nonzero"],
                 totals["compacted_compression"], totals["compression"]))
