@@ -637,9 +637,10 @@ def _compacted_total(solver, net_param, names, total):
 
 
 def _note_dead_inputs(totals, live_inputs_only, threshold=0.01):
-    """Record the kept weights that compaction cuts (``dead_input_weights``) and,
-    where they are more than ``threshold`` of the kept ones and the run did not
-    use ``live_inputs_only``, say so: the keep budget went partly to inputs
+    """Record the kept weights that compaction cuts (``dead_input_weights``: on
+    inputs whose producer filters are pruned, or in filters no consumer reads)
+    and, where they are more than ``threshold`` of the kept ones and the run did
+    not use ``live_inputs_only``, say so: the keep budget went partly to weights
     that carry no signal, and the compacted net is smaller than asked."""
     if totals.get("compacted_nonzero") is None:
         totals["dead_input_weights"] = None
@@ -647,10 +648,11 @@ def _note_dead_inputs(totals, live_inputs_only, threshold=0.01):
     dead = totals["nonzero"] - totals["compacted_nonzero"]
     totals["dead_input_weights"] = dead
     if not live_inputs_only and dead > threshold * totals["nonzero"]:
-        _log("note: %d of the %d kept weights (%.1f%%) read channels whose producer filters "
-             "are pruned, and compaction cuts them: the pruned layers keep 1 in %.1f of their "
-             "weights, not 1 in %.1f as the masks say. With `live_inputs_only: true` in the "
-             "config that budget goes to inputs that carry signal."
+        _log("note: compaction cuts %d of the %d kept weights (%.1f%%), the ones on channels "
+             "whose producer filters are pruned and in filters that no kept weight reads: the "
+             "pruned layers keep 1 in %.1f of their weights, not 1 in %.1f as the masks say. "
+             "With `live_inputs_only: true` in the config the budget goes to inputs that "
+             "carry signal."
              % (dead, totals["nonzero"], 100.0 * dead / totals["nonzero"],
                 totals["compacted_compression"], totals["compression"]))
 

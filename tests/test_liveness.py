@@ -119,7 +119,7 @@ def test_report_counts_the_weights_compaction_keeps(tmp_path, tiny_trained, extr
     total = report["pruned_layers_total"]
     dead = total["nonzero"] - total["compacted_nonzero"]
     assert total["dead_input_weights"] == dead
-    noted = "compaction cuts them" in capsys.readouterr().out
+    noted = "note: compaction cuts" in capsys.readouterr().out
     assert noted == (not extra and dead > 0.01 * total["nonzero"])
     out = compact.compact(str(run / "train_test.prototxt"), str(run / "pruned.caffemodel"),
                           str(tmp_path / "compact"))
@@ -144,7 +144,7 @@ def test_runs_that_spend_budget_on_dead_inputs_say_so(capsys, live, compacted, n
     solver._note_dead_inputs(totals, live)
     assert totals["dead_input_weights"] == 1000 - compacted
     out = capsys.readouterr().out
-    assert ("100 of the 1000 kept weights (10.0%)" in out) == noted
+    assert ("compaction cuts 100 of the 1000 kept weights (10.0%)" in out) == noted
     assert ("live_inputs_only: true" in out) == noted
 
 
