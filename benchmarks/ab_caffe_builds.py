@@ -74,6 +74,11 @@ def rotate(items, k):
     return items[k:] + items[:k]
 
 
+def _row(batch_result, key):
+    """One batch's row for a layer, or for the whole net where ``key`` is "net"."""
+    return batch_result["net"] if key == "net" else batch_result["layers"][key]
+
+
 def compare_builds(result, names):
     """Per batch: each layer's and the whole net's median time of every build
     relative to the first build's (< 1: faster than the first)."""
@@ -86,10 +91,9 @@ def compare_builds(result, names):
         for key in keys:
             row = {}
             for which in ("original", "compact"):
-                ref = (base["net"] if key == "net" else base["layers"][key])[which]["median_ms"]
+                ref = _row(base, key)[which]["median_ms"]
                 for name in names[1:]:
-                    other = result[name]["batches"][batch]
-                    ms = (other["net"] if key == "net" else other["layers"][key])[which]["median_ms"]
+                    ms = _row(result[name]["batches"][batch], key)[which]["median_ms"]
                     row["%s/%s %s" % (name, first, which)] = ms / ref if ref > 0 else None
             rows[key] = row
         out[batch] = rows
@@ -110,8 +114,7 @@ def format_builds(result, names):
             line = "%-10s %8s" % ("whole net" if key == "net" else key,
                                   "" if red is None else "%.2fx" % red)
             for name in names:
-                row = result[name]["batches"][batch]
-                row = row["net"] if key == "net" else row["layers"][key]
+                row = _row(result[name]["batches"][batch], key)
                 line += "  %8.3f -> %8.3f (%5.2fx)" % (row["original"]["median_ms"],
                                                       row["compact"]["median_ms"],
                                                       row["speedup"])
@@ -168,11 +171,9 @@ def main(argv=None):
 
     def write(rounds):
         result = {name: caffetime.summarise(plan, {b: {w: cell[w][:rounds] for w in cell}
-                                                   for b, cell in runs[name].items()})
+                                                   for b, cell in runs[name].items()},
+                                            envs[name])
                   for name in names}
-        if plan.get("gpu") is not None:
-            for name in names:
-                result[name]["cudnn_workspace_mb"] = caffetime.cudnn_workspace_mb(envs[name])
         out = {"plan": os.path.abspath(args.plan), "builds": binaries, "env": extra,
                "order": names, "rounds": rounds, "rounds_planned": repeats,
                "iterations": iterations, "stopped_early": stopped,

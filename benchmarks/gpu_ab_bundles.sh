@@ -30,7 +30,8 @@ if [[ -z "$LIBS" ]]; then
     for lib in libcudart.so.13 libcublas.so.13 libcurand.so.10 libcudnn.so.9; do
         path=$(find /opt /usr/local /usr/lib -name "$lib" 2>/dev/null | head -n1)
         [[ -n "$path" ]] || { echo "gpu_ab: no $lib on this machine (set CUDA_LIB_DIRS)" >&2; exit 1; }
-        LIBS=${LIBS:+$LIBS:}$(dirname "$path")
+        dir=$(dirname "$path")
+        [[ ":$LIBS:" == *":$dir:"* ]] || LIBS=${LIBS:+$LIBS:}$dir
     done
 fi
 export LD_LIBRARY_PATH=$LIBS

@@ -121,10 +121,7 @@ def measure(plan, base_dir=".", caffe=None, progress=None):
                 if progress:
                     progress("batch %s %s %d/%d: forward %.3f ms"
                              % (batch, which, r + 1, plan["repeats"], res["forward_ms"]))
-    out = summarise(plan, runs)
-    if plan.get("gpu") is not None:
-        out["cudnn_workspace_mb"] = cudnn_workspace_mb()
-    return out
+    return summarise(plan, runs)
 
 
 def cudnn_workspace_mb(environ=None):
@@ -138,7 +135,7 @@ def cudnn_workspace_mb(environ=None):
     return number if number > 0 else 8
 
 
-def summarise(plan, runs):
+def summarise(plan, runs, environ=None):
     """Median, min and max per layer and for the whole net, and the speed-ups.
 
     Parameters
@@ -148,6 +145,9 @@ def summarise(plan, runs):
     runs : dict
         Per batch size (a key of ``plan["models"]``), ``original`` and
         ``compact`` lists of :func:`run` results, one per ``caffe time`` process.
+    environ : dict or None
+        The environment the processes ran in (default ``os.environ``): GPU
+        results record its cuDNN workspace limit (:func:`cudnn_workspace_mb`).
 
     Returns
     -------
@@ -162,6 +162,8 @@ def summarise(plan, runs):
            "repeats": min(counts), "conv_engine": plan.get("conv_engine"),
            "model": plan.get("model"),
            "compact_model": plan.get("compact_model"), "batches": {}}
+    if plan.get("gpu") is not None:
+        out["cudnn_workspace_mb"] = cudnn_workspace_mb(environ)
     for batch, cells in runs.items():
         timed = {}
         for which, results in cells.items():
