@@ -1,0 +1,119 @@
+"""Caffe's CPU im2col, as patched by tools/patches/caffe-im2col-cpu.patch, writes
+exactly what the textbook definition gives: checked through Caffe's own
+Im2col layer and through Convolution forward and backward (both call it)."""
+
+import numpy as np
+import pytest
+
+from caffe_admm.backend import caffe
+
+from conftest import write
+
+
+def reference_im2col(image, kernel, pad, stride, dilation):
+    """(C, H, W) -> (C * kh * kw, out_h, out_w), zeros where the kernel reads padding."""
+    (kh, kw), (ph, pw), (sh, sw), (dh, dw) = kernel, pad, stride, dilation
+    c, h, w = image.shape
+    out_h = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    out_w = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    padded = np.zeros((c, h + 2 * ph, w + 2 * pw), image.dtype)
+    padded[:, ph:ph + h, pw:pw + w] = image
+    cols = np.empty((c, kh, kw, out_h, out_w), image.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i, j] = padded[:, i * dh:i * dh + sh * (out_h - 1) + 1:sh,
+                                   j * dw:j * dw + sw * (out_w - 1) + 1:sw]
+    return cols.reshape(c * kh * kw, out_h, out_w)
+
+
+def conv_param(kernel, pad, stride, dilation):
+    return ("kernel_h: %d kernel_w: %d pad_h: %d pad_w: %d stride_h: %d stride_w: %d "
+            "dilation: %d dilation: %d" % (kernel + pad + stride + dilation))
+
+
+def random_configs(n, seed):
+    """Shapes that reach every branch: padding wider than the kernel's reach,
+    kernel columns that read nothing but padding, strides 1, 2, 4 (the
+    specialised copies) and 3, 5 (the generic one), dilation."""
+    rng = np.random.default_rng(seed)
+    configs = []
+    while len(configs) < n:
+        h, w = (int(v) for v in rng.integers(1, 14, 2))
+        kernel = tuple(int(v) for v in rng.integers(1, 6, 2))
+        pad = tuple(int(v) for v in rng.integers(0, 5, 2))
+        stride = tuple(int(v) for v in rng.integers(1, 6, 2))
+        dilation = tuple(int(v) for v in rng.integers(1, 4, 2))
+        extent = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
+        if h + 2 * pad[0] < extent[0] or w + 2 * pad[1] < extent[1]:
+            continue
+        configs.append(((int(rng.integers(1, 4)), h, w), kernel, pad, stride, dilation))
+    return configs
+
+
+def test_im2col_layer_matches_the_definition(tmp_path):
+    rng = np.random.default_rng(0)
+    seen_all_padding_column = False
+    for index, (shape, kernel, pad, stride, dilation) in enumerate(random_configs(300, 1)):
+        model = write(tmp_path / ("im2col%d.prototxt" % index), """
+            layer { name: "x" type: "Input" top: "x"
+                    input_param { shape { dim: 2 dim: %d dim: %d dim: %d } } }
+            layer { name: "cols" type: "Im2col" bottom: "x" top: "cols"
+                    convolution_param { %s } }
+            """ % (shape + (conv_param(kernel, pad, stride, dilation),)))
+        net = caffe.Net(model, caffe.TEST)
+        x = rng.standard_normal((2,) + shape).astype(np.float32)
+        net.blobs["x"].data[...] = x
+        net.forward()
+        for n in range(2):
+            expected = reference_im2col(x[n], kernel, pad, stride, dilation)
+            np.testing.assert_array_equal(net.blobs["cols"].data[n], expected,
+                                          err_msg=str((shape, kernel, pad, stride, dilation)))
+        seen_all_padding_column |= (kernel[1] - 1) * dilation[1] - pad[1] >= shape[2]
+    assert seen_all_padding_column
+
+
+@pytest.mark.parametrize("shape, num_output, kernel, pad, stride, dilation, group", [
+    ((3, 31, 29), 5, (11, 11), (0, 0), (4, 4), (1, 1), 1),  # AlexNet conv1's stride
+    ((6, 9, 9), 4, (5, 5), (2, 2), (1, 1), (1, 1), 2),      # conv2: pad, group
+    ((4, 10, 7), 3, (3, 2), (1, 0), (2, 3), (2, 1), 1),
+])
+def test_convolution_forward_and_weight_gradient(tmp_path, shape, num_output, kernel, pad,
+                                                 stride, dilation, group):
+    """Both passes run im2col: forward on the input, backward for the weight
+    gradient. Compared with the same products done in numpy (float64)."""
+    model = write(tmp_path / "conv.prototxt", """
+        force_backward: true
+        layer { name: "x" type: "Input" top: "x"
+                input_param { shape { dim: 2 dim: %d dim: %d dim: %d } } }
+        layer { name: "conv" type: "Convolution" bottom: "x" top: "y"
+                convolution_param { num_output: %d group: %d %s } }
+        """ % (shape + (num_output, group, conv_param(kernel, pad, stride, dilation))))
+    net = caffe.Net(model, caffe.TRAIN)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2,) + shape).astype(np.float32)
+    weights, bias = net.params["conv"]
+    weights.data[...] = rng.standard_normal(weights.data.shape)
+    bias.data[...] = rng.standard_normal(bias.data.shape)
+    net.blobs["x"].data[...] = x
+    net.forward()
+    top_diff = rng.standard_normal(net.blobs["y"].data.shape).astype(np.float32)
+    net.blobs["y"].diff[...] = top_diff
+    weights.diff[...] = 0
+    net.backward()
+
+    w = weights.data.astype(np.float64)
+    per_group_out, per_group_in = num_output // group, shape[0] // group
+    expected_y = np.empty(net.blobs["y"].data.shape)
+    expected_dw = np.zeros(w.shape)
+    for n in range(2):
+        for g in range(group):
+            cols = reference_im2col(x[n, g * per_group_in:(g + 1) * per_group_in].astype(np.float64),
+                                    kernel, pad, stride, dilation)
+            cols = cols.reshape(cols.shape[0], -1)
+            out = slice(g * per_group_out, (g + 1) * per_group_out)
+            expected_y[n, out] = (w[out].reshape(per_group_out, -1) @ cols).reshape(
+                expected_y[n, out].shape) + bias.data[out, None, None]
+            expected_dw[out] += (top_diff[n, out].reshape(per_group_out, -1) @ cols.T).reshape(
+                w[out].shape)
+    np.testing.assert_allclose(net.blobs["y"].data, expected_y, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(weights.diff, expected_dw, rtol=1e-4, atol=1e-4)
