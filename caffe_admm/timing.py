@@ -3,8 +3,9 @@
 Two engines, both Caffe's own layer implementations (im2col included):
 
 - ``pycaffe`` (CPU): ``Net::ForwardFromTo`` through pycaffe, wall clock, in
-  one process; each measurement is a warm-up followed by ``repeats`` timed
-  runs, original and compacted nets alternately.
+  one process: a warm-up, then ``repeats`` rounds, each timing the original
+  and the compacted net once (whole net, then layer by layer), the order
+  alternating (:func:`time_nets`).
 - ``caffe time`` (CPU or GPU/cuDNN): Caffe's benchmark tool, whose per-layer
   timer waits for the GPU; see :mod:`caffe_admm.caffetime`. GPU timing always
   uses it. :func:`write_plan` writes what it needs (batch-resized prototxts,
@@ -22,7 +23,7 @@ import time
 
 import numpy as np
 
-__all__ = ["layer_costs", "time_net", "layer_range", "compare", "speedups", "summary",
+__all__ = ["layer_costs", "time_net", "time_nets", "layer_range", "compare", "speedups", "summary",
            "write_plan", "format_table"]
 
 
@@ -55,15 +56,6 @@ def _reshape(net, batch):
     net.reshape()
 
 
-def _timed(fn, repeats):
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return summary(out)
-
-
 def summary(times_ms):
     """Median, min and max of repeated timings (ms), as every result reports them."""
     return {"median_ms": statistics.median(times_ms), "min_ms": min(times_ms),
@@ -85,6 +77,41 @@ def time_net(net, batch, repeats=10, warmup=2, layers=None):
     -------
     dict with ``net`` and ``layers`` ({name: {median_ms, min_ms, max_ms}})
     """
+    return time_nets([net], batch, repeats, warmup, layers)[0]
+
+
+def time_nets(nets, batch, repeats=10, warmup=2, layers=None):
+    """:func:`time_net` for several nets, interleaved.
+
+    Each repeat times every net once (the whole net, then each layer), in an
+    order rotated from one repeat to the next, so that a shared machine's
+    drift (another process, the clock) falls on all the nets alike instead of
+    on whichever was timed during it. Their ratios are what gets reported.
+
+    Returns
+    -------
+    list of dicts as :func:`time_net` returns, in the order of ``nets``
+    """
+    passes = [_passes(net, batch, layers) for net in nets]
+    for _ in range(warmup):
+        for fns in passes:
+            fns[WHOLE]()
+    times = [{key: [] for key in fns} for fns in passes]
+    for r in range(repeats):
+        for i in [(r + k) % len(nets) for k in range(len(nets))]:
+            for key, fn in passes[i].items():
+                t0 = time.perf_counter()
+                fn()
+                times[i][key].append((time.perf_counter() - t0) * 1e3)
+    return [{"net": summary(t.pop(WHOLE)), "layers": {name: summary(v) for name, v in t.items()}}
+            for t in times]
+
+
+WHOLE = None  # the whole-net key of _passes: no layer name can be None
+
+
+def _passes(net, batch, layers):
+    """{WHOLE: the whole forward pass, layer name: that layer's (with its helpers)}."""
     if not net.inputs:
         raise ValueError("timing needs a deploy net with Input layers (no Data layers)")
     _reshape(net, batch)
@@ -95,14 +122,11 @@ def time_net(net, batch, repeats=10, warmup=2, layers=None):
     if layers is None:
         layers = [n for n, l in zip(names, net.layers) if l.type in ("Convolution", "InnerProduct")]
     last = len(names) - 1
-    for _ in range(warmup):
-        net._forward(0, last)
-    result = {"net": _timed(lambda: net._forward(0, last), repeats), "layers": {}}
+    fns = {WHOLE: lambda: net._forward(0, last)}
     for name in layers:
         start, end = layer_range(names, name)
-        net._forward(start, end)
-        result["layers"][name] = _timed(lambda s=start, e=end: net._forward(s, e), repeats)
-    return result
+        fns[name] = lambda s=start, e=end: net._forward(s, e)
+    return fns
 
 
 def layer_range(names, name):
@@ -211,8 +235,7 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
     out = {"engine": "pycaffe", "model": model, "compact_model": compact_model,
            "repeats": repeats, "batches": {}}
     for batch in batches:
-        out["batches"][batch] = speedups(time_net(a, batch, repeats, warmup, layers),
-                                         time_net(b, batch, repeats, warmup, layers),
+        out["batches"][batch] = speedups(*time_nets([a, b], batch, repeats, warmup, layers),
                                          costs_a, costs_b)
     return out
 

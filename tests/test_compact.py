@@ -231,3 +231,41 @@ def test_shape_compaction_with_stock_layers_is_exact(tmp_path):
     small.blobs["data"].data[...] = x
     np.testing.assert_allclose(small.forward()["prob"], full.forward()["prob"], rtol=1e-4,
                                atol=1e-6)
+
+
+class _Recording:
+    """A real caffe.Net whose ``_forward`` calls are logged as (tag, start, end)."""
+
+    def __init__(self, net, tag, log):
+        self._net, self._tag, self._log = net, tag, log
+
+    def __getattr__(self, name):
+        return getattr(self._net, name)
+
+    def _forward(self, start, end):
+        self._log.append((self._tag, start, end))
+        return self._net._forward(start, end)
+
+
+def test_timing_interleaves_the_nets_and_rotates_their_order(tmp_path):
+    model = os.path.join(NETS, "lenet_deploy.prototxt")
+    _, weights, out = run_compact(tmp_path, model)
+    log = []
+    a = _Recording(caffe.Net(model, caffe.TEST, weights=weights), "a", log)
+    b = _Recording(caffe.Net(os.path.join(out, "compact.prototxt"), caffe.TEST,
+                             weights=os.path.join(out, "compact.caffemodel")), "b", log)
+    results = timing.time_nets([a, b], batch=2, repeats=3, warmup=1, layers=["conv1", "ip1"])
+    last = len(a._layer_names) - 1
+    warm, timed = log[:2], log[2:]
+    assert [t for t, s, e in warm] == ["a", "b"] and all(s == 0 for _, s, _ in warm)
+    # per repeat and net: the whole net, then conv1, then ip1; a first, then b first, ...
+    per_net = 3
+    tags = [timed[i][0] for i in range(0, len(timed), per_net)]
+    assert tags == ["a", "b", "b", "a", "a", "b"]
+    for i in range(0, len(timed), per_net):
+        whole, conv1, ip1 = timed[i:i + per_net]
+        assert whole[1:] == (0, last if whole[0] == "a" else len(b._layer_names) - 1)
+        assert conv1[2] - conv1[1] == 0 and ip1[2] - ip1[1] == 0
+    for result in results:
+        assert set(result["layers"]) == {"conv1", "ip1"}
+        assert result["net"]["min_ms"] <= result["net"]["median_ms"] <= result["net"]["max_ms"]
