@@ -36,7 +36,8 @@ $(VENV)/.requirements: requirements.txt | deps
 	@touch $@
 
 $(CAFFE_STAMP): $(VENV)/.requirements tools/install_caffe.sh tools/link_caffe.sh \
-    tools/patches/caffe-cuda13-cudnn9.patch tools/patches/caffe-im2col-cpu.patch
+    tools/patches/caffe-cuda13-cudnn9.patch tools/patches/caffe-im2col-cpu.patch \
+    tools/patches/caffe-cpu-conv-threads.patch
 	@tools/install_caffe.sh $(CAFFE_PREFIX) $(abspath $(PY))
 	@tools/link_caffe.sh $(CAFFE_PREFIX) $(VENV)
 	@rm -f $(VENV)/.caffe*
@@ -93,6 +94,9 @@ bench: setup data runs/lenet_mnist/baseline.caffemodel
 	$(PY) benchmarks/bench_alexnet_compaction.py
 	OPENBLAS_NUM_THREADS=1 $(PY) benchmarks/bench_alexnet_compaction.py \
 	    --out benchmarks/results/alexnet_compaction_1thread.json
+	CAFFE_CPU_CONV_THREADS=$(shell nproc) OPENBLAS_NUM_THREADS=1 \
+	    $(PY) benchmarks/bench_alexnet_compaction.py \
+	    --out benchmarks/results/alexnet_compaction_conv_threads.json
 
 clean:
 	rm -rf $(VENV) runs data/*_lmdb caffe_admm/proto/admm_pb2.py

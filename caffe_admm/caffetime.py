@@ -135,6 +135,17 @@ def cudnn_workspace_mb(environ=None):
     return number if number > 0 else 8
 
 
+CPU_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "CAFFE_CPU_CONV_THREADS")
+
+
+def cpu_threads(environ=None):
+    """The variables that set CPU threads for Caffe (OpenBLAS's, and this
+    project's patch's images at once), as set, None where unset. CPU speed
+    depends on them, so CPU results record them."""
+    environ = os.environ if environ is None else environ
+    return {name: environ.get(name) for name in CPU_THREAD_VARIABLES}
+
+
 def summarise(plan, runs, environ=None):
     """Median, min and max per layer and for the whole net, and the speed-ups.
 
@@ -147,7 +158,8 @@ def summarise(plan, runs, environ=None):
         ``compact`` lists of :func:`run` results, one per ``caffe time`` process.
     environ : dict or None
         The environment the processes ran in (default ``os.environ``): GPU
-        results record its cuDNN workspace limit (:func:`cudnn_workspace_mb`).
+        results record its cuDNN workspace limit (:func:`cudnn_workspace_mb`),
+        CPU results its thread settings (:func:`cpu_threads`).
 
     Returns
     -------
@@ -164,6 +176,8 @@ def summarise(plan, runs, environ=None):
            "compact_model": plan.get("compact_model"), "batches": {}}
     if plan.get("gpu") is not None:
         out["cudnn_workspace_mb"] = cudnn_workspace_mb(environ)
+    else:
+        out["cpu_threads"] = cpu_threads(environ)
     for batch, cells in runs.items():
         timed = {}
         for which, results in cells.items():

@@ -232,8 +232,9 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
     b = caffe.Net(compact_model, caffe.TEST, weights=compact_weights)
     costs_a, costs_b = layer_costs(a), layer_costs(b)
     layers = [n for n in costs_a if n in costs_b]
+    from caffe_admm.caffetime import cpu_threads
     out = {"engine": "pycaffe", "model": model, "compact_model": compact_model,
-           "repeats": repeats, "batches": {}}
+           "repeats": repeats, "cpu_threads": cpu_threads(), "batches": {}}
     for batch in batches:
         out["batches"][batch] = speedups(*time_nets([a, b], batch, repeats, warmup, layers),
                                          costs_a, costs_b)
@@ -274,6 +275,10 @@ def format_table(result):
         ", cuDNN workspace %d MB" % result["cudnn_workspace_mb"]
         if result.get("cudnn_workspace_mb") else "",
         result["repeats"])]
+    if result.get("cpu_threads"):
+        lines.append("CPU threads: " + ", ".join(
+            "%s=%s" % (name, "unset" if value is None else value)
+            for name, value in result["cpu_threads"].items()))
     for batch, data in result["batches"].items():
         lines.append("batch %s" % batch)
         lines.append("  %-10s %12s %12s %9s %9s %9s" % ("layer", "orig ms", "compact ms",

@@ -294,3 +294,24 @@ def test_gpu_results_record_the_cudnn_workspace(monkeypatch):
     assert caffetime.measure(plan, caffe=sys.executable)["cudnn_workspace_mb"] == 8
     plan["gpu"] = None  # CPU timing: no cuDNN, nothing to record
     assert "cudnn_workspace_mb" not in caffetime.measure(plan, caffe=sys.executable)
+
+
+def test_cpu_results_record_the_thread_settings(monkeypatch):
+    """measure()'s bookkeeping on given `caffe time` results (no Caffe run here)."""
+    monkeypatch.setattr(caffetime, "run", lambda caffe, model, iterations, gpu: {
+        "layers": {"ip1": 1.0}, "forward_ms": 2.0})
+    costs = {"ip1": {"flops": 50, "params": 5}}
+    plan = {"costs": {"original": costs, "compact": costs}, "iterations": 1, "repeats": 1,
+            "layers": ["ip1"], "gpu": None,
+            "models": {"1": {"original": "o.prototxt", "compact": "c.prototxt"}}}
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    monkeypatch.setenv("CAFFE_CPU_CONV_THREADS", "4")
+    result = caffetime.measure(plan, caffe=sys.executable)
+    assert result["cpu_threads"] == {"OPENBLAS_NUM_THREADS": "1", "CAFFE_CPU_CONV_THREADS": "4"}
+    assert "CPU threads: OPENBLAS_NUM_THREADS=1, CAFFE_CPU_CONV_THREADS=4" in \
+        timing.format_table(result)
+    monkeypatch.delenv("CAFFE_CPU_CONV_THREADS")
+    assert "CAFFE_CPU_CONV_THREADS=unset" in timing.format_table(
+        caffetime.measure(plan, caffe=sys.executable))
+    plan["gpu"] = 0
+    assert "cpu_threads" not in caffetime.measure(plan, caffe=sys.executable)

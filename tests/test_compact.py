@@ -195,6 +195,7 @@ def test_timing_reports_every_layer_with_exact_flop_reduction(tmp_path):
             assert row["original"]["median_ms"] > 0 and row["compact"]["median_ms"] > 0
             assert row["flop_reduction"] == pytest.approx(report["layers"][name]["flop_reduction"])
     assert "whole net" in timing.format_table(result)
+    assert result["cpu_threads"]["OPENBLAS_NUM_THREADS"] == os.environ.get("OPENBLAS_NUM_THREADS")
 
 
 def test_shape_compaction_with_stock_layers_is_exact(tmp_path):

@@ -12,7 +12,9 @@
 # Only Debian's archive is contacted (through a private apt state, so the
 # machine's own apt configuration is not touched).
 # Every build applies tools/patches/caffe-im2col-cpu.patch (a faster CPU
-# im2col, bit-equal output; README "The Caffe build"). CUDA builds also apply
+# im2col, bit-equal output) and tools/patches/caffe-cpu-conv-threads.patch
+# (CAFFE_CPU_CONV_THREADS; CPU-only builds link OpenMP for it, CUDA builds
+# do not and ignore it); README "The Caffe build". CUDA builds also apply
 # tools/patches/caffe-cuda13-cudnn9.patch (cuDNN 8/9 and
 # CUDA 13 API changes) and compile for CUDA_ARCH_BIN (default 90: H100/H200)
 # plus PTX of its last entry; cuDNN is looked up in CUDNN_HOME (include/,
@@ -30,7 +32,7 @@ SHA_DEBIAN=07cf073227494a6b07234e40cb5df91db566616593eef9baafdc4d06ad159f21
 SHA_DSC=c492f4893fc1ba1fb514b2d9b4763bc78dc93571ea24adc6e604eccbb93cdd64
 HERE=$(cd "$(dirname "$0")" && pwd)
 PATCH="$HERE/patches/caffe-cuda13-cudnn9.patch"
-CPU_PATCH="$HERE/patches/caffe-im2col-cpu.patch"
+CPU_PATCHES=("$HERE/patches/caffe-im2col-cpu.patch" "$HERE/patches/caffe-cpu-conv-threads.patch")
 CUDA_HOME=${CUDA_HOME:-}
 CUDA_ARCH_BIN=${CUDA_ARCH_BIN:-90}
 CUDNN_HOME=${CUDNN_HOME:-$CUDA_HOME}
@@ -44,7 +46,7 @@ if [[ -n "$CUDA_HOME" ]]; then
 else
     BUILD_KIND="CPU only"
 fi
-STAMP_KEY=$( (cat "$0" "$CPU_PATCH"; [[ -z "$CUDA_HOME" ]] || cat "$PATCH"; echo "$BUILD_KIND") \
+STAMP_KEY=$( (cat "$0" "${CPU_PATCHES[@]}"; [[ -z "$CUDA_HOME" ]] || cat "$PATCH"; echo "$BUILD_KIND") \
     | sha256sum | cut -c1-16)
 
 if [[ -f "$PREFIX/.stamp" && "$(cat "$PREFIX/.stamp")" == "$STAMP_KEY" ]]; then
@@ -82,9 +84,12 @@ SRC="$WORK/src"
 sed -i 's/SetTotalBytesLimit(kProtoReadBytesLimit, 536870912)/SetTotalBytesLimit(kProtoReadBytesLimit)/' \
     "$SRC/src/caffe/util/io.cpp"
 grep -q 'SetTotalBytesLimit(kProtoReadBytesLimit)' "$SRC/src/caffe/util/io.cpp"
-# the CPU convolution's im2col without a per-element bounds test (same output)
-patch -d "$SRC" -p1 -s < "$CPU_PATCH"
-DEVICE_OPTS=(-DCPU_ONLY=ON)
+# the CPU convolution: im2col without a per-element bounds test (same output),
+# and CAFFE_CPU_CONV_THREADS (several images of a batch at once; off unless set)
+for cpu_patch in "${CPU_PATCHES[@]}"; do
+    patch -d "$SRC" -p1 -s < "$cpu_patch"
+done
+DEVICE_OPTS=(-DCPU_ONLY=ON -DUSE_OPENMP=ON)
 CUDA_RPATH=
 if [[ -n "$CUDA_HOME" ]]; then
     patch -d "$SRC" -p1 -s < "$PATCH"
