@@ -88,7 +88,12 @@ def build_parser():
                         "InnerProduct: Flatten + Slice/Concat); time it: it pays only "
                         "when the GEMM saving beats the copies")
 
-    p = verbs.add_parser("time", help="forward time, original vs compacted", formatter_class=fmt)
+    p = verbs.add_parser(
+        "time", help="forward time, original vs compacted", formatter_class=fmt,
+        epilog="CPU threads come from the environment and are recorded in the result: "
+               "OPENBLAS_NUM_THREADS, and CAFFE_CPU_CONV_THREADS=N (this project's Caffe "
+               "build: N images of a batch per convolution at once; run it with "
+               "OPENBLAS_NUM_THREADS=1).")
     p.add_argument("--model", required=True, help="original deploy prototxt (Input layers)")
     p.add_argument("--weights", help="original caffemodel (default: random fillers)")
     p.add_argument("--compact", required=True, help="compacted deploy prototxt")
