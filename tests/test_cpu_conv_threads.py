@@ -39,7 +39,7 @@ np.savez(sys.argv[2], **{name: net.blobs[name].data for name in ("c1", "c2", "c3
 
 def forward(tmp_path, threads):
     model = write(tmp_path / "net.prototxt", NET)
-    out = str(tmp_path / ("out%s.npz" % threads))
+    out = str(tmp_path / ("out_%s.npz" % threads))
     env = dict(os.environ, PYTHONPATH=ROOT, OPENBLAS_NUM_THREADS="1", GLOG_minloglevel="0")
     env.pop("CAFFE_CPU_CONV_THREADS", None)
     if threads:
@@ -60,3 +60,12 @@ def test_images_at_once_give_the_same_outputs(tmp_path):
         for name in ("c1", "c2", "c3"):
             np.testing.assert_array_equal(parallel[name], serial[name], err_msg=name)
     assert np.abs(serial["c3"]).max() > 0
+
+
+def test_values_other_than_a_count_above_one_leave_caffes_loop(tmp_path):
+    serial, _ = forward(tmp_path, None)
+    for value in ("1", "0", "-4", "many"):
+        out, log = forward(tmp_path, value)
+        assert "CAFFE_CPU_CONV_THREADS" not in log, value
+        for name in ("c1", "c2", "c3"):
+            np.testing.assert_array_equal(out[name], serial[name], err_msg=name)
