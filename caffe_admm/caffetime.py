@@ -27,8 +27,8 @@ import shutil
 import subprocess
 import sys
 
-__all__ = ["parse_log", "run", "measure", "summarise", "cudnn_workspace_mb", "find_caffe",
-           "main"]
+__all__ = ["parse_log", "run", "measure", "summarise", "cudnn_workspace_mb", "cpu_threads",
+           "find_caffe", "main"]
 
 _LAYER = re.compile(r"\]\s+(\S+)\s+forward: ([0-9.eE+-]+) ms\.")
 _FORWARD = re.compile(r"Average Forward pass: ([0-9.eE+-]+) ms\.")

@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 
-__all__ = ["layer_costs", "time_net", "time_nets", "layer_range", "compare", "speedups", "summary",
-           "write_plan", "format_table"]
+__all__ = ["layer_costs", "time_net", "time_nets", "layer_range", "compare", "speedups",
+           "summary", "write_plan", "format_table"]
 
 
 def layer_costs(net):
@@ -60,6 +60,9 @@ def summary(times_ms):
     """Median, min and max of repeated timings (ms), as every result reports them."""
     return {"median_ms": statistics.median(times_ms), "min_ms": min(times_ms),
             "max_ms": max(times_ms)}
+
+
+WHOLE = None  # the whole-net key of _passes: no layer name can be None
 
 
 def time_net(net, batch, repeats=10, warmup=2, layers=None):
@@ -105,9 +108,6 @@ def time_nets(nets, batch, repeats=10, warmup=2, layers=None):
                 times[i][key].append((time.perf_counter() - t0) * 1e3)
     return [{"net": summary(t.pop(WHOLE)), "layers": {name: summary(v) for name, v in t.items()}}
             for t in times]
-
-
-WHOLE = None  # the whole-net key of _passes: no layer name can be None
 
 
 def _passes(net, batch, layers):
