@@ -35,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from caffe_admm import caffetime  # noqa: E402  (stdlib + numpy: no pycaffe)
+from caffe_admm.timing import rotate  # noqa: E402  (numpy only)
 
 
 def parse_build(text):
@@ -67,11 +68,6 @@ def build_env(binary, extra=None):
         env["LD_LIBRARY_PATH"] = lib + (":" + env["LD_LIBRARY_PATH"]
                                         if env.get("LD_LIBRARY_PATH") else "")
     return env
-
-
-def rotate(items, k):
-    k %= len(items)
-    return items[k:] + items[:k]
 
 
 def _row(batch_result, key):

@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 __all__ = ["layer_costs", "time_net", "time_nets", "layer_range", "compare", "speedups",
-           "summary", "write_plan", "format_table"]
+           "summary", "rotate", "write_plan", "format_table"]
 
 
 def layer_costs(net):
@@ -60,6 +60,13 @@ def summary(times_ms):
     """Median, min and max of repeated timings (ms), as every result reports them."""
     return {"median_ms": statistics.median(times_ms), "min_ms": min(times_ms),
             "max_ms": max(times_ms)}
+
+
+def rotate(items, k):
+    """``items`` started at index ``k`` (mod its length): the order of round ``k``
+    when each round of interleaved timing starts one later."""
+    k %= len(items)
+    return items[k:] + items[:k]
 
 
 WHOLE = None  # the whole-net key of _passes: no layer name can be None
@@ -101,7 +108,7 @@ def time_nets(nets, batch, repeats=10, warmup=2, layers=None):
             fns[WHOLE]()
     times = [{key: [] for key in fns} for fns in passes]
     for r in range(repeats):
-        for i in [(r + k) % len(nets) for k in range(len(nets))]:
+        for i in rotate(list(range(len(nets))), r):
             for key, fn in passes[i].items():
                 t0 = time.perf_counter()
                 fn()
