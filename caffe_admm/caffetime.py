@@ -15,7 +15,7 @@ nothing but a Caffe build::
 
 Each repeat is one ``caffe time -phase TEST`` process (``iterations``
 forward+backward passes after Caffe's own warm-up pass); original and
-compacted nets alternate, and median, min and max over the repeats are
+compacted nets alternate (each repeat starts with the other one), and median, min and max over the repeats are
 reported. ``caffe time`` fills weights from the prototxt's fillers (zeros
 where none are given): dense kernels take the same time whatever the values.
 """
@@ -27,8 +27,8 @@ import shutil
 import subprocess
 import sys
 
-__all__ = ["parse_log", "run", "measure", "summarise", "cudnn_workspace_mb", "cpu_threads",
-           "find_caffe", "main"]
+__all__ = ["parse_log", "run", "rotate", "measure", "summarise", "cudnn_workspace_mb",
+           "cpu_threads", "find_caffe", "main"]
 
 _LAYER = re.compile(r"\]\s+(\S+)\s+forward: ([0-9.eE+-]+) ms\.")
 _FORWARD = re.compile(r"Average Forward pass: ([0-9.eE+-]+) ms\.")
@@ -91,8 +91,16 @@ def run(caffe, model, iterations=20, gpu=None, timeout=None, env=None):
     return parse_log(proc.stdout)
 
 
+def rotate(items, k):
+    """``items`` started at index ``k`` (mod its length): the order of round ``k``
+    when each round of interleaved timing starts one later."""
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
 def measure(plan, base_dir=".", caffe=None, progress=None):
-    """Run a timing plan: original and compacted nets alternately, per batch size.
+    """Run a timing plan: original and compacted nets alternately, per batch size,
+    the one that goes first swapped from one repeat to the next.
 
     Parameters
     ----------
@@ -114,7 +122,7 @@ def measure(plan, base_dir=".", caffe=None, progress=None):
     for batch, models in plan["models"].items():
         runs[batch] = {"original": [], "compact": []}
         for r in range(plan["repeats"]):
-            for which in ("original", "compact"):
+            for which in rotate(["original", "compact"], r):
                 res = run(caffe, os.path.join(base_dir, models[which]), plan["iterations"],
                           plan.get("gpu"))
                 runs[batch][which].append(res)

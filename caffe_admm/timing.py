@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from caffe_admm.caffetime import rotate
+
 __all__ = ["layer_costs", "time_net", "time_nets", "layer_range", "compare", "speedups",
            "summary", "rotate", "write_plan", "format_table"]
 
@@ -60,13 +62,6 @@ def summary(times_ms):
     """Median, min and max of repeated timings (ms), as every result reports them."""
     return {"median_ms": statistics.median(times_ms), "min_ms": min(times_ms),
             "max_ms": max(times_ms)}
-
-
-def rotate(items, k):
-    """``items`` started at index ``k`` (mod its length): the order of round ``k``
-    when each round of interleaved timing starts one later."""
-    k %= len(items)
-    return items[k:] + items[:k]
 
 
 WHOLE = None  # the whole-net key of _passes: no layer name can be None

@@ -162,6 +162,24 @@ def test_a_shape_compacted_layer_is_timed_with_its_helpers(monkeypatch):
     assert rows["conv2"]["speedup"] == 4.0 and rows["ip1"]["speedup"] == 2.0
 
 
+def test_measure_alternates_the_nets_and_swaps_which_goes_first(monkeypatch):
+    """measure()'s order of `caffe time` processes (no Caffe run here)."""
+    calls = []
+
+    def fake_run(caffe, model, iterations, gpu):
+        calls.append(model)
+        return {"layers": {"ip1": 1.0}, "forward_ms": 2.0}
+
+    monkeypatch.setattr(caffetime, "run", fake_run)
+    costs = {"ip1": {"flops": 50, "params": 5}}
+    plan = {"costs": {"original": costs, "compact": costs}, "iterations": 1, "repeats": 3,
+            "layers": ["ip1"], "models": {"1": {"original": "o.prototxt", "compact": "c.prototxt"}}}
+    caffetime.measure(plan, base_dir="d", caffe=sys.executable)
+    assert [os.path.basename(m) for m in calls] == ["o.prototxt", "c.prototxt", "c.prototxt",
+                                                    "o.prototxt", "o.prototxt", "c.prototxt"]
+    assert caffetime.rotate([1, 2, 3], 4) == [2, 3, 1]
+
+
 AB = os.path.join(ROOT, "benchmarks", "ab_caffe_builds.py")
 
 
