@@ -4,7 +4,7 @@ Written to measure a change to Caffe itself (e.g. the CUDA patch's cuDNN
 algorithm cache) where only a run that alternates the builds on the same
 machine is a fair comparison. The plan is one written by ``caffe-admm time
 --plan-only DIR`` or ``bench_alexnet_compaction.py --plan-only DIR``; like
-``python3 -m caffe_admm.caffetime`` this needs the standard library and
+``python3 -m caffe_admm.caffetime`` this needs the standard library, numpy and
 the caffe binaries only (no pycaffe), so it runs on a GPU machine::
 
     python3 benchmarks/ab_caffe_builds.py DIR/plan.json OUT.json \\
@@ -34,7 +34,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from caffe_admm import caffetime  # noqa: E402  (standard library only: no pycaffe)
+from caffe_admm import caffetime  # noqa: E402  (stdlib + numpy: no pycaffe)
 from caffe_admm.caffetime import rotate  # noqa: E402
 
 

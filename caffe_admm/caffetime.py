@@ -6,10 +6,10 @@ for them, so asynchronous kernels are timed where they run. (pycaffe has no
 synchronisation call, so wall-clock timing from Python would measure kernel
 launches.) It also runs on CPU builds, which is how the tests check it.
 
-The module needs the Python standard library only, so a timing *plan* written
-by :func:`caffe_admm.timing.write_plan` (batch-resized prototxts and each
-layer's FLOPs and parameters) can be measured on another machine that has
-nothing but a Caffe build::
+The module needs the Python standard library and numpy (no pycaffe), so a
+timing *plan* written by :func:`caffe_admm.timing.write_plan` (batch-resized
+prototxts and each layer's FLOPs and parameters) can be measured on another
+machine that has nothing but a Caffe build and numpy::
 
     python3 -m caffe_admm.caffetime PLAN_DIR/plan.json OUT.json
 
