@@ -38,6 +38,9 @@ def test_cuda_patch_touches_only_cuda_code():
                      "b/include/caffe/layers/cudnn_conv_layer.hpp", "b/src/caffe/common.cpp",
                      "b/src/caffe/layers/cudnn_conv_layer.cpp",
                      "b/src/caffe/layers/cudnn_deconv_layer.cpp", "b/cmake/Cuda.cmake"]
+    with open(os.path.join(TOOLS, "patches", "caffe-cudnn-find.patch")) as f:
+        files = [l.split()[1] for l in f if l.startswith("+++ ")]
+    assert files == ["b/include/caffe/util/cudnn.hpp", "b/src/caffe/layers/cudnn_conv_layer.cpp"]
 
 
 def test_bundled_caffe_cli_runs_from_its_own_directory(tmp_path):

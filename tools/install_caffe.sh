@@ -15,8 +15,9 @@
 # im2col, bit-equal output) and tools/patches/caffe-cpu-conv-threads.patch
 # (CAFFE_CPU_CONV_THREADS; CPU-only builds link OpenMP for it, CUDA builds
 # do not and ignore it); README "The Caffe build". CUDA builds also apply
-# tools/patches/caffe-cuda13-cudnn9.patch (cuDNN 8/9 and
-# CUDA 13 API changes) and compile for CUDA_ARCH_BIN (default 90: H100/H200)
+# tools/patches/caffe-cuda13-cudnn9.patch (cuDNN 8/9 and CUDA 13 API
+# changes) and tools/patches/caffe-cudnn-find.patch (CAFFE_CUDNN_FIND:
+# algorithms chosen by timing; the choices logged) and compile for CUDA_ARCH_BIN (default 90: H100/H200)
 # plus PTX of its last entry; cuDNN is looked up in CUDNN_HOME (include/,
 # lib/), else in the toolkit. tools/cuda_from_pypi.sh makes such a toolkit
 # from NVIDIA's PyPI wheels where no CUDA package is at hand.
@@ -31,7 +32,7 @@ SHA_ORIG=e0eb3f06794f7402c77b7dec8e8480273ee1a1bb192e9122b621a69d4147ad0c
 SHA_DEBIAN=07cf073227494a6b07234e40cb5df91db566616593eef9baafdc4d06ad159f21
 SHA_DSC=c492f4893fc1ba1fb514b2d9b4763bc78dc93571ea24adc6e604eccbb93cdd64
 HERE=$(cd "$(dirname "$0")" && pwd)
-PATCH="$HERE/patches/caffe-cuda13-cudnn9.patch"
+CUDA_PATCHES=("$HERE/patches/caffe-cuda13-cudnn9.patch" "$HERE/patches/caffe-cudnn-find.patch")
 CPU_PATCHES=("$HERE/patches/caffe-im2col-cpu.patch" "$HERE/patches/caffe-cpu-conv-threads.patch")
 CUDA_HOME=${CUDA_HOME:-}
 CUDA_ARCH_BIN=${CUDA_ARCH_BIN:-90}
@@ -46,7 +47,7 @@ if [[ -n "$CUDA_HOME" ]]; then
 else
     BUILD_KIND="CPU only"
 fi
-STAMP_KEY=$( (cat "$0" "${CPU_PATCHES[@]}"; [[ -z "$CUDA_HOME" ]] || cat "$PATCH"; echo "$BUILD_KIND") \
+STAMP_KEY=$( (cat "$0" "${CPU_PATCHES[@]}"; [[ -z "$CUDA_HOME" ]] || cat "${CUDA_PATCHES[@]}"; echo "$BUILD_KIND") \
     | sha256sum | cut -c1-16)
 
 if [[ -f "$PREFIX/.stamp" && "$(cat "$PREFIX/.stamp")" == "$STAMP_KEY" ]]; then
@@ -92,7 +93,9 @@ done
 DEVICE_OPTS=(-DCPU_ONLY=ON -DUSE_OPENMP=ON)
 CUDA_RPATH=
 if [[ -n "$CUDA_HOME" ]]; then
-    patch -d "$SRC" -p1 -s < "$PATCH"
+    for cuda_patch in "${CUDA_PATCHES[@]}"; do
+        patch -d "$SRC" -p1 -s < "$cuda_patch"
+    done
     # find the toolkit's and cuDNN's libraries without LD_LIBRARY_PATH
     CUDA_RPATH=";$CUDA_HOME/lib64;$CUDA_HOME/lib;$(dirname "$CUDNN_LIB")"
     DEVICE_OPTS=(-DCPU_ONLY=OFF -DUSE_CUDNN=ON -DCUDA_TOOLKIT_ROOT_DIR="$CUDA_HOME"
@@ -121,7 +124,7 @@ cmake -S "$SRC" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release \
     -DNUMPY_INCLUDE_DIR="$NP_INC" > "$WORK/cmake.log" 2>&1 \
     || { tail -n 40 "$WORK/cmake.log"; exit 1; }
 
-echo "caffe: building with $JOBS jobs (CPU only: about 2-4 minutes on 2 cores, CUDA sm_90: about 8; log: $WORK/build.log)"
+echo "caffe: building with $JOBS jobs (on 2 cores: CPU only about 3-7 minutes, CUDA sm_90 8-16; log: $WORK/build.log)"
 cmake --build "$WORK/build" -j "$JOBS" > "$WORK/build.log" 2>&1 \
     || { tail -n 40 "$WORK/build.log"; exit 1; }
 cmake --install "$WORK/build" > "$WORK/install.log" 2>&1 \
