@@ -28,10 +28,27 @@ import subprocess
 import sys
 
 __all__ = ["parse_log", "run", "rotate", "measure", "summarise", "cudnn_workspace_mb",
-           "cpu_threads", "find_caffe", "main"]
+           "cudnn_find", "cpu_threads", "find_caffe", "main"]
 
 _LAYER = re.compile(r"\]\s+(\S+)\s+forward: ([0-9.eE+-]+) ms\.")
 _FORWARD = re.compile(r"Average Forward pass: ([0-9.eE+-]+) ms\.")
+# the line this project's CUDA build logs per cuDNN convolution input when it
+# chooses algorithms (tools/patches/caffe-cudnn-find.patch)
+_CUDNN = re.compile(r"\] cuDNN (\S+) input (\d+): forward algo (\d+) \((\d+) B\), "
+                    r"backward filter algo (\d+) \((\d+) B\), "
+                    r"backward data algo (\d+) \((\d+) B\); (timed|heuristic), "
+                    r"workspace limit (\d+) MB")
+# cuDNN's enums (cudnn_ops.h, cuDNN 7-9), by value
+FORWARD_ALGOS = ("IMPLICIT_GEMM", "IMPLICIT_PRECOMP_GEMM", "GEMM", "DIRECT", "FFT",
+                 "FFT_TILING", "WINOGRAD", "WINOGRAD_NONFUSED")
+BACKWARD_FILTER_ALGOS = ("ALGO_0", "ALGO_1", "FFT", "ALGO_3", "WINOGRAD", "WINOGRAD_NONFUSED",
+                         "FFT_TILING")
+BACKWARD_DATA_ALGOS = ("ALGO_0", "ALGO_1", "FFT", "FFT_TILING", "WINOGRAD", "WINOGRAD_NONFUSED")
+
+
+def _algo(names, value):
+    value = int(value)
+    return names[value] if value < len(names) else str(value)
 
 
 def parse_log(text):
@@ -39,7 +56,12 @@ def parse_log(text):
 
     Returns
     -------
-    dict with ``layers`` ({name: ms}, in net order) and ``forward_ms``
+    dict with ``layers`` ({name: ms}, in net order) and ``forward_ms``; and
+    ``cudnn`` ({name: choice}) where the build logged its cuDNN algorithm
+    choices: per convolution (its first input), ``forward``,
+    ``backward_filter`` and ``backward_data`` (cuDNN's algorithm names),
+    ``forward_workspace_bytes``, ``chosen_by`` ("timed" or "heuristic") and
+    ``workspace_limit_mb``; the last choice logged for a layer counts.
     """
     layers = {}
     for match in _LAYER.finditer(text):
@@ -48,7 +70,19 @@ def parse_log(text):
     if total is None or not layers:
         raise ValueError("no 'caffe time' benchmark in this output (last lines: %s)"
                          % " | ".join(text.strip().splitlines()[-3:]))
-    return {"layers": layers, "forward_ms": float(total.group(1))}
+    out = {"layers": layers, "forward_ms": float(total.group(1))}
+    cudnn = {}
+    for m in _CUDNN.finditer(text):
+        if m.group(2) == "0":
+            cudnn[m.group(1)] = {
+                "forward": _algo(FORWARD_ALGOS, m.group(3)),
+                "forward_workspace_bytes": int(m.group(4)),
+                "backward_filter": _algo(BACKWARD_FILTER_ALGOS, m.group(5)),
+                "backward_data": _algo(BACKWARD_DATA_ALGOS, m.group(7)),
+                "chosen_by": m.group(9), "workspace_limit_mb": int(m.group(10))}
+    if cudnn:
+        out["cudnn"] = cudnn
+    return out
 
 
 def _loaded_build():
@@ -143,6 +177,14 @@ def cudnn_workspace_mb(environ=None):
     return number if number > 0 else 8
 
 
+def cudnn_find(environ=None):
+    """Whether this project's CUDA build chooses cuDNN algorithms by timing them:
+    ``CAFFE_CUDNN_FIND`` read as C's ``atoi`` reads it, a positive number."""
+    value = (os.environ if environ is None else environ).get("CAFFE_CUDNN_FIND", "")
+    match = re.match(r"\s*([+-]?\d+)", value)
+    return bool(match) and int(match.group(1)) > 0
+
+
 CPU_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "CAFFE_CPU_CONV_THREADS")
 
 
@@ -166,13 +208,17 @@ def summarise(plan, runs, environ=None):
         ``compact`` lists of :func:`run` results, one per ``caffe time`` process.
     environ : dict or None
         The environment the processes ran in (default ``os.environ``): GPU
-        results record its cuDNN workspace limit (:func:`cudnn_workspace_mb`),
-        CPU results its thread settings (:func:`cpu_threads`).
+        results record its cuDNN workspace limit (:func:`cudnn_workspace_mb`)
+        and whether algorithms were timed (:func:`cudnn_find`), CPU results
+        its thread settings (:func:`cpu_threads`).
 
     Returns
     -------
     dict shaped like :func:`caffe_admm.timing.compare`'s result; ``repeats``
     is the number of processes actually summarised (the fewest of any cell).
+    Where the build logged its cuDNN choices, each layer's ``original`` and
+    ``compact`` entries get ``cudnn_forward``: {forward algorithm: number of
+    processes that chose it}.
     """
     from caffe_admm.timing import layer_range, speedups, summary  # numpy only, no pycaffe
     counts = [len(results) for cells in runs.values() for results in cells.values()]
@@ -184,6 +230,7 @@ def summarise(plan, runs, environ=None):
            "compact_model": plan.get("compact_model"), "batches": {}}
     if plan.get("gpu") is not None:
         out["cudnn_workspace_mb"] = cudnn_workspace_mb(environ)
+        out["cudnn_find"] = cudnn_find(environ)
     else:
         out["cpu_threads"] = cpu_threads(environ)
     for batch, cells in runs.items():
@@ -198,6 +245,12 @@ def summarise(plan, runs, environ=None):
                            for name, span in spans.items()}}
         out["batches"][batch] = speedups(timed["original"], timed["compact"],
                                          plan["costs"]["original"], plan["costs"]["compact"])
+        for which, results in cells.items():
+            for name, row in out["batches"][batch]["layers"].items():
+                algos = [res["cudnn"][name]["forward"] for res in results
+                         if name in res.get("cudnn", {})]
+                if algos:
+                    row[which]["cudnn_forward"] = {a: algos.count(a) for a in sorted(set(algos))}
     return out
 
 

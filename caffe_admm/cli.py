@@ -93,7 +93,10 @@ def build_parser():
         epilog="CPU threads come from the environment and are recorded in the result: "
                "OPENBLAS_NUM_THREADS, and CAFFE_CPU_CONV_THREADS=N (this project's Caffe "
                "build: N images of a batch per convolution at once; run it with "
-               "OPENBLAS_NUM_THREADS=1).")
+               "OPENBLAS_NUM_THREADS=1). On a GPU, this project's CUDA build reads "
+               "CAFFE_CUDNN_WORKSPACE_MB=N (cuDNN scratch memory per convolution, default 8) "
+               "and CAFFE_CUDNN_FIND=1 (algorithms chosen by timing them, not by cuDNN's "
+               "heuristics); both are recorded, and so are the algorithms chosen.")
     p.add_argument("--model", required=True, help="original deploy prototxt (Input layers)")
     p.add_argument("--weights", help="original caffemodel (default: random fillers)")
     p.add_argument("--compact", required=True, help="compacted deploy prototxt")

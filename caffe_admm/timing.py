@@ -268,13 +268,25 @@ def speedups(original, compact, costs_a, costs_b):
                                     "speedup": ratio(original["net"], compact["net"])}}
 
 
+def _algo_counts(row):
+    """``cudnn_forward`` of a timing row as text: "GEMM", or "FFT x3, GEMM x2"
+    where the processes chose differently; "-" where none was logged."""
+    counts = row.get("cudnn_forward")
+    if not counts:
+        return "-"
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join("%s x%d" % item for item in counts.items())
+
+
 def format_table(result):
     """Plain-text table of :func:`compare`'s result."""
     lines = ["engine: %s%s%s%s, %s repeats" % (
         result.get("engine", "pycaffe"),
         " (GPU %s)" % result["gpu"] if result.get("gpu") is not None else " (CPU)",
         ", conv engine %s" % result["conv_engine"] if result.get("conv_engine") else "",
-        ", cuDNN workspace %d MB" % result["cudnn_workspace_mb"]
+        ", cuDNN workspace %d MB%s" % (result["cudnn_workspace_mb"],
+                                       ", algorithms timed" if result.get("cudnn_find") else "")
         if result.get("cudnn_workspace_mb") else "",
         result["repeats"])]
     if result.get("cpu_threads"):
@@ -282,13 +294,18 @@ def format_table(result):
             "%s=%s" % (name, "unset" if value is None else value)
             for name, value in result["cpu_threads"].items()))
     for batch, data in result["batches"].items():
+        algos = any("cudnn_forward" in r[w] for r in data["layers"].values()
+                    for w in ("original", "compact"))
         lines.append("batch %s" % batch)
-        lines.append("  %-10s %12s %12s %9s %9s %9s" % ("layer", "orig ms", "compact ms",
-                                                        "speedup", "FLOP red", "param red"))
+        lines.append("  %-10s %12s %12s %9s %9s %9s%s" % (
+            "layer", "orig ms", "compact ms", "speedup", "FLOP red", "param red",
+            "  cuDNN forward algorithm, orig / compact" if algos else ""))
         for name, r in data["layers"].items():
-            lines.append("  %-10s %12.3f %12.3f %8.2fx %8.2fx %8.2fx" % (
+            lines.append("  %-10s %12.3f %12.3f %8.2fx %8.2fx %8.2fx%s" % (
                 name, r["original"]["median_ms"], r["compact"]["median_ms"], r["speedup"],
-                r["flop_reduction"], r["param_reduction"]))
+                r["flop_reduction"], r["param_reduction"],
+                "  %s / %s" % (_algo_counts(r["original"]), _algo_counts(r["compact"]))
+                if algos else ""))
         n = data["net"]
         lines.append("  %-10s %12.3f %12.3f %8.2fx" % ("whole net", n["original"]["median_ms"],
                                                        n["compact"]["median_ms"], n["speedup"]))

@@ -38,6 +38,88 @@ def test_parse_log_refuses_output_without_a_benchmark():
         caffetime.parse_log("I1124 caffe.cpp:1] Use CPU.\nF1124 net.cpp:1] Check failed\n")
 
 
+def one_layer_plan(layer, repeats=1, gpu=None):
+    """A timing plan of one layer, nets ``o.prototxt`` and ``c.prototxt``, for
+    :func:`caffetime.measure` with a stand-in for ``run``."""
+    costs = {layer: {"flops": 50, "params": 5}}
+    return {"costs": {"original": costs, "compact": costs}, "iterations": 1, "repeats": repeats,
+            "layers": [layer], "gpu": gpu,
+            "models": {"1": {"original": "o.prototxt", "compact": "c.prototxt"}}}
+
+
+# `caffe time`'s report, after which parse_log() looks for cuDNN choices too
+TIME_LINES = """\
+I1126 06:10:02.000000  4242 caffe.cpp:1] conv1\tforward: 0.5 ms.
+I1126 06:10:02.000000  4242 caffe.cpp:1] conv2\tforward: 0.25 ms.
+I1126 06:10:02.000000  4242 caffe.cpp:1] Average Forward pass: 1.0 ms.
+"""
+MEASURED = os.path.join(ROOT, "benchmarks", "measured", "gpu_h200_cudnn_find")
+
+
+def test_parse_log_reads_the_cudnn_choices_the_patched_build_logged():
+    # `caffe test -gpu 0` of the CUDA build with tools/patches/caffe-cudnn-find.patch on an
+    # H200, once with cuDNN's heuristics and once with CAFFE_CUDNN_FIND=1
+    with open(os.path.join(MEASURED, "lenet_gpu_heuristic.log")) as f:
+        res = caffetime.parse_log(f.read() + TIME_LINES)
+    assert res["layers"] == {"conv1": 0.5, "conv2": 0.25}
+    assert res["cudnn"] == {
+        "conv1": {"forward": "IMPLICIT_PRECOMP_GEMM", "forward_workspace_bytes": 1024,
+                  "backward_filter": "ALGO_0", "backward_data": "ALGO_1",
+                  "chosen_by": "heuristic", "workspace_limit_mb": 8},
+        "conv2": {"forward": "IMPLICIT_PRECOMP_GEMM", "forward_workspace_bytes": 2587440,
+                  "backward_filter": "ALGO_1", "backward_data": "ALGO_1",
+                  "chosen_by": "heuristic", "workspace_limit_mb": 8}}
+    with open(os.path.join(MEASURED, "lenet_gpu_find.log")) as f:
+        res = caffetime.parse_log(f.read() + TIME_LINES)
+    assert res["cudnn"]["conv1"] == {
+        "forward": "IMPLICIT_GEMM", "forward_workspace_bytes": 0, "backward_filter": "ALGO_3",
+        "backward_data": "ALGO_0", "chosen_by": "timed", "workspace_limit_mb": 8}
+    # a build without the patch logs no choices, and the key is absent
+    assert "cudnn" not in caffetime.parse_log(TIME_LINES)
+
+
+def test_parse_log_keeps_the_first_input_and_names_every_algorithm():
+    line = ("I1126 06:10:01.000001  4242 cudnn_conv_layer.cpp:168] cuDNN %s input %d: forward "
+            "algo %d (5 B), backward filter algo %d (0 B), backward data algo %d (0 B); "
+            "heuristic, workspace limit 1024 MB\n")
+    text = "".join(line % ("conv1", 0, f, min(f, 6), min(f, 5)) for f in range(8))
+    res = caffetime.parse_log(text + line % ("conv2", 0, 7, 6, 5) + line % ("conv2", 1, 3, 0, 0)
+                              + TIME_LINES)
+    assert res["cudnn"]["conv1"]["forward"] == "WINOGRAD_NONFUSED"  # the last choice logged
+    assert res["cudnn"]["conv2"] == {
+        "forward": "WINOGRAD_NONFUSED", "forward_workspace_bytes": 5,
+        "backward_filter": "FFT_TILING", "backward_data": "WINOGRAD_NONFUSED",
+        "chosen_by": "heuristic", "workspace_limit_mb": 1024}  # input 1 is not recorded
+    assert len(caffetime.FORWARD_ALGOS) == 8 and len(caffetime.BACKWARD_FILTER_ALGOS) == 7
+    assert len(caffetime.BACKWARD_DATA_ALGOS) == 6
+
+
+def test_gpu_results_count_the_forward_algorithms_per_layer(monkeypatch):
+    """summarise()'s bookkeeping on given `caffe time` results (no Caffe run here)."""
+    chosen = iter(["FFT", "GEMM", "FFT", "DIRECT", "DIRECT", "DIRECT"])
+    monkeypatch.setattr(caffetime, "run", lambda caffe, model, iterations, gpu: {
+        "layers": {"conv1": 1.0}, "forward_ms": 2.0,
+        "cudnn": {"conv1": {"forward": next(chosen)}}})
+    plan = one_layer_plan("conv1", repeats=3, gpu=0)
+    monkeypatch.setenv("CAFFE_CUDNN_FIND", "1")
+    result = caffetime.measure(plan, caffe=sys.executable)
+    row = result["batches"]["1"]["layers"]["conv1"]
+    # order o, c | c, o | o, c: original FFT, DIRECT, DIRECT; compact GEMM, FFT, DIRECT
+    assert row["original"]["cudnn_forward"] == {"DIRECT": 2, "FFT": 1}
+    assert row["compact"]["cudnn_forward"] == {"DIRECT": 1, "FFT": 1, "GEMM": 1}
+    assert result["cudnn_find"] is True
+    table = timing.format_table(result)
+    assert "cuDNN workspace 8 MB, algorithms timed" in table
+    assert "DIRECT x2, FFT x1 / DIRECT x1, FFT x1, GEMM x1" in table
+
+
+@pytest.mark.parametrize("value,find", [(None, False), ("1", True), (" 2x", True), ("0", False),
+                                        ("-1", False), ("yes", False)])
+def test_cudnn_find_is_read_as_the_patched_caffe_reads_it(value, find):
+    environ = {} if value is None else {"CAFFE_CUDNN_FIND": value}
+    assert caffetime.cudnn_find(environ) is find
+
+
 def test_run_names_the_command_when_caffe_fails(tmp_path):
     bad = tmp_path / "bad.prototxt"
     bad.write_text('layer { name: "x" type: "NoSuchLayer" top: "x" }')
@@ -171,9 +253,7 @@ def test_measure_alternates_the_nets_and_swaps_which_goes_first(monkeypatch):
         return {"layers": {"ip1": 1.0}, "forward_ms": 2.0}
 
     monkeypatch.setattr(caffetime, "run", fake_run)
-    costs = {"ip1": {"flops": 50, "params": 5}}
-    plan = {"costs": {"original": costs, "compact": costs}, "iterations": 1, "repeats": 3,
-            "layers": ["ip1"], "models": {"1": {"original": "o.prototxt", "compact": "c.prototxt"}}}
+    plan = one_layer_plan("ip1", repeats=3)
     caffetime.measure(plan, base_dir="d", caffe=sys.executable)
     assert [os.path.basename(m) for m in calls] == ["o.prototxt", "c.prototxt", "c.prototxt",
                                                     "o.prototxt", "o.prototxt", "c.prototxt"]
@@ -300,10 +380,7 @@ def test_gpu_results_record_the_cudnn_workspace(monkeypatch):
     """measure()'s bookkeeping on given `caffe time` results (no Caffe run here)."""
     monkeypatch.setattr(caffetime, "run", lambda caffe, model, iterations, gpu: {
         "layers": {"ip1": 1.0}, "forward_ms": 2.0})
-    costs = {"ip1": {"flops": 50, "params": 5}}
-    plan = {"costs": {"original": costs, "compact": costs}, "iterations": 1, "repeats": 1,
-            "layers": ["ip1"], "gpu": 0,
-            "models": {"1": {"original": "o.prototxt", "compact": "c.prototxt"}}}
+    plan = one_layer_plan("ip1", gpu=0)
     monkeypatch.setenv("CAFFE_CUDNN_WORKSPACE_MB", "64")
     result = caffetime.measure(plan, caffe=sys.executable)
     assert result["cudnn_workspace_mb"] == 64
@@ -318,10 +395,7 @@ def test_cpu_results_record_the_thread_settings(monkeypatch):
     """measure()'s bookkeeping on given `caffe time` results (no Caffe run here)."""
     monkeypatch.setattr(caffetime, "run", lambda caffe, model, iterations, gpu: {
         "layers": {"ip1": 1.0}, "forward_ms": 2.0})
-    costs = {"ip1": {"flops": 50, "params": 5}}
-    plan = {"costs": {"original": costs, "compact": costs}, "iterations": 1, "repeats": 1,
-            "layers": ["ip1"], "gpu": None,
-            "models": {"1": {"original": "o.prototxt", "compact": "c.prototxt"}}}
+    plan = one_layer_plan("ip1")
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     monkeypatch.setenv("CAFFE_CPU_CONV_THREADS", "4")
     result = caffetime.measure(plan, caffe=sys.executable)
