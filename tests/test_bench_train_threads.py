@@ -1,0 +1,53 @@
+"""benchmarks/bench_train_threads.py: training-iteration times of real `caffe time`
+(TRAIN phase) runs under several thread settings."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from conftest import ROOT, TINY_NET
+
+
+def load():
+    spec = importlib.util.spec_from_file_location(
+        "bench_train_threads", os.path.join(ROOT, "benchmarks", "bench_train_threads.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_times_every_setting_each_round_and_reports_medians(tmp_path, tiny_data, capsys):
+    bench = load()
+    model = tmp_path / "tiny_train_test.prototxt"
+    model.write_text(TINY_NET % tiny_data)
+    out = tmp_path / "t.json"
+    assert bench.main(["--model", str(model), "--rounds", "2", "--iterations", "2",
+                       "--setting", "serial:OPENBLAS_NUM_THREADS=1",
+                       "--setting", "conv2:CAFFE_CPU_CONV_THREADS=2,OPENBLAS_NUM_THREADS=1",
+                       "--out", str(out)]) == 0
+    result = json.load(open(str(out)))
+    assert result["settings"] == {"serial": {"OPENBLAS_NUM_THREADS": "1"},
+                                  "conv2": {"CAFFE_CPU_CONV_THREADS": "2",
+                                            "OPENBLAS_NUM_THREADS": "1"}}
+    assert [len(result["runs"][n]) for n in ("serial", "conv2")] == [2, 2]
+    summary = result["summary"]
+    assert summary["serial"]["speedup"] == 1.0
+    assert list(summary["conv2"]["layers"]) == ["data", "conv1", "relu1", "pool1", "conv2",
+                                                "relu2", "ip1", "loss"]
+    for name in ("serial", "conv2"):
+        s = summary[name]
+        assert s["min_ms"] <= s["forward_backward_ms"] <= s["max_ms"]
+        assert s["layers"]["conv1"]["backward"] > 0
+    assert "speed-up" in capsys.readouterr().out
+
+
+def test_refuses_malformed_settings():
+    bench = load()
+    assert bench.parse_setting("a:X=1,Y=") == ("a", {"X": "1", "Y": ""})
+    for bad in ("noname", ":X=1", "a:X"):
+        with pytest.raises(Exception, match="NAME:VAR=VALUE"):
+            bench.parse_setting(bad)
+    with pytest.raises(ValueError, match="no 'caffe time' benchmark"):
+        bench.parse_train_log("I1126 caffe.cpp:1] Use CPU.\n")
