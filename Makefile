@@ -97,6 +97,9 @@ bench: setup data runs/lenet_mnist/baseline.caffemodel
 	CAFFE_CPU_CONV_THREADS=$(shell nproc) OPENBLAS_NUM_THREADS=1 \
 	    $(PY) benchmarks/bench_alexnet_compaction.py \
 	    --out benchmarks/results/alexnet_compaction_conv_threads.json
+	$(PY) benchmarks/bench_train_threads.py \
+	    --setting blas:OPENBLAS_NUM_THREADS=$(shell nproc) \
+	    --setting conv:CAFFE_CPU_CONV_THREADS=$(shell nproc),OPENBLAS_NUM_THREADS=1
 
 clean:
 	rm -rf $(VENV) runs data/*_lmdb caffe_admm/proto/admm_pb2.py
