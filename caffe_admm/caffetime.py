@@ -13,11 +13,12 @@ machine that has nothing but a Caffe build and numpy::
 
     python3 -m caffe_admm.caffetime PLAN_DIR/plan.json OUT.json
 
-Each repeat is one ``caffe time -phase TEST`` process (``iterations``
-forward+backward passes after Caffe's own warm-up pass); original and
-compacted nets alternate (each repeat starts with the other one), and median, min and max over the repeats are
-reported. ``caffe time`` fills weights from the prototxt's fillers (zeros
-where none are given): dense kernels take the same time whatever the values.
+Each repeat is one ``caffe time -phase TEST`` process per net
+(``iterations`` forward+backward passes after Caffe's own warm-up pass);
+original and compacted nets alternate, each repeat starting with the other
+one, and median, min and max over the repeats are reported. ``caffe time``
+fills weights from the prototxt's fillers (zeros where none are given):
+dense kernels take the same time whatever the values.
 """
 
 import json
