@@ -67,7 +67,6 @@ def main():
     tmp = tempfile.mkdtemp(prefix="bench_alexnet_")
     rng = np.random.default_rng(0)
     net = caffe.Net(args.model, caffe.TEST)
-    names = list(net._layer_names)
     for name, blobs in net.params.items():
         blobs[0].data[...] = rng.standard_normal(blobs[0].data.shape) * 0.01
         blobs[1].data[...] = 0.1

@@ -110,6 +110,16 @@ def tiny_trained(tmp_path_factory, tiny_data):
             "accuracy": result["test"]["accuracy"], "dir": str(d)}
 
 
+def load_benchmark(name):
+    """The script ``benchmarks/NAME.py`` imported as a module."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(ROOT, "benchmarks", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write(path, text):
     with open(path, "w") as f:
         f.write(textwrap.dedent(text))

@@ -1,21 +1,15 @@
 """benchmarks/bench_train_threads.py: training-iteration times of real `caffe time`
 (TRAIN phase) runs under several thread settings."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
-from conftest import ROOT, TINY_NET
+from conftest import TINY_NET, load_benchmark
 
 
 def load():
-    spec = importlib.util.spec_from_file_location(
-        "bench_train_threads", os.path.join(ROOT, "benchmarks", "bench_train_threads.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_train_threads")
 
 
 def test_times_every_setting_each_round_and_reports_medians(tmp_path, tiny_data, capsys):

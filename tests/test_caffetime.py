@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from caffe_admm import caffetime, compact, timing
+from caffe_admm import caffetime, timing
 from caffe_admm.protoio import read_net
 
 from conftest import ROOT

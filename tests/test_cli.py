@@ -3,8 +3,6 @@
 import os
 import subprocess
 
-import pytest
-
 from conftest import ROOT, write
 from test_compact import TILE_NET, sparse_weights
 

@@ -1,6 +1,5 @@
 """benchmarks/compare_methods.py: seeded baselines and the over-seeds aggregate."""
 
-import importlib.util
 import json
 import os
 
@@ -9,16 +8,12 @@ import pytest
 
 from caffe_admm import protoio
 
-from conftest import ROOT, write_tiny
+from conftest import load_benchmark, write_tiny
 
 
 @pytest.fixture(scope="module")
 def compare():
-    spec = importlib.util.spec_from_file_location(
-        "compare_methods", os.path.join(ROOT, "benchmarks", "compare_methods.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("compare_methods")
 
 
 def _weights(model):

@@ -46,17 +46,22 @@ np.savez(sys.argv[2], **out)
 WEIGHTS = ("d_c1_0", "d_c2_0", "d_c3_0")  # weight gradients; the rest must be bit-equal
 
 
-def forward(tmp_path, threads):
-    model = write(tmp_path / "net.prototxt", NET)
-    out = str(tmp_path / ("out_%s.npz" % threads))
+def run_script(script, args, out, threads):
+    """``script`` in a new Python with CAFFE_CPU_CONV_THREADS=``threads`` (None:
+    unset) and a single-threaded OpenBLAS; returns (arrays it saved in ``out``, log)."""
     env = dict(os.environ, PYTHONPATH=ROOT, OPENBLAS_NUM_THREADS="1", GLOG_minloglevel="0")
     env.pop("CAFFE_CPU_CONV_THREADS", None)
     if threads:
         env["CAFFE_CPU_CONV_THREADS"] = str(threads)
-    res = subprocess.run([sys.executable, "-c", FORWARD, model, out], env=env,
+    res = subprocess.run([sys.executable, "-c", script] + args + [out], env=env,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     return dict(np.load(out)), res.stderr
+
+
+def forward(tmp_path, threads):
+    model = write(tmp_path / "net.prototxt", NET)
+    return run_script(FORWARD, [model], str(tmp_path / ("out_%s.npz" % threads)), threads)
 
 
 def test_images_at_once_give_the_same_outputs_and_input_gradients(tmp_path):
@@ -110,15 +115,7 @@ np.savez(sys.argv[2], loss=solver.net.blobs["loss"].data,
 
 def train(tmp_path, tiny_data, threads):
     solver, _ = write_tiny(tmp_path, tiny_data, lr=0.05, max_iter=40)
-    out = str(tmp_path / ("trained_%s.npz" % threads))
-    env = dict(os.environ, PYTHONPATH=ROOT, OPENBLAS_NUM_THREADS="1")
-    env.pop("CAFFE_CPU_CONV_THREADS", None)
-    if threads:
-        env["CAFFE_CPU_CONV_THREADS"] = str(threads)
-    res = subprocess.run([sys.executable, "-c", TRAIN, solver, out], env=env,
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return dict(np.load(out))
+    return run_script(TRAIN, [solver], str(tmp_path / ("trained_%s.npz" % threads)), threads)[0]
 
 
 def test_training_with_images_at_once_learns_the_same_weights(tmp_path, tiny_data):

@@ -96,8 +96,8 @@ def test_matched_sparsity_is_exact(tmp_path, tiny_trained, method):
 
 def test_ssl_threshold_zeroes_small_groups_exactly(tmp_path, tiny_trained):
     config = cfg(tmp_path, "SSL", "ssl_threshold: 0.3")
-    report = solver.prune(tiny_trained["solver"], tiny_trained["weights"], config,
-                          str(tmp_path / "run"), progress=False)
+    solver.prune(tiny_trained["solver"], tiny_trained["weights"], config,
+                 str(tmp_path / "run"), progress=False)
     run = str(tmp_path / "run")
     before = caffe.Net(tiny_trained["net"], caffe.TEST, weights=os.path.join(run, "ssl.caffemodel"))
     w = before.params["conv1"][0].data
