@@ -23,14 +23,13 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from caffe_admm.caffetime import find_caffe, rotate  # noqa: E402
+from caffe_admm.caffetime import find_caffe, rotate, time_log  # noqa: E402
 
 _PASS = re.compile(r"\]\s+(\S+)\s+(forward|backward): ([0-9.eE+-]+) ms\.")
 _TOTAL = re.compile(r"Average Forward-Backward: ([0-9.eE+-]+) ms\.")
@@ -63,18 +62,6 @@ def parse_train_log(text):
         raise ValueError("no 'caffe time' benchmark in this output (last lines: %s)"
                          % " | ".join(text.strip().splitlines()[-3:]))
     return {"layers": layers, "forward_backward_ms": float(total.group(1))}
-
-
-def run(caffe, model, iterations, env):
-    cmd = [caffe, "time", "-model", model, "-iterations", str(iterations)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          universal_newlines=True,
-                          env=dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1",
-                                   **env))
-    if proc.returncode != 0:
-        raise RuntimeError("%s exited %d:\n%s" % (" ".join(cmd), proc.returncode,
-                                                  "\n".join(proc.stdout.splitlines()[-15:])))
-    return parse_train_log(proc.stdout)
 
 
 def summarise(runs, names):
@@ -139,7 +126,8 @@ def main(argv=None):
     start = time.time()
     for r in range(args.rounds):
         for name in rotate(names, r):
-            res = run(caffe, args.model, args.iterations, envs[name])
+            res = parse_train_log(time_log(caffe, args.model, args.iterations, phase="TRAIN",
+                                           env=dict(os.environ, **envs[name])))
             runs[name].append(res)
             print("round %d/%d %s: %.3f ms" % (r + 1, args.rounds, name,
                                                res["forward_backward_ms"]),

@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import sys
 
-__all__ = ["parse_log", "run", "rotate", "measure", "summarise", "cudnn_workspace_mb",
+__all__ = ["parse_log", "time_log", "run", "rotate", "measure", "summarise", "cudnn_workspace_mb",
            "cudnn_find", "cpu_threads", "find_caffe", "main"]
 
 _LAYER = re.compile(r"\]\s+(\S+)\s+forward: ([0-9.eE+-]+) ms\.")
@@ -107,14 +107,15 @@ def find_caffe(caffe=None):
     return path
 
 
-def run(caffe, model, iterations=20, gpu=None, timeout=None, env=None):
-    """One ``caffe time`` process on ``model`` (TEST phase); see :func:`parse_log`.
+def time_log(caffe, model, iterations=20, gpu=None, timeout=None, env=None, phase="TEST"):
+    """The log of one ``caffe time`` process on ``model`` in ``phase``.
 
     ``env`` (a dict) replaces ``os.environ`` for the process, e.g. to give two
-    Caffe builds their own ``LD_LIBRARY_PATH``.
+    Caffe builds their own ``LD_LIBRARY_PATH``. A failed process raises
+    RuntimeError with the command and the end of its log.
     """
     cmd = [caffe, "time", "-model", model, "-iterations", str(int(iterations)),
-           "-phase", "TEST"]
+           "-phase", phase]
     if gpu is not None:
         cmd += ["-gpu", str(int(gpu))]
     env = dict(os.environ if env is None else env, GLOG_minloglevel="0", GLOG_logtostderr="1")
@@ -123,7 +124,13 @@ def run(caffe, model, iterations=20, gpu=None, timeout=None, env=None):
     if proc.returncode != 0:
         raise RuntimeError("%s exited %d:\n%s" % (" ".join(cmd), proc.returncode,
                                                   "\n".join(proc.stdout.splitlines()[-15:])))
-    return parse_log(proc.stdout)
+    return proc.stdout
+
+
+def run(caffe, model, iterations=20, gpu=None, timeout=None, env=None):
+    """One ``caffe time`` process on ``model`` (TEST phase; see :func:`time_log`),
+    parsed by :func:`parse_log`."""
+    return parse_log(time_log(caffe, model, iterations, gpu, timeout, env))
 
 
 def rotate(items, k):

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from caffe_admm.caffetime import rotate
+from caffe_admm.caffetime import cpu_threads, rotate
 
 __all__ = ["layer_costs", "time_net", "time_nets", "layer_range", "compare", "speedups",
            "summary", "rotate", "write_plan", "format_table"]
@@ -234,7 +234,6 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
     b = caffe.Net(compact_model, caffe.TEST, weights=compact_weights)
     costs_a, costs_b = layer_costs(a), layer_costs(b)
     layers = [n for n in costs_a if n in costs_b]
-    from caffe_admm.caffetime import cpu_threads
     out = {"engine": "pycaffe", "model": model, "compact_model": compact_model,
            "repeats": repeats, "cpu_threads": cpu_threads(), "batches": {}}
     for batch in batches:
