@@ -32,7 +32,10 @@ sys.path.insert(0, ROOT)
 from caffe_admm.caffetime import find_caffe, rotate, time_log  # noqa: E402
 
 _PASS = re.compile(r"\]\s+(\S+)\s+(forward|backward): ([0-9.eE+-]+) ms\.")
-_TOTAL = re.compile(r"Average Forward-Backward: ([0-9.eE+-]+) ms\.")
+# caffe time times the passes in microseconds, but its "Average Forward-Backward"
+# line divides a whole number of milliseconds (0 for a small net over a few
+# iterations): an iteration is the forward plus the backward pass instead
+_PASSES = re.compile(r"Average (Forward|Backward) pass: ([0-9.eE+-]+) ms\.")
 
 
 def parse_setting(text):
@@ -57,11 +60,12 @@ def parse_train_log(text):
     layers = {}
     for name, direction, ms in _PASS.findall(text):
         layers.setdefault(name, {})[direction] = float(ms)
-    total = _TOTAL.search(text)
-    if total is None or not layers:
+    passes = dict(_PASSES.findall(text))
+    if set(passes) != {"Forward", "Backward"} or not layers:
         raise ValueError("no 'caffe time' benchmark in this output (last lines: %s)"
                          % " | ".join(text.strip().splitlines()[-3:]))
-    return {"layers": layers, "forward_backward_ms": float(total.group(1))}
+    return {"layers": layers,
+            "forward_backward_ms": float(passes["Forward"]) + float(passes["Backward"])}
 
 
 def summarise(runs, names):

@@ -45,3 +45,15 @@ def test_refuses_malformed_settings():
             bench.parse_setting(bad)
     with pytest.raises(ValueError, match="no 'caffe time' benchmark"):
         bench.parse_train_log("I1126 caffe.cpp:1] Use CPU.\n")
+
+
+def test_an_iteration_is_the_forward_plus_the_backward_pass():
+    # caffe time's own "Forward-Backward" line counts whole milliseconds: 0 here
+    log = ("I1126 caffe.cpp:1] conv1\tforward: 0.125 ms.\n"
+           "I1126 caffe.cpp:1] conv1\tbackward: 0.25 ms.\n"
+           "I1126 caffe.cpp:1] Average Forward pass: 0.2 ms.\n"
+           "I1126 caffe.cpp:1] Average Backward pass: 0.3 ms.\n"
+           "I1126 caffe.cpp:1] Average Forward-Backward: 0 ms.\n")
+    res = load().parse_train_log(log)
+    assert res == {"layers": {"conv1": {"forward": 0.125, "backward": 0.25}},
+                   "forward_backward_ms": 0.5}
