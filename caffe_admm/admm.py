@@ -13,7 +13,9 @@ the state is updated by
     rho_ij <- min(rho_ij * growth, max)  (schedule)
     U_ij <- U_ij * rho_old / rho_new     (only with rescale_dual)
 
-and the primal residual ||W_i - Z_ij|| / ||W_i|| is recorded. This module is
+and the primal residual ||W_i - Z_ij|| / ||W_i|| is recorded;
+:meth:`ADMMState.restart` begins a new problem (a stage of ``prune_stages``)
+with U = 0 and Z = Proj(W). This module is
 pure numpy: weights go in and out as ``dict[str, ndarray]`` keyed by layer name.
 """
 
@@ -58,8 +60,11 @@ class ConstraintState:
         n = projections.num_groups(self.u.shape, self.kind)
         return projections.keep_count(n, (n - (n - self.keep) * frac) / float(n), self.group)
 
-    def support(self, w, allowed=None):
-        return projections.support(w, self.kind, self.keep, self.group, allowed)
+    def support(self, w, allowed=None, frac=None):
+        """Where Proj(w) onto :meth:`count_at` ``(frac)`` groups (None: the
+        target ``keep``) is non-zero."""
+        keep = self.keep if frac is None else self.count_at(frac)
+        return projections.support(w, self.kind, keep, self.group, allowed)
 
 
 class ADMMState:
@@ -113,7 +118,7 @@ class ADMMState:
             mask = np.ones(x.shape, dtype=np.bool_)
             for c in self.constraints[name]:
                 v = x + c.u
-                keep = projections.support(v, c.kind, c.count_at(frac), c.group, allowed)
+                keep = c.support(v, allowed, frac)
                 c.z = np.where(keep, v, np.zeros((), dtype=v.dtype))
                 mask &= keep
             return mask
@@ -166,6 +171,19 @@ class ADMMState:
         self.step += 1
         return residuals
 
+    def restart(self, weights, growth=1.0, rho_max=float("inf"), frac=1.0, feeds=None):
+        """Begin a new ADMM problem at ``weights`` (the next of ``prune_stages``):
+        U = 0, Z = Proj(W) onto ``count_at(frac)`` groups; rho follows its
+        schedule as in :meth:`update`.
+        """
+        weights = {n: np.asarray(weights[n], dtype=np.float32) for n in self.constraints}
+        for states in self.constraints.values():
+            for c in states:
+                c.u = np.zeros_like(c.u)
+                c.rho = min(c.rho * growth, rho_max)
+        self._z_step(weights, frac, feeds)
+        self.step += 1
+
     def residuals(self, weights):
         """||W - Z_j|| / ||W|| per layer and constraint, without updating."""
         out = {}
@@ -175,12 +193,13 @@ class ADMMState:
             out[name] = [float(np.linalg.norm(w - c.z)) / norm for c in states]
         return out
 
-    def hard_prune_masks(self, weights, feeds=None):
+    def hard_prune_masks(self, weights, feeds=None, frac=None):
         """Masks of the weights kept by the hard prune.
 
-        The support of Proj(W) for every constraint, intersected across the
-        constraints of a layer (FILTER_SHAPE keeps kept filters x kept columns);
-        with ``feeds``, on live inputs only.
+        The support of Proj(W) for every constraint (onto ``count_at(frac)``
+        groups; None: the target), intersected across the constraints of a layer
+        (FILTER_SHAPE keeps kept filters x kept columns); with ``feeds``, on
+        live inputs only.
 
         Returns
         -------
@@ -190,7 +209,7 @@ class ADMMState:
             w = np.asarray(weights[name])
             mask = np.ones(w.shape, dtype=np.bool_)
             for c in self.constraints[name]:
-                mask &= c.support(w, allowed)
+                mask &= c.support(w, allowed, frac)
             return mask
         return masks_in_net_order(self.constraints, feeds, mask_of)
 

@@ -66,6 +66,7 @@ class PruneConfig:
     progressive_steps: int = None
     live_inputs_only: bool = False
     rescale_dual: bool = False
+    prune_stages: int = 1
 
     def layer(self, name):
         for spec in self.layers:
@@ -204,6 +205,11 @@ def load_config(path, net):
         raise ConfigError("%s: progressive_steps needs progressive: true and a value in "
                           "1..admm_steps (%d), got %d" % (path, msg.admm_steps,
                                                            msg.progressive_steps))
+    if msg.prune_stages != 1 and (msg.method != pb2.ADMM or msg.progressive
+                                  or not 0 < msg.prune_stages <= msg.admm_steps):
+        raise ConfigError("%s: prune_stages needs method ADMM, no progressive: true and a "
+                          "value in 1..admm_steps (%d), got %d"
+                          % (path, msg.admm_steps, msg.prune_stages))
     retrain_solver = None
     if msg.HasField("retrain_solver"):
         retrain_solver = os.path.join(os.path.dirname(os.path.abspath(path)), msg.retrain_solver)
@@ -259,4 +265,4 @@ def load_config(path, net):
         progressive_steps=(msg.progressive_steps if msg.HasField("progressive_steps")
                            else msg.admm_steps),
         live_inputs_only=bool(msg.live_inputs_only),
-        rescale_dual=bool(msg.rho.rescale_dual))
+        rescale_dual=bool(msg.rho.rescale_dual), prune_stages=msg.prune_stages)

@@ -69,57 +69,103 @@ def _supports(cfg, weights, feeds, counts_of):
 
 
 class ADMMMethod:
-    """StructADMM: the penalty rho (W - Z + U) and the Z/U updates."""
+    """StructADMM: the penalty rho (W - Z + U) and the Z/U updates.
+
+    With config ``prune_stages`` S > 1 (progressive ADMM with hard prunes, Ye
+    et al., arXiv 1810.07378) the blocks fall into S stages; stage s projects
+    onto s/S of the way to the target, ends with a hard prune to that support
+    (kept in :attr:`masks`, applied from then on) and the next stage starts
+    from the pruned weights with U = 0.
+    """
     name = "admm"
 
-    def __init__(self, cfg, state=None, feeds=None):
+    def __init__(self, cfg, state=None, feeds=None, masks=None):
         self.cfg = cfg
         self.state = state
         self.feeds = feeds
+        self.masks = masks or {}
 
     @property
     def round(self):
         return self.state.step
 
-    def _frac(self, blocks_done):
-        """How far the next block's Z goes towards the target (config ``progressive``)."""
+    def _stage(self, block):
+        """The stage (0-based) that block ``block`` (0-based) belongs to."""
+        return block * self.cfg.prune_stages // self.cfg.admm_steps
+
+    def _frac(self, block):
+        """How far block ``block``'s Z goes towards the target (config
+        ``progressive`` or ``prune_stages``)."""
+        if self.cfg.prune_stages > 1:
+            return min(1.0, (self._stage(block) + 1) / float(self.cfg.prune_stages))
         if not self.cfg.progressive:
             return 1.0
-        return min(1.0, (blocks_done + 1) / float(self.cfg.progressive_steps))
+        return min(1.0, (block + 1) / float(self.cfg.progressive_steps))
 
     def start(self, weights):
+        self.masks = {}
         self.state = ADMMState.initial(self.cfg.layers, weights, self._frac(0), self.feeds)
 
     def hook_terms(self, name):
-        return {"penalty": [(c.rho, c.z, c.u) for c in self.state.constraints[name]]}
+        return {"penalty": [(c.rho, c.z, c.u) for c in self.state.constraints[name]],
+                "mask": self.masks.get(name)}
+
+    def _within_masks(self, weights):
+        """The weights with those pruned by earlier stages set to 0."""
+        return {n: np.where(self.masks[n], w, np.zeros((), dtype=np.float32))
+                if n in self.masks else w for n, w in weights.items()}
+
+    def _hard_prune(self, weights, frac=None):
+        """Hard-prune masks at ``frac`` of the way, within the masks so far."""
+        masks = self.state.hard_prune_masks(self._within_masks(weights), self.feeds, frac)
+        return {n: m & self.masks[n] if n in self.masks else m for n, m in masks.items()}
 
     def end_round(self, weights):
-        frac = self._frac(self.state.step + 1)
-        residuals = self.state.update(weights, self.cfg.rho_growth, self.cfg.rho_max, frac,
-                                      self.feeds, rescale_dual=self.cfg.rescale_dual)
-        log = {"residuals": residuals,
-               "rho": {n: [c.rho for c in cs] for n, cs in self.state.constraints.items()}}
-        if self.cfg.progressive:
+        block = self.state.step
+        frac = self._frac(block + 1)
+        log = {}
+        if block + 1 < self.cfg.admm_steps and self._stage(block + 1) != self._stage(block):
+            residuals = self.state.residuals(weights)  # of the stage that ends
+            self.masks = self._hard_prune(weights, self._frac(block))
+            self.state.restart(self._within_masks(weights), self.cfg.rho_growth,
+                               self.cfg.rho_max, frac, self.feeds)
+            log["kept"] = {n: float(m.mean()) for n, m in self.masks.items()}
+        else:
+            residuals = self.state.update(weights, self.cfg.rho_growth, self.cfg.rho_max, frac,
+                                          self.feeds, rescale_dual=self.cfg.rescale_dual)
+        log.update({"residuals": residuals,
+                    "rho": {n: [c.rho for c in cs] for n, cs in self.state.constraints.items()}})
+        if self.cfg.progressive or self.cfg.prune_stages > 1:
             log["z_groups"] = {n: [c.count_at(frac) for c in cs]
                                for n, cs in self.state.constraints.items()}
         return log
 
     def describe(self, log):
-        return "residual " + " ".join("%s=%s" % (n, "/".join("%.2e" % r for r in rs))
+        text = "residual " + " ".join("%s=%s" % (n, "/".join("%.2e" % r for r in rs))
                                       for n, rs in log["residuals"].items())
+        if "kept" in log:
+            text += "; hard prune, kept " + " ".join("%s=%.3f" % kv for kv in log["kept"].items())
+        return text
 
     def final_masks(self, weights):
-        return self.state.hard_prune_masks(weights, self.feeds)
+        return self._hard_prune(weights)
 
     def target_groups(self, name):
         return {c.kind: c.keep for c in self.state.constraints[name]}
 
     def to_arrays(self):
-        return self.state.to_arrays()
+        out = self.state.to_arrays()
+        out.update({"masks/" + n: m for n, m in self.masks.items()})
+        return out
 
     @classmethod
     def from_arrays(cls, cfg, arrays, feeds=None):
-        return cls(cfg, ADMMState.from_arrays(arrays), feeds)
+        return cls(cfg, ADMMState.from_arrays(arrays), feeds, _masks_from_arrays(arrays))
+
+
+def _masks_from_arrays(arrays):
+    return {k[len("masks/"):]: np.asarray(v, dtype=np.bool_) for k, v in arrays.items()
+            if k.startswith("masks/")}
 
 
 class SSLMethod:
@@ -237,9 +283,7 @@ class MagnitudeMethod:
 
     @classmethod
     def from_arrays(cls, cfg, arrays, feeds=None):
-        masks = {k[len("masks/"):]: np.asarray(v, dtype=np.bool_) for k, v in arrays.items()
-                 if k.startswith("masks/")}
-        return cls(cfg, int(arrays["round"]), masks, feeds)
+        return cls(cfg, int(arrays["round"]), _masks_from_arrays(arrays), feeds)
 
 
 def make_method(cfg, arrays=None, feeds=None):

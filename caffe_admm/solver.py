@@ -526,6 +526,8 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
                      "retrain_iters": cfg.retrain_iters, "rho_growth": cfg.rho_growth,
                      "rho_max": cfg.rho_max if math.isfinite(cfg.rho_max) else None,
                      "rescale_dual": cfg.rescale_dual,
+                     "progressive_steps": cfg.progressive_steps if cfg.progressive else None,
+                     "prune_stages": cfg.prune_stages,
                      "ssl_threshold": cfg.ssl_threshold,
                      "retrain_solver": cfg.retrain_solver},
         "test_iter": test_iter, "accuracy": history["accuracy"],

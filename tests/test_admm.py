@@ -116,7 +116,7 @@ def test_progressive_admm_projects_onto_a_shrinking_then_the_target_support():
     weights = {"conv": rng.standard_normal((8, 4, 3, 3)).astype(np.float32)}
     cfg = types.SimpleNamespace(layers=[spec("conv", ["filter"], keep=0.25)], progressive=True,
                                 admm_steps=4, progressive_steps=3, rho_growth=1.0, rho_max=1.0,
-                                rescale_dual=False)
+                                rescale_dual=False, prune_stages=1)
     method = ADMMMethod(cfg)
     method.start(weights)
 
@@ -132,6 +132,42 @@ def test_progressive_admm_projects_onto_a_shrinking_then_the_target_support():
     plain.start(weights)
     assert z_filters(plain) == 2
     assert "z_groups" not in plain.end_round(weights)
+
+
+def test_prune_stages_hard_prune_between_stages_and_restart_admm():
+    import types
+    from caffe_admm.methods import ADMMMethod
+    from caffe_admm.projections import group_norms
+    rng = np.random.default_rng(2)
+    weights = {"conv": rng.standard_normal((8, 4, 3, 3)).astype(np.float32)}
+    cfg = types.SimpleNamespace(layers=[spec("conv", ["filter"], keep=0.25, rho=0.1)],
+                                progressive=False, admm_steps=4, progressive_steps=4,
+                                rho_growth=2.0, rho_max=1.0, rescale_dual=False, prune_stages=2)
+    method = ADMMMethod(cfg)
+    method.start(weights)  # blocks 0-1: stage 0, onto 5 of 8 filters; blocks 2-3: the target, 2
+    c = method.state.constraints["conv"][0]
+    assert int((group_norms(c.z, "filter") > 0).sum()) == 5
+    assert method.hook_terms("conv")["mask"] is None
+    log = method.end_round(weights)  # block 0 ends: still stage 0, a plain Z/U update
+    assert "kept" not in log and np.any(c.u != 0)
+    norms = group_norms(weights["conv"], "filter")
+    log = method.end_round(weights)  # block 1 ends stage 0: hard prune to its 5 filters
+    mask = method.hook_terms("conv")["mask"]
+    kept = mask.any(axis=(1, 2, 3))
+    np.testing.assert_array_equal(kept, norms >= np.sort(norms)[-5])
+    assert log["kept"]["conv"] == pytest.approx(5 / 8.0) and log["z_groups"]["conv"] == [2]
+    c = method.state.constraints["conv"][0]
+    assert np.all(c.u == 0) and c.rho == pytest.approx(0.4)  # fresh U; rho keeps growing
+    z_kept = group_norms(c.z, "filter") > 0
+    assert z_kept.sum() == 2 and not np.any(z_kept & ~kept)  # Z within the pruned support
+    # the masks survive a checkpoint, and the final masks stay inside them
+    restored = ADMMMethod.from_arrays(cfg, method.to_arrays())
+    np.testing.assert_array_equal(restored.masks["conv"], mask)
+    grown = {"conv": weights["conv"] * 10 * ~mask + weights["conv"]}  # pruned weights grow back
+    for _ in range(2):
+        assert "kept" not in restored.end_round(grown)
+    final = restored.final_masks(grown)["conv"]
+    assert final.any(axis=(1, 2, 3)).sum() == 2 and not np.any(final & ~mask)
 
 
 def test_rescale_dual_keeps_rho_times_u_when_rho_grows(state_and_weights):

@@ -90,6 +90,13 @@ def test_syntax_error_names_file_line_and_field(tmp_path):
      "rescale_dual applies to method ADMM only"),
     ('admm_steps: 4 progressive: true progressive_steps: 5\nlayer { name: "conv1" '
      'keep_ratio: 0.5 }', r"progressive_steps needs .* 1\.\.admm_steps \(4\), got 5"),
+    ('admm_steps: 4 prune_stages: 5\nlayer { name: "conv1" keep_ratio: 0.5 }',
+     r"prune_stages needs .* 1\.\.admm_steps \(4\), got 5"),
+    ('prune_stages: 0\nlayer { name: "conv1" keep_ratio: 0.5 }', r"prune_stages needs .*got 0"),
+    ('method: SSL prune_stages: 2\nlayer { name: "conv1" keep_ratio: 0.5 }',
+     "prune_stages needs method ADMM"),
+    ('progressive: true prune_stages: 2\nlayer { name: "conv1" keep_ratio: 0.5 }',
+     "prune_stages needs method ADMM, no progressive"),
 ])
 def test_semantic_errors_are_clear(tmp_path, body, message):
     path = write(tmp_path / "c.prototxt", "\n" + body + "\n")

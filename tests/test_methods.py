@@ -76,10 +76,11 @@ def cfg(tmp_path, method, extra=""):
     return write(tmp_path / ("%s.prototxt" % method), CONFIG % {"method": method, "extra": extra})
 
 
-@pytest.mark.parametrize("method", ["SSL", "MAGNITUDE"])
-def test_matched_sparsity_is_exact(tmp_path, tiny_trained, method):
-    report = solver.prune(tiny_trained["solver"], tiny_trained["weights"], cfg(tmp_path, method),
-                          str(tmp_path / "run"), progress=False)
+@pytest.mark.parametrize("method, extra", [("SSL", ""), ("MAGNITUDE", ""),
+                                           ("ADMM", "prune_stages: 2")])
+def test_matched_sparsity_is_exact(tmp_path, tiny_trained, method, extra):
+    report = solver.prune(tiny_trained["solver"], tiny_trained["weights"],
+                          cfg(tmp_path, method, extra), str(tmp_path / "run"), progress=False)
     lay = report["layers"]
     assert report["method"] == method.lower()
     assert lay["conv1"]["filters_kept"] == 4
@@ -92,6 +93,9 @@ def test_matched_sparsity_is_exact(tmp_path, tiny_trained, method):
     if method == "MAGNITUDE":
         kept = [s["kept"]["conv1"] for s in report["steps"]]
         assert kept == sorted(kept, reverse=True) and kept[-1] == pytest.approx(0.5)
+    if method == "ADMM":  # stage 1 of 2 ends after step 2 with a hard prune halfway: 6 of 8
+        assert [set(s) >= {"kept"} for s in report["steps"]] == [False, True, False, False]
+        assert report["steps"][1]["kept"]["conv1"] == pytest.approx(0.75)
 
 
 def test_ssl_threshold_zeroes_small_groups_exactly(tmp_path, tiny_trained):
@@ -107,14 +111,20 @@ def test_ssl_threshold_zeroes_small_groups_exactly(tmp_path, tiny_trained):
         assert json.load(f)["schedule"]["ssl_threshold"] == pytest.approx(0.3)
 
 
-def test_magnitude_run_resumes_to_the_same_weights(tmp_path, tiny_trained, monkeypatch):
-    config = cfg(tmp_path, "MAGNITUDE")
+@pytest.mark.parametrize("method, extra", [("MAGNITUDE", ""), ("ADMM", "prune_stages: 2")])
+def test_run_with_masks_in_its_first_phase_resumes_to_the_same_weights(
+        tmp_path, tiny_trained, monkeypatch, method, extra):
+    config = cfg(tmp_path, method, extra)
     args = (tiny_trained["solver"], tiny_trained["weights"], config)
     solver.prune(*args, str(tmp_path / "a"), progress=False)
     with monkeypatch.context() as m:
         _InterruptAt(m, 95)
         with pytest.raises(KeyboardInterrupt):
             solver.prune(*args, str(tmp_path / "b"), progress=False)
+    with open(tmp_path / "b" / "checkpoints" / "meta.json") as f:
+        meta = json.load(f)
+    assert meta["phase"] == method.lower()  # interrupted after the first masks
+    assert "masks/conv1" in np.load(meta["method_state"])
     solver.prune(*args, str(tmp_path / "b"), progress=False)
     a = caffe.Net(tiny_trained["net"], caffe.TEST, weights=str(tmp_path / "a" / "pruned.caffemodel"))
     b = caffe.Net(tiny_trained["net"], caffe.TEST, weights=str(tmp_path / "b" / "pruned.caffemodel"))
