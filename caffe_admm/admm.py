@@ -112,7 +112,8 @@ class ADMMState:
         return state
 
     def _z_step(self, targets, frac, feeds):
-        """Z_j <- Proj_j(targets[layer] + U_j), layers in net order."""
+        """Z_j <- Proj_j(targets[layer] + U_j), layers in net order; returns
+        the supports, intersected over each layer's constraints."""
         def z_step(name, allowed):
             x = targets[name]
             mask = np.ones(x.shape, dtype=np.bool_)
@@ -122,7 +123,7 @@ class ADMMState:
                 c.z = np.where(keep, v, np.zeros((), dtype=v.dtype))
                 mask &= keep
             return mask
-        masks_in_net_order(self.constraints, feeds, z_step)
+        return masks_in_net_order(self.constraints, feeds, z_step)
 
     def penalty(self, name, w):
         """Value and gradient of sum_j rho_j/2 ||W - Z_j + U_j||^2 for one layer.
@@ -173,15 +174,23 @@ class ADMMState:
 
     def restart(self, weights, growth=1.0, rho_max=float("inf"), frac=1.0, feeds=None):
         """Begin a new ADMM problem at ``weights`` (the next of ``prune_stages``):
-        U = 0, Z = Proj(W) onto ``count_at(frac)`` groups; rho follows its
-        schedule as in :meth:`update`.
+        U = 0, rho follows its schedule as in :meth:`update`, and every Z_j
+        of a layer is W on the intersection of the supports of Proj_j(W)
+        (onto ``count_at(frac)`` groups), a point of every constraint set.
+        With one Z per constraint instead, a FILTER_SHAPE layer's penalty
+        would pull W to (Z_filter + Z_shape) / 2, halfway, until the duals
+        catch up; a stage of one or two steps has no time for that.
         """
         weights = {n: np.asarray(weights[n], dtype=np.float32) for n in self.constraints}
         for states in self.constraints.values():
             for c in states:
                 c.u = np.zeros_like(c.u)
                 c.rho = min(c.rho * growth, rho_max)
-        self._z_step(weights, frac, feeds)
+        supports = self._z_step(weights, frac, feeds)
+        for name, states in self.constraints.items():
+            z = np.where(supports[name], weights[name], np.zeros((), dtype=np.float32))
+            for c in states:
+                c.z = z.copy()
         self.step += 1
 
     def residuals(self, weights):

@@ -67,6 +67,7 @@ class PruneConfig:
     live_inputs_only: bool = False
     rescale_dual: bool = False
     prune_stages: int = 1
+    penalty_pruned_only: bool = False
 
     def layer(self, name):
         for spec in self.layers:
@@ -210,6 +211,8 @@ def load_config(path, net):
         raise ConfigError("%s: prune_stages needs method ADMM, no progressive: true and a "
                           "value in 1..admm_steps (%d), got %d"
                           % (path, msg.admm_steps, msg.prune_stages))
+    if msg.penalty_pruned_only and msg.method != pb2.ADMM:
+        raise ConfigError("%s: penalty_pruned_only applies to method ADMM only" % path)
     retrain_solver = None
     if msg.HasField("retrain_solver"):
         retrain_solver = os.path.join(os.path.dirname(os.path.abspath(path)), msg.retrain_solver)
@@ -265,4 +268,5 @@ def load_config(path, net):
         progressive_steps=(msg.progressive_steps if msg.HasField("progressive_steps")
                            else msg.admm_steps),
         live_inputs_only=bool(msg.live_inputs_only),
-        rescale_dual=bool(msg.rho.rescale_dual), prune_stages=msg.prune_stages)
+        rescale_dual=bool(msg.rho.rescale_dual), prune_stages=msg.prune_stages,
+        penalty_pruned_only=bool(msg.penalty_pruned_only))

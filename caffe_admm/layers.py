@@ -52,8 +52,9 @@ class WeightHook(caffe.Layer):
 
     Attributes set by the driver
     ----------------------------
-    penalty : list of (rho, z, u) or empty
-        z, u : ndarray, shape of the weight
+    penalty : list of (rho, z, u) or (rho, z, u, where), or empty
+        z, u : ndarray, shape of the weight; ``where`` (same shape, 0/1)
+        limits the term to some weights: rho/2 ||where * (W - Z + U)||^2
     lasso : list of (lambda, kind) or empty
         SSL's group Lasso, lambda * sum_g ||W_g||, groups of ``kind``
         (see :mod:`caffe_admm.projections`).
@@ -87,6 +88,7 @@ class WeightHook(caffe.Layer):
         With R = sum_j rho_j, B = sum_j rho_j (Z_j - U_j) and
         K = sum_j rho_j / 2 ||Z_j - U_j||^2, the gradient is R W - B and the value
         R/2 ||W||^2 - W.B + K: one pass over W each, whatever the number of terms.
+        With a term's ``where``, its rho_j is rho_j * where, and R an array.
         """
         return self._terms
 
@@ -94,13 +96,18 @@ class WeightHook(caffe.Layer):
     def penalty(self, terms):
         self._terms = list(terms)
         self._rho_sum, self._b, self._k = 0.0, None, 0.0
-        for rho, z, u in self._terms:
+        for term in self._terms:
+            rho, z, u = term[:3]
             c = np.asarray(z, dtype=np.float64) - u
-            self._rho_sum += float(rho)
+            if len(term) > 3:
+                rho = float(rho) * np.asarray(term[3], dtype=np.float64)
+            self._rho_sum = self._rho_sum + rho
             self._b = rho * c if self._b is None else self._b + rho * c
-            self._k += 0.5 * float(rho) * float(np.dot(c.ravel(), c.ravel()))
+            self._k += 0.5 * float(np.sum(rho * c * c))
         if self._b is not None:
             self._b = self._b.astype(np.float32)
+        if not np.isscalar(self._rho_sum):
+            self._rho_sum = self._rho_sum.astype(np.float32)
 
     def reshape(self, bottom, top):
         top[0].reshape(1)
@@ -117,8 +124,10 @@ class WeightHook(caffe.Layer):
             raise NonFiniteWeights("the weights of layer %r are not finite" % self.target)
         value = 0.0
         if self._b is not None:
-            value = max(0.5 * self._rho_sum * ww - float(np.dot(flat, self._b.ravel())) + self._k,
-                        0.0)
+            quad = ww if np.isscalar(self._rho_sum) else float(np.dot(flat * self._rho_sum.ravel(),
+                                                                      flat))
+            rho = self._rho_sum if np.isscalar(self._rho_sum) else 1.0
+            value = max(0.5 * rho * quad - float(np.dot(flat, self._b.ravel())) + self._k, 0.0)
         self._lasso_grad = None
         for lam, kind in self.lasso:
             v, g = lasso_penalty(w, kind, lam)

@@ -107,8 +107,12 @@ class ADMMMethod:
         self.state = ADMMState.initial(self.cfg.layers, weights, self._frac(0), self.feeds)
 
     def hook_terms(self, name):
-        return {"penalty": [(c.rho, c.z, c.u) for c in self.state.constraints[name]],
-                "mask": self.masks.get(name)}
+        states = self.state.constraints[name]
+        if self.cfg.penalty_pruned_only:
+            penalty = [(c.rho, c.z, c.u, c.z == 0) for c in states]
+        else:
+            penalty = [(c.rho, c.z, c.u) for c in states]
+        return {"penalty": penalty, "mask": self.masks.get(name)}
 
     def _within_masks(self, weights):
         """The weights with those pruned by earlier stages set to 0."""

@@ -528,6 +528,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
                      "rescale_dual": cfg.rescale_dual,
                      "progressive_steps": cfg.progressive_steps if cfg.progressive else None,
                      "prune_stages": cfg.prune_stages,
+                     "penalty_pruned_only": cfg.penalty_pruned_only,
                      "ssl_threshold": cfg.ssl_threshold,
                      "retrain_solver": cfg.retrain_solver},
         "test_iter": test_iter, "accuracy": history["accuracy"],

@@ -116,7 +116,8 @@ def test_progressive_admm_projects_onto_a_shrinking_then_the_target_support():
     weights = {"conv": rng.standard_normal((8, 4, 3, 3)).astype(np.float32)}
     cfg = types.SimpleNamespace(layers=[spec("conv", ["filter"], keep=0.25)], progressive=True,
                                 admm_steps=4, progressive_steps=3, rho_growth=1.0, rho_max=1.0,
-                                rescale_dual=False, prune_stages=1)
+                                rescale_dual=False, prune_stages=1,
+                                penalty_pruned_only=False)
     method = ADMMMethod(cfg)
     method.start(weights)
 
@@ -142,7 +143,8 @@ def test_prune_stages_hard_prune_between_stages_and_restart_admm():
     weights = {"conv": rng.standard_normal((8, 4, 3, 3)).astype(np.float32)}
     cfg = types.SimpleNamespace(layers=[spec("conv", ["filter"], keep=0.25, rho=0.1)],
                                 progressive=False, admm_steps=4, progressive_steps=4,
-                                rho_growth=2.0, rho_max=1.0, rescale_dual=False, prune_stages=2)
+                                rho_growth=2.0, rho_max=1.0, rescale_dual=False, prune_stages=2,
+                                penalty_pruned_only=False)
     method = ADMMMethod(cfg)
     method.start(weights)  # blocks 0-1: stage 0, onto 5 of 8 filters; blocks 2-3: the target, 2
     c = method.state.constraints["conv"][0]
@@ -168,6 +170,40 @@ def test_prune_stages_hard_prune_between_stages_and_restart_admm():
         assert "kept" not in restored.end_round(grown)
     final = restored.final_masks(grown)["conv"]
     assert final.any(axis=(1, 2, 3)).sum() == 2 and not np.any(final & ~mask)
+
+
+def test_penalty_pruned_only_limits_each_term_to_its_zeroed_groups():
+    import types
+    from caffe_admm.methods import ADMMMethod
+    rng = np.random.default_rng(4)
+    weights = {"conv": rng.standard_normal((6, 4, 3, 3)).astype(np.float32)}
+    cfg = types.SimpleNamespace(layers=[spec("conv", ["filter", "shape"])], progressive=False,
+                                admm_steps=2, rho_growth=1.0, rho_max=1.0, rescale_dual=False,
+                                prune_stages=1, penalty_pruned_only=True)
+    method = ADMMMethod(cfg)
+    method.start(weights)
+    terms = method.hook_terms("conv")["penalty"]
+    for (rho, z, u, where), c in zip(terms, method.state.constraints["conv"]):
+        assert rho == c.rho and z is c.z and u is c.u
+        np.testing.assert_array_equal(where, ~c.support(weights["conv"]))
+    cfg.penalty_pruned_only = False
+    assert [len(t) for t in ADMMMethod(cfg, method.state).hook_terms("conv")["penalty"]] == [3, 3]
+
+
+def test_restart_gives_every_constraint_the_joint_support(state_and_weights):
+    state, weights = state_and_weights
+    state.update(weights, growth=2.0)
+    rho = [c.rho for c in state.constraints["conv"]]
+    state.restart(weights, growth=2.0, frac=0.5)
+    first, second = state.constraints["conv"]
+    joint = first.support(weights["conv"], frac=0.5) & second.support(weights["conv"], frac=0.5)
+    for c, r in zip((first, second), rho):
+        np.testing.assert_array_equal(c.z, np.where(joint, weights["conv"], 0))
+        assert np.all(c.u == 0) and c.rho == pytest.approx(2 * r)
+    assert state.step == 2
+    # so the penalty's minimiser is the jointly pruned W, not halfway to it
+    _, grad = state.penalty("conv", first.z)
+    assert np.all(grad == 0)
 
 
 def test_rescale_dual_keeps_rho_times_u_when_rho_grows(state_and_weights):

@@ -97,6 +97,8 @@ def test_syntax_error_names_file_line_and_field(tmp_path):
      "prune_stages needs method ADMM"),
     ('progressive: true prune_stages: 2\nlayer { name: "conv1" keep_ratio: 0.5 }',
      "prune_stages needs method ADMM, no progressive"),
+    ('method: MAGNITUDE penalty_pruned_only: true\nlayer { name: "conv1" keep_ratio: 0.5 }',
+     "penalty_pruned_only applies to method ADMM only"),
 ])
 def test_semantic_errors_are_clear(tmp_path, body, message):
     path = write(tmp_path / "c.prototxt", "\n" + body + "\n")

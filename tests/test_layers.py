@@ -42,23 +42,26 @@ def test_hook_comes_first_and_shares_the_weight(hooked_net):
     np.testing.assert_array_equal(hook.blobs[0].data, 3.0)  # same memory
 
 
-def test_injected_gradient_is_the_penalty_derivative(hooked_net):
+@pytest.mark.parametrize("restricted", [False, True])  # a term limited to some weights
+def test_injected_gradient_is_the_penalty_derivative(hooked_net, restricted):
     net, hook, _ = hooked_net
     rng = np.random.default_rng(0)
     w = net.params["conv"][0].data
     w[...] = rng.standard_normal(SHAPE)
     z1, u1 = rng.standard_normal(SHAPE).astype(np.float32), rng.standard_normal(SHAPE).astype(np.float32)
     z2, u2 = rng.standard_normal(SHAPE).astype(np.float32), rng.standard_normal(SHAPE).astype(np.float32)
-    hook.penalty = [(0.3, z1, u1), (0.05, z2, u2)]
+    where = (rng.random(SHAPE) < 0.5) if restricted else np.ones(SHAPE, dtype=bool)
+    hook.penalty = [(0.3, z1, u1, where) if restricted else (0.3, z1, u1), (0.05, z2, u2)]
     top = HOOK_PREFIX + "conv"
     out = net.forward()
-    expected = 0.15 * np.sum((w - z1 + u1) ** 2) + 0.025 * np.sum((w - z2 + u2) ** 2)
+    expected = 0.15 * np.sum(where * (w - z1 + u1) ** 2) + 0.025 * np.sum((w - z2 + u2) ** 2)
     assert out[top].item() == pytest.approx(expected, rel=1e-5)
     net.params["conv"][0].diff[...] = 0
     net.backward()
     grad = net.params["conv"][0].diff.copy()
     # the conv output feeds no loss, so the diff is the hook's term alone
-    np.testing.assert_allclose(grad, 0.3 * (w - z1 + u1) + 0.05 * (w - z2 + u2), rtol=1e-5)
+    np.testing.assert_allclose(grad, 0.3 * where * (w - z1 + u1) + 0.05 * (w - z2 + u2),
+                               rtol=1e-5, atol=1e-6)
     # and it matches a central finite difference of the hook's loss, through Caffe
     eps = 1e-2
     for idx in [(0, 0, 0, 0), (3, 2, 1, 2), (1, 1, 2, 0)]:
