@@ -15,7 +15,7 @@ the state is updated by
 
 and the primal residual ||W_i - Z_ij|| / ||W_i|| is recorded;
 :meth:`ADMMState.restart` begins a new problem (a stage of ``prune_stages``)
-with U = 0 and Z = Proj(W). This module is
+with U = 0 and every Z_ij = W_i on the joint support. This module is
 pure numpy: weights go in and out as ``dict[str, ndarray]`` keyed by layer name.
 """
 

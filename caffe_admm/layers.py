@@ -124,10 +124,11 @@ class WeightHook(caffe.Layer):
             raise NonFiniteWeights("the weights of layer %r are not finite" % self.target)
         value = 0.0
         if self._b is not None:
-            quad = ww if np.isscalar(self._rho_sum) else float(np.dot(flat * self._rho_sum.ravel(),
-                                                                      flat))
-            rho = self._rho_sum if np.isscalar(self._rho_sum) else 1.0
-            value = max(0.5 * rho * quad - float(np.dot(flat, self._b.ravel())) + self._k, 0.0)
+            if np.isscalar(self._rho_sum):
+                quad = self._rho_sum * ww
+            else:
+                quad = float(np.dot(flat * self._rho_sum.ravel(), flat))
+            value = max(0.5 * quad - float(np.dot(flat, self._b.ravel())) + self._k, 0.0)
         self._lasso_grad = None
         for lam, kind in self.lasso:
             v, g = lasso_penalty(w, kind, lam)

@@ -75,7 +75,8 @@ class ADMMMethod:
     et al., arXiv 1810.07378) the blocks fall into S stages; stage s projects
     onto s/S of the way to the target, ends with a hard prune to that support
     (kept in :attr:`masks`, applied from then on) and the next stage starts
-    from the pruned weights with U = 0.
+    from the pruned weights with U = 0. With ``penalty_pruned_only`` each
+    penalty term covers only the weights its Z zeroes.
     """
     name = "admm"
 
