@@ -21,8 +21,12 @@ order either way), and the pruning runs use that seed too:
     compare_methods.py --seed 2 --out runs/compare_seed2
     compare_methods.py --aggregate runs/compare runs/compare_seed2 ... --out runs/compare_seeds
 
-`--admm-settings TEXT` replaces the ADMM config lines (the rho schedule), for
-trying ADMM variants against the same baselines.
+ADMM runs with `penalty_pruned_only: true` (each constraint's penalty on the
+weights its Z prunes only; README, Results): plain ADMM, the StructADMM
+formulation, lags magnitude pruning here. `--admm-settings TEXT` replaces the
+ADMM config lines (rho schedule and penalty), for trying ADMM variants against
+the same baselines; plain ADMM is
+`--admm-settings "rho { initial: 0.01 growth: 2.0 max: 1 }"`.
 
 `--aggregate` reads the compare.json of finished runs and prints the mean,
 the standard deviation and the paired differences (ADMM minus each other
@@ -51,7 +55,7 @@ DATASETS = {"mnist": ("solvers/lenet_solver.prototxt", "runs/lenet_mnist/baselin
             "fashion_mnist": ("solvers/lenet_fashion_solver.prototxt",
                               "runs/lenet_fashion/baseline.caffemodel")}
 METHOD_LINES = {
-    "ADMM": "rho { initial: 0.01 growth: 2.0 max: 1 }",
+    "ADMM": "rho { initial: 0.01 growth: 2.0 max: 1 } penalty_pruned_only: true",
     "SSL": "default { lasso_lambda: 0.005 }",
     "MAGNITUDE": "",
 }

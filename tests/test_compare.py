@@ -101,3 +101,15 @@ def test_admm_settings_replace_the_admm_lines_only(compare):
     ssl = compare.config_text("SSL", "strong", 5, 600, 2000, admm_settings=settings)
     assert ssl == compare.config_text("SSL", "strong", 5, 600, 2000)
     assert compare.METHOD_LINES["ADMM"] in compare.config_text("ADMM", "strong", 5, 600, 2000)
+
+
+@pytest.mark.parametrize("method", ["ADMM", "SSL", "MAGNITUDE"])
+def test_default_configs_load_and_only_admm_restricts_its_penalty(tmp_path, compare, method):
+    from caffe_admm.config import load_config
+    path = tmp_path / "config.prototxt"
+    path.write_text(compare.config_text(method, "strong", 5, 600, 2000, live_inputs_only=True))
+    net = protoio.read_net(os.path.join(compare.ROOT, "prototxt", "lenet_train_test.prototxt"))
+    cfg = load_config(str(path), net)
+    assert cfg.penalty_pruned_only is (method == "ADMM")
+    assert cfg.live_inputs_only
+    assert [spec.name for spec in cfg.layers] == ["conv1", "conv2", "ip1", "ip2"]
