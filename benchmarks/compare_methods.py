@@ -30,7 +30,9 @@ the same baselines; plain ADMM is
 
 `--aggregate` reads the compare.json of finished runs and prints the mean,
 the standard deviation and the paired differences (ADMM minus each other
-method, same seed) per data set and level.
+method, same seed) per data set and level. It refuses two runs of one data
+set, level, seed and method, and runs of one method with different budgets,
+flags or config lines (so plain and pruned-only ADMM never mix).
 """
 
 import argparse
@@ -134,7 +136,12 @@ def aggregate(results):
         cell = cells.setdefault(key, {"dataset": key[0], "level": key[1], "by_seed": {}})
         seed = row.get("seed")
         seed = 1 if seed is None else seed  # runs without --seed: the solvers' random_seed 1
-        cell["by_seed"].setdefault(seed, {})[row["method"]] = row
+        rows = cell["by_seed"].setdefault(seed, {})
+        if row["method"] in rows:
+            raise ValueError("%s %s seed %d %s: two runs (%s and %s); aggregate one per seed"
+                             % (key + (seed, row["method"], rows[row["method"]].get("run"),
+                                       row.get("run"))))
+        rows[row["method"]] = row
     out = []
     for cell in cells.values():
         seeds = sorted(cell.pop("by_seed").items())
@@ -180,16 +187,47 @@ def _cell(entry):
     return text
 
 
+def _settings(summary, method):
+    """What must be equal between the runs of one method in an aggregate: the
+    budget, the flags and the method's config lines (compared parsed, so
+    ``growth: 2`` and ``growth: 2.0`` agree). Summaries older than a field lack it."""
+    from caffe_admm.config import _pb2
+    from google.protobuf import text_format
+    lines = summary.get("method_settings", {}).get(method.upper())
+    parsed = None
+    if lines is not None:
+        parsed = _pb2().PruneParameter()
+        text_format.Merge(lines, parsed)
+        parsed = parsed.SerializeToString(deterministic=True)
+    return {"budget": summary.get("budget"), "progressive": summary.get("progressive"),
+            "live_inputs_only": summary.get("live_inputs_only"),
+            "solver": summary.get("solver"), "retrain_solver": summary.get("retrain_solver"),
+            "config lines": parsed}
+
+
 def write_aggregate(dirs, out):
-    results = []
+    results, seen = [], {}
     for d in dirs:
         path = os.path.join(d, "compare.json")
         try:
             with open(path) as f:
-                results.extend(json.load(f)["results"])
+                summary = json.load(f)
+            rows = summary["results"]
         except (OSError, ValueError, KeyError) as exc:
             raise SystemExit("%s: not a finished comparison (%s)" % (path, exc))
-    cells = aggregate(results)
+        for method in sorted({row["method"] for row in rows}):
+            mine = _settings(summary, method)
+            first = seen.setdefault(method, (path, mine))
+            for field, value in mine.items():
+                other = first[1][field]
+                if value is not None and other is not None and value != other:
+                    raise SystemExit("%s and %s ran %s with different %s; aggregate runs "
+                                     "of one setting" % (first[0], path, method, field))
+        results.extend(rows)
+    try:
+        cells = aggregate(results)
+    except ValueError as exc:
+        raise SystemExit(str(exc))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "compare_seeds.json"), "w") as f:
         json.dump({"runs": [os.path.abspath(d) for d in dirs], "cells": cells}, f, indent=1)

@@ -113,3 +113,37 @@ def test_default_configs_load_and_only_admm_restricts_its_penalty(tmp_path, comp
     assert cfg.penalty_pruned_only is (method == "ADMM")
     assert cfg.live_inputs_only
     assert [spec.name for spec in cfg.layers] == ["conv1", "conv2", "ip1", "ip2"]
+
+
+def test_aggregate_refuses_two_runs_of_one_seed_and_method(compare):
+    rows = [_row("mild", "admm", 2, 0.90), _row("mild", "admm", 2, 0.91)]
+    rows[0]["run"], rows[1]["run"] = "a/mild_admm", "b/mild_admm"
+    with pytest.raises(ValueError, match="seed 2 admm: two runs .a/mild_admm and b/mild_admm"):
+        compare.aggregate(rows)
+
+
+def _finished(tmp_path, name, rows, admm_lines, retrain=2000):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "compare.json").write_text(json.dumps(
+        {"results": rows, "budget": {"steps": 5, "iters_per_step": 600, "retrain_iters": retrain},
+         "method_settings": {"ADMM": admm_lines, "SSL": "default { lasso_lambda: 0.005 }",
+                             "MAGNITUDE": ""}}))
+    return str(d)
+
+
+def test_write_aggregate_refuses_runs_of_different_settings(tmp_path, compare):
+    po = "rho { initial: 0.01 growth: 2 max: 1 } penalty_pruned_only: true"
+    a = _finished(tmp_path, "a", [_row("mild", "admm", 1, 0.9)], po)
+    # the same setting written differently, and a directory without ADMM rows: accepted
+    b = _finished(tmp_path, "b", [_row("mild", "admm", 2, 0.9)],
+                  "penalty_pruned_only: true rho { initial: 0.01 growth: 2.0 max: 1.0 }")
+    c = _finished(tmp_path, "c", [_row("mild", "ssl", 2, 0.8)], "rho { initial: 0.5 }")
+    compare.write_aggregate([a, b, c], str(tmp_path / "out"))
+    plain = _finished(tmp_path, "plain", [_row("mild", "admm", 3, 0.9)],
+                      "rho { initial: 0.01 growth: 2 max: 1 }")
+    with pytest.raises(SystemExit, match="ran admm with different config lines"):
+        compare.write_aggregate([a, plain], str(tmp_path / "o2"))
+    longer = _finished(tmp_path, "longer", [_row("mild", "admm", 3, 0.9)], po, retrain=4000)
+    with pytest.raises(SystemExit, match="ran admm with different budget"):
+        compare.write_aggregate([a, longer], str(tmp_path / "o3"))
