@@ -205,6 +205,65 @@ def _settings(summary, method):
             "config lines": parsed}
 
 
+METHOD_ORDER = ("admm", "ssl", "magnitude")
+
+
+def plot_aggregate(cells, out):
+    """One PNG per data set: accuracy against compacted compression per method
+    (mean, error bars one standard deviation over the seeds), and the paired
+    differences ADMM minus each other method per level. Returns the paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from caffe_admm.protoio import atomic_write
+
+    paths = []
+    for dataset in dict.fromkeys(c["dataset"] for c in cells):
+        mine = sorted((c for c in cells if c["dataset"] == dataset),
+                      key=lambda c: c["compression"])
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+        for i, method in enumerate(METHOD_ORDER):
+            pts = [(c["methods"][method].get("compacted_compression") or c["compression"],
+                    c["methods"][method]) for c in mine if method in c["methods"]]
+            if pts:
+                left.errorbar([x for x, _ in pts], [100 * m["mean"] for _, m in pts],
+                              yerr=[100 * (m["sd"] or 0) for _, m in pts], fmt="o-",
+                              capsize=3, color="C%d" % i, label=method)
+        bases = [c["baseline"] for c in mine if c["baseline"] is not None]
+        if bases:
+            left.axhline(100 * statistics.mean(bases), color="gray", ls="--", lw=1,
+                         label="baseline")
+        left.set_xscale("log")
+        left.set_xticks([c["compression"] for c in mine])
+        left.set_xticklabels(["%.1fx" % c["compression"] for c in mine])
+        left.minorticks_off()
+        left.set_xlabel("compacted compression of the pruned layers (x, log scale)")
+        left.set_ylabel("test accuracy (%), mean ± sd over seeds")
+        left.set_title("%s: accuracy vs compression" % dataset)
+        for i, other in enumerate(METHOD_ORDER[1:]):
+            pts = [(j, c["admm_minus"][other]) for j, c in enumerate(mine)
+                   if other in c["admm_minus"]]
+            if pts:
+                right.errorbar([j + (i - 0.5) * 0.1 for j, _ in pts],
+                               [100 * d["mean"] for _, d in pts],
+                               yerr=[100 * (d["sd"] or 0) for _, d in pts], fmt="o",
+                               capsize=3, color="C%d" % (i + 1), label="ADMM - %s" % other)
+        right.axhline(0, color="black", lw=1)
+        right.set_xticks(range(len(mine)))
+        right.set_xticklabels(["%s\n%.1fx" % (c["level"], c["compression"]) for c in mine])
+        right.set_ylabel("paired difference (points), mean ± sd")
+        right.set_title("%s: ADMM minus the others, same seed" % dataset)
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        path = os.path.join(out, "compare_%s.png" % dataset)
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def write_aggregate(dirs, out):
     results, seen = [], {}
     for d in dirs:
@@ -235,7 +294,7 @@ def write_aggregate(dirs, out):
           "| ADMM - SSL | ADMM - magnitude |\n|---|---|---|---|---|---|---|---|---|---|")
     for c in cells:
         accs = [_cell(c["methods"][m]) if m in c["methods"] else "-"
-                for m in ("admm", "ssl", "magnitude")]
+                for m in METHOD_ORDER]
         diffs = []
         for other in ("ssl", "magnitude"):
             d = c["admm_minus"].get(other)
@@ -245,7 +304,7 @@ def write_aggregate(dirs, out):
             c["dataset"], c["level"], c["compression"], ",".join(map(str, c["seeds"])),
             "-" if c["baseline"] is None else "%.2f" % (100 * c["baseline"]),
             " | ".join(accs), " | ".join(diffs)))
-    print("wrote", os.path.join(out, "compare_seeds.json"))
+    print("wrote", os.path.join(out, "compare_seeds.json"), *plot_aggregate(cells, out))
 
 
 def main():
@@ -343,7 +402,7 @@ def main():
         for level in args.levels:
             rows = {r["method"]: r for r in results if r["dataset"] == dataset and r["level"] == level}
             cells = ["%.2f%%" % (100 * rows[m]["accuracy"]) if m in rows else "-"
-                     for m in ("admm", "ssl", "magnitude")]
+                     for m in METHOD_ORDER]
             print("| %s | %s | %.1fx | %s |" % (dataset, level,
                                                next(iter(rows.values()))["compression"],
                                                " | ".join(cells)))

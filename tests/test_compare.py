@@ -147,3 +147,19 @@ def test_write_aggregate_refuses_runs_of_different_settings(tmp_path, compare):
     longer = _finished(tmp_path, "longer", [_row("mild", "admm", 3, 0.9)], po, retrain=4000)
     with pytest.raises(SystemExit, match="ran admm with different budget"):
         compare.write_aggregate([a, longer], str(tmp_path / "o3"))
+
+
+def test_write_aggregate_plots_each_data_set(tmp_path, compare):
+    import matplotlib.image
+    rows = [_row(level, method, seed, acc + 0.01 * seed)
+            for seed in (1, 2) for level, acc in (("mild", 0.95), ("strong", 0.9))
+            for method in ("admm", "ssl", "magnitude")]
+    fashion = [dict(r, dataset="fashion_mnist") for r in rows if r["method"] != "ssl"]
+    d = _finished(tmp_path, "runs", rows + fashion, "rho { initial: 0.01 }")
+    compare.write_aggregate([d], str(tmp_path / "out"))
+    for name in ("compare_mnist.png", "compare_fashion_mnist.png"):
+        image = matplotlib.image.imread(str(tmp_path / "out" / name))   # a real PNG
+        assert image.shape[0] > 200 and image.shape[1] > 500
+        assert np.std(image[..., :3]) > 0.05                             # not blank
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "compare_fashion_mnist.png", "compare_mnist.png", "compare_seeds.json"]
