@@ -255,7 +255,8 @@ def plot_aggregate(cells, out):
         right.set_title("%s: ADMM minus the others, same seed" % dataset)
         for ax in (left, right):
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:   # no pairs: one method only
+                ax.legend(fontsize=8)
         path = os.path.join(out, "compare_%s.png" % dataset)
         with atomic_write(path) as f:
             fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
@@ -287,6 +288,8 @@ def write_aggregate(dirs, out):
         cells = aggregate(results)
     except ValueError as exc:
         raise SystemExit(str(exc))
+    datasets = list(dict.fromkeys(c["dataset"] for c in cells))
+    cells.sort(key=lambda c: (datasets.index(c["dataset"]), c["compression"]))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "compare_seeds.json"), "w") as f:
         json.dump({"runs": [os.path.abspath(d) for d in dirs], "cells": cells}, f, indent=1)

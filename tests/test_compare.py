@@ -163,3 +163,13 @@ def test_write_aggregate_plots_each_data_set(tmp_path, compare):
         assert np.std(image[..., :3]) > 0.05                             # not blank
     assert sorted(os.listdir(tmp_path / "out")) == [
         "compare_fashion_mnist.png", "compare_mnist.png", "compare_seeds.json"]
+
+
+def test_write_aggregate_orders_levels_by_compression(tmp_path, compare, capsys):
+    rows = [dict(_row(level, "admm", 1, 0.9), compression=c)
+            for level, c in (("strong", 38.6), ("mild", 4.8), ("medium", 15.0))]
+    compare.write_aggregate([_finished(tmp_path, "r", rows, "")], str(tmp_path / "out"))
+    saved = json.loads((tmp_path / "out" / "compare_seeds.json").read_text())
+    assert [c["level"] for c in saved["cells"]] == ["mild", "medium", "strong"]
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mnist")]
+    assert [line.split(" | ")[1] for line in table] == ["mild", "medium", "strong"]
