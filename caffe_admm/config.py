@@ -67,7 +67,11 @@ class PruneConfig:
     live_inputs_only: bool = False
     rescale_dual: bool = False
     prune_stages: int = 1
-    penalty_pruned_only: bool = False
+    penalty_pruned_only: bool = True    # ADMM's default; False for the other methods
+    # fields the file leaves unset whose default has changed: part of a run's
+    # checkpoint fingerprint, so a run begun under the old default cannot
+    # resume under the new one
+    changed_defaults: tuple = ()
 
     def layer(self, name):
         for spec in self.layers:
@@ -211,7 +215,7 @@ def load_config(path, net):
         raise ConfigError("%s: prune_stages needs method ADMM, no progressive: true and a "
                           "value in 1..admm_steps (%d), got %d"
                           % (path, msg.admm_steps, msg.prune_stages))
-    if msg.penalty_pruned_only and msg.method != pb2.ADMM:
+    if msg.HasField("penalty_pruned_only") and msg.method != pb2.ADMM:
         raise ConfigError("%s: penalty_pruned_only applies to method ADMM only" % path)
     retrain_solver = None
     if msg.HasField("retrain_solver"):
@@ -269,4 +273,6 @@ def load_config(path, net):
                            else msg.admm_steps),
         live_inputs_only=bool(msg.live_inputs_only),
         rescale_dual=bool(msg.rho.rescale_dual), prune_stages=msg.prune_stages,
-        penalty_pruned_only=bool(msg.penalty_pruned_only))
+        penalty_pruned_only=bool(msg.penalty_pruned_only) and msg.method == pb2.ADMM,
+        changed_defaults=(("penalty_pruned_only",) if msg.method == pb2.ADMM
+                          and not msg.HasField("penalty_pruned_only") else ()))

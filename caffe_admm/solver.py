@@ -263,10 +263,11 @@ class _Interrupt:
 class _Checkpoints:
     """Snapshots of one run directory, recorded in ``checkpoints/meta.json``."""
 
-    def __init__(self, out_dir, fingerprint):
+    def __init__(self, out_dir, fingerprint, hint=""):
         self.dir = os.path.join(out_dir, "checkpoints")
         self.meta_path = os.path.join(self.dir, "meta.json")
         self.fingerprint = fingerprint
+        self.hint = hint   # appended to the error on a fingerprint mismatch
 
     def load(self):
         if not os.path.exists(self.meta_path):
@@ -275,7 +276,8 @@ class _Checkpoints:
             meta = json.load(f)
         if meta.get("fingerprint") != self.fingerprint:
             raise RunError("%s holds a run with other inputs (solver, net, weights or config); "
-                           "use another --out, or --restart to discard it" % self.meta_path)
+                           "use another --out, or --restart to discard it%s"
+                           % (self.meta_path, self.hint))
         return meta
 
     def save(self, solver, phase, history, state=None, extra=None):
@@ -487,7 +489,11 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     if cfg.retrain_solver:
         retrain_param = protoio.read_solver(cfg.retrain_solver)
         inputs.append(cfg.retrain_solver)
-    ckpt = _Checkpoints(out_dir, _fingerprint(*inputs))
+    ckpt = _Checkpoints(
+        out_dir, _fingerprint(*inputs, extra=" ".join(cfg.changed_defaults)),
+        hint="".join(". The config leaves %s unset, and its default has changed (README, "
+                     "Configuration): a run begun before cannot resume" % f
+                     for f in cfg.changed_defaults))
     meta = ckpt.load()
     if meta and meta["phase"] == "done":
         _log("%s: run already complete" % out_dir)

@@ -99,6 +99,8 @@ def test_syntax_error_names_file_line_and_field(tmp_path):
      "prune_stages needs method ADMM, no progressive"),
     ('method: MAGNITUDE penalty_pruned_only: true\nlayer { name: "conv1" keep_ratio: 0.5 }',
      "penalty_pruned_only applies to method ADMM only"),
+    ('method: SSL penalty_pruned_only: false\nlayer { name: "conv1" keep_ratio: 0.5 }',
+     "penalty_pruned_only applies to method ADMM only"),
 ])
 def test_semantic_errors_are_clear(tmp_path, body, message):
     path = write(tmp_path / "c.prototxt", "\n" + body + "\n")
@@ -123,3 +125,12 @@ def test_bundled_configs_fit_lenet():
     for path in configs:
         cfg = load_config(path, net)
         assert {s.name for s in cfg.layers} <= {"conv1", "conv2", "ip1", "ip2"}
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("", True),                                   # ADMM's default
+    ("penalty_pruned_only: false", False),        # the StructADMM paper's penalty
+    ("method: SSL", False), ("method: MAGNITUDE", False)])
+def test_penalty_pruned_only_is_admms_default(tmp_path, body, expected):
+    path = write(tmp_path / "c.prototxt", body + '\nlayer { name: "conv1" keep_ratio: 0.5 }\n')
+    assert load_config(path, NET).penalty_pruned_only is expected

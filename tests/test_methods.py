@@ -78,7 +78,7 @@ def cfg(tmp_path, method, extra=""):
 
 @pytest.mark.parametrize("method, extra", [
     ("SSL", ""), ("MAGNITUDE", ""), ("ADMM", "prune_stages: 2"),
-    ("ADMM", "prune_stages: 2 penalty_pruned_only: true")])
+    ("ADMM", "prune_stages: 2 penalty_pruned_only: false")])
 def test_matched_sparsity_is_exact(tmp_path, tiny_trained, method, extra):
     report = solver.prune(tiny_trained["solver"], tiny_trained["weights"],
                           cfg(tmp_path, method, extra), str(tmp_path / "run"), progress=False)
@@ -95,7 +95,7 @@ def test_matched_sparsity_is_exact(tmp_path, tiny_trained, method, extra):
         kept = [s["kept"]["conv1"] for s in report["steps"]]
         assert kept == sorted(kept, reverse=True) and kept[-1] == pytest.approx(0.5)
     if method == "ADMM":  # stage 1 of 2 ends after step 2 with a hard prune halfway: 6 of 8
-        assert report["schedule"]["penalty_pruned_only"] == ("penalty" in extra)
+        assert report["schedule"]["penalty_pruned_only"] == ("penalty" not in extra)
         assert [set(s) >= {"kept"} for s in report["steps"]] == [False, True, False, False]
         assert report["steps"][1]["kept"]["conv1"] == pytest.approx(0.75)
 

@@ -177,6 +177,36 @@ def test_bad_inputs_fail_before_caffe(tmp_path, tiny_data, tiny_trained):
                      str(tmp_path / "r3"), progress=False)
 
 
+def test_a_run_begun_under_the_old_penalty_default_does_not_resume_under_the_new(
+        tmp_path, tiny_trained):
+    from caffe_admm import protoio
+    cfg = config(tmp_path, 1, 0)                  # ADMM, penalty_pruned_only unset
+    run = tmp_path / "run"
+    solver.prune(tiny_trained["solver"], tiny_trained["weights"], cfg, str(run), progress=False)
+    solver.prune(tiny_trained["solver"], tiny_trained["weights"], cfg, str(run), progress=False)
+    # what versions before the default changed wrote: the inputs' bytes only
+    net = protoio.resolve_solver_net(tiny_trained["solver"],
+                                     protoio.read_solver(tiny_trained["solver"]))
+    meta_path = run / "checkpoints" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["fingerprint"] = solver._fingerprint(tiny_trained["solver"], net,
+                                              tiny_trained["weights"], cfg)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(solver.RunError, match="leaves penalty_pruned_only unset, and its "
+                                              "default has changed"):
+        solver.prune(tiny_trained["solver"], tiny_trained["weights"], cfg, str(run),
+                     progress=False)
+    # set explicitly, the config means what it meant before: the old fingerprint holds
+    with open(cfg, "a") as f:
+        f.write("penalty_pruned_only: true\n")
+    meta["fingerprint"] = solver._fingerprint(tiny_trained["solver"], net,
+                                              tiny_trained["weights"], cfg)
+    meta_path.write_text(json.dumps(meta))
+    report = solver.prune(tiny_trained["solver"], tiny_trained["weights"], cfg, str(run),
+                          progress=False)
+    assert report["schedule"]["penalty_pruned_only"] is True
+
+
 def test_retrain_solver_sets_the_retraining_schedule(tmp_path, tiny_data, tiny_trained):
     ft_dir = tmp_path / "ft"
     ft_dir.mkdir()
