@@ -150,7 +150,10 @@ def aggregate(results):
         for _, rows in seeds:
             for method, row in rows.items():
                 methods.setdefault(method, []).append(row)
-                cell["compression"] = row["compression"]
+                # the level's group counts; SSL's rows count the weights inside kept
+                # groups that ended training at exactly zero as pruned too
+                cell["compression"] = min(cell.get("compression", float("inf")),
+                                          row["compression"])
         cell["seeds"] = [seed for seed, _ in seeds]
         bases = [next(iter(rows.values())).get("baseline") for _, rows in seeds]
         cell["baseline"] = statistics.mean(bases) if None not in bases else None

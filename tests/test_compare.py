@@ -173,3 +173,11 @@ def test_write_aggregate_orders_levels_by_compression(tmp_path, compare, capsys)
     assert [c["level"] for c in saved["cells"]] == ["mild", "medium", "strong"]
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| mnist")]
     assert [line.split(" | ")[1] for line in table] == ["mild", "medium", "strong"]
+
+
+def test_aggregate_compression_is_the_levels_not_ssls_extra_zeros(compare):
+    rows = [_row("mild", "admm", 1, 0.9), dict(_row("mild", "ssl", 1, 0.8), compression=4.9),
+            _row("mild", "magnitude", 1, 0.9)]
+    for order in (rows, rows[::-1]):
+        (cell,) = compare.aggregate(order)
+        assert cell["compression"] == 4.8
