@@ -491,9 +491,9 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
         inputs.append(cfg.retrain_solver)
     ckpt = _Checkpoints(
         out_dir, _fingerprint(*inputs, extra=" ".join(cfg.changed_defaults)),
-        hint="".join(". The config leaves %s unset, and its default has changed (README, "
-                     "Configuration): a run begun before cannot resume" % f
-                     for f in cfg.changed_defaults))
+        hint="".join(". If the run began before the default of %s changed (README, "
+                     "The pruning config), that is the difference: the config leaves it "
+                     "unset" % f for f in cfg.changed_defaults))
     meta = ckpt.load()
     if meta and meta["phase"] == "done":
         _log("%s: run already complete" % out_dir)
