@@ -219,7 +219,6 @@ def plot_aggregate(cells, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from caffe_admm.protoio import atomic_write
 
     paths = []
     for dataset in dict.fromkeys(c["dataset"] for c in cells):
@@ -261,11 +260,7 @@ def plot_aggregate(cells, out):
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:   # no pairs: one method only
                 ax.legend(fontsize=8)
-        path = os.path.join(out, "compare_%s.png" % dataset)
-        with atomic_write(path) as f:
-            fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        paths.append(path)
+        paths.append(report.save_png(fig, out, "compare_%s.png" % dataset))
     return paths
 
 

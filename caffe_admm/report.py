@@ -218,10 +218,11 @@ def _finish(fig, ax, out_dir, name, title, xlabel, ylabel, grid=True):
     ax.legend(fontsize=7)
     if grid:
         ax.grid(alpha=0.3)
-    return _save(fig, out_dir, name)
+    return save_png(fig, out_dir, name)
 
 
-def _save(fig, out_dir, name):
+def save_png(fig, out_dir, name):
+    """Write ``fig`` as ``out_dir/name`` (atomically), close it, return the path."""
     from caffe_admm.protoio import atomic_write
     path = os.path.join(out_dir, name)
     with atomic_write(path) as f:
