@@ -406,7 +406,7 @@ def main():
             cells = ["%.2f%%" % (100 * rows[m]["accuracy"]) if m in rows else "-"
                      for m in METHOD_ORDER]
             print("| %s | %s | %.1fx | %s |" % (dataset, level,
-                                               next(iter(rows.values()))["compression"],
+                                               min(r["compression"] for r in rows.values()),
                                                " | ".join(cells)))
     print("wrote", os.path.join(args.out, "compare.json"))
 
