@@ -14,7 +14,9 @@
 # Every build applies tools/patches/caffe-im2col-cpu.patch (a faster CPU
 # im2col, bit-equal output) and tools/patches/caffe-cpu-conv-threads.patch
 # (CAFFE_CPU_CONV_THREADS; CPU-only builds link OpenMP for it, CUDA builds
-# do not and ignore it); README "The Caffe build". CUDA builds also apply
+# do not and ignore it) and tools/patches/caffe-ip-gemv.patch (InnerProduct
+# at batch 1 as a matrix-vector product, as on the GPU); README "The Caffe
+# build". CUDA builds also apply
 # tools/patches/caffe-cuda13-cudnn9.patch (cuDNN 8/9 and CUDA 13 API
 # changes) and tools/patches/caffe-cudnn-find.patch (CAFFE_CUDNN_FIND:
 # algorithms chosen by timing; the choices logged) and compile for CUDA_ARCH_BIN (default 90: H100/H200)
@@ -33,7 +35,8 @@ SHA_DEBIAN=07cf073227494a6b07234e40cb5df91db566616593eef9baafdc4d06ad159f21
 SHA_DSC=c492f4893fc1ba1fb514b2d9b4763bc78dc93571ea24adc6e604eccbb93cdd64
 HERE=$(cd "$(dirname "$0")" && pwd)
 CUDA_PATCHES=("$HERE/patches/caffe-cuda13-cudnn9.patch" "$HERE/patches/caffe-cudnn-find.patch")
-CPU_PATCHES=("$HERE/patches/caffe-im2col-cpu.patch" "$HERE/patches/caffe-cpu-conv-threads.patch")
+CPU_PATCHES=("$HERE/patches/caffe-im2col-cpu.patch" "$HERE/patches/caffe-cpu-conv-threads.patch"
+             "$HERE/patches/caffe-ip-gemv.patch")
 CUDA_HOME=${CUDA_HOME:-}
 CUDA_ARCH_BIN=${CUDA_ARCH_BIN:-90}
 CUDNN_HOME=${CUDNN_HOME:-$CUDA_HOME}
@@ -86,7 +89,8 @@ sed -i 's/SetTotalBytesLimit(kProtoReadBytesLimit, 536870912)/SetTotalBytesLimit
     "$SRC/src/caffe/util/io.cpp"
 grep -q 'SetTotalBytesLimit(kProtoReadBytesLimit)' "$SRC/src/caffe/util/io.cpp"
 # the CPU convolution: im2col without a per-element bounds test (same output),
-# and CAFFE_CPU_CONV_THREADS (several images of a batch at once; off unless set)
+# and CAFFE_CPU_CONV_THREADS (several images of a batch at once; off unless set);
+# InnerProduct with one row through gemv
 for cpu_patch in "${CPU_PATCHES[@]}"; do
     patch -d "$SRC" -p1 -s < "$cpu_patch"
 done
