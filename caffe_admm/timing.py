@@ -296,13 +296,13 @@ def format_table(result):
         algos = any("cudnn_forward" in r[w] for r in data["layers"].values()
                     for w in ("original", "compact"))
         lines.append("batch %s" % batch)
-        lines.append("  %-10s %12s %12s %9s %9s %9s%s" % (
-            "layer", "orig ms", "compact ms", "speedup", "FLOP red", "param red",
+        lines.append("  %-10s %12s %12s %9s %9s %8s %9s%s" % (
+            "layer", "orig ms", "compact ms", "speedup", "FLOP red", "of FLOP", "param red",
             "  cuDNN forward algorithm, orig / compact" if algos else ""))
         for name, r in data["layers"].items():
-            lines.append("  %-10s %12.3f %12.3f %8.2fx %8.2fx %8.2fx%s" % (
+            lines.append("  %-10s %12.3f %12.3f %8.2fx %8.2fx %8.2f %8.2fx%s" % (
                 name, r["original"]["median_ms"], r["compact"]["median_ms"], r["speedup"],
-                r["flop_reduction"], r["param_reduction"],
+                r["flop_reduction"], r["speedup"] / r["flop_reduction"], r["param_reduction"],
                 "  %s / %s" % (_algo_counts(r["original"]), _algo_counts(r["compact"]))
                 if algos else ""))
         n = data["net"]

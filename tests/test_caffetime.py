@@ -391,6 +391,20 @@ def test_gpu_results_record_the_cudnn_workspace(monkeypatch):
     assert "cudnn_workspace_mb" not in caffetime.measure(plan, caffe=sys.executable)
 
 
+def test_table_reads_each_speed_up_against_the_flop_reduction(monkeypatch):
+    """The "of FLOP" column: measured speed-up / FLOP reduction (the issue's
+    target reads it: >= 0.8)."""
+    ms = {"o.prototxt": 6.0, "c.prototxt": 1.0}  # 6x faster
+    monkeypatch.setattr(caffetime, "run", lambda caffe, model, iterations, gpu: {
+        "layers": {"conv1": ms[os.path.basename(model)]}, "forward_ms": 2.0})
+    plan = one_layer_plan("conv1")
+    plan["costs"]["compact"] = {"conv1": {"flops": 5, "params": 1}}  # 10x fewer FLOPs
+    table = timing.format_table(caffetime.measure(plan, caffe=sys.executable))
+    header, row = [line.split() for line in table.splitlines()[-3:-1]]
+    assert header[:7] == ["layer", "orig", "ms", "compact", "ms", "speedup", "FLOP"]
+    assert row == ["conv1", "6.000", "1.000", "6.00x", "10.00x", "0.60", "5.00x"]
+
+
 def test_cpu_results_record_the_thread_settings(monkeypatch):
     """measure()'s bookkeeping on given `caffe time` results (no Caffe run here)."""
     monkeypatch.setattr(caffetime, "run", lambda caffe, model, iterations, gpu: {
