@@ -195,14 +195,11 @@ def _settings(summary, method):
     """What must be equal between the runs of one method in an aggregate: the
     budget, the flags and the method's config lines (compared parsed, so
     ``growth: 2`` and ``growth: 2.0`` agree). Summaries older than a field lack it."""
-    from caffe_admm.config import _pb2
-    from google.protobuf import text_format
+    from caffe_admm.config import parse_settings
     lines = summary.get("method_settings", {}).get(method.upper())
     parsed = None
     if lines is not None:
-        parsed = _pb2().PruneParameter()
-        text_format.Merge(lines, parsed)
-        parsed = parsed.SerializeToString(deterministic=True)
+        parsed = parse_settings(lines).SerializeToString(deterministic=True)
     return {"budget": summary.get("budget"), "progressive": summary.get("progressive"),
             "live_inputs_only": summary.get("live_inputs_only"),
             "solver": summary.get("solver"), "retrain_solver": summary.get("retrain_solver"),

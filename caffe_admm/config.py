@@ -12,7 +12,7 @@ import os
 from caffe_admm.protoio import ProtoError, layer_line, parse_text
 
 __all__ = ["KIND_NAMES", "PRUNABLE_TYPES", "Constraint", "LayerSpec", "PruneConfig",
-           "load_config", "ConfigError"]
+           "load_config", "parse_settings", "ConfigError"]
 
 # proto enum name -> projection kinds (FILTER_SHAPE is two constraints).
 KIND_NAMES = {"FILTER": ("filter",), "CHANNEL": ("channel",), "SHAPE": ("shape",),
@@ -87,6 +87,19 @@ def _pb2():
         raise ImportError("caffe_admm/proto/admm_pb2.py is missing; run `make setup` "
                           "(it runs protoc on caffe_admm/proto/admm.proto)") from exc
     return admm_pb2
+
+
+def parse_settings(text):
+    """A config's text (protobuf text format) as a ``PruneParameter`` message,
+    unchecked against any net: for comparing two configs' settings.
+
+    Raises
+    ------
+    google.protobuf.text_format.ParseError
+        on a syntax error or an unknown field.
+    """
+    from google.protobuf import text_format
+    return text_format.Parse(text, _pb2().PruneParameter())
 
 
 def _where(path, name, field):

@@ -4,7 +4,7 @@ import pytest
 from google.protobuf import text_format
 
 from caffe_admm.backend import caffe_pb2
-from caffe_admm.config import ConfigError, load_config
+from caffe_admm.config import ConfigError, load_config, parse_settings
 from caffe_admm.protoio import ProtoError
 
 from conftest import write
@@ -134,3 +134,12 @@ def test_bundled_configs_fit_lenet():
 def test_penalty_pruned_only_is_admms_default(tmp_path, body, expected):
     path = write(tmp_path / "c.prototxt", body + '\nlayer { name: "conv1" keep_ratio: 0.5 }\n')
     assert load_config(path, NET).penalty_pruned_only is expected
+
+
+def test_parse_settings_compares_configs_by_value_and_rejects_unknown_fields():
+    a = parse_settings("rho { initial: 0.01 growth: 2 max: 1 } penalty_pruned_only: true")
+    b = parse_settings("penalty_pruned_only: true rho { max: 1.0 growth: 2.0 initial: 0.01 }")
+    assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+    assert a != parse_settings("rho { initial: 0.01 growth: 2 max: 1 }")
+    with pytest.raises(text_format.ParseError, match="no_such_field"):
+        parse_settings("no_such_field: 1")
