@@ -14,6 +14,15 @@ their output: the compaction is forced and the deviation written down.
 
     .venv/bin/python benchmarks/bench_alexnet_compaction.py [--batch 1 8 --repeats 5]
 
+Filter + shape, as in StructADMM's AlexNet result: ``--keep-columns R`` also
+keeps only R of the live GEMM columns (input channel, ky, kx) of the group-1
+conv layers (conv1, conv3; shape-wise sparsity is refused on grouped
+convolutions), choosing by column norm among the columns of kept filters
+that read live input channels. The compacted net then still carries those
+zeros; ``--shape`` compacts them too (Im2col, Slice, Concat and a 1x1
+convolution: README, Compaction). Run it with and without ``--shape`` to
+see whether that pays.
+
 GPU timing goes through ``caffe time`` (cuDNN where Caffe was built with it):
 ``--gpu 0`` times here; ``--plan-only DIR`` writes the plan (and the
 compaction report) for a GPU machine, where ``python3 -m caffe_admm.caffetime
@@ -53,7 +62,13 @@ def main():
     parser.add_argument("--plan-only", metavar="DIR", help="write a caffe-time plan and stop")
     parser.add_argument("--measured", metavar="RESULT",
                         help="summarise this measured plan result (with --plan-only DIR)")
+    parser.add_argument("--keep-columns", type=float, metavar="R",
+                        help="also keep only R of the live columns of conv1 and conv3")
+    parser.add_argument("--shape", action="store_true",
+                        help="compact shape-wise (column) sparsity too")
     args = parser.parse_args()
+    if args.keep_columns is not None and not 0 < args.keep_columns <= 1:
+        parser.error("--keep-columns must be in (0, 1], got %r" % args.keep_columns)
     if args.measured:
         if not args.plan_only:
             parser.error("--measured needs --plan-only DIR (the plan it measured)")
@@ -67,6 +82,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="bench_alexnet_")
     rng = np.random.default_rng(0)
     net = caffe.Net(args.model, caffe.TEST)
+    live = None  # the previous pruned conv's kept filters: this conv's live input channels
     for name, blobs in net.params.items():
         blobs[0].data[...] = rng.standard_normal(blobs[0].data.shape) * 0.01
         blobs[1].data[...] = 0.1
@@ -75,14 +91,23 @@ def main():
             group = net.blobs[net.bottom_names[name][0]].data.shape[1] // w.shape[1]
             k = projections.keep_count(w.shape[0], KEEP[name], group)
             mask = projections.support(w, "filter", k, group)
+            if args.keep_columns is not None and group == 1:
+                allowed = mask.copy()
+                if live is not None:
+                    allowed &= live[None, :, None, None]
+                n_live = int(allowed.any(axis=0).sum())
+                k = projections.keep_count(n_live, args.keep_columns)
+                mask = projections.support(w, "shape", k, allowed=allowed)
             w *= mask
             blobs[1].data[~mask.any(axis=(1, 2, 3))] = 0
+            live = mask.any(axis=(1, 2, 3))
     weights = os.path.join(tmp, "alexnet_pruned.caffemodel")
     net.save(weights)
     conv_params = sum(net.params[n][0].data.size for n in KEEP)
     conv_nonzero = sum(int((net.params[n][0].data != 0).sum()) for n in KEEP)
 
-    report = compact.compact(args.model, weights, os.path.join(tmp, "compact"), force=True)
+    report = compact.compact(args.model, weights, os.path.join(tmp, "compact"), force=True,
+                             shape=args.shape)
     compact_model = os.path.join(tmp, "compact", "compact.prototxt")
     if args.plan_only:
         timing.write_plan(args.model, compact_model, args.plan_only, args.batch, args.repeats,
@@ -104,7 +129,8 @@ def summarize(args, report, result, conv_params, conv_nonzero):
     compact_conv = sum(report["layers"][n]["compact_params"] for n in KEEP)
     summary = {"openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
                "caffe_cpu_conv_threads": os.environ.get("CAFFE_CPU_CONV_THREADS"),
-               "keep_filters": KEEP,
+               "keep_filters": KEEP, "keep_columns": getattr(args, "keep_columns", None),
+               "shape_compaction": getattr(args, "shape", False),
                "conv_weights": conv_params, "conv_weights_nonzero": conv_nonzero,
                "conv_compression_masked": conv_params / conv_nonzero,
                "conv_compression_compacted": conv_params / compact_conv,
