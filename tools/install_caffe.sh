@@ -12,17 +12,17 @@
 # Only Debian's archive is contacted (through a private apt state, so the
 # machine's own apt configuration is not touched).
 # Every build applies tools/patches/caffe-im2col-cpu.patch (a faster CPU
-# im2col, bit-equal output) and tools/patches/caffe-cpu-conv-threads.patch
+# im2col, bit-equal output), tools/patches/caffe-cpu-conv-threads.patch
 # (CAFFE_CPU_CONV_THREADS; CPU-only builds link OpenMP for it, CUDA builds
 # do not and ignore it) and tools/patches/caffe-ip-gemv.patch (InnerProduct
 # at batch 1 as a matrix-vector product, as on the GPU); README "The Caffe
-# build". CUDA builds also apply
-# tools/patches/caffe-cuda13-cudnn9.patch (cuDNN 8/9 and CUDA 13 API
-# changes) and tools/patches/caffe-cudnn-find.patch (CAFFE_CUDNN_FIND:
-# algorithms chosen by timing; the choices logged) and compile for CUDA_ARCH_BIN (default 90: H100/H200)
-# plus PTX of its last entry; cuDNN is looked up in CUDNN_HOME (include/,
-# lib/), else in the toolkit. tools/cuda_from_pypi.sh makes such a toolkit
-# from NVIDIA's PyPI wheels where no CUDA package is at hand.
+# build". CUDA builds also apply tools/patches/caffe-cuda13-cudnn9.patch
+# (cuDNN 8/9 and CUDA 13 API changes) and tools/patches/caffe-cudnn-find.patch
+# (CAFFE_CUDNN_FIND: algorithms chosen by timing; the choices logged) and
+# compile for CUDA_ARCH_BIN (default 90: H100/H200) plus PTX of its last
+# entry; cuDNN is looked up in CUDNN_HOME (include/, lib/), else in the
+# toolkit. tools/cuda_from_pypi.sh makes such a toolkit from NVIDIA's PyPI
+# wheels where no CUDA package is at hand.
 set -euo pipefail
 
 PREFIX=${1:?usage: install_caffe.sh PREFIX PYTHON}
@@ -88,9 +88,9 @@ SRC="$WORK/src"
 sed -i 's/SetTotalBytesLimit(kProtoReadBytesLimit, 536870912)/SetTotalBytesLimit(kProtoReadBytesLimit)/' \
     "$SRC/src/caffe/util/io.cpp"
 grep -q 'SetTotalBytesLimit(kProtoReadBytesLimit)' "$SRC/src/caffe/util/io.cpp"
-# the CPU convolution: im2col without a per-element bounds test (same output),
-# and CAFFE_CPU_CONV_THREADS (several images of a batch at once; off unless set);
-# InnerProduct with one row through gemv
+# the CPU convolution: im2col without a per-element bounds test (same output)
+# and CAFFE_CPU_CONV_THREADS (several images of a batch at once; off unless
+# set); the CPU InnerProduct: one row through gemv
 for cpu_patch in "${CPU_PATCHES[@]}"; do
     patch -d "$SRC" -p1 -s < "$cpu_patch"
 done
