@@ -103,7 +103,8 @@ class _Composite:
 
 
 def _layer_options(net_param):
-    """Per layer name: whether an LRN works across channels, a Concat's axis."""
+    """Per layer name: whether an LRN works across channels, a Concat's or an
+    InnerProduct's axis."""
     lrn = {l.name: l.lrn_param.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS
            for l in net_param.layer if l.type == "LRN"}
     axis = {}
@@ -112,12 +113,18 @@ def _layer_options(net_param):
             p = l.concat_param
             axis[l.name] = p.axis if p.HasField("axis") else (
                 p.concat_dim if p.HasField("concat_dim") else 1)
+        elif l.type == "InnerProduct":
+            if l.inner_product_param.transpose:
+                raise CompactionError(
+                    "layer %r: InnerProduct with transpose: true (weights stored inputs x "
+                    "outputs) is not supported" % l.name)
+            axis[l.name] = l.inner_product_param.axis
     return lrn, axis
 
 
 def _build_graph(net, net_param):
     """Channel spaces of a live TEST-phase ``caffe.Net``."""
-    lrn_across, concat_axis = _layer_options(net_param)
+    lrn_across, layer_axis = _layer_options(net_param)
     blob_space = {}   # blob -> (_Space or _Composite, block)
     layers = []
     for name, layer in zip(net._layer_names, net.layers):
@@ -147,9 +154,10 @@ def _build_graph(net, net_param):
             space, block = blob_space[bottoms[0]]
             block = block * int(np.prod(shape[2:])) if len(shape) > 2 else block
             w = layer.blobs[0].data
-            if w.shape[1] != space.size * block:
-                raise CompactionError("layer %r: InnerProduct with axis != 1 is not supported"
-                                      % name)
+            axis = layer_axis.get(name, 1)
+            if axis % len(shape) != 1 or w.shape[1] != space.size * block:
+                raise CompactionError("layer %r: InnerProduct with axis %d is not supported "
+                                      "(only axis 1: each sample's whole input)" % (name, axis))
             _read(blob_space, bottoms[0], (name, "ip", block))
             new_space(tops[0], producer=name)
         elif kind in PASS_THROUGH:
@@ -177,7 +185,7 @@ def _build_graph(net, net_param):
                 merged = _union(merged, s, name)
             blob_space[tops[0]] = (merged, blob_space[bottoms[0]][1])
         elif kind == "Concat":
-            if net.blobs[tops[0]].data.ndim < 2 or concat_axis.get(name, 1) != 1:
+            if net.blobs[tops[0]].data.ndim < 2 or layer_axis.get(name, 1) != 1:
                 raise CompactionError("layer %r: Concat along an axis other than channels is "
                                       "not supported" % name)
             parts, offset = [], 0

@@ -164,6 +164,11 @@ def _layer_spec(path, entry, layer, initial_rho):
             raise ConfigError("%s: kind %s does not fit convolution %r with group=%d; use "
                               "FILTER or NON_STRUCTURED" % (_where(path, name, "kind"),
                                                             kind_name, name, group))
+    if layer.type == "InnerProduct" and layer.inner_product_param.transpose:
+        raise ConfigError("%s: InnerProduct %r has transpose: true (weight stored inputs x "
+                          "outputs), which pruning does not support; store it untransposed "
+                          "(transpose: false, the weight blob transposed)"
+                          % (_where(path, name, "name"), name))
     rho = float(entry.rho) if entry.HasField("rho") else initial_rho
     if rho <= 0:
         raise ConfigError("%s: rho must be > 0, got %g" % (_where(path, name, "rho"), rho))

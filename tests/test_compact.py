@@ -144,6 +144,27 @@ def test_unsupported_layer_is_named(tmp_path):
         compact.compact(model, weights, str(tmp_path / "out"))
 
 
+@pytest.mark.parametrize("param, message", [
+    ("transpose: true", r"layer 'fc': InnerProduct with transpose: true .* is not supported"),
+    ("axis: 2", r"layer 'fc': InnerProduct with axis 2 is not supported")])
+def test_inner_product_layouts_it_cannot_cut_are_named(tmp_path, param, message):
+    """Caught from the prototxt, before any weight is read the wrong way round;
+    transpose: true with as many inputs as outputs would fit the shape check."""
+    model = write(tmp_path / "t.prototxt", """
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 2 dim: 2 } } }
+        layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+                convolution_param { num_output: 4 kernel_size: 1 } }
+        layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc"
+                inner_product_param { num_output: 16 %s } }
+        """ % param)
+    net = caffe.Net(model, caffe.TEST)
+    net.params["conv"][0].data[1] = 0
+    weights = str(tmp_path / "t.caffemodel")
+    net.save(weights)
+    with pytest.raises(compact.CompactionError, match=message):
+        compact.compact(model, weights, str(tmp_path / "out"))
+
+
 def test_lrn_across_channels_deviation_is_reported_and_refused(tmp_path):
     model = write(tmp_path / "lrn.prototxt", """
         name: "lrn"

@@ -143,3 +143,17 @@ def test_parse_settings_compares_configs_by_value_and_rejects_unknown_fields():
     assert a != parse_settings("rho { initial: 0.01 growth: 2 max: 1 }")
     with pytest.raises(text_format.ParseError, match="no_such_field"):
         parse_settings("no_such_field: 1")
+
+
+def test_a_transposed_inner_product_is_refused_by_name(tmp_path):
+    """Its weight is (inputs, outputs): FILTER would prune inputs. Listed or
+    reached by global_keep_ratio, the error names it."""
+    net = caffe_pb2.NetParameter()
+    net.CopyFrom(NET)
+    net.layer[-1].inner_product_param.transpose = True
+    for body in ('layer { name: "ip1" keep_ratio: 0.5 }', "global_keep_ratio: 0.5"):
+        path = write(tmp_path / "c.prototxt", body)
+        with pytest.raises(ConfigError, match="InnerProduct 'ip1' has transpose: true"):
+            load_config(path, net)
+    net.layer[-1].inner_product_param.transpose = False
+    assert [s.name for s in load_config(path, net).layers] == ["conv1", "gconv", "ip1"]
