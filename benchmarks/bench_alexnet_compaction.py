@@ -129,8 +129,8 @@ def summarize(args, report, result, conv_params, conv_nonzero):
     compact_conv = sum(report["layers"][n]["compact_params"] for n in KEEP)
     summary = {"openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
                "caffe_cpu_conv_threads": os.environ.get("CAFFE_CPU_CONV_THREADS"),
-               "keep_filters": KEEP, "keep_columns": getattr(args, "keep_columns", None),
-               "shape_compaction": getattr(args, "shape", False),
+               "keep_filters": KEEP, "keep_columns": args.keep_columns,
+               "shape_compaction": args.shape,
                "conv_weights": conv_params, "conv_weights_nonzero": conv_nonzero,
                "conv_compression_masked": conv_params / conv_nonzero,
                "conv_compression_compacted": conv_params / compact_conv,
