@@ -1,6 +1,9 @@
 """Caffe's CPU im2col, as patched by tools/patches/caffe-im2col-cpu.patch, writes
 exactly what the textbook definition gives: checked through Caffe's own
-Im2col layer and through Convolution forward and backward (both call it)."""
+Im2col layer and through Convolution forward and backward (both call it).
+
+The patch has two paths: one row at a time, and, at stride 1 with "same"
+padding and rows of at most 16 floats, one run of rows per kernel offset."""
 
 import numpy as np
 import pytest
@@ -50,10 +53,30 @@ def random_configs(n, seed):
     return configs
 
 
-def test_im2col_layer_matches_the_definition(tmp_path):
+def same_padding_configs(n, seed):
+    """Stride 1, output rows as wide as the input's (2 * pad_w equal to the
+    kernel's reach), rows of 1 to 20 floats, so both sides of the 16-float
+    limit: padding rows above and below, kernel rows that read nothing but
+    padding, padding columns wider than 4 (past the unrolled zeroing)."""
+    rng = np.random.default_rng(seed)
+    configs = []
+    while len(configs) < n:
+        h, w = int(rng.integers(1, 9)), int(rng.integers(1, 21))
+        kernel = tuple(int(v) for v in rng.integers(1, 12, 2))
+        dilation = tuple(int(v) for v in rng.integers(1, 4, 2))
+        reach_w = dilation[1] * (kernel[1] - 1)
+        if reach_w % 2:
+            continue
+        pad = (int(rng.integers(0, 8)), reach_w // 2)
+        if h + 2 * pad[0] < dilation[0] * (kernel[0] - 1) + 1:
+            continue
+        configs.append(((int(rng.integers(1, 4)), h, w), kernel, pad, (1, 1), dilation))
+    return configs
+
+
+def check_im2col_layer(tmp_path, configs):
     rng = np.random.default_rng(0)
-    seen_all_padding_column = False
-    for index, (shape, kernel, pad, stride, dilation) in enumerate(random_configs(300, 1)):
+    for index, (shape, kernel, pad, stride, dilation) in enumerate(configs):
         model = write(tmp_path / ("im2col%d.prototxt" % index), """
             layer { name: "x" type: "Input" top: "x"
                     input_param { shape { dim: 2 dim: %d dim: %d dim: %d } } }
@@ -68,13 +91,29 @@ def test_im2col_layer_matches_the_definition(tmp_path):
             expected = reference_im2col(x[n], kernel, pad, stride, dilation)
             np.testing.assert_array_equal(net.blobs["cols"].data[n], expected,
                                           err_msg=str((shape, kernel, pad, stride, dilation)))
-        seen_all_padding_column |= (kernel[1] - 1) * dilation[1] - pad[1] >= shape[2]
-    assert seen_all_padding_column
+
+
+def test_im2col_layer_matches_the_definition(tmp_path):
+    configs = random_configs(300, 1)
+    check_im2col_layer(tmp_path, configs)
+    assert any((kernel[1] - 1) * dilation[1] - pad[1] >= shape[2]
+               for shape, kernel, pad, stride, dilation in configs)
+
+
+def test_im2col_layer_same_padding_runs(tmp_path):
+    configs = same_padding_configs(200, 3)
+    check_im2col_layer(tmp_path, configs)
+    widths = [shape[2] for shape, *_ in configs]
+    assert min(widths) == 1 and max(widths) > 16
+    assert any(pad[1] > 4 for _, _, pad, _, _ in configs)
+    assert any(kernel[0] > 1 and (kernel[0] - 1) * dilation[0] - pad[0] >= shape[1]
+               for shape, kernel, pad, _, dilation in configs)
 
 
 @pytest.mark.parametrize("shape, num_output, kernel, pad, stride, dilation, group", [
     ((3, 31, 29), 5, (11, 11), (0, 0), (4, 4), (1, 1), 1),  # AlexNet conv1's stride
     ((6, 9, 9), 4, (5, 5), (2, 2), (1, 1), (1, 1), 2),      # conv2: pad, group
+    ((4, 13, 13), 6, (3, 3), (1, 1), (1, 1), (1, 1), 2),    # conv3-5: rows as runs
     ((4, 10, 7), 3, (3, 2), (1, 0), (2, 3), (2, 1), 1),
 ])
 def test_convolution_forward_and_weight_gradient(tmp_path, shape, num_output, kernel, pad,
