@@ -120,6 +120,7 @@ void im2col_runs(const Dtype* data_im, const int channels,
   }
 }
 
+// the patch as committed: the run path, else the row path unchanged
 template <typename Dtype>
 void im2col_new(const Dtype* data_im, const int channels,
     const int height, const int width, const int kernel_h, const int kernel_w,
@@ -133,38 +134,8 @@ void im2col_new(const Dtype* data_im, const int channels,
         pad_w, dilation_h, dilation_w, output_h, data_col);
     return;
   }
-  const int channel_size = height * width;
-  for (int channel = channels; channel--; data_im += channel_size) {
-    for (int kernel_row = 0; kernel_row < kernel_h; kernel_row++) {
-      for (int kernel_col = 0; kernel_col < kernel_w; kernel_col++) {
-        const int first_col = -pad_w + kernel_col * dilation_w;
-        int lo = first_col >= 0 ? 0 : (stride_w - 1 - first_col) / stride_w;
-        int hi = first_col >= width ? 0 : (width - 1 - first_col) / stride_w + 1;
-        lo = std::min(lo, output_w);
-        hi = std::max(std::min(hi, output_w), lo);
-        int input_row = -pad_h + kernel_row * dilation_h;
-        for (int output_rows = output_h; output_rows; output_rows--) {
-          if (!is_a_ge_zero_and_a_lt_b(input_row, height)) {
-            std::fill(data_col, data_col + output_w, Dtype(0));
-          } else {
-            std::fill(data_col, data_col + lo, Dtype(0));
-            const Dtype* src = data_im + input_row * width + first_col + lo * stride_w;
-            Dtype* dst = data_col + lo;
-            const int n = hi - lo;
-            switch (stride_w) {
-            case 1: std::memcpy(dst, src, sizeof(Dtype) * n); break;
-            case 2: copy_strided<Dtype, 2>(src, dst, n); break;
-            case 4: copy_strided<Dtype, 4>(src, dst, n); break;
-            default: for (int i = 0; i < n; ++i, src += stride_w) dst[i] = *src;
-            }
-            std::fill(data_col + hi, data_col + output_w, Dtype(0));
-          }
-          data_col += output_w;
-          input_row += stride_h;
-        }
-      }
-    }
-  }
+  im2col_old(data_im, channels, height, width, kernel_h, kernel_w, pad_h, pad_w,
+      stride_h, stride_w, dilation_h, dilation_w, data_col);
 }
 
 int main(int argc, char** argv) {
