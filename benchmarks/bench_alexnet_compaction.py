@@ -72,8 +72,13 @@ def main():
     if args.measured:
         if not args.plan_only:
             parser.error("--measured needs --plan-only DIR (the plan it measured)")
+        if args.keep_columns is not None or args.shape:
+            parser.error("--measured reads --keep-columns and --shape from the plan; "
+                         "leave them out")
         with open(os.path.join(args.plan_only, "compaction.json")) as f:
-            report, conv_params, conv_nonzero = json.load(f)
+            report, conv_params, conv_nonzero, *options = json.load(f)
+        # plans written before these two options existed record neither
+        args.keep_columns, args.shape = options[0] if options else (None, False)
         with open(args.measured) as f:
             result = json.load(f)
         summarize(args, report, result, conv_params, conv_nonzero)
@@ -113,7 +118,7 @@ def main():
         timing.write_plan(args.model, compact_model, args.plan_only, args.batch, args.repeats,
                           args.iterations, args.gpu, args.conv_engine)
         with open(os.path.join(args.plan_only, "compaction.json"), "w") as f:
-            json.dump([report, conv_params, conv_nonzero], f)
+            json.dump([report, conv_params, conv_nonzero, [args.keep_columns, args.shape]], f)
         print("wrote the plan in", args.plan_only)
         return
     engine = "caffe time" if args.gpu is not None or args.engine == "caffe-time" else "pycaffe"
