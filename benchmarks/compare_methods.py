@@ -212,15 +212,16 @@ METHOD_ORDER = ("admm", "ssl", "magnitude")
 def plot_aggregate(cells, out):
     """One PNG per data set: accuracy against compacted compression per method
     (mean, error bars one standard deviation over the seeds), and the paired
-    differences ADMM minus each other method per level. Returns the paths."""
+    differences ADMM minus each other method per level. ``cells`` come sorted
+    by compression within each data set (:func:`write_aggregate`). Returns the
+    paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
     for dataset in dict.fromkeys(c["dataset"] for c in cells):
-        mine = sorted((c for c in cells if c["dataset"] == dataset),
-                      key=lambda c: c["compression"])
+        mine = [c for c in cells if c["dataset"] == dataset]
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
         for i, method in enumerate(METHOD_ORDER):
             pts = [(c["methods"][method].get("compacted_compression") or c["compression"],
