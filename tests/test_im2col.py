@@ -2,8 +2,10 @@
 exactly what the textbook definition gives: checked through Caffe's own
 Im2col layer and through Convolution forward and backward (both call it).
 
-The patch has two paths: one row at a time, and, at stride 1 with "same"
-padding and rows of at most 16 floats, one run of rows per kernel offset."""
+The patch has three paths: one row at a time; at stride 1 with "same"
+padding and rows of at most 16 floats, one run of rows per kernel offset; at
+a column stride below the kernel's width with output rows of 8 floats or
+more, each image row split into its stride's phases first."""
 
 import numpy as np
 import pytest
@@ -74,6 +76,32 @@ def same_padding_configs(n, seed):
     return configs
 
 
+def strided_configs(n, seed):
+    """Column strides 2 and 4 (the specialised splits) and 3 (the generic
+    one), kernels as wide as the stride up to three times wider, output rows
+    of 5 to 30 floats (both sides of the 8-float limit), padding on every
+    side, padding rows, dilation."""
+    rng = np.random.default_rng(seed)
+    configs = []
+    while len(configs) < n:
+        stride = (int(rng.integers(1, 5)), int(rng.integers(2, 5)))
+        kernel = (int(rng.integers(1, 8)), int(rng.integers(stride[1], 3 * stride[1] + 1)))
+        dilation = tuple(int(v) for v in rng.integers(1, 3, 2))
+        pad = tuple(int(v) for v in rng.integers(0, 4, 2))
+        out_w = int(rng.integers(5, 31))
+        reach = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
+        w = (out_w - 1) * stride[1] + reach[1] - 2 * pad[1] + int(rng.integers(0, stride[1]))
+        h = int(rng.integers(1, 12))
+        if w < 1 or h + 2 * pad[0] < reach[0]:
+            continue
+        configs.append(((int(rng.integers(1, 4)), h, w), kernel, pad, stride, dilation))
+    return configs
+
+
+def output_width(shape, kernel, pad, stride, dilation):
+    return (shape[2] + 2 * pad[1] - (dilation[1] * (kernel[1] - 1) + 1)) // stride[1] + 1
+
+
 def check_im2col_layer(tmp_path, configs):
     rng = np.random.default_rng(0)
     for index, (shape, kernel, pad, stride, dilation) in enumerate(configs):
@@ -110,8 +138,18 @@ def test_im2col_layer_same_padding_runs(tmp_path):
                for shape, kernel, pad, _, dilation in configs)
 
 
+def test_im2col_layer_strided_phases(tmp_path):
+    configs = strided_configs(200, 4)
+    check_im2col_layer(tmp_path, configs)
+    phases = [c for c in configs if c[3][1] < c[1][1] and output_width(*c) >= 8]
+    assert {stride[1] for _, _, _, stride, _ in phases} == {2, 3, 4}
+    assert any(pad[1] > 0 and dilation[1] > 1 for _, _, pad, _, dilation in phases)
+    assert any(pad[0] > 0 for _, _, pad, _, _ in phases)
+    assert any(output_width(*c) < 8 for c in configs)
+
+
 @pytest.mark.parametrize("shape, num_output, kernel, pad, stride, dilation, group", [
-    ((3, 31, 29), 5, (11, 11), (0, 0), (4, 4), (1, 1), 1),  # AlexNet conv1's stride
+    ((3, 31, 43), 5, (11, 11), (0, 0), (4, 4), (1, 1), 1),  # AlexNet conv1: phases
     ((6, 9, 9), 4, (5, 5), (2, 2), (1, 1), (1, 1), 2),      # conv2: pad, group
     ((4, 13, 13), 6, (3, 3), (1, 1), (1, 1), (1, 1), 2),    # conv3-5: rows as runs
     ((4, 10, 7), 3, (3, 2), (1, 0), (2, 3), (2, 1), 1),
