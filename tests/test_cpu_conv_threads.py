@@ -12,10 +12,11 @@ import numpy as np
 
 from conftest import ROOT, write, write_tiny
 
-# 1x1 (no im2col), stride 4 with no bias, pad + group, on a batch of 5
+# 1x1 (no im2col), stride 4 with no bias (8x8 out: im2col through the
+# stride's phases, a scratch buffer per thread), pad + group, on a batch of 5
 NET = """
 force_backward: true
-layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 5 dim: 4 dim: 23 dim: 23 } } }
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 5 dim: 4 dim: 35 dim: 35 } } }
 layer { name: "c1" type: "Convolution" bottom: "x" top: "c1"
         convolution_param { num_output: 6 kernel_size: 1 } }
 layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2"
