@@ -5,8 +5,9 @@
 // same buffer, then times them alternately (200 rounds, minimum of each).
 // g++ -O2 -o im2col_bench im2col_bench.cpp
 // ./im2col_bench CHANNELS HEIGHT WIDTH KERNEL PAD STRIDE [DILATION]
-// The patch before (im2col_new there: the run path, else the row path),
-// from the run path's own benchmark; its main() renamed out of the way.
+// The patch before (im2col_new there: the run path, else the row path) and
+// the harness (compare), from the run path's own benchmark; its main()
+// renamed out of the way.
 #define main im2col_runs_bench_main
 #include "../cpu_epyc2_im2col_runs/im2col_bench.cpp"
 #undef main
@@ -110,21 +111,5 @@ void im2col_after(const Dtype* data_im, const int channels,
 }
 
 int main(int argc, char** argv) {
-  int C = atoi(argv[1]), H = atoi(argv[2]), W = atoi(argv[3]), K = atoi(argv[4]), P = atoi(argv[5]), S = atoi(argv[6]);
-  int D = argc > 7 ? atoi(argv[7]) : 1;
-  int oh = (H + 2*P - (D*(K-1)+1))/S + 1, ow = (W + 2*P - (D*(K-1)+1))/S + 1;
-  std::vector<float> im(C*H*W), a(C*K*K*oh*ow, 7.f), b(C*K*K*oh*ow, 9.f);
-  for (size_t i = 0; i < im.size(); ++i) im[i] = (float)(i % 1000) + 1;
-  im2col_before(im.data(), C, H, W, K, K, P, P, S, S, D, D, a.data());
-  im2col_after(im.data(), C, H, W, K, K, P, P, S, S, D, D, b.data());
-  if (memcmp(a.data(), b.data(), a.size()*4)) { printf("MISMATCH\n"); return 1; }
-  double best[2] = {1e9, 1e9};
-  for (int r = 0; r < 200; ++r) for (int vv = 0; vv < 2; ++vv) { int v = (vv + r) % 2;
-    auto t0 = std::chrono::steady_clock::now();
-    if (v == 0) im2col_before(im.data(), C, H, W, K, K, P, P, S, S, D, D, a.data());
-    else im2col_after(im.data(), C, H, W, K, K, P, P, S, S, D, D, b.data());
-    double t = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
-    best[v] = std::min(best[v], t);
-  }
-  printf("C=%d %dx%d k%d p%d s%d d%d -> %dx%d: before %.1f us after %.1f us (%.2fx)\n", C, H, W, K, P, S, D, oh, ow, best[0], best[1], best[0]/best[1]);
+  return compare(argc, argv, im2col_before<float>, im2col_after<float>, "before", "after");
 }

@@ -138,22 +138,33 @@ void im2col_new(const Dtype* data_im, const int channels,
       stride_h, stride_w, dilation_h, dilation_w, data_col);
 }
 
-int main(int argc, char** argv) {
+typedef void Im2col(const float*, int, int, int, int, int, int, int, int, int,
+    int, int, float*);
+
+// checks that a and b write the same buffer, then times them alternately
+int compare(int argc, char** argv, Im2col* a, Im2col* b, const char* a_name,
+    const char* b_name) {
   int C = atoi(argv[1]), H = atoi(argv[2]), W = atoi(argv[3]), K = atoi(argv[4]), P = atoi(argv[5]), S = atoi(argv[6]);
   int D = argc > 7 ? atoi(argv[7]) : 1;
   int oh = (H + 2*P - (D*(K-1)+1))/S + 1, ow = (W + 2*P - (D*(K-1)+1))/S + 1;
-  std::vector<float> im(C*H*W), a(C*K*K*oh*ow, 7.f), b(C*K*K*oh*ow, 9.f);
+  std::vector<float> im(C*H*W), out_a(C*K*K*oh*ow, 7.f), out_b(C*K*K*oh*ow, 9.f);
   for (size_t i = 0; i < im.size(); ++i) im[i] = (float)(i % 1000) + 1;
-  im2col_old(im.data(), C, H, W, K, K, P, P, S, S, D, D, a.data());
-  im2col_new(im.data(), C, H, W, K, K, P, P, S, S, D, D, b.data());
-  if (memcmp(a.data(), b.data(), a.size()*4)) { printf("MISMATCH\n"); return 1; }
+  a(im.data(), C, H, W, K, K, P, P, S, S, D, D, out_a.data());
+  b(im.data(), C, H, W, K, K, P, P, S, S, D, D, out_b.data());
+  if (memcmp(out_a.data(), out_b.data(), out_a.size()*4)) { printf("MISMATCH\n"); return 1; }
   double best[2] = {1e9, 1e9};
   for (int r = 0; r < 200; ++r) for (int vv = 0; vv < 2; ++vv) { int v = (vv + r) % 2;
     auto t0 = std::chrono::steady_clock::now();
-    if (v == 0) im2col_old(im.data(), C, H, W, K, K, P, P, S, S, D, D, a.data());
-    else im2col_new(im.data(), C, H, W, K, K, P, P, S, S, D, D, b.data());
+    if (v == 0) a(im.data(), C, H, W, K, K, P, P, S, S, D, D, out_a.data());
+    else b(im.data(), C, H, W, K, K, P, P, S, S, D, D, out_b.data());
     double t = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
     best[v] = std::min(best[v], t);
   }
-  printf("C=%d %dx%d k%d p%d s%d d%d -> %dx%d: old %.1f us new %.1f us (%.2fx)\n", C, H, W, K, P, S, D, oh, ow, best[0], best[1], best[0]/best[1]);
+  printf("C=%d %dx%d k%d p%d s%d d%d -> %dx%d: %s %.1f us %s %.1f us (%.2fx)\n", C, H, W, K, P, S, D, oh, ow,
+         a_name, best[0], b_name, best[1], best[0]/best[1]);
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  return compare(argc, argv, im2col_old<float>, im2col_new<float>, "old", "new");
 }
