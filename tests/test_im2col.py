@@ -15,12 +15,17 @@ from caffe_admm.backend import caffe
 from conftest import write
 
 
+def output_size(shape, kernel, pad, stride, dilation):
+    """(C, H, W) -> Caffe's (out_h, out_w)."""
+    return tuple((size + 2 * p - (d * (k - 1) + 1)) // s + 1
+                 for size, k, p, s, d in zip(shape[1:], kernel, pad, stride, dilation))
+
+
 def reference_im2col(image, kernel, pad, stride, dilation):
     """(C, H, W) -> (C * kh * kw, out_h, out_w), zeros where the kernel reads padding."""
     (kh, kw), (ph, pw), (sh, sw), (dh, dw) = kernel, pad, stride, dilation
     c, h, w = image.shape
-    out_h = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-    out_w = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    out_h, out_w = output_size(image.shape, kernel, pad, stride, dilation)
     padded = np.zeros((c, h + 2 * ph, w + 2 * pw), image.dtype)
     padded[:, ph:ph + h, pw:pw + w] = image
     cols = np.empty((c, kh, kw, out_h, out_w), image.dtype)
@@ -98,10 +103,6 @@ def strided_configs(n, seed):
     return configs
 
 
-def output_width(shape, kernel, pad, stride, dilation):
-    return (shape[2] + 2 * pad[1] - (dilation[1] * (kernel[1] - 1) + 1)) // stride[1] + 1
-
-
 def check_im2col_layer(tmp_path, configs):
     rng = np.random.default_rng(0)
     for index, (shape, kernel, pad, stride, dilation) in enumerate(configs):
@@ -141,11 +142,11 @@ def test_im2col_layer_same_padding_runs(tmp_path):
 def test_im2col_layer_strided_phases(tmp_path):
     configs = strided_configs(200, 4)
     check_im2col_layer(tmp_path, configs)
-    phases = [c for c in configs if c[3][1] < c[1][1] and output_width(*c) >= 8]
+    phases = [c for c in configs if c[3][1] < c[1][1] and output_size(*c)[1] >= 8]
     assert {stride[1] for _, _, _, stride, _ in phases} == {2, 3, 4}
     assert any(pad[1] > 0 and dilation[1] > 1 for _, _, pad, _, dilation in phases)
     assert any(pad[0] > 0 for _, _, pad, _, _ in phases)
-    assert any(output_width(*c) < 8 for c in configs)
+    assert any(output_size(*c)[1] < 8 for c in configs)
 
 
 @pytest.mark.parametrize("shape, num_output, kernel, pad, stride, dilation, group", [
