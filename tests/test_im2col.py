@@ -3,7 +3,7 @@ exactly what the textbook definition gives: checked through Caffe's own
 Im2col layer and through Convolution forward and backward (both call it).
 
 The patch has three paths: one row at a time; at stride 1 with "same"
-padding and rows of at most 16 floats, one run of rows per kernel offset; at
+padding and rows of at most 32 floats, one run of rows per kernel offset; at
 a column stride below the kernel's width with output rows of 8 floats or
 more, each image row split into its stride's phases first."""
 
@@ -62,13 +62,13 @@ def random_configs(n, seed):
 
 def same_padding_configs(n, seed):
     """Stride 1, output rows as wide as the input's (2 * pad_w equal to the
-    kernel's reach), rows of 1 to 20 floats, so both sides of the 16-float
+    kernel's reach), rows of 1 to 40 floats, so both sides of the 32-float
     limit: padding rows above and below, kernel rows that read nothing but
     padding, padding columns wider than 4 (past the unrolled zeroing)."""
     rng = np.random.default_rng(seed)
     configs = []
     while len(configs) < n:
-        h, w = int(rng.integers(1, 9)), int(rng.integers(1, 21))
+        h, w = int(rng.integers(1, 9)), int(rng.integers(1, 41))
         kernel = tuple(int(v) for v in rng.integers(1, 12, 2))
         dilation = tuple(int(v) for v in rng.integers(1, 4, 2))
         reach_w = dilation[1] * (kernel[1] - 1)
@@ -133,7 +133,7 @@ def test_im2col_layer_same_padding_runs(tmp_path):
     configs = same_padding_configs(200, 3)
     check_im2col_layer(tmp_path, configs)
     widths = [shape[2] for shape, *_ in configs]
-    assert min(widths) == 1 and max(widths) > 16
+    assert min(widths) == 1 and max(widths) > 32
     assert any(pad[1] > 4 for _, _, pad, _, _ in configs)
     assert any(kernel[0] > 1 and (kernel[0] - 1) * dilation[0] - pad[0] >= shape[1]
                for shape, kernel, pad, _, dilation in configs)
