@@ -3,7 +3,7 @@
 // kernel's width, with output rows of 8 floats or more, each image row split
 // into its stride's phases first), standalone: checks that both write the
 // same buffer, then times them alternately (200 rounds, minimum of each).
-// g++ -O2 -o im2col_bench im2col_bench.cpp
+// g++ -O3 -o im2col_bench im2col_bench.cpp   (Caffe's Release flags; or -O2)
 // ./im2col_bench CHANNELS HEIGHT WIDTH KERNEL PAD STRIDE [DILATION]
 // The patch before (im2col_new there: the run path, else the row path) and
 // the harness (compare), from the run path's own benchmark; its main()
