@@ -53,8 +53,7 @@ def random_configs(n, seed):
         pad = tuple(int(v) for v in rng.integers(0, 5, 2))
         stride = tuple(int(v) for v in rng.integers(1, 6, 2))
         dilation = tuple(int(v) for v in rng.integers(1, 4, 2))
-        extent = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
-        if h + 2 * pad[0] < extent[0] or w + 2 * pad[1] < extent[1]:
+        if min(output_size((1, h, w), kernel, pad, stride, dilation)) < 1:
             continue
         configs.append(((int(rng.integers(1, 4)), h, w), kernel, pad, stride, dilation))
     return configs
@@ -75,7 +74,7 @@ def same_padding_configs(n, seed):
         if reach_w % 2:
             continue
         pad = (int(rng.integers(0, 8)), reach_w // 2)
-        if h + 2 * pad[0] < dilation[0] * (kernel[0] - 1) + 1:
+        if output_size((1, h, w), kernel, pad, (1, 1), dilation)[0] < 1:
             continue
         configs.append(((int(rng.integers(1, 4)), h, w), kernel, pad, (1, 1), dilation))
     return configs
@@ -94,10 +93,10 @@ def strided_configs(n, seed):
         dilation = tuple(int(v) for v in rng.integers(1, 3, 2))
         pad = tuple(int(v) for v in rng.integers(0, 4, 2))
         out_w = int(rng.integers(5, 31))
-        reach = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
-        w = (out_w - 1) * stride[1] + reach[1] - 2 * pad[1] + int(rng.integers(0, stride[1]))
+        reach_w = dilation[1] * (kernel[1] - 1) + 1
+        w = (out_w - 1) * stride[1] + reach_w - 2 * pad[1] + int(rng.integers(0, stride[1]))
         h = int(rng.integers(1, 12))
-        if w < 1 or h + 2 * pad[0] < reach[0]:
+        if w < 1 or output_size((1, h, w), kernel, pad, stride, dilation)[0] < 1:
             continue
         configs.append(((int(rng.integers(1, 4)), h, w), kernel, pad, stride, dilation))
     return configs
