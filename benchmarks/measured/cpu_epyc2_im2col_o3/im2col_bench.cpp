@@ -74,7 +74,8 @@ void im2col_runs_o3(const Dtype* data_im, const int channels,
         // the padding columns between two rows of the run, one loop per count
         Dtype* gap = dst + hi;
         const int rows = r1 - r0 - 1;
-        switch (width - hi + lo) {
+        const int gap_cols = width - hi + lo;
+        switch (gap_cols) {
         case 0: gap += rows * width; break;
         case 1: gap = zero_gaps<Dtype, 1>(gap, rows, width); break;
         case 2: gap = zero_gaps<Dtype, 2>(gap, rows, width); break;
@@ -82,7 +83,7 @@ void im2col_runs_o3(const Dtype* data_im, const int channels,
         case 4: gap = zero_gaps<Dtype, 4>(gap, rows, width); break;
         default:
           for (int r = 0; r < rows; ++r, gap += width) {
-            std::fill(gap, gap + width - hi + lo, Dtype(0));
+            std::fill(gap, gap + gap_cols, Dtype(0));
           }
         }
         std::fill(gap, data_col + output_size, Dtype(0));
