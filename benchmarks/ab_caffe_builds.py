@@ -17,11 +17,13 @@ get ``BIN/../lib`` first on ``LD_LIBRARY_PATH`` (a bundle from
 ``tools/bundle_caffe_cli.sh`` finds its own ``libcaffe.so``, not the other
 build's); ``--env NAME:VAR=VALUE`` sets a variable for one build's
 processes, so one binary can run under two names with two settings (e.g. a
-Caffe knob read from the environment). OUT.json is rewritten after every
-round and holds whole rounds only: with ``--deadline-s`` no round starts
-after that many seconds, and a failed ``caffe`` process or Ctrl-C stops the
-run with the rounds done so far kept and the reason in ``stopped_early``
-(exit status 1; 0 at the deadline).
+Caffe knob read from the environment). ``--env NAME:LD_LIBRARY_PATH=DIRS``
+replaces the inherited path and puts DIRS before ``BIN/../lib``, so a
+library there (the OpenMP OpenBLAS, say) wins over the bundle's. OUT.json
+is rewritten after every round and holds whole rounds only: with
+``--deadline-s`` no round starts after that many seconds, and a failed
+``caffe`` process or Ctrl-C stops the run with the rounds done so far kept
+and the reason in ``stopped_early`` (exit status 1; 0 at the deadline).
 """
 
 import argparse
@@ -60,13 +62,18 @@ def parse_env(text):
 
 
 def build_env(binary, extra=None):
-    """os.environ with the build's own lib/ (BIN/../lib, where it holds a
-    libcaffe.so) first on LD_LIBRARY_PATH, and the ``extra`` variables set."""
-    env = dict(os.environ, **(extra or {}))
+    """os.environ with the ``extra`` variables set and the build's own lib/
+    (BIN/../lib, where it holds a libcaffe.so) on LD_LIBRARY_PATH: first, or
+    right after the folders of an ``extra`` LD_LIBRARY_PATH. A bundle's lib/
+    holds its own OpenBLAS, so a library swapped in through ``--env`` (the
+    OpenMP OpenBLAS, say) must come before it to be the one loaded."""
+    extra = dict(extra or {})
+    env = dict(os.environ, **extra)
     lib = os.path.normpath(os.path.join(os.path.dirname(binary), "..", "lib"))
     if glob.glob(os.path.join(lib, "libcaffe.so*")):
-        env["LD_LIBRARY_PATH"] = lib + (":" + env["LD_LIBRARY_PATH"]
-                                        if env.get("LD_LIBRARY_PATH") else "")
+        path = [extra.get("LD_LIBRARY_PATH"), lib,
+                None if "LD_LIBRARY_PATH" in extra else os.environ.get("LD_LIBRARY_PATH")]
+        env["LD_LIBRARY_PATH"] = ":".join(p for p in path if p)
     return env
 
 

@@ -360,6 +360,10 @@ def test_ab_script_gives_each_bundle_its_own_libraries(tmp_path, monkeypatch):
     env = ab_caffe_builds.build_env(str(tmp_path / "b2" / "bin" / "caffe"),
                                     {"CAFFE_CUDNN_WORKSPACE_MB": "64"})
     assert env["LD_LIBRARY_PATH"] == "/cuda/lib" and env["CAFFE_CUDNN_WORKSPACE_MB"] == "64"
+    # a library swapped in through --env (another OpenBLAS) goes before the bundle's own
+    env = ab_caffe_builds.build_env(str(tmp_path / "b1" / "bin" / "caffe"),
+                                    {"LD_LIBRARY_PATH": "/omp:/cuda/lib"})
+    assert env["LD_LIBRARY_PATH"] == "/omp:/cuda/lib:" + str(tmp_path / "b1" / "lib")
     assert ab_caffe_builds.parse_env("ws:A=b=c") == ("ws", "A", "b=c")
 
 
