@@ -1,6 +1,8 @@
 """Caffe's CPU im2col, as patched by tools/patches/caffe-im2col-cpu.patch, writes
 exactly what the textbook definition gives: checked through Caffe's own
 Im2col layer and through Convolution forward and backward (both call it).
+Its col2im (Im2col's backward, a convolution's input gradient), patched to
+add a row's columns at once, gives exactly the definition's float32 sums.
 
 The patch has three paths: one row at a time; at stride 1 with "same"
 padding and rows of at most 32 floats, one run of rows per kernel offset; at
@@ -34,6 +36,22 @@ def reference_im2col(image, kernel, pad, stride, dilation):
             cols[:, i, j] = padded[:, i * dh:i * dh + sh * (out_h - 1) + 1:sh,
                                    j * dw:j * dw + sw * (out_w - 1) + 1:sw]
     return cols.reshape(c * kh * kw, out_h, out_w)
+
+
+def reference_col2im(cols, shape, kernel, pad, stride, dilation):
+    """(C * kh * kw, out_h, out_w) -> (C, H, W): each column added back where
+    im2col read it, padding dropped; float32 sums in Caffe's order (kernel
+    rows, then kernel columns), so the result is exact, not approximate."""
+    (kh, kw), (ph, pw), (sh, sw), (dh, dw) = kernel, pad, stride, dilation
+    c, h, w = shape
+    out_h, out_w = cols.shape[1:]
+    padded = np.zeros((c, h + 2 * ph, w + 2 * pw), cols.dtype)
+    cols = cols.reshape(c, kh, kw, out_h, out_w)
+    for i in range(kh):
+        for j in range(kw):
+            padded[:, i * dh:i * dh + sh * (out_h - 1) + 1:sh,
+                   j * dw:j * dw + sw * (out_w - 1) + 1:sw] += cols[:, i, j]
+    return padded[:, ph:ph + h, pw:pw + w]
 
 
 def conv_param(kernel, pad, stride, dilation):
@@ -103,9 +121,12 @@ def strided_configs(n, seed):
 
 
 def check_im2col_layer(tmp_path, configs):
+    """Forward (im2col) against the definition, and backward (col2im, the
+    input gradient) against the definition's adjoint, both bit for bit."""
     rng = np.random.default_rng(0)
     for index, (shape, kernel, pad, stride, dilation) in enumerate(configs):
         model = write(tmp_path / ("im2col%d.prototxt" % index), """
+            force_backward: true
             layer { name: "x" type: "Input" top: "x"
                     input_param { shape { dim: 2 dim: %d dim: %d dim: %d } } }
             layer { name: "cols" type: "Im2col" bottom: "x" top: "cols"
@@ -115,10 +136,16 @@ def check_im2col_layer(tmp_path, configs):
         x = rng.standard_normal((2,) + shape).astype(np.float32)
         net.blobs["x"].data[...] = x
         net.forward()
+        config = str((shape, kernel, pad, stride, dilation))
         for n in range(2):
             expected = reference_im2col(x[n], kernel, pad, stride, dilation)
-            np.testing.assert_array_equal(net.blobs["cols"].data[n], expected,
-                                          err_msg=str((shape, kernel, pad, stride, dilation)))
+            np.testing.assert_array_equal(net.blobs["cols"].data[n], expected, err_msg=config)
+        cols_diff = rng.standard_normal(net.blobs["cols"].diff.shape).astype(np.float32)
+        net.blobs["cols"].diff[...] = cols_diff
+        net.backward()
+        for n in range(2):
+            expected = reference_col2im(cols_diff[n], shape, kernel, pad, stride, dilation)
+            np.testing.assert_array_equal(net.blobs["x"].diff[n], expected, err_msg=config)
 
 
 def test_im2col_layer_matches_the_definition(tmp_path):
@@ -157,7 +184,8 @@ def test_im2col_layer_strided_phases(tmp_path):
 def test_convolution_forward_and_weight_gradient(tmp_path, shape, num_output, kernel, pad,
                                                  stride, dilation, group):
     """Both passes run im2col: forward on the input, backward for the weight
-    gradient. Compared with the same products done in numpy (float64)."""
+    gradient; the input gradient runs col2im. Compared with the same products
+    done in numpy (float64)."""
     model = write(tmp_path / "conv.prototxt", """
         force_backward: true
         layer { name: "x" type: "Input" top: "x"
@@ -182,6 +210,7 @@ def test_convolution_forward_and_weight_gradient(tmp_path, shape, num_output, ke
     per_group_out, per_group_in = num_output // group, shape[0] // group
     expected_y = np.empty(net.blobs["y"].data.shape)
     expected_dw = np.zeros(w.shape)
+    expected_dx = np.empty(x.shape)
     for n in range(2):
         for g in range(group):
             cols = reference_im2col(x[n, g * per_group_in:(g + 1) * per_group_in].astype(np.float64),
@@ -192,5 +221,11 @@ def test_convolution_forward_and_weight_gradient(tmp_path, shape, num_output, ke
                 expected_y[n, out].shape) + bias.data[out, None, None]
             expected_dw[out] += (top_diff[n, out].reshape(per_group_out, -1) @ cols.T).reshape(
                 w[out].shape)
+            dcols = w[out].reshape(per_group_out, -1).T @ top_diff[n, out].reshape(
+                per_group_out, -1)
+            expected_dx[n, g * per_group_in:(g + 1) * per_group_in] = reference_col2im(
+                dcols.reshape((-1,) + top_diff.shape[2:]), (per_group_in,) + shape[1:],
+                kernel, pad, stride, dilation)
     np.testing.assert_allclose(net.blobs["y"].data, expected_y, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(weights.diff, expected_dw, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(net.blobs["x"].diff, expected_dx, rtol=1e-4, atol=1e-4)

@@ -12,7 +12,7 @@
 # Only Debian's archive is contacted (through a private apt state, so the
 # machine's own apt configuration is not touched).
 # Every build applies tools/patches/caffe-im2col-cpu.patch (a faster CPU
-# im2col, bit-equal output), tools/patches/caffe-cpu-conv-threads.patch
+# im2col and col2im, bit-equal output), tools/patches/caffe-cpu-conv-threads.patch
 # (CAFFE_CPU_CONV_THREADS; CPU-only builds link OpenMP for it, CUDA builds
 # do not and ignore it) and tools/patches/caffe-ip-gemv.patch (InnerProduct
 # at batch 1 as a matrix-vector product, as on the GPU); README "The Caffe
@@ -88,7 +88,8 @@ SRC="$WORK/src"
 sed -i 's/SetTotalBytesLimit(kProtoReadBytesLimit, 536870912)/SetTotalBytesLimit(kProtoReadBytesLimit)/' \
     "$SRC/src/caffe/util/io.cpp"
 grep -q 'SetTotalBytesLimit(kProtoReadBytesLimit)' "$SRC/src/caffe/util/io.cpp"
-# the CPU convolution: im2col without a per-element bounds test (same output)
+# the CPU convolution: im2col and col2im without a per-element bounds test
+# (same output)
 # and CAFFE_CPU_CONV_THREADS (several images of a batch at once; off unless
 # set); the CPU InnerProduct: one row through gemv
 for cpu_patch in "${CPU_PATCHES[@]}"; do
