@@ -165,6 +165,13 @@ def main(argv=None):
     plan = dict(plan, iterations=iterations, gpu=None if args.cpu else plan.get("gpu"))
     binaries = dict(args.build)
     envs = {name: build_env(path, extra[name]) for name, path in binaries.items()}
+    blas = {}
+    if plan.get("gpu") is None:
+        for name in names:
+            blas[name] = caffetime.blas_info(binaries[name], envs[name])
+            print("%s: BLAS %s, kernel %s" % (name, blas[name]["library"], blas[name]["core"]))
+            if blas[name]["warning"]:
+                print("WARNING (%s): %s" % (name, blas[name]["warning"]))
     runs = {name: {batch: {"original": [], "compact": []} for batch in plan["models"]}
             for name in names}
     walls = {name: [] for name in names}
@@ -175,7 +182,7 @@ def main(argv=None):
     def write(rounds):
         result = {name: caffetime.summarise(plan, {b: {w: cell[w][:rounds] for w in cell}
                                                    for b, cell in runs[name].items()},
-                                            envs[name])
+                                            envs[name], blas.get(name))
                   for name in names}
         out = {"plan": os.path.abspath(args.plan), "builds": binaries, "env": extra,
                "order": names, "rounds": rounds, "rounds_planned": repeats,

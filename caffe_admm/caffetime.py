@@ -29,7 +29,8 @@ import subprocess
 import sys
 
 __all__ = ["parse_log", "time_log", "run", "rotate", "measure", "summarise", "cudnn_workspace_mb",
-           "cudnn_find", "cpu_threads", "find_caffe", "main"]
+           "cudnn_find", "cpu_threads", "blas_info", "loaded_blas_info", "blas_warning",
+           "find_caffe", "main"]
 
 _LAYER = re.compile(r"\]\s+(\S+)\s+forward: ([0-9.eE+-]+) ms\.")
 _FORWARD = re.compile(r"Average Forward pass: ([0-9.eE+-]+) ms\.")
@@ -171,7 +172,7 @@ def measure(plan, base_dir=".", caffe=None, progress=None):
                 if progress:
                     progress("batch %s %s %d/%d: forward %.3f ms"
                              % (batch, which, r + 1, plan["repeats"], res["forward_ms"]))
-    return summarise(plan, runs)
+    return summarise(plan, runs, blas=None if plan.get("gpu") is not None else blas_info(caffe))
 
 
 def cudnn_workspace_mb(environ=None):
@@ -204,7 +205,128 @@ def cpu_threads(environ=None):
     return {name: environ.get(name) for name in CPU_THREAD_VARIABLES}
 
 
-def summarise(plan, runs, environ=None):
+# BLAS libraries, by the start of their file name
+_BLAS_FILES = ("libopenblas", "libblas", "libcblas", "libmkl_rt", "libblis", "libatlas")
+# OpenBLAS kernels without AVX2 and FMA: what its DYNAMIC_ARCH falls back to on
+# a CPU it does not recognise (Debian's 0.3.21 runs Prescott on a Sapphire
+# Rapids: benchmarks/measured/cpu_xeon16_blas_core/)
+GENERIC_KERNELS = frozenset(("prescott", "core2", "penryn", "dunnington", "nehalem", "atom",
+                             "sandybridge", "barcelona", "bobcat", "opteron", "opteron_sse3",
+                             "katmai", "coppermine", "northwood", "banias", "generic"))
+
+
+def openblas_names(path):
+    """``core`` (the kernel chosen at load time) and ``config`` of the OpenBLAS
+    at ``path``, through its own ``openblas_get_corename``/``_config``; {} for
+    another library. Loading it in a process where it is loaded already
+    returns that instance."""
+    import ctypes
+    lib = ctypes.CDLL(path)
+    names = {}
+    for key in ("corename", "config"):
+        function = getattr(lib, "openblas_get_" + key, None)
+        if function is not None:
+            function.restype = ctypes.c_char_p
+            names["core" if key == "corename" else key] = function().decode()
+    return names
+
+
+def cpu_flags(path="/proc/cpuinfo"):
+    """The CPU's feature flags (the first ``flags`` line), empty where unreadable."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def blas_warning(core, flags):
+    """A warning where OpenBLAS runs a generic kernel on a CPU with AVX2, else None."""
+    if not core or core.lower() not in GENERIC_KERNELS or "avx2" not in flags:
+        return None
+    wide = "avx512f" in flags
+    return ("OpenBLAS runs its generic %s kernel on a CPU with AVX2%s: GEMMs may run several "
+            "times slower than they can, which also flatters speed-up / FLOP reduction; set "
+            "OPENBLAS_CORETYPE=%s (or another kernel this CPU runs) and time again"
+            % (core, " and AVX-512" if wide else "", "SKYLAKEX" if wide else "HASWELL"))
+
+
+def _blas_record(path, names):
+    names = names or {}
+    return {"library": os.path.realpath(path) if path else None, "core": names.get("core"),
+            "config": names.get("config"), "warning": blas_warning(names.get("core"), cpu_flags())}
+
+
+def _executable(path):
+    """``path``, or the binary that a shell wrapper such as ``.venv/bin/caffe``
+    ends in (its ``exec "BINARY"`` line)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) == b"\x7fELF":
+                return path
+            match = re.search(rb'^exec "([^"]+)"', f.read(65536), re.M)
+    except OSError:
+        return path
+    return match.group(1).decode() if match else path
+
+
+def blas_info(caffe, environ=None):
+    """The BLAS that ``caffe`` (a binary) loads under ``environ`` (default
+    ``os.environ``): its file (through ``ldd``), and for OpenBLAS the kernel it
+    picks there (asked in a child process with that environment, since
+    ``OPENBLAS_CORETYPE`` and ``LD_LIBRARY_PATH`` decide it) and a warning from
+    :func:`blas_warning`. ``library`` is None where ``ldd`` finds no BLAS."""
+    env = dict(os.environ if environ is None else environ)
+    try:
+        text = subprocess.run(["ldd", _executable(caffe)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, env=env, universal_newlines=True,
+                              timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        text = ""
+    path = next((fields[2] for fields in (line.split() for line in text.splitlines())
+                 if len(fields) > 2 and fields[1] == "=>" and fields[0].startswith(_BLAS_FILES)
+                 and fields[2].startswith("/")), None)
+    names = {}
+    if path and os.path.basename(path).startswith("libopenblas"):
+        code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
+                "from caffe_admm.caffetime import openblas_names; "
+                "print(json.dumps(openblas_names(sys.argv[2])))")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        try:
+            names = json.loads(subprocess.run(
+                [sys.executable, "-c", code, root, path], stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, env=env, universal_newlines=True, timeout=60,
+                check=True).stdout)
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass  # recorded without a kernel
+    return _blas_record(path, names)
+
+
+def loaded_blas_info(maps="/proc/self/maps"):
+    """:func:`blas_info` of the BLAS loaded in this process (pycaffe's), read
+    from the process's memory map; ``library`` None where none is loaded.
+    numpy's own OpenBLAS, whose symbols carry a suffix (``cblas_sgemm64_``),
+    is not the one Caffe calls and is passed over."""
+    import ctypes
+    path = None
+    try:
+        with open(maps) as f:
+            candidates = [fields[5] for fields in (line.split() for line in f) if len(fields) > 5
+                          and os.path.basename(fields[5]).startswith(_BLAS_FILES)]
+    except OSError:
+        candidates = []
+    for candidate in dict.fromkeys(candidates):
+        if hasattr(ctypes.CDLL(candidate), "cblas_sgemm"):
+            path = candidate
+            break
+    names = openblas_names(path) if path and "libopenblas" in os.path.basename(path) else {}
+    return _blas_record(path, names)
+
+
+def summarise(plan, runs, environ=None, blas=None):
     """Median, min and max per layer and for the whole net, and the speed-ups.
 
     Parameters
@@ -219,6 +341,9 @@ def summarise(plan, runs, environ=None):
         results record its cuDNN workspace limit (:func:`cudnn_workspace_mb`)
         and whether algorithms were timed (:func:`cudnn_find`), CPU results
         its thread settings (:func:`cpu_threads`).
+    blas : dict or None
+        :func:`blas_info` of the processes' Caffe, recorded as ``blas`` in CPU
+        results.
 
     Returns
     -------
@@ -241,6 +366,8 @@ def summarise(plan, runs, environ=None):
         out["cudnn_find"] = cudnn_find(environ)
     else:
         out["cpu_threads"] = cpu_threads(environ)
+        if blas is not None:
+            out["blas"] = blas
     for batch, cells in runs.items():
         timed = {}
         for which, results in cells.items():

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from caffe_admm.caffetime import cpu_threads, rotate
+from caffe_admm.caffetime import cpu_threads, loaded_blas_info, rotate
 
 __all__ = ["layer_costs", "time_net", "time_nets", "layer_range", "compare", "speedups",
            "summary", "rotate", "write_plan", "format_table"]
@@ -219,6 +219,9 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
     -------
     dict: per batch size, per layer: original and compacted timings, the
     measured speed-up (ratio of medians), the FLOP and parameter reductions.
+    CPU results also record the thread settings (``cpu_threads``) and the BLAS
+    with the kernel it runs (``blas``, with a ``warning`` where that kernel is
+    a generic one on a CPU with AVX2).
     """
     if gpu is not None or engine == "caffe time":
         import tempfile
@@ -235,7 +238,8 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
     costs_a, costs_b = layer_costs(a), layer_costs(b)
     layers = [n for n in costs_a if n in costs_b]
     out = {"engine": "pycaffe", "model": model, "compact_model": compact_model,
-           "repeats": repeats, "cpu_threads": cpu_threads(), "batches": {}}
+           "repeats": repeats, "cpu_threads": cpu_threads(), "blas": loaded_blas_info(),
+           "batches": {}}
     for batch in batches:
         out["batches"][batch] = speedups(*time_nets([a, b], batch, repeats, warmup, layers),
                                          costs_a, costs_b)
@@ -292,6 +296,12 @@ def format_table(result):
         lines.append("CPU threads: " + ", ".join(
             "%s=%s" % (name, "unset" if value is None else value)
             for name, value in result["cpu_threads"].items()))
+    blas = result.get("blas")
+    if blas:
+        lines.append("BLAS: %s%s" % (blas["library"] or "not found",
+                                     ", kernel %s" % blas["core"] if blas.get("core") else ""))
+        if blas.get("warning"):
+            lines.append("WARNING: " + blas["warning"])
     for batch, data in result["batches"].items():
         algos = any("cudnn_forward" in r[w] for r in data["layers"].values()
                     for w in ("original", "compact"))

@@ -283,6 +283,9 @@ def test_ab_script_interleaves_two_real_builds_and_rotates_their_order(tmp_path,
     rel = result["relative_to_first"]["1"]
     a, b = (result["results"][n]["batches"]["1"]["net"]["compact"]["median_ms"] for n in "ab")
     assert rel["net"]["b/a compact"] == pytest.approx(b / a)
+    blas = caffetime.blas_info(CAFFE)
+    assert result["results"]["a"]["blas"] == result["results"]["b"]["blas"] == blas
+    assert "a: BLAS %s, kernel %s" % (blas["library"], blas["core"]) in res.stdout
 
 
 def test_ab_script_keeps_whole_rounds_at_its_deadline(tmp_path, compacted):
@@ -425,3 +428,56 @@ def test_cpu_results_record_the_thread_settings(monkeypatch):
         caffetime.measure(plan, caffe=sys.executable))
     plan["gpu"] = 0
     assert "cpu_threads" not in caffetime.measure(plan, caffe=sys.executable)
+
+
+@pytest.mark.parametrize("core, flags, kernel", [
+    ("Prescott", {"sse3", "avx2", "fma"}, "HASWELL"),
+    ("Nehalem", {"avx2", "avx512f"}, "SKYLAKEX"),
+    ("Zen", {"avx2", "fma"}, None),            # a kernel made for the CPU
+    ("Prescott", {"sse3", "avx"}, None),       # no AVX2: nothing better to pick
+    (None, {"avx2"}, None),                    # not OpenBLAS
+])
+def test_blas_warning_names_a_generic_kernel_on_a_cpu_with_avx2(core, flags, kernel):
+    warning = caffetime.blas_warning(core, flags)
+    if kernel is None:
+        assert warning is None
+    else:
+        assert "generic %s kernel" % core in warning
+        assert "OPENBLAS_CORETYPE=%s" % kernel in warning
+
+
+def test_blas_info_asks_the_openblas_that_caffe_loads():
+    """The real build: ldd finds Debian's OpenBLAS through the .venv wrapper as
+    through the binary, and a kernel forced by OPENBLAS_CORETYPE in the given
+    environment is the one reported (Prescott runs on any x86-64)."""
+    binary = caffetime._executable(CAFFE)
+    assert binary != CAFFE and open(binary, "rb").read(4) == b"\x7fELF"
+    info = caffetime.blas_info(CAFFE)
+    assert "libopenblas" in os.path.basename(info["library"]) and info["core"]
+    assert info["config"].startswith("OpenBLAS ") and info["core"] in info["config"]
+    assert caffetime.blas_info(binary) == info
+    forced = caffetime.blas_info(CAFFE, dict(os.environ, OPENBLAS_CORETYPE="PRESCOTT"))
+    assert forced["library"] == info["library"] and forced["core"] == "Prescott"
+    assert (forced["warning"] is not None) == ("avx2" in caffetime.cpu_flags())
+    missing = caffetime.blas_info(sys.executable)  # links no BLAS
+    assert missing == {"library": None, "core": None, "config": None, "warning": None}
+
+
+def test_pycaffe_results_record_the_loaded_blas(tmp_path, compacted):
+    """The pycaffe engine reports the OpenBLAS loaded in its own process: the
+    same file and kernel as the caffe binary's; the table prints them."""
+    _, compact_model = compacted
+    result = timing.compare(LENET, None, compact_model, compact_model.replace(
+        ".prototxt", ".caffemodel"), batches=(1,), repeats=1, warmup=0)
+    assert result["blas"] == caffetime.blas_info(CAFFE)
+    assert "BLAS: %s, kernel %s" % (result["blas"]["library"], result["blas"]["core"]) \
+        in timing.format_table(result)
+
+
+def test_table_warns_of_a_generic_blas_kernel():
+    result = {"engine": "caffe time", "repeats": 1, "batches": {},
+              "blas": {"library": "/x/libopenblas.so.0", "core": "Prescott", "config": "",
+                       "warning": caffetime.blas_warning("Prescott", {"avx2"})}}
+    lines = timing.format_table(result).splitlines()
+    assert lines[1] == "BLAS: /x/libopenblas.so.0, kernel Prescott"
+    assert lines[2].startswith("WARNING: OpenBLAS runs its generic Prescott kernel")
