@@ -14,9 +14,11 @@
 # Every build applies tools/patches/caffe-im2col-cpu.patch (a faster CPU
 # im2col and col2im, bit-equal output), tools/patches/caffe-cpu-conv-threads.patch
 # (CAFFE_CPU_CONV_THREADS; CPU-only builds link OpenMP for it, CUDA builds
-# do not and ignore it) and tools/patches/caffe-ip-gemv.patch (InnerProduct
-# at batch 1 as a matrix-vector product, as on the GPU); README "The Caffe
-# build". CUDA builds also apply tools/patches/caffe-cuda13-cudnn9.patch
+# do not and ignore it), tools/patches/caffe-ip-gemv.patch (InnerProduct
+# at batch 1 as a matrix-vector product, as on the GPU) and
+# tools/patches/caffe-pooling-cpu.patch (CPU pooling with each window's
+# result in a register, bit-equal output); README "The Caffe build". CUDA
+# builds also apply tools/patches/caffe-cuda13-cudnn9.patch
 # (cuDNN 8/9 and CUDA 13 API changes) and tools/patches/caffe-cudnn-find.patch
 # (CAFFE_CUDNN_FIND: algorithms chosen by timing; the choices logged) and
 # compile for CUDA_ARCH_BIN (default 90: H100/H200) plus PTX of its last
@@ -36,7 +38,7 @@ SHA_DSC=c492f4893fc1ba1fb514b2d9b4763bc78dc93571ea24adc6e604eccbb93cdd64
 HERE=$(cd "$(dirname "$0")" && pwd)
 CUDA_PATCHES=("$HERE/patches/caffe-cuda13-cudnn9.patch" "$HERE/patches/caffe-cudnn-find.patch")
 CPU_PATCHES=("$HERE/patches/caffe-im2col-cpu.patch" "$HERE/patches/caffe-cpu-conv-threads.patch"
-             "$HERE/patches/caffe-ip-gemv.patch")
+             "$HERE/patches/caffe-ip-gemv.patch" "$HERE/patches/caffe-pooling-cpu.patch")
 CUDA_HOME=${CUDA_HOME:-}
 CUDA_ARCH_BIN=${CUDA_ARCH_BIN:-90}
 CUDNN_HOME=${CUDNN_HOME:-$CUDA_HOME}
@@ -89,9 +91,9 @@ sed -i 's/SetTotalBytesLimit(kProtoReadBytesLimit, 536870912)/SetTotalBytesLimit
     "$SRC/src/caffe/util/io.cpp"
 grep -q 'SetTotalBytesLimit(kProtoReadBytesLimit)' "$SRC/src/caffe/util/io.cpp"
 # the CPU convolution: im2col and col2im without a per-element bounds test
-# (same output)
-# and CAFFE_CPU_CONV_THREADS (several images of a batch at once; off unless
-# set); the CPU InnerProduct: one row through gemv
+# (same output) and CAFFE_CPU_CONV_THREADS (several images of a batch at
+# once; off unless set); the CPU InnerProduct: one row through gemv; the CPU
+# pooling: each window's result in a register (same output)
 for cpu_patch in "${CPU_PATCHES[@]}"; do
     patch -d "$SRC" -p1 -s < "$cpu_patch"
 done
