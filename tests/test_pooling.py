@@ -112,6 +112,28 @@ def pooling_param(method, kernel, pad, stride, ceil_mode, global_pooling):
                                 + ("CEIL" if ceil_mode else "FLOOR",)))
 
 
+def pooling_net(path, shape, param, top_mask=False, batch=2):
+    """A TRAIN net: input (batch,) + shape, one Pooling layer ``y`` (and its
+    mask as a second top), backward forced."""
+    return caffe.Net(write(path, """
+        force_backward: true
+        layer { name: "x" type: "Input" top: "x"
+                input_param { shape { dim: %d dim: %d dim: %d dim: %d } } }
+        layer { name: "pool" type: "Pooling" bottom: "x" top: "y" %s
+                pooling_param { %s } }
+        """ % ((batch,) + shape + ('top: "mask"' if top_mask else "", param))), caffe.TRAIN)
+
+
+def forward_backward(net, x, rng):
+    """Runs ``net`` on ``x`` and back from a random output gradient; returns it."""
+    net.blobs["x"].data[...] = x
+    net.forward()
+    top_diff = rng.standard_normal(net.blobs["y"].data.shape).astype(np.float32)
+    net.blobs["y"].diff[...] = top_diff
+    net.backward()
+    return top_diff
+
+
 def test_pooling_matches_caffes_definition_bit_for_bit(tmp_path):
     configs = pooling_configs(150, 5)
     assert {c[1] for c in configs} == {"MAX", "AVE"}
@@ -120,24 +142,13 @@ def test_pooling_matches_caffes_definition_bit_for_bit(tmp_path):
     rng = np.random.default_rng(6)
     for index, config in enumerate(configs):
         shape, method, kernel, pad, stride, ceil_mode, global_pooling, top_mask = config
-        model = write(tmp_path / ("pool%d.prototxt" % index), """
-            force_backward: true
-            layer { name: "x" type: "Input" top: "x"
-                    input_param { shape { dim: 2 dim: %d dim: %d dim: %d } } }
-            layer { name: "pool" type: "Pooling" bottom: "x" top: "y" %s
-                    pooling_param { %s } }
-            """ % (shape + ('top: "mask"' if top_mask else "",
-                            pooling_param(method, kernel, pad, stride, ceil_mode,
-                                          global_pooling))))
-        net = caffe.Net(model, caffe.TRAIN)
+        net = pooling_net(tmp_path / ("pool%d.prototxt" % index), shape,
+                          pooling_param(method, kernel, pad, stride, ceil_mode, global_pooling),
+                          top_mask)
         # few distinct values, so windows hold ties (the first maximum wins)
         x = (rng.integers(-3, 4, (2,) + shape).astype(np.float32) if method == "MAX"
              else rng.standard_normal((2,) + shape).astype(np.float32))
-        net.blobs["x"].data[...] = x
-        net.forward()
-        top_diff = rng.standard_normal(net.blobs["y"].data.shape).astype(np.float32)
-        net.blobs["y"].diff[...] = top_diff
-        net.backward()
+        top_diff = forward_backward(net, x, rng)
         for n in range(2):
             top, mask, grad = reference(x[n], top_diff[n], method, kernel, pad, stride,
                                         ceil_mode)
@@ -154,20 +165,10 @@ def test_lenet_and_alexnet_pooling_shapes(tmp_path, method):
     (AlexNet, overlapping windows), on larger maps than the random ones."""
     rng = np.random.default_rng(7)
     for index, (shape, kernel, stride) in enumerate([((4, 24, 24), 2, 2), ((3, 27, 27), 3, 2)]):
-        model = write(tmp_path / ("pool%d.prototxt" % index), """
-            force_backward: true
-            layer { name: "x" type: "Input" top: "x"
-                    input_param { shape { dim: 2 dim: %d dim: %d dim: %d } } }
-            layer { name: "pool" type: "Pooling" bottom: "x" top: "y"
-                    pooling_param { pool: %s kernel_size: %d stride: %d } }
-            """ % (shape + (method, kernel, stride)))
-        net = caffe.Net(model, caffe.TRAIN)
+        net = pooling_net(tmp_path / ("pool%d.prototxt" % index), shape,
+                          "pool: %s kernel_size: %d stride: %d" % (method, kernel, stride))
         x = rng.integers(-5, 6, (2,) + shape).astype(np.float32)
-        net.blobs["x"].data[...] = x
-        net.forward()
-        top_diff = rng.standard_normal(net.blobs["y"].data.shape).astype(np.float32)
-        net.blobs["y"].diff[...] = top_diff
-        net.backward()
+        top_diff = forward_backward(net, x, rng)
         for n in range(2):
             top, _, grad = reference(x[n], top_diff[n], method, (kernel, kernel), (0, 0),
                                      (stride, stride), True)
@@ -180,14 +181,8 @@ def test_max_pooling_backward_stays_inside_the_image_for_nan_windows(tmp_path):
     Caffe); stock Caffe's backward then added that output's gradient to the
     element before the channel (the last one of the channel before). The
     patch skips it: the other channel's gradient stays exact."""
-    model = write(tmp_path / "pool.prototxt", """
-        force_backward: true
-        layer { name: "x" type: "Input" top: "x"
-                input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
-        layer { name: "pool" type: "Pooling" bottom: "x" top: "y" top: "mask"
-                pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
-        """)
-    net = caffe.Net(model, caffe.TRAIN)
+    net = pooling_net(tmp_path / "pool.prototxt", (2, 4, 4), "pool: MAX kernel_size: 2 stride: 2",
+                      top_mask=True, batch=1)
     x = np.arange(32, dtype=np.float32).reshape(1, 2, 4, 4)
     x[0, 1, :2, :2] = np.nan  # channel 1's first window
     net.blobs["x"].data[...] = x
