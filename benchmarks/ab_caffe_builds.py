@@ -169,9 +169,8 @@ def main(argv=None):
     if plan.get("gpu") is None:
         for name in names:
             blas[name] = caffetime.blas_info(binaries[name], envs[name])
-            print("%s: BLAS %s, kernel %s" % (name, blas[name]["library"], blas[name]["core"]))
-            if blas[name]["warning"]:
-                print("WARNING (%s): %s" % (name, blas[name]["warning"]))
+            for line in caffetime.blas_lines(blas[name]):
+                print("%s: %s" % (name, line))
     runs = {name: {batch: {"original": [], "compact": []} for batch in plan["models"]}
             for name in names}
     walls = {name: [] for name in names}

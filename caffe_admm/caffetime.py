@@ -30,7 +30,7 @@ import sys
 
 __all__ = ["parse_log", "time_log", "run", "rotate", "measure", "summarise", "cudnn_workspace_mb",
            "cudnn_find", "cpu_threads", "blas_info", "loaded_blas_info", "blas_warning",
-           "find_caffe", "main"]
+           "blas_lines", "find_caffe", "main"]
 
 _LAYER = re.compile(r"\]\s+(\S+)\s+forward: ([0-9.eE+-]+) ms\.")
 _FORWARD = re.compile(r"Average Forward pass: ([0-9.eE+-]+) ms\.")
@@ -254,6 +254,20 @@ def blas_warning(core, flags):
             % (core, " and AVX-512" if wide else "", "SKYLAKEX" if wide else "HASWELL"))
 
 
+def blas_lines(blas):
+    """The ``BLAS:`` line of a :func:`blas_info` record for a table or a log,
+    and a ``WARNING:`` line where the record has a warning."""
+    lines = ["BLAS: %s%s" % (blas["library"] or "not found",
+                             ", kernel %s" % blas["core"] if blas.get("core") else "")]
+    if blas.get("warning"):
+        lines.append("WARNING: " + blas["warning"])
+    return lines
+
+
+def _is_openblas(path):
+    return bool(path) and os.path.basename(path).startswith("libopenblas")
+
+
 def _blas_record(path, names):
     names = names or {}
     return {"library": os.path.realpath(path) if path else None, "core": names.get("core"),
@@ -290,7 +304,7 @@ def blas_info(caffe, environ=None):
                  if len(fields) > 2 and fields[1] == "=>" and fields[0].startswith(_BLAS_FILES)
                  and fields[2].startswith("/")), None)
     names = {}
-    if path and os.path.basename(path).startswith("libopenblas"):
+    if _is_openblas(path):
         code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
                 "from caffe_admm.caffetime import openblas_names; "
                 "print(json.dumps(openblas_names(sys.argv[2])))")
@@ -322,7 +336,7 @@ def loaded_blas_info(maps="/proc/self/maps"):
         if hasattr(ctypes.CDLL(candidate), "cblas_sgemm"):
             path = candidate
             break
-    names = openblas_names(path) if path and "libopenblas" in os.path.basename(path) else {}
+    names = openblas_names(path) if _is_openblas(path) else {}
     return _blas_record(path, names)
 
 

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from caffe_admm.caffetime import cpu_threads, loaded_blas_info, rotate
+from caffe_admm.caffetime import blas_lines, cpu_threads, loaded_blas_info, rotate
 
 __all__ = ["layer_costs", "time_net", "time_nets", "layer_range", "compare", "speedups",
            "summary", "rotate", "write_plan", "format_table"]
@@ -296,12 +296,8 @@ def format_table(result):
         lines.append("CPU threads: " + ", ".join(
             "%s=%s" % (name, "unset" if value is None else value)
             for name, value in result["cpu_threads"].items()))
-    blas = result.get("blas")
-    if blas:
-        lines.append("BLAS: %s%s" % (blas["library"] or "not found",
-                                     ", kernel %s" % blas["core"] if blas.get("core") else ""))
-        if blas.get("warning"):
-            lines.append("WARNING: " + blas["warning"])
+    if result.get("blas"):
+        lines.extend(blas_lines(result["blas"]))
     for batch, data in result["batches"].items():
         algos = any("cudnn_forward" in r[w] for r in data["layers"].values()
                     for w in ("original", "compact"))

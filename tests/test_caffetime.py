@@ -285,7 +285,7 @@ def test_ab_script_interleaves_two_real_builds_and_rotates_their_order(tmp_path,
     assert rel["net"]["b/a compact"] == pytest.approx(b / a)
     blas = caffetime.blas_info(CAFFE)
     assert result["results"]["a"]["blas"] == result["results"]["b"]["blas"] == blas
-    assert "a: BLAS %s, kernel %s" % (blas["library"], blas["core"]) in res.stdout
+    assert "a: BLAS: %s, kernel %s" % (blas["library"], blas["core"]) in res.stdout
 
 
 def test_ab_script_keeps_whole_rounds_at_its_deadline(tmp_path, compacted):
