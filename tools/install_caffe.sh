@@ -14,8 +14,9 @@
 # Every build applies tools/patches/caffe-im2col-cpu.patch (a faster CPU
 # im2col and col2im, bit-equal output), tools/patches/caffe-cpu-conv-threads.patch
 # (CAFFE_CPU_CONV_THREADS; CPU-only builds link OpenMP for it, CUDA builds
-# do not and ignore it), tools/patches/caffe-ip-gemv.patch (InnerProduct
-# at batch 1 as a matrix-vector product, as on the GPU) and
+# do not and ignore it), tools/patches/caffe-ip-cpu.patch (InnerProduct
+# forward at 1-2 rows as matrix-vector products, at 3-32 rows as GEMMs on
+# blocks of its weights) and
 # tools/patches/caffe-pooling-cpu.patch (CPU pooling with each window's
 # result in a register, bit-equal output); README "The Caffe build". CUDA
 # builds also apply tools/patches/caffe-cuda13-cudnn9.patch
@@ -38,7 +39,7 @@ SHA_DSC=c492f4893fc1ba1fb514b2d9b4763bc78dc93571ea24adc6e604eccbb93cdd64
 HERE=$(cd "$(dirname "$0")" && pwd)
 CUDA_PATCHES=("$HERE/patches/caffe-cuda13-cudnn9.patch" "$HERE/patches/caffe-cudnn-find.patch")
 CPU_PATCHES=("$HERE/patches/caffe-im2col-cpu.patch" "$HERE/patches/caffe-cpu-conv-threads.patch"
-             "$HERE/patches/caffe-ip-gemv.patch" "$HERE/patches/caffe-pooling-cpu.patch")
+             "$HERE/patches/caffe-ip-cpu.patch" "$HERE/patches/caffe-pooling-cpu.patch")
 CUDA_HOME=${CUDA_HOME:-}
 CUDA_ARCH_BIN=${CUDA_ARCH_BIN:-90}
 CUDNN_HOME=${CUDNN_HOME:-$CUDA_HOME}
