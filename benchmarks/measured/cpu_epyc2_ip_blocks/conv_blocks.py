@@ -1,22 +1,46 @@
 """A conv layer's GEMM (weights x column buffer) as one OpenBLAS sgemm and as
 sgemm calls on blocks of the column buffer's columns; minimum of 15
-interleaved rounds, ms per image and group. python conv_blocks.py"""
-import ctypes, sys, time, numpy as np
-ob = ctypes.CDLL('libopenblas.so.0'); ob.openblas_set_num_threads(1)
-ob.cblas_sgemm.argtypes = [ctypes.c_int]*6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
-R, N_, T_ = 101, 111, 112
-for M, N, K in [(32, 3025, 363), (96, 3025, 363), (32, 729, 400), (128, 729, 1200), (96, 169, 576), (384, 169, 2304), (32, 169, 432), (128, 169, 1728)]:
-    a = np.random.rand(M, K).astype(np.float32); b = np.random.rand(K, N).astype(np.float32)
-    def run(cols):
-        c = np.zeros((M, N), np.float32)
-        for n0 in range(0, N, cols):
-            n = min(cols, N - n0)
-            ob.cblas_sgemm(R, N_, N_, M, n, K, 1, a.ctypes.data, K, b[:, n0:].ctypes.data, N, 0, c[:, n0:].ctypes.data, N)
-        return c
-    sizes = [N, 1024, 512, 256, 128, 64]
-    base = run(N); best = {}
-    for r in range(15):
-        for s in sizes:
-            t = time.perf_counter(); o = run(s); d = time.perf_counter() - t
-            best[s] = min(best.get(s, 9), d)
-    print('M=%d N=%d K=%d: ' % (M, N, K) + '  '.join('%s %.3f' % (s, best[s] * 1e3) for s in sizes), flush=True)
+interleaved rounds, ms per image and group.
+
+    python conv_blocks.py
+"""
+
+import time
+
+import numpy as np
+
+from cblas import NO_TRANS, ROW_MAJOR, load
+
+BLAS = load()
+BLAS.openblas_set_num_threads(1)
+# filters x output positions x (input channels x kernel), per image and group
+SHAPES = [(32, 3025, 363), (96, 3025, 363), (32, 729, 400), (128, 729, 1200), (96, 169, 576),
+          (384, 169, 2304), (32, 169, 432), (128, 169, 1728)]
+
+
+def gemm_blocks(a, b, c, cols):
+    (m, k), n = a.shape, b.shape[1]
+    for first in range(0, n, cols):
+        BLAS.cblas_sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, m, min(cols, n - first), k, 1,
+                         a.ctypes.data, k, b[:, first:].ctypes.data, n, 0,
+                         c[:, first:].ctypes.data, n)
+
+
+def main():
+    for m, n, k in SHAPES:
+        a = np.random.rand(m, k).astype(np.float32)
+        b = np.random.rand(k, n).astype(np.float32)
+        c = np.zeros((m, n), np.float32)
+        widths = [n, 1024, 512, 256, 128, 64]
+        best = {}
+        for _ in range(15):
+            for cols in widths:
+                start = time.perf_counter()
+                gemm_blocks(a, b, c, cols)
+                best[cols] = min(best.get(cols, float("inf")), time.perf_counter() - start)
+        print("M=%d N=%d K=%d: " % (m, n, k)
+              + "  ".join("%s %.3f" % (cols, best[cols] * 1e3) for cols in widths), flush=True)
+
+
+if __name__ == "__main__":
+    main()

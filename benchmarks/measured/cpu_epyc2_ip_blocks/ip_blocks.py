@@ -13,15 +13,10 @@ import time
 
 import numpy as np
 
-BLAS = ctypes.CDLL("libopenblas.so.0")
-BLAS.cblas_sgemm.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
-                                                  ctypes.c_void_p, ctypes.c_int, ctypes.c_float,
-                                                  ctypes.c_void_p, ctypes.c_int]
-BLAS.cblas_sgemv.argtypes = [ctypes.c_int] * 4 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
-                                                  ctypes.c_void_p, ctypes.c_int, ctypes.c_float,
-                                                  ctypes.c_void_p, ctypes.c_int]
+from cblas import NO_TRANS, ROW_MAJOR, TRANS, load
+
+BLAS = load()
 BLAS.openblas_get_corename.restype = ctypes.c_char_p
-ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 SHAPES = [(rows, 4096, inputs) for rows in (2, 3, 4, 8, 16, 32, 64, 128)
           for inputs in (4096,)] + [(8, 4096, 9216), (8, 4096, 2304), (8, 1000, 4096),
                                     (64, 500, 800)]
