@@ -38,7 +38,8 @@ $(VENV)/.requirements: requirements.txt | deps
 $(CAFFE_STAMP): $(VENV)/.requirements tools/install_caffe.sh tools/link_caffe.sh \
     tools/patches/caffe-cuda13-cudnn9.patch tools/patches/caffe-im2col-cpu.patch \
     tools/patches/caffe-cpu-conv-threads.patch tools/patches/caffe-cudnn-find.patch \
-    tools/patches/caffe-ip-cpu.patch tools/patches/caffe-pooling-cpu.patch
+    tools/patches/caffe-ip-cpu.patch tools/patches/caffe-pooling-cpu.patch \
+    tools/patches/caffe-conv-onednn.patch
 	@tools/install_caffe.sh $(CAFFE_PREFIX) $(abspath $(PY))
 	@tools/link_caffe.sh $(CAFFE_PREFIX) $(VENV)
 	@rm -f $(VENV)/.caffe*

@@ -29,7 +29,8 @@ import subprocess
 import sys
 
 __all__ = ["parse_log", "time_log", "run", "rotate", "measure", "summarise", "cudnn_workspace_mb",
-           "cudnn_find", "cpu_threads", "blas_info", "loaded_blas_info", "blas_warning",
+           "cudnn_find", "cpu_threads", "cpu_conv_engine", "blas_info", "loaded_blas_info",
+           "blas_warning",
            "blas_lines", "find_caffe", "main"]
 
 _LAYER = re.compile(r"\]\s+(\S+)\s+forward: ([0-9.eE+-]+) ms\.")
@@ -194,15 +195,37 @@ def cudnn_find(environ=None):
     return bool(match) and int(match.group(1)) > 0
 
 
-CPU_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "CAFFE_CPU_CONV_THREADS")
+CPU_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "CAFFE_CPU_CONV_THREADS", "OMP_NUM_THREADS")
 
 
 def cpu_threads(environ=None):
-    """The variables that set CPU threads for Caffe (OpenBLAS's, and this
-    project's patch's images at once), as set, None where unset. CPU speed
-    depends on them, so CPU results record them."""
+    """The variables that set CPU threads for Caffe (OpenBLAS's, this
+    project's patch's images at once, and OpenMP's: oneDNN's, and OpenBLAS's
+    in its OpenMP build), as set, None where unset. CPU speed depends on
+    them, so CPU results record them."""
     environ = os.environ if environ is None else environ
     return {name: environ.get(name) for name in CPU_THREAD_VARIABLES}
+
+
+CPU_CONV_ENGINES = ("onednn", "caffe")
+
+
+def cpu_conv_engine(onednn, environ=None):
+    """Which engine runs the CPU convolution forward pass of this project's
+    Caffe (tools/patches/caffe-conv-onednn.patch): "onednn" where that Caffe
+    links oneDNN (``onednn``) and ``CAFFE_CPU_CONV_ENGINE`` is unset, empty or
+    "onednn"; "caffe" (im2col + GEMM) otherwise. Any other value raises
+    ValueError, as Caffe refuses it."""
+    value = (os.environ if environ is None else environ).get("CAFFE_CPU_CONV_ENGINE") or "onednn"
+    if value not in CPU_CONV_ENGINES:
+        raise ValueError("CAFFE_CPU_CONV_ENGINE=%s: expected onednn or caffe" % value)
+    return "onednn" if onednn and value == "onednn" else "caffe"
+
+
+def cpu_conv_line(engine):
+    """The table line naming a :func:`cpu_conv_engine` result."""
+    return "CPU convolution forward: " + (
+        "oneDNN (direct convolution)" if engine == "onednn" else "Caffe (im2col + GEMM)")
 
 
 # BLAS libraries, by the start of their file name
@@ -268,10 +291,15 @@ def _is_openblas(path):
     return bool(path) and os.path.basename(path).startswith("libopenblas")
 
 
-def _blas_record(path, names):
+def _blas_record(path, names, onednn):
     names = names or {}
     return {"library": os.path.realpath(path) if path else None, "core": names.get("core"),
-            "config": names.get("config"), "warning": blas_warning(names.get("core"), cpu_flags())}
+            "config": names.get("config"), "warning": blas_warning(names.get("core"), cpu_flags()),
+            "onednn": onednn}
+
+
+def _links_onednn(paths):
+    return any(os.path.basename(p).startswith("libdnnl.so") for p in paths)
 
 
 def _executable(path):
@@ -292,7 +320,8 @@ def blas_info(caffe, environ=None):
     ``os.environ``): its file (through ``ldd``), and for OpenBLAS the kernel it
     picks there (asked in a child process with that environment, since
     ``OPENBLAS_CORETYPE`` and ``LD_LIBRARY_PATH`` decide it) and a warning from
-    :func:`blas_warning`. ``library`` is None where ``ldd`` finds no BLAS."""
+    :func:`blas_warning`. ``library`` is None where ``ldd`` finds no BLAS.
+    ``onednn``: whether that Caffe links oneDNN (:func:`cpu_conv_engine`)."""
     env = dict(os.environ if environ is None else environ)
     try:
         text = subprocess.run(["ldd", _executable(caffe)], stdout=subprocess.PIPE,
@@ -300,9 +329,10 @@ def blas_info(caffe, environ=None):
                               timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         text = ""
-    path = next((fields[2] for fields in (line.split() for line in text.splitlines())
-                 if len(fields) > 2 and fields[1] == "=>" and fields[0].startswith(_BLAS_FILES)
-                 and fields[2].startswith("/")), None)
+    linked = [fields for fields in (line.split() for line in text.splitlines())
+              if len(fields) > 2 and fields[1] == "=>"]
+    path = next((fields[2] for fields in linked
+                 if fields[0].startswith(_BLAS_FILES) and fields[2].startswith("/")), None)
     names = {}
     if _is_openblas(path):
         code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
@@ -316,7 +346,7 @@ def blas_info(caffe, environ=None):
                 check=True).stdout)
         except (OSError, subprocess.SubprocessError, ValueError):
             pass  # recorded without a kernel
-    return _blas_record(path, names)
+    return _blas_record(path, names, _links_onednn(fields[0] for fields in linked))
 
 
 def loaded_blas_info(maps="/proc/self/maps"):
@@ -328,16 +358,16 @@ def loaded_blas_info(maps="/proc/self/maps"):
     path = None
     try:
         with open(maps) as f:
-            candidates = [fields[5] for fields in (line.split() for line in f) if len(fields) > 5
-                          and os.path.basename(fields[5]).startswith(_BLAS_FILES)]
+            mapped = [fields[5] for fields in (line.split() for line in f) if len(fields) > 5]
     except OSError:
-        candidates = []
+        mapped = []
+    candidates = [p for p in mapped if os.path.basename(p).startswith(_BLAS_FILES)]
     for candidate in dict.fromkeys(candidates):
         if hasattr(ctypes.CDLL(candidate), "cblas_sgemm"):
             path = candidate
             break
     names = openblas_names(path) if _is_openblas(path) else {}
-    return _blas_record(path, names)
+    return _blas_record(path, names, _links_onednn(mapped))
 
 
 def summarise(plan, runs, environ=None, blas=None):
@@ -357,7 +387,7 @@ def summarise(plan, runs, environ=None, blas=None):
         its thread settings (:func:`cpu_threads`).
     blas : dict or None
         :func:`blas_info` of the processes' Caffe, recorded as ``blas`` in CPU
-        results.
+        results, with the engine of its convolutions (``cpu_conv_engine``).
 
     Returns
     -------
@@ -382,6 +412,7 @@ def summarise(plan, runs, environ=None, blas=None):
         out["cpu_threads"] = cpu_threads(environ)
         if blas is not None:
             out["blas"] = blas
+            out["cpu_conv_engine"] = cpu_conv_engine(blas.get("onednn"), environ)
     for batch, cells in runs.items():
         timed = {}
         for which, results in cells.items():

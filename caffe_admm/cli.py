@@ -91,9 +91,12 @@ def build_parser():
     p = verbs.add_parser(
         "time", help="forward time, original vs compacted", formatter_class=fmt,
         epilog="CPU threads come from the environment and are recorded in the result: "
-               "OPENBLAS_NUM_THREADS, and CAFFE_CPU_CONV_THREADS=N (this project's Caffe "
-               "build: N images of a batch per convolution at once; run it with "
-               "OPENBLAS_NUM_THREADS=1). On a GPU, this project's CUDA build reads "
+               "OPENBLAS_NUM_THREADS (in this project's Caffe build also OpenMP's and so "
+               "oneDNN's, unless OMP_NUM_THREADS is set), and CAFFE_CPU_CONV_THREADS=N "
+               "(N images of a batch per convolution at once; run it with "
+               "OPENBLAS_NUM_THREADS=1). The CPU convolutions' forward pass runs oneDNN, "
+               "or Caffe's im2col + GEMM with CAFFE_CPU_CONV_ENGINE=caffe; recorded too. "
+               "On a GPU, this project's CUDA build reads "
                "CAFFE_CUDNN_WORKSPACE_MB=N (cuDNN scratch memory per convolution, default 8) "
                "and CAFFE_CUDNN_FIND=1 (algorithms chosen by timing them, not by cuDNN's "
                "heuristics); both are recorded, and so are the algorithms chosen.")

@@ -23,7 +23,8 @@ import time
 
 import numpy as np
 
-from caffe_admm.caffetime import blas_lines, cpu_threads, loaded_blas_info, rotate
+from caffe_admm.caffetime import (blas_lines, cpu_conv_engine, cpu_conv_line, cpu_threads,
+                                  loaded_blas_info, rotate)
 
 __all__ = ["layer_costs", "time_net", "time_nets", "layer_range", "compare", "speedups",
            "summary", "rotate", "write_plan", "format_table"]
@@ -219,9 +220,10 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
     -------
     dict: per batch size, per layer: original and compacted timings, the
     measured speed-up (ratio of medians), the FLOP and parameter reductions.
-    CPU results also record the thread settings (``cpu_threads``) and the BLAS
+    CPU results also record the thread settings (``cpu_threads``), the BLAS
     with the kernel it runs (``blas``, with a ``warning`` where that kernel is
-    a generic one on a CPU with AVX2).
+    a generic one on a CPU with AVX2) and the engine of the convolutions'
+    forward pass (``cpu_conv_engine``: "onednn" or "caffe").
     """
     if gpu is not None or engine == "caffe time":
         import tempfile
@@ -237,9 +239,10 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
     b = caffe.Net(compact_model, caffe.TEST, weights=compact_weights)
     costs_a, costs_b = layer_costs(a), layer_costs(b)
     layers = [n for n in costs_a if n in costs_b]
+    blas = loaded_blas_info()
     out = {"engine": "pycaffe", "model": model, "compact_model": compact_model,
-           "repeats": repeats, "cpu_threads": cpu_threads(), "blas": loaded_blas_info(),
-           "batches": {}}
+           "repeats": repeats, "cpu_threads": cpu_threads(), "blas": blas,
+           "cpu_conv_engine": cpu_conv_engine(blas["onednn"]), "batches": {}}
     for batch in batches:
         out["batches"][batch] = speedups(*time_nets([a, b], batch, repeats, warmup, layers),
                                          costs_a, costs_b)
@@ -296,6 +299,8 @@ def format_table(result):
         lines.append("CPU threads: " + ", ".join(
             "%s=%s" % (name, "unset" if value is None else value)
             for name, value in result["cpu_threads"].items()))
+    if result.get("cpu_conv_engine"):
+        lines.append(cpu_conv_line(result["cpu_conv_engine"]))
     if result.get("blas"):
         lines.extend(blas_lines(result["blas"]))
     for batch, data in result["batches"].items():

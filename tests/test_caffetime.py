@@ -419,8 +419,10 @@ def test_cpu_results_record_the_thread_settings(monkeypatch):
     plan = one_layer_plan("ip1")
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     monkeypatch.setenv("CAFFE_CPU_CONV_THREADS", "4")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     result = caffetime.measure(plan, caffe=sys.executable)
-    assert result["cpu_threads"] == {"OPENBLAS_NUM_THREADS": "1", "CAFFE_CPU_CONV_THREADS": "4"}
+    assert result["cpu_threads"] == {"OPENBLAS_NUM_THREADS": "1", "CAFFE_CPU_CONV_THREADS": "4",
+                                     "OMP_NUM_THREADS": None}
     assert "CPU threads: OPENBLAS_NUM_THREADS=1, CAFFE_CPU_CONV_THREADS=4" in \
         timing.format_table(result)
     monkeypatch.delenv("CAFFE_CPU_CONV_THREADS")
@@ -455,23 +457,43 @@ def test_blas_info_asks_the_openblas_that_caffe_loads():
     info = caffetime.blas_info(CAFFE)
     assert "libopenblas" in os.path.basename(info["library"]) and info["core"]
     assert info["config"].startswith("OpenBLAS ") and info["core"] in info["config"]
+    # this project's CPU build links oneDNN, and OpenBLAS's OpenMP build (one
+    # OpenMP thread pool for both) through its RUNPATH
+    assert info["onednn"] is True
+    assert os.path.basename(os.path.dirname(info["library"])) == "openblas-openmp"
     assert caffetime.blas_info(binary) == info
     forced = caffetime.blas_info(CAFFE, dict(os.environ, OPENBLAS_CORETYPE="PRESCOTT"))
     assert forced["library"] == info["library"] and forced["core"] == "Prescott"
     assert (forced["warning"] is not None) == ("avx2" in caffetime.cpu_flags())
     missing = caffetime.blas_info(sys.executable)  # links no BLAS
-    assert missing == {"library": None, "core": None, "config": None, "warning": None}
+    assert missing == {"library": None, "core": None, "config": None, "warning": None,
+                       "onednn": False}
 
 
 def test_pycaffe_results_record_the_loaded_blas(tmp_path, compacted):
     """The pycaffe engine reports the OpenBLAS loaded in its own process: the
-    same file and kernel as the caffe binary's; the table prints them."""
+    same file and kernel as the caffe binary's, and oneDNN linked there too;
+    the table prints them and the convolution engine."""
     _, compact_model = compacted
     result = timing.compare(LENET, None, compact_model, compact_model.replace(
         ".prototxt", ".caffemodel"), batches=(1,), repeats=1, warmup=0)
     assert result["blas"] == caffetime.blas_info(CAFFE)
     assert "BLAS: %s, kernel %s" % (result["blas"]["library"], result["blas"]["core"]) \
         in timing.format_table(result)
+    engine = caffetime.cpu_conv_engine(True)  # oneDNN unless this run set the variable
+    assert result["cpu_conv_engine"] == engine
+    assert caffetime.cpu_conv_line(engine) in timing.format_table(result).splitlines()
+
+
+@pytest.mark.parametrize("onednn, value, engine", [
+    (True, None, "onednn"), (True, "", "onednn"), (True, "onednn", "onednn"),
+    (True, "caffe", "caffe"), (False, None, "caffe"), (False, "onednn", "caffe"),
+])
+def test_cpu_conv_engine_follows_the_build_and_the_variable(onednn, value, engine):
+    environ = {} if value is None else {"CAFFE_CPU_CONV_ENGINE": value}
+    assert caffetime.cpu_conv_engine(onednn, environ) == engine
+    with pytest.raises(ValueError, match="CAFFE_CPU_CONV_ENGINE=fast: expected onednn or caffe"):
+        caffetime.cpu_conv_engine(onednn, {"CAFFE_CPU_CONV_ENGINE": "fast"})
 
 
 def test_table_warns_of_a_generic_blas_kernel():

@@ -49,8 +49,10 @@ WEIGHTS = ("d_c1_0", "d_c2_0", "d_c3_0")  # weight gradients; the rest must be b
 
 def run_script(script, args, out, threads):
     """``script`` in a new Python with CAFFE_CPU_CONV_THREADS=``threads`` (None:
-    unset) and a single-threaded OpenBLAS; returns (arrays it saved in ``out``, log)."""
-    env = dict(os.environ, PYTHONPATH=ROOT, OPENBLAS_NUM_THREADS="1", GLOG_minloglevel="0")
+    unset), Caffe's own forward pass (not oneDNN's, tests/test_conv_onednn.py) and
+    a single-threaded OpenBLAS; returns (arrays it saved in ``out``, log)."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OPENBLAS_NUM_THREADS="1", GLOG_minloglevel="0",
+               CAFFE_CPU_CONV_ENGINE="caffe")
     env.pop("CAFFE_CPU_CONV_THREADS", None)
     if threads:
         env["CAFFE_CPU_CONV_THREADS"] = str(threads)

@@ -18,7 +18,11 @@
 # forward at 1-2 rows as matrix-vector products, at 3-32 rows as GEMMs on
 # blocks of its weights) and
 # tools/patches/caffe-pooling-cpu.patch (CPU pooling with each window's
-# result in a register, bit-equal output); README "The Caffe build". CUDA
+# result in a register, bit-equal output) and
+# tools/patches/caffe-conv-onednn.patch (the CPU convolution forward pass
+# through oneDNN's direct convolution, Debian's libdnnl-dev; CPU-only builds
+# link it and OpenBLAS's OpenMP build, CUDA builds neither); README "The
+# Caffe build". CUDA
 # builds also apply tools/patches/caffe-cuda13-cudnn9.patch
 # (cuDNN 8/9 and CUDA 13 API changes) and tools/patches/caffe-cudnn-find.patch
 # (CAFFE_CUDNN_FIND: algorithms chosen by timing; the choices logged) and
@@ -39,10 +43,12 @@ SHA_DSC=c492f4893fc1ba1fb514b2d9b4763bc78dc93571ea24adc6e604eccbb93cdd64
 HERE=$(cd "$(dirname "$0")" && pwd)
 CUDA_PATCHES=("$HERE/patches/caffe-cuda13-cudnn9.patch" "$HERE/patches/caffe-cudnn-find.patch")
 CPU_PATCHES=("$HERE/patches/caffe-im2col-cpu.patch" "$HERE/patches/caffe-cpu-conv-threads.patch"
-             "$HERE/patches/caffe-ip-cpu.patch" "$HERE/patches/caffe-pooling-cpu.patch")
+             "$HERE/patches/caffe-ip-cpu.patch" "$HERE/patches/caffe-pooling-cpu.patch"
+             "$HERE/patches/caffe-conv-onednn.patch")
 CUDA_HOME=${CUDA_HOME:-}
 CUDA_ARCH_BIN=${CUDA_ARCH_BIN:-90}
 CUDNN_HOME=${CUDNN_HOME:-$CUDA_HOME}
+OPENBLAS_OMP=
 if [[ -n "$CUDA_HOME" ]]; then
     [[ -x "$CUDA_HOME/bin/nvcc" ]] || { echo "caffe: CUDA_HOME=$CUDA_HOME has no bin/nvcc" >&2; exit 1; }
     CUDNN_INC="$CUDNN_HOME/include"
@@ -51,7 +57,15 @@ if [[ -n "$CUDA_HOME" ]]; then
         || { echo "caffe: no cuDNN (include/cudnn.h, lib/libcudnn.so) under CUDNN_HOME=$CUDNN_HOME" >&2; exit 1; }
     BUILD_KIND="CUDA $CUDA_HOME, cuDNN $CUDNN_HOME, sm $CUDA_ARCH_BIN"
 else
-    BUILD_KIND="CPU only"
+    BUILD_KIND="CPU only, oneDNN, OpenMP OpenBLAS"
+    [[ -f /usr/include/oneapi/dnnl/dnnl.hpp ]] \
+        || { echo "caffe: no oneDNN (apt-get install libdnnl-dev; tools/install_deps.sh does)" >&2; exit 1; }
+    # OpenBLAS's OpenMP build, so that its threads and oneDNN's are one OpenMP
+    # pool: with the pthreads build the two pools spin against each other
+    # (README, "The oneDNN convolution")
+    OPENBLAS_OMP="/usr/lib/$(gcc -print-multiarch)/openblas-openmp/libopenblas.so.0"
+    [[ -f "$OPENBLAS_OMP" ]] \
+        || { echo "caffe: no $OPENBLAS_OMP (apt-get install libopenblas0-openmp; tools/install_deps.sh does)" >&2; exit 1; }
 fi
 STAMP_KEY=$( (cat "$0" "${CPU_PATCHES[@]}"; [[ -z "$CUDA_HOME" ]] || cat "${CUDA_PATCHES[@]}"; echo "$BUILD_KIND") \
     | sha256sum | cut -c1-16)
@@ -94,11 +108,13 @@ grep -q 'SetTotalBytesLimit(kProtoReadBytesLimit)' "$SRC/src/caffe/util/io.cpp"
 # the CPU convolution: im2col and col2im without a per-element bounds test
 # (same output) and CAFFE_CPU_CONV_THREADS (several images of a batch at
 # once; off unless set); the CPU InnerProduct: one row through gemv; the CPU
-# pooling: each window's result in a register (same output)
+# pooling: each window's result in a register (same output); the CPU
+# convolution forward through oneDNN (CAFFE_CPU_CONV_ENGINE=caffe: Caffe's)
 for cpu_patch in "${CPU_PATCHES[@]}"; do
     patch -d "$SRC" -p1 -s < "$cpu_patch"
 done
-DEVICE_OPTS=(-DCPU_ONLY=ON -DUSE_OPENMP=ON)
+# linked by its full path: its folder goes into the RUNPATH
+DEVICE_OPTS=(-DCPU_ONLY=ON -DUSE_OPENMP=ON -DUSE_DNNL=ON -DOpenBLAS_LIB="$OPENBLAS_OMP")
 CUDA_RPATH=
 if [[ -n "$CUDA_HOME" ]]; then
     for cuda_patch in "${CUDA_PATCHES[@]}"; do

@@ -4,7 +4,7 @@ set -euo pipefail
 PKGS=(build-essential cmake dpkg-dev protobuf-compiler python3-dev python3-venv
       libboost-system-dev libboost-thread-dev libboost-filesystem-dev libboost-python-dev
       libgoogle-glog-dev libgflags-dev libprotobuf-dev libhdf5-dev liblmdb-dev
-      libleveldb-dev libsnappy-dev libopenblas-dev dataset-fashion-mnist)
+      libleveldb-dev libsnappy-dev libopenblas-dev libopenblas0-openmp libdnnl-dev dataset-fashion-mnist)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
