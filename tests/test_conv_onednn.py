@@ -16,6 +16,7 @@ import pytest
 from caffe_admm.backend import caffe
 
 from conftest import ROOT, write
+from test_cpu_conv_threads import FORWARD as RUN  # forward, backward; saves tops, diffs
 from test_im2col import conv_param, reference_im2col
 
 SHAPES = [
@@ -111,24 +112,6 @@ def test_new_weights_and_a_new_batch_size_are_used(tmp_path):
         np.testing.assert_allclose(net.blobs["y"].data, expected(net, config),
                                    rtol=1e-4, atol=1e-4)
 
-
-RUN = """
-import sys
-import numpy as np
-from caffe_admm.backend import caffe
-net = caffe.Net(sys.argv[1], caffe.TEST)
-rng = np.random.default_rng(0)
-for blobs in net.params.values():
-    for blob in blobs:
-        blob.data[...] = rng.standard_normal(blob.data.shape)
-net.blobs["x"].data[...] = rng.standard_normal(net.blobs["x"].data.shape)
-net.forward()
-out = {name: net.blobs[name].data.copy() for name in ("c1", "c2", "c3")}
-net.blobs["c3"].diff[...] = rng.standard_normal(net.blobs["c3"].diff.shape)
-net.backward()
-out.update({"d_" + name: net.blobs[name].diff for name in ("x", "c1", "c2")})
-np.savez(sys.argv[2], **out)
-"""
 
 NET = """
 force_backward: true
