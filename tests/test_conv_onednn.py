@@ -17,6 +17,7 @@ from caffe_admm.backend import caffe
 
 from conftest import ROOT, write
 from test_cpu_conv_threads import FORWARD as RUN  # forward, backward; saves tops, diffs
+from test_cpu_conv_threads import run_python
 from test_im2col import conv_param, reference_im2col
 
 SHAPES = [
@@ -78,8 +79,9 @@ def test_forward_equals_the_definition(tmp_path, config):
     net = caffe.Net(write(tmp_path / "conv.prototxt", conv_net(*config)), caffe.TEST)
     fill(net, np.random.default_rng(3))
     net.forward()
-    assert net.blobs["y"].data.shape == expected(net, config).shape
-    np.testing.assert_allclose(net.blobs["y"].data, expected(net, config), rtol=1e-4, atol=1e-4)
+    want = expected(net, config)
+    assert net.blobs["y"].data.shape == want.shape
+    np.testing.assert_allclose(net.blobs["y"].data, want, rtol=1e-4, atol=1e-4)
 
 
 def test_new_weights_and_a_new_batch_size_are_used(tmp_path):
@@ -126,17 +128,10 @@ layer { name: "c3" type: "Convolution" bottom: "c2" top: "c3"
 
 
 def run(tmp_path, name, **env_vars):
-    """RUN on NET in a new Python with ``env_vars`` (None: unset); returns
-    (arrays, log) or, if it failed, (None, log)."""
-    env = dict(os.environ, PYTHONPATH=ROOT, OPENBLAS_NUM_THREADS="1", GLOG_minloglevel="0")
-    for key, value in env_vars.items():
-        env.pop(key, None)
-        if value is not None:
-            env[key] = value
-    out = str(tmp_path / (name + ".npz"))
-    res = subprocess.run([sys.executable, "-c", RUN, write(tmp_path / "net.prototxt", NET), out],
-                         env=env, capture_output=True, text=True)
-    return (dict(np.load(out)) if res.returncode == 0 else None), res.stderr
+    """RUN on NET through :func:`run_python` with ``env_vars`` (None: unset);
+    returns (arrays, log) or, if it failed, (None, log)."""
+    return run_python(RUN, [write(tmp_path / "net.prototxt", NET)],
+                      str(tmp_path / (name + ".npz")), **env_vars)
 
 
 def test_onednn_is_the_default_and_caffe_s_path_is_one_variable_away(tmp_path):

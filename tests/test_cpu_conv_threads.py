@@ -47,19 +47,28 @@ np.savez(sys.argv[2], **out)
 WEIGHTS = ("d_c1_0", "d_c2_0", "d_c3_0")  # weight gradients; the rest must be bit-equal
 
 
-def run_script(script, args, out, threads):
-    """``script`` in a new Python with CAFFE_CPU_CONV_THREADS=``threads`` (None:
-    unset), Caffe's own forward pass (not oneDNN's, tests/test_conv_onednn.py) and
-    a single-threaded OpenBLAS; returns (arrays it saved in ``out``, log)."""
-    env = dict(os.environ, PYTHONPATH=ROOT, OPENBLAS_NUM_THREADS="1", GLOG_minloglevel="0",
-               CAFFE_CPU_CONV_ENGINE="caffe")
-    env.pop("CAFFE_CPU_CONV_THREADS", None)
-    if threads:
-        env["CAFFE_CPU_CONV_THREADS"] = str(threads)
+def run_python(script, args, out, **env_vars):
+    """``script`` in a new Python with the project on its path, a single-threaded
+    OpenBLAS, Caffe's INFO log and ``env_vars`` (None: unset); returns (the arrays
+    it saved in ``out``, or None if it failed; its log)."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OPENBLAS_NUM_THREADS="1", GLOG_minloglevel="0")
+    for key, value in env_vars.items():
+        env.pop(key, None)
+        if value is not None:
+            env[key] = value
     res = subprocess.run([sys.executable, "-c", script] + args + [out], env=env,
                          capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return dict(np.load(out)), res.stderr
+    return (dict(np.load(out)) if res.returncode == 0 else None), res.stderr
+
+
+def run_script(script, args, out, threads):
+    """``script`` through :func:`run_python` with CAFFE_CPU_CONV_THREADS=``threads``
+    (None: unset) and Caffe's own forward pass (not oneDNN's,
+    tests/test_conv_onednn.py); returns (arrays it saved in ``out``, log)."""
+    arrays, log = run_python(script, args, out, CAFFE_CPU_CONV_ENGINE="caffe",
+                             CAFFE_CPU_CONV_THREADS=str(threads) if threads else None)
+    assert arrays is not None, log[-2000:]
+    return arrays, log
 
 
 def forward(tmp_path, threads):
