@@ -26,8 +26,8 @@ import numpy as np
 from caffe_admm.caffetime import (blas_lines, cpu_conv_engine, cpu_conv_line, cpu_threads,
                                   loaded_blas_info, rotate)
 
-__all__ = ["layer_costs", "time_net", "time_nets", "layer_range", "compare", "speedups",
-           "summary", "rotate", "write_plan", "format_table"]
+__all__ = ["layer_costs", "time_net", "time_nets", "time_layer_contexts", "layer_range",
+           "compare", "speedups", "summary", "rotate", "write_plan", "format_table"]
 
 
 def layer_costs(net):
@@ -111,6 +111,80 @@ def time_nets(nets, batch, repeats=10, warmup=2, layers=None):
                 times[i][key].append((time.perf_counter() - t0) * 1e3)
     return [{"net": summary(t.pop(WHOLE)), "layers": {name: summary(v) for name, v in t.items()}}
             for t in times]
+
+
+def time_layer_contexts(nets, batch, rounds=15, iterations=20, warmup=2, layers=None):
+    """Each timed layer's forward time inside the net's forward pass and alone.
+
+    *In the net*: ``iterations`` forward passes, layer by layer in the net's
+    order, each timed layer (with its ``name/...`` helpers) timed on its own,
+    as ``caffe time``'s per-layer timer does. This is what inference pays: the
+    layers run since a layer's previous pass (in AlexNet the fc layers, which
+    stream 38-150 MB of weights) have pushed its weights and buffers out of the
+    caches. *Alone*: the layer called ``iterations`` times in a row after one
+    untimed call, its data in cache, so what is left is its kernel's time.
+    Each round times every net both ways, the nets' order rotated per round.
+
+    Parameters
+    ----------
+    nets : list of caffe.Net
+        Deploy nets with Input layers, each holding every layer of ``layers``.
+    layers : list of str or None
+        Default: every Convolution and InnerProduct (of each net).
+
+    Returns
+    -------
+    list (one per net) of {"in_net": {name: summary}, "alone": {name: summary}};
+    a round contributes the mean over its iterations (ms), summarised by
+    :func:`summary` over the rounds.
+    """
+    plans = []
+    for net in nets:
+        fns = _passes(net, batch, layers)
+        timed = [name for name in fns if name is not WHOLE]
+        plans.append((net, fns, _segments(list(net._layer_names), timed)))
+    for _ in range(warmup):
+        for _, fns, _ in plans:
+            fns[WHOLE]()
+    times = [{context: {name: [] for name in fns if name is not WHOLE}
+              for context in ("in_net", "alone")} for _, fns, _ in plans]
+    clock = time.perf_counter
+    for r in range(rounds):
+        for i in rotate(list(range(len(nets))), r):
+            net, fns, segments = plans[i]
+            total = dict.fromkeys(times[i]["in_net"], 0.0)
+            for _ in range(iterations):
+                for name, start, end in segments:
+                    t0 = clock()
+                    net._forward(start, end)
+                    if name is not None:
+                        total[name] += clock() - t0
+            for name, seconds in total.items():
+                times[i]["in_net"][name].append(seconds / iterations * 1e3)
+            for name, samples in times[i]["alone"].items():
+                fn = fns[name]
+                fn()
+                t0 = clock()
+                for _ in range(iterations):
+                    fn()
+                samples.append((clock() - t0) / iterations * 1e3)
+    return [{context: {name: summary(v) for name, v in by_name.items()}
+             for context, by_name in t.items()} for t in times]
+
+
+def _segments(names, timed):
+    """The net's layers as consecutive index ranges [(name, start, end)]: each
+    layer of ``timed`` with its helpers, and (name None) the layers between."""
+    ranges = sorted(layer_range(names, name) + (name,) for name in timed)
+    segments, nxt = [], 0
+    for start, end, name in ranges:
+        if start > nxt:
+            segments.append((None, nxt, start - 1))
+        segments.append((name, start, end))
+        nxt = end + 1
+    if nxt < len(names):
+        segments.append((None, nxt, len(names) - 1))
+    return segments
 
 
 def _passes(net, batch, layers):

@@ -291,3 +291,46 @@ def test_timing_interleaves_the_nets_and_rotates_their_order(tmp_path):
     for result in results:
         assert set(result["layers"]) == {"conv1", "ip1"}
         assert result["net"]["min_ms"] <= result["net"]["median_ms"] <= result["net"]["max_ms"]
+
+
+def test_layer_contexts_time_each_layer_in_net_order_and_alone(tmp_path):
+    model = os.path.join(NETS, "lenet_deploy.prototxt")
+    weights = str(tmp_path / "w.caffemodel")
+    net = sparse_weights(model, weights, filters=0.0, channels=0.0)
+    cols = np.random.default_rng(3).permutation(500)[:350]
+    net.params["conv2"][0].data.reshape(50, -1)[:, cols] = 0
+    net.save(weights)
+    out = str(tmp_path / "out")
+    report = compact.compact(model, weights, out, shape=True)
+    assert report["shape_compaction"]["conv2"]["kept_columns"] == 150  # helpers before conv2
+    log = []
+    a = _Recording(caffe.Net(model, caffe.TEST, weights=weights), "a", log)
+    b = _Recording(caffe.Net(os.path.join(out, "compact.prototxt"), caffe.TEST,
+                             weights=os.path.join(out, "compact.caffemodel")), "b", log)
+    results = timing.time_layer_contexts([a, b], batch=2, rounds=2, iterations=3, warmup=1,
+                                         layers=["conv2", "ip1"])
+    assert [(t, s) for t, s, _ in log[:2]] == [("a", 0), ("b", 0)]
+    calls = log[2:]
+    for tag in ("a", "b"):
+        net = a if tag == "a" else b
+        names = list(net._layer_names)
+        conv2, ip1 = (timing.layer_range(names, n) for n in ("conv2", "ip1"))
+        if tag == "b":
+            assert conv2[0] == names.index("conv2/im2col") < conv2[1]
+        mine = [(s, e) for t, s, e in calls if t == tag]
+        per_round = len(mine) // 2
+        for r in range(2):
+            rnd = mine[r * per_round:(r + 1) * per_round]
+            passes, alone = rnd[:-8], rnd[-8:]
+            # three passes, each every layer once, in order, timed layers as whole ranges
+            flat = [i for s, e in passes for i in range(s, e + 1)]
+            assert flat == list(range(len(names))) * 3
+            assert conv2 in passes and ip1 in passes
+            assert alone == [conv2] * 4 + [ip1] * 4  # one untimed call, then three
+    runs = [t for i, (t, _, _) in enumerate(calls) if i == 0 or calls[i - 1][0] != t]
+    assert runs == ["a", "b", "a"]  # round 0: a, b; round 1: b, a
+    for result in results:
+        for context in ("in_net", "alone"):
+            assert set(result[context]) == {"conv2", "ip1"}
+            for row in result[context].values():
+                assert 0 < row["min_ms"] <= row["median_ms"] <= row["max_ms"]
