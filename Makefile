@@ -14,7 +14,9 @@ CAFFE_PREFIX := $(CACHE)/caffe-cuda-py3.11
 else
 CAFFE_PREFIX := $(CACHE)/caffe-py3.11
 endif
-CAFFE_STAMP := $(VENV)/.caffe-$(notdir $(CAFFE_PREFIX))
+# named after the whole prefix: another CACHE links .venv to its build, and
+# coming back links the first one again
+CAFFE_STAMP := $(VENV)/.caffe$(subst /,-,$(abspath $(CAFFE_PREFIX)))
 CLI := $(VENV)/bin/caffe-admm
 
 export GLOG_minloglevel ?= 2

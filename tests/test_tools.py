@@ -62,3 +62,19 @@ def test_bundled_caffe_cli_runs_from_its_own_directory(tmp_path):
                                   GLOG_minloglevel="0"))
     assert res.returncode == 0, res.stderr[-2000:]
     assert "Average Forward pass" in res.stderr
+
+
+def test_setup_with_another_cache_builds_and_links_that_one(tmp_path):
+    # `make -n` prints the recipes it would run without running them; the
+    # project's own build is current (make test set it up)
+    def planned(*args):
+        res = subprocess.run(["make", "-n", "setup"] + list(args), cwd=ROOT,
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        return [line for line in res.stdout.splitlines()
+                if "install_caffe.sh" in line or "link_caffe.sh" in line]
+    assert planned() == []
+    other = planned("CACHE=%s" % tmp_path)
+    assert len(other) == 2
+    assert all(line.split()[1].startswith(str(tmp_path) + "/caffe") for line in other)
+    assert os.listdir(str(tmp_path)) == []  # nothing built or written by -n
