@@ -219,17 +219,23 @@ def test_timing_reports_every_layer_with_exact_flop_reduction(tmp_path):
     assert result["cpu_threads"]["OPENBLAS_NUM_THREADS"] == os.environ.get("OPENBLAS_NUM_THREADS")
 
 
-def test_shape_compaction_with_stock_layers_is_exact(tmp_path):
+def shape_compacted_lenet(tmp_path, ip1_columns=0):
+    """LeNet with 350 of conv2's 500 GEMM columns (and ``ip1_columns`` of
+    ip1's 800) zero, compacted with ``shape=True``: (model, weights, out, report)."""
     model = os.path.join(NETS, "lenet_deploy.prototxt")
     weights = str(tmp_path / "w.caffemodel")
     net = sparse_weights(model, weights, filters=0.0, channels=0.0)
     cols = np.random.default_rng(3).permutation(500)[:350]
     net.params["conv2"][0].data.reshape(50, -1)[:, cols] = 0
-    ip_cols = np.random.default_rng(6).permutation(800)[:300]  # inside kept channels
+    ip_cols = np.random.default_rng(6).permutation(800)[:ip1_columns]  # inside kept channels
     net.params["ip1"][0].data[:, ip_cols] = 0
     net.save(weights)
     out = str(tmp_path / "out")
-    report = compact.compact(model, weights, out, shape=True)
+    return model, weights, out, compact.compact(model, weights, out, shape=True)
+
+
+def test_shape_compaction_with_stock_layers_is_exact(tmp_path):
+    model, weights, out, report = shape_compacted_lenet(tmp_path, ip1_columns=300)
     assert report["shape_compaction"]["conv2"]["kept_columns"] == 150
     assert report["layers"]["conv2"]["compact_shape"] == [50, 150, 1, 1]
     assert report["layers"]["conv2"]["flop_reduction"] == pytest.approx(500 / 150)
@@ -294,14 +300,7 @@ def test_timing_interleaves_the_nets_and_rotates_their_order(tmp_path):
 
 
 def test_layer_contexts_time_each_layer_in_net_order_and_alone(tmp_path):
-    model = os.path.join(NETS, "lenet_deploy.prototxt")
-    weights = str(tmp_path / "w.caffemodel")
-    net = sparse_weights(model, weights, filters=0.0, channels=0.0)
-    cols = np.random.default_rng(3).permutation(500)[:350]
-    net.params["conv2"][0].data.reshape(50, -1)[:, cols] = 0
-    net.save(weights)
-    out = str(tmp_path / "out")
-    report = compact.compact(model, weights, out, shape=True)
+    model, weights, out, report = shape_compacted_lenet(tmp_path)
     assert report["shape_compaction"]["conv2"]["kept_columns"] == 150  # helpers before conv2
     log = []
     a = _Recording(caffe.Net(model, caffe.TEST, weights=weights), "a", log)
