@@ -44,8 +44,9 @@ def measure(plan_dir, batches=None, rounds=15, iterations=20):
     Returns
     -------
     dict: environment, and per batch size and layer the FLOP reduction and, per
-    context, both timings (``summary`` dicts), the speed-up (ratio of medians)
-    and speed-up / FLOP reduction (``of_flops``).
+    context, both timings (``summary`` dicts), the speed-up (ratio of medians),
+    its median, min and max over the rounds (``speedup_rounds``) and
+    speed-up / FLOP reduction (``of_flops``).
     """
     from caffe_admm.backend import caffe
     with open(os.path.join(plan_dir, "plan.json")) as f:
@@ -73,6 +74,7 @@ def measure(plan_dir, batches=None, rounds=15, iterations=20):
                 a, b = original[context][name], compact[context][name]
                 speedup = a["median_ms"] / b["median_ms"]
                 row[context] = {"original": a, "compact": b, "speedup": speedup,
+                                "speedup_rounds": timing.round_speedups(a, b),
                                 "of_flops": speedup / flop_reduction}
             rows[name] = row
         out["batches"][batch] = rows

@@ -27,7 +27,8 @@ from caffe_admm.caffetime import (blas_lines, cpu_conv_engine, cpu_conv_line, cp
                                   loaded_blas_info, rotate)
 
 __all__ = ["layer_costs", "time_net", "time_nets", "time_layer_contexts", "layer_range",
-           "compare", "speedups", "summary", "rotate", "write_plan", "format_table"]
+           "compare", "speedups", "summary", "round_speedups", "rotate", "write_plan",
+           "format_table"]
 
 
 def layer_costs(net):
@@ -60,9 +61,25 @@ def _reshape(net, batch):
 
 
 def summary(times_ms):
-    """Median, min and max of repeated timings (ms), as every result reports them."""
+    """Median, min and max of repeated timings (ms), as every result reports them,
+    and the timings themselves in the order of the rounds (``samples_ms``)."""
     return {"median_ms": statistics.median(times_ms), "min_ms": min(times_ms),
-            "max_ms": max(times_ms)}
+            "max_ms": max(times_ms), "samples_ms": [float(t) for t in times_ms]}
+
+
+def round_speedups(a, b):
+    """Median, min and max over the rounds of each round's speed-up a / b.
+
+    ``a`` and ``b`` are :func:`summary` results of two nets timed in the same
+    rounds (the interleaved timing runs both in every round, back to back), so
+    a round's ratio cancels what drifts slower than a round. None where either
+    lacks ``samples_ms`` (results written before they were kept).
+    """
+    pairs = list(zip(a.get("samples_ms") or (), b.get("samples_ms") or ()))
+    if not pairs:
+        return None
+    ratios = [x / max(y, 1e-9) for x, y in pairs]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
 WHOLE = None  # the whole-net key of _passes: no layer name can be None
@@ -341,11 +358,14 @@ def speedups(original, compact, costs_a, costs_b):
     for name, a in original["layers"].items():
         b = compact["layers"][name]
         rows[name] = {"original": a, "compact": b, "speedup": ratio(a, b),
+                      "speedup_rounds": round_speedups(a, b),
                       "flop_reduction": costs_a[name]["flops"] / max(costs_b[name]["flops"], 1),
                       "param_reduction": (costs_a[name]["params"]
                                           / max(costs_b[name]["params"], 1))}
     return {"layers": rows, "net": {"original": original["net"], "compact": compact["net"],
-                                    "speedup": ratio(original["net"], compact["net"])}}
+                                    "speedup": ratio(original["net"], compact["net"]),
+                                    "speedup_rounds": round_speedups(original["net"],
+                                                                     compact["net"])}}
 
 
 def _algo_counts(row):
@@ -381,16 +401,22 @@ def format_table(result):
         algos = any("cudnn_forward" in r[w] for r in data["layers"].values()
                     for w in ("original", "compact"))
         lines.append("batch %s" % batch)
-        lines.append("  %-10s %12s %12s %9s %9s %8s %9s%s" % (
-            "layer", "orig ms", "compact ms", "speedup", "FLOP red", "of FLOP", "param red",
-            "  cuDNN forward algorithm, orig / compact" if algos else ""))
+        lines.append("  %-10s %12s %12s %9s %9s %8s %10s %9s%s" % (
+            "layer", "orig ms", "compact ms", "speedup", "FLOP red", "of FLOP", "per repeat",
+            "param red", "  cuDNN forward algorithm, orig / compact" if algos else ""))
         for name, r in data["layers"].items():
-            lines.append("  %-10s %12.3f %12.3f %8.2fx %8.2fx %8.2f %8.2fx%s" % (
+            rounds = r.get("speedup_rounds")  # absent from results of older versions
+            lines.append("  %-10s %12.3f %12.3f %8.2fx %8.2fx %8.2f %10s %8.2fx%s" % (
                 name, r["original"]["median_ms"], r["compact"]["median_ms"], r["speedup"],
-                r["flop_reduction"], r["speedup"] / r["flop_reduction"], r["param_reduction"],
+                r["flop_reduction"], r["speedup"] / r["flop_reduction"],
+                "%.2f-%.2f" % (rounds["min"] / r["flop_reduction"],
+                               rounds["max"] / r["flop_reduction"]) if rounds else "-",
+                r["param_reduction"],
                 "  %s / %s" % (_algo_counts(r["original"]), _algo_counts(r["compact"]))
                 if algos else ""))
         n = data["net"]
         lines.append("  %-10s %12.3f %12.3f %8.2fx" % ("whole net", n["original"]["median_ms"],
                                                        n["compact"]["median_ms"], n["speedup"]))
+    lines.append("of FLOP: speed-up (ratio of the medians) / FLOP reduction; per repeat: its "
+                 "lowest and highest over the repeats, each one's nets timed back to back")
     return "\n".join(lines)

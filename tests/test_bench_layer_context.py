@@ -42,6 +42,8 @@ def test_reports_both_contexts_against_the_flop_reduction(tmp_path, capsys):
             assert r["speedup"] == pytest.approx(r["original"]["median_ms"] /
                                                  r["compact"]["median_ms"])
             assert r["of_flops"] == pytest.approx(r["speedup"] / row["flop_reduction"])
+            assert len(r["original"]["samples_ms"]) == 2  # the two rounds
+            assert r["speedup_rounds"]["min"] <= r["speedup_rounds"]["max"]
     assert rows["conv1"]["flop_reduction"] > 1
     text = capsys.readouterr().out
     assert "in the net" in text and "alone" in text and "conv2" in text

@@ -215,6 +215,11 @@ def test_timing_reports_every_layer_with_exact_flop_reduction(tmp_path):
         for name, row in rows.items():
             assert row["original"]["median_ms"] > 0 and row["compact"]["median_ms"] > 0
             assert row["flop_reduction"] == pytest.approx(report["layers"][name]["flop_reduction"])
+            rounds = row["speedup_rounds"]  # the two repeats, each one's nets back to back
+            assert rounds["min"] <= rounds["median"] <= rounds["max"]
+            assert rounds["min"] == pytest.approx(min(
+                a / b for a, b in zip(row["original"]["samples_ms"], row["compact"]["samples_ms"])))
+            assert len(row["original"]["samples_ms"]) == 2
     assert "whole net" in timing.format_table(result)
     assert result["cpu_threads"]["OPENBLAS_NUM_THREADS"] == os.environ.get("OPENBLAS_NUM_THREADS")
 
