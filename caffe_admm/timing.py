@@ -13,7 +13,9 @@ Two engines, both Caffe's own layer implementations (im2col included):
   machine.
 
 The median and the spread (min, max) are reported, next to each layer's FLOPs
-and parameters, so a measured speed-up can be read against the ideal one.
+and parameters, so a measured speed-up can be read against the ideal one, and
+the speed-up of each repeat (both nets are timed in every repeat, back to
+back), whose range shows how far one repeat can be trusted.
 """
 
 import json
@@ -135,10 +137,9 @@ def time_layer_contexts(nets, batch, rounds=15, iterations=20, warmup=2, layers=
 
     *In the net*: ``iterations`` forward passes, layer by layer in the net's
     order, each timed layer (with its ``name/...`` helpers) timed on its own,
-    as ``caffe time``'s per-layer timer does. This is what inference pays: the
-    layers run since a layer's previous pass (in AlexNet the fc layers, which
-    stream 38-150 MB of weights) have pushed its weights and buffers out of the
-    caches. *Alone*: the layer called ``iterations`` times in a row after one
+    as ``caffe time``'s per-layer timer does: what inference pays, the layers
+    run since a layer's previous pass (in AlexNet the fc layers, which stream
+    38-150 MB of weights) having filled the caches with their data. *Alone*: the layer called ``iterations`` times in a row after one
     untimed call, its data in cache, so what is left is its kernel's time.
     Each round times every net both ways, the nets' order rotated per round.
 
@@ -341,8 +342,9 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
 
 
 def speedups(original, compact, costs_a, costs_b):
-    """One batch size's rows: both timings, measured speed-up (ratio of medians),
-    FLOP and parameter reductions, per layer of ``original["layers"]`` and whole net.
+    """One batch size's rows: both timings, measured speed-up (ratio of medians)
+    and its median, min and max over the repeats (:func:`round_speedups`), FLOP
+    and parameter reductions, per layer of ``original["layers"]`` and whole net.
 
     Parameters
     ----------
