@@ -6,20 +6,18 @@ import os
 
 import pytest
 
-from caffe_admm import compact, timing
+from caffe_admm import timing
 
 from conftest import ROOT, load_benchmark
-from test_compact import sparse_weights
+from test_compact import run_compact
 
 LENET = os.path.join(ROOT, "prototxt", "lenet_deploy.prototxt")
 
 
 def plan_dir(tmp_path):
-    weights = str(tmp_path / "sparse.caffemodel")
-    sparse_weights(LENET, weights)
-    compact.compact(LENET, weights, str(tmp_path / "out"))
+    _, _, out = run_compact(tmp_path, LENET)
     plan = str(tmp_path / "plan")
-    timing.write_plan(LENET, str(tmp_path / "out" / "compact.prototxt"), plan, batches=(1, 2))
+    timing.write_plan(LENET, os.path.join(out, "compact.prototxt"), plan, batches=(1, 2))
     return plan
 
 
