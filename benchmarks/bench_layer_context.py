@@ -33,7 +33,7 @@ sys.path.insert(0, ROOT)
 
 from caffe_admm import timing  # noqa: E402
 from caffe_admm.caffetime import (blas_lines, cpu_conv_engine, cpu_conv_line,  # noqa: E402
-                                  cpu_threads, loaded_blas_info)
+                                  cpu_threads, cpu_threads_line, loaded_blas_info)
 
 CONTEXTS = (("in_net", "in the net"), ("alone", "alone"))
 
@@ -83,9 +83,7 @@ def measure(plan_dir, batches=None, rounds=15, iterations=20):
 
 def format_table(result):
     lines = ["pycaffe, %d rounds of %d iterations" % (result["rounds"], result["iterations"]),
-             "CPU threads: " + ", ".join("%s=%s" % (k, "unset" if v is None else v)
-                                        for k, v in result["cpu_threads"].items()),
-             cpu_conv_line(result["cpu_conv_engine"])]
+             cpu_threads_line(result["cpu_threads"]), cpu_conv_line(result["cpu_conv_engine"])]
     lines.extend(blas_lines(result["blas"]))
     for batch, rows in result["batches"].items():
         lines.append("batch %s" % batch)

@@ -29,9 +29,8 @@ import subprocess
 import sys
 
 __all__ = ["parse_log", "time_log", "run", "rotate", "measure", "summarise", "cudnn_workspace_mb",
-           "cudnn_find", "cpu_threads", "cpu_conv_engine", "blas_info", "loaded_blas_info",
-           "blas_warning",
-           "blas_lines", "find_caffe", "main"]
+           "cudnn_find", "cpu_threads", "cpu_threads_line", "cpu_conv_engine", "cpu_conv_line",
+           "blas_info", "loaded_blas_info", "blas_warning", "blas_lines", "find_caffe", "main"]
 
 _LAYER = re.compile(r"\]\s+(\S+)\s+forward: ([0-9.eE+-]+) ms\.")
 _FORWARD = re.compile(r"Average Forward pass: ([0-9.eE+-]+) ms\.")
@@ -205,6 +204,12 @@ def cpu_threads(environ=None):
     them, so CPU results record them."""
     environ = os.environ if environ is None else environ
     return {name: environ.get(name) for name in CPU_THREAD_VARIABLES}
+
+
+def cpu_threads_line(threads):
+    """The table line naming a :func:`cpu_threads` result."""
+    return "CPU threads: " + ", ".join("%s=%s" % (name, "unset" if value is None else value)
+                                       for name, value in threads.items())
 
 
 CPU_CONV_ENGINES = ("onednn", "caffe")

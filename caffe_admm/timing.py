@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from caffe_admm.caffetime import (blas_lines, cpu_conv_engine, cpu_conv_line, cpu_threads,
-                                  loaded_blas_info, rotate)
+                                  cpu_threads_line, loaded_blas_info, rotate)
 
 __all__ = ["layer_costs", "time_net", "time_nets", "time_layer_contexts", "layer_range",
            "compare", "speedups", "summary", "round_speedups", "rotate", "write_plan",
@@ -392,9 +392,7 @@ def format_table(result):
         if result.get("cudnn_workspace_mb") else "",
         result["repeats"])]
     if result.get("cpu_threads"):
-        lines.append("CPU threads: " + ", ".join(
-            "%s=%s" % (name, "unset" if value is None else value)
-            for name, value in result["cpu_threads"].items()))
+        lines.append(cpu_threads_line(result["cpu_threads"]))
     if result.get("cpu_conv_engine"):
         lines.append(cpu_conv_line(result["cpu_conv_engine"]))
     if result.get("blas"):

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from caffe_admm import timing
+from caffe_admm import caffetime, timing
 
 from conftest import ROOT, load_benchmark
 from test_compact import run_compact
@@ -45,6 +45,7 @@ def test_reports_both_contexts_against_the_flop_reduction(tmp_path, capsys):
     assert rows["conv1"]["flop_reduction"] > 1
     text = capsys.readouterr().out
     assert "in the net" in text and "alone" in text and "conv2" in text
+    assert caffetime.cpu_threads_line(result["cpu_threads"]) in text.splitlines()
 
 
 def test_refuses_a_batch_size_the_plan_lacks(tmp_path):
