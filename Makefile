@@ -38,10 +38,7 @@ $(VENV)/.requirements: requirements.txt | deps
 	@touch $@
 
 $(CAFFE_STAMP): $(VENV)/.requirements tools/install_caffe.sh tools/link_caffe.sh \
-    tools/patches/caffe-cuda13-cudnn9.patch tools/patches/caffe-im2col-cpu.patch \
-    tools/patches/caffe-cpu-conv-threads.patch tools/patches/caffe-cudnn-find.patch \
-    tools/patches/caffe-ip-cpu.patch tools/patches/caffe-pooling-cpu.patch \
-    tools/patches/caffe-conv-onednn.patch
+    $(wildcard tools/patches/*.patch)
 	@tools/install_caffe.sh $(CAFFE_PREFIX) $(abspath $(PY))
 	@tools/link_caffe.sh $(CAFFE_PREFIX) $(VENV)
 	@rm -f $(VENV)/.caffe*
