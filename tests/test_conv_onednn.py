@@ -178,6 +178,45 @@ def test_threads_follow_the_variables_and_give_the_same_outputs(tmp_path, settin
                                    atol=1e-6 * np.abs(one[name]).max(), err_msg=name)
 
 
+IN_A_THREAD = """
+import sys, threading
+import numpy as np
+from caffe_admm.backend import caffe
+caffe.set_mode_cpu()
+model, out = sys.argv[1:]
+tops = {}
+def forward(where):
+    net = caffe.Net(model, caffe.TEST)
+    net.params["c1"][0].data[...] = 0.01
+    net.blobs["x"].data[...] = 1
+    net.forward()
+    tops[where] = net.blobs["c3"].data.copy()
+forward("loading")
+worker = threading.Thread(target=forward, args=("other",))
+worker.start()
+worker.join()
+np.savez(out, **tops)
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2,
+                    reason="OpenMP's default is the core count: one core cannot tell")
+@pytest.mark.parametrize("settings", [{"OPENBLAS_NUM_THREADS": "1"},
+                                      {"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "1"}])
+def test_a_thread_other_than_the_loading_one_runs_as_many_threads(tmp_path, settings):
+    """OpenMP keeps its thread count per thread: the count set from
+    OPENBLAS_NUM_THREADS as Caffe loads holds in other threads too (before,
+    a net run from another thread ran the core count)."""
+    settings = dict({"CAFFE_CPU_CONV_THREADS": None, "OMP_NUM_THREADS": None}, **settings)
+    out, log = run_python(IN_A_THREAD, [write(tmp_path / "net.prototxt", NET)],
+                          str(tmp_path / "tops.npz"), **settings)
+    assert out is not None, log[-2000:]
+    lines = [line for line in log.splitlines() if "c1: oneDNN " in line]
+    assert len(lines) == 2, log[-2000:]  # one net per thread
+    assert all(line.endswith("batch 3, 1 thread") for line in lines), lines
+    np.testing.assert_array_equal(out["other"], out["loading"])
+
+
 BLAS_THREADS = """
 import ctypes, sys
 from caffe_admm.backend import caffe
