@@ -18,7 +18,7 @@ from caffe_admm.backend import caffe
 from conftest import ROOT, write
 from test_cpu_conv_threads import FORWARD as RUN  # forward, backward; saves tops, diffs
 from test_cpu_conv_threads import run_python
-from test_im2col import conv_param, reference_im2col
+from test_im2col import conv_param, reference_conv
 
 SHAPES = [
     # (C, H, W), num_output, kernel, pad, stride, dilation, group, bias
@@ -40,23 +40,6 @@ def conv_net(shape, num_output, kernel, pad, stride, dilation, group, bias, batc
                 convolution_param { num_output: %d group: %d bias_term: %s %s } }
         """ % ((batch,) + shape + (num_output, group, "true" if bias else "false",
                                    conv_param(kernel, pad, stride, dilation)))
-
-
-def reference_conv(x, w, b, kernel, pad, stride, dilation, group):
-    """(N, C, H, W) float64 convolution by the definition."""
-    out_ch, per_group_in = w.shape[0], w.shape[1]
-    per_group_out = out_ch // group
-    ys = []
-    for image in x:
-        parts = []
-        for g in range(group):
-            cols = reference_im2col(image[g * per_group_in:(g + 1) * per_group_in],
-                                    kernel, pad, stride, dilation)
-            out = slice(g * per_group_out, (g + 1) * per_group_out)
-            parts.append(np.tensordot(w[out].reshape(per_group_out, -1), cols, axes=1))
-        ys.append(np.concatenate(parts))
-    y = np.stack(ys)
-    return y if b is None else y + b[None, :, None, None]
 
 
 def fill(net, rng):
