@@ -14,6 +14,11 @@ their output: the compaction is forced and the deviation written down.
 
     .venv/bin/python benchmarks/bench_alexnet_compaction.py [--batch 1 8 --repeats 5]
 
+After the table it checks the target of issue #4, each conv layer's speed-up
+at least 0.8 of its FLOP reduction (filter/channel pruning), per batch size:
+how many layers meet it by the ratio of the medians, which fall short (to
+three places), and in how many every repeat, some or none reached it.
+
 Filter + shape, as in StructADMM's AlexNet result: ``--keep-columns R`` also
 keeps only R of the live GEMM columns (input channel, ky, kx) of the group-1
 conv layers (conv1, conv3; shape-wise sparsity is refused on grouped
