@@ -132,7 +132,13 @@ def main(argv=None):
         if args.keep_columns is not None or args.shape:
             parser.error("--measured reads --keep-columns and --shape from the plan; "
                          "leave them out")
-        with open(os.path.join(args.plan_only, "compaction.json")) as f:
+        compaction = os.path.join(args.plan_only, "compaction.json")
+        for path, what in ((compaction, "--plan-only DIR: the plan's compaction report, "
+                                        "written by --plan-only DIR without --measured"),
+                           (args.measured, "--measured: the result of timing that plan")):
+            if not os.path.isfile(path):
+                parser.error("%s not found (%s)" % (path, what))
+        with open(compaction) as f:
             report, conv_params, conv_nonzero, *options = json.load(f)
         # plans written before these two options existed record neither
         args.keep_columns, args.shape = options[0] if options else (None, False)

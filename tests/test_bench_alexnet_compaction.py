@@ -92,3 +92,17 @@ def test_summary_of_a_measured_plan_writes_the_target_per_batch(tmp_path, capsys
     assert sorted(target["layers"]) == ["conv1", "conv2", "conv4", "conv5"]
     assert all(c == {"of_flop": pytest.approx(0.8), "met": True, "repeats": "all"}
                for c in target["layers"].values())
+
+
+def test_measured_without_the_plan_or_the_result_is_refused_naming_the_file(tmp_path, capsys):
+    bench = load_benchmark("bench_alexnet_compaction")
+    measured = tmp_path / "measured.json"
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--measured", str(measured), "--plan-only", str(tmp_path)])
+    assert stop.value.code == 2
+    assert "%s not found (--plan-only DIR" % (tmp_path / "compaction.json") in \
+        capsys.readouterr().err
+    (tmp_path / "compaction.json").write_text("[]")
+    with pytest.raises(SystemExit):
+        bench.main(["--measured", str(measured), "--plan-only", str(tmp_path)])
+    assert "%s not found (--measured" % measured in capsys.readouterr().err
