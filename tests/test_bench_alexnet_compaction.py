@@ -37,7 +37,8 @@ def test_target_counts_medians_and_single_repeats_on_each_side_of_the_line():
     assert check["conv3"] == {"of_flop": pytest.approx(0.6), "met": False, "repeats": "none"}
     assert bench.format_target(8, check) == (
         "batch 8: target (speed-up >= 0.80 of the FLOP reduction) met by 2 of 3 conv layers, "
-        "not by conv3 0.600; every repeat reached it in 1 (conv1), some in 1 (conv2), none in 1 (conv3)")
+        "not by conv3 0.600; every repeat reached it in 1 (conv1), some in 1 (conv2), "
+        "none in 1 (conv3)")
     # a layer left out (shape-compacted) is neither counted nor checked
     check = bench.target_check(r, ["conv2", "conv3"])
     assert set(check) == {"conv2", "conv3"}
