@@ -12,24 +12,15 @@
 //   GLOG_minloglevel=2 ./conv5_harness 200 9 384 256   # dense
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.hpp>
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
+#include "probe_clock.hpp"
 #include "caffe/caffe.hpp"
 #include "caffe/layers/conv_layer.hpp"
 using namespace dnnl;
 using tag = memory::format_tag;
 using dt = memory::data_type;
-static double now_us() {
-  return std::chrono::duration<double, std::micro>(
-      std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-static double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 int main(int argc, char** argv) {
   const int N = argc > 1 ? atoi(argv[1]) : 2000, R = argc > 2 ? atoi(argv[2]) : 9;
   const int C = argc > 3 ? atoi(argv[3]) : 96, O = argc > 4 ? atoi(argv[4]) : 64, H = 13, K = 3, G = 2;

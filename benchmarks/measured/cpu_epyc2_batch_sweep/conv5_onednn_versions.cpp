@@ -13,22 +13,13 @@
 //   for r in 1 2 3; do for b in probe_v2 probe_v3; do ./$b 2000 9 96 64; ./$b 200 7 384 256; done; done
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.hpp>
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
+#include "probe_clock.hpp"
 using namespace dnnl;
 using tag = memory::format_tag;
 using dt = memory::data_type;
-static double now_us() {
-  return std::chrono::duration<double, std::micro>(
-      std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-static double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 int main(int argc, char** argv) {
   const int N = atoi(argv[1]), R = atoi(argv[2]), C = atoi(argv[3]), O = atoi(argv[4]);
   const int H = 13, K = 3, G = 2;
