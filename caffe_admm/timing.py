@@ -139,7 +139,8 @@ def time_layer_contexts(nets, batch, rounds=15, iterations=20, warmup=2, layers=
     order, each timed layer (with its ``name/...`` helpers) timed on its own,
     as ``caffe time``'s per-layer timer does: what inference pays, the layers
     run since a layer's previous pass (in AlexNet the fc layers, which stream
-    38-150 MB of weights) having filled the caches with their data. *Alone*: the layer called ``iterations`` times in a row after one
+    38-150 MB of weights) having filled the caches with their data.
+    *Alone*: the layer called ``iterations`` times in a row after one
     untimed call, its data in cache, so what is left is its kernel's time.
     Each round times every net both ways, the nets' order rotated per round.
 
