@@ -117,9 +117,10 @@ def input_feeds(net_param, shapes, groups=None):
     InputFeeds
     """
     from caffe_admm.backend import caffe_pb2
-    from caffe_admm.protoio import _in_phase
+    from caffe_admm.protoio import layer_included, net_state
     groups = groups or {}
-    layers = [l for l in net_param.layer if _in_phase(l, caffe_pb2.TEST)]
+    test = net_state(net_param, caffe_pb2.TEST)
+    layers = [l for l in net_param.layer if layer_included(l, test)]
     order = [l.name for l in layers if l.name in shapes]
     feeds = {}
     for index, layer in enumerate(layers):

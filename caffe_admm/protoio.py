@@ -13,7 +13,8 @@ from google.protobuf import text_format
 
 __all__ = ["ProtoError", "parse_text", "read_net", "read_solver", "read_caffemodel",
            "write_text", "write_binary", "atomic_write", "resolve_solver_net",
-           "layer_line", "check_bottoms", "blob_shape", "caffemodel_shapes", "make_caffemodel"]
+           "layer_line", "net_state", "layer_included", "check_bottoms", "check_sources",
+           "check_net", "blob_shape", "caffemodel_shapes", "make_caffemodel"]
 
 
 class ProtoError(ValueError):
@@ -177,26 +178,132 @@ def make_caffemodel(name, params, types):
     return net
 
 
-def _in_phase(layer, phase):
-    """Caffe's NetStateRule check, for the phase field only."""
-    if layer.include:
-        return any(not r.HasField("phase") or r.phase == phase for r in layer.include)
-    return not any(r.HasField("phase") and r.phase == phase for r in layer.exclude)
+def _meets_rule(rule, phase, level, stages):
+    """Caffe's ``Net::StateMeetsRule`` for one NetStateRule."""
+    if rule.HasField("phase") and rule.phase != phase:
+        return False
+    if rule.HasField("min_level") and level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and level > rule.max_level:
+        return False
+    return (all(stage in stages for stage in rule.stage)
+            and not any(stage in stages for stage in rule.not_stage))
 
 
-def check_bottoms(net_param, path, phase):
-    """Raise ProtoError if a layer of ``phase`` reads a blob no earlier layer writes.
+def net_state(net_param, phase, solver_state=None):
+    """``(phase, level, stages)`` of a net as Caffe builds it.
 
-    Caffe would abort the process (glog CHECK) on such a net.
+    ``caffe.Net(file, phase)`` keeps the prototxt's ``state`` stages and sets
+    the level to 0; a solver's net takes the prototxt's ``state`` merged with
+    the solver's ``train_state`` or ``test_state`` (``solver_state``), as
+    ``Solver::InitTrainNet`` / ``InitTestNets`` do.
     """
+    if solver_state is None:
+        return phase, 0, tuple(net_param.state.stage)
+    state = type(net_param.state)(phase=phase)
+    state.MergeFrom(net_param.state)  # a phase set there wins, as in Caffe
+    state.MergeFrom(solver_state)
+    return state.phase, state.level, tuple(state.stage)
+
+
+def layer_included(layer, state, path=None):
+    """Whether Caffe's ``FilterNet`` keeps ``layer`` in ``state`` (:func:`net_state`).
+
+    Raises
+    ------
+    ProtoError
+        if the layer has both include and exclude rules (Caffe aborts on it).
+    """
+    if layer.include and layer.exclude:
+        raise ProtoError("%s has both include and exclude rules; Caffe takes one or the "
+                         "other" % _where(path, layer))
+    if layer.include:
+        return any(_meets_rule(rule, *state) for rule in layer.include)
+    return not any(_meets_rule(rule, *state) for rule in layer.exclude)
+
+
+def _where(path, layer):
+    """``file:line: layer 'name'`` (``layer 'name'`` without a file)."""
+    if path is None:
+        return "layer %r" % layer.name
+    line = layer_line(path, layer.name)
+    return "%s%s: layer %r" % (path, ":%d" % line if line else "", layer.name)
+
+
+def _rules(layer):
+    """A layer's include/exclude rules as prototxt text on one line."""
+    return " ".join("%s { %s }" % (kind, text_format.MessageToString(rule, as_one_line=True))
+                    for kind, rules in (("include", layer.include), ("exclude", layer.exclude))
+                    for rule in rules)
+
+
+def check_bottoms(net_param, path, state):
+    """Raise ProtoError if a layer of ``state`` reads a blob no earlier layer writes.
+
+    Caffe would abort the process (glog CHECK) on such a net. ``state`` is
+    :func:`net_state`'s ``(phase, level, stages)``.
+    """
+    from caffe_admm.backend import caffe_pb2
     produced = set(net_param.input)
+    left_out = {}  # blob -> the layers writing it that this state leaves out
     for layer in net_param.layer:
-        if not _in_phase(layer, phase):
+        if not layer_included(layer, state, path):
+            for top in layer.top:
+                left_out.setdefault(top, []).append(layer)
             continue
         for bottom in layer.bottom:
             if bottom not in produced:
-                line = layer_line(path, layer.name)
-                raise ProtoError("%s%s: layer %r reads bottom %r, which no earlier layer "
-                                 "produces" % (path, ":%d" % line if line else "", layer.name,
-                                               bottom))
+                phase = caffe_pb2.Phase.Name(state[0])
+                hint = ""
+                if bottom in left_out:
+                    hint = ("; it is written only under rules the net built here (%s, level "
+                            "%d, %s) does not meet: %s"
+                            % (phase, state[1], "stages " + ", ".join(state[2]) if state[2]
+                               else "no stages",
+                               "; ".join("layer %r %s" % (other.name, _rules(other))
+                                         for other in left_out[bottom])))
+                raise ProtoError("%s reads bottom %r, which no earlier layer of the %s phase "
+                                 "produces%s" % (_where(path, layer), bottom, phase, hint))
         produced.update(layer.top)
+
+
+def _missing_source(layer):
+    """The data file or directory a data layer reads, where it is missing, else None."""
+    from caffe_admm.backend import caffe_pb2
+    if layer.type == "Data":
+        source = layer.data_param.source
+        # both are directories; Caffe opens the data.mdb in an LMDB one
+        if layer.data_param.backend == caffe_pb2.DataParameter.LMDB:
+            return None if os.path.isfile(os.path.join(source, "data.mdb")) else source
+        return None if os.path.isdir(source) else source
+    param = {"ImageData": layer.image_data_param, "HDF5Data": layer.hdf5_data_param,
+             "WindowData": layer.window_data_param}.get(layer.type)
+    if param is None or os.path.isfile(param.source):
+        return None
+    return param.source
+
+
+def check_sources(net_param, path, state):
+    """Raise ProtoError if a data layer of ``state`` reads a file that is not there.
+
+    Covers Data (LMDB, LevelDB), ImageData, HDF5Data and WindowData sources:
+    Caffe would abort the process on them. Relative paths are taken from the
+    current directory, as Caffe takes them.
+    """
+    for layer in net_param.layer:
+        if not layer_included(layer, state, path):
+            continue
+        source = _missing_source(layer)
+        if source is not None:
+            raise ProtoError("%s (%s) reads %r, which does not exist%s; fix its source "
+                             "or run from the directory it is relative to"
+                             % (_where(path, layer), layer.type, source,
+                                "" if os.path.isabs(source)
+                                else " (relative to the current directory, %s, as Caffe "
+                                     "reads it)" % os.getcwd()))
+
+
+def check_net(net_param, path, state):
+    """:func:`check_bottoms` and :func:`check_sources`: what makes Caffe abort."""
+    check_bottoms(net_param, path, state)
+    check_sources(net_param, path, state)

@@ -166,15 +166,25 @@ def check_weights(weights_path, net_path, net_param):
     return want
 
 
-def _check_test_phase(net_param, path):
-    protoio.check_bottoms(net_param, path, caffe_pb2.TRAIN)
-    protoio.check_bottoms(net_param, path, caffe_pb2.TEST)
-    for layer in net_param.layer:
-        if layer.type in SOURCE_TYPES and any(r.phase == caffe_pb2.TEST for r in layer.include):
-            return
-        if layer.type in SOURCE_TYPES and not layer.include:
-            return
-    raise RunError("%s has no TEST-phase data layer; accuracy cannot be measured" % path)
+def _check_test_phase(net_param, path, solver_param=None, pycaffe=True):
+    """Raise where Caffe would abort on the nets a run builds, and where the
+    TEST net that scores it has no data layer.
+
+    The nets: with ``pycaffe``, ``caffe.Net(path, TEST)`` (weights checks,
+    evaluation); with ``solver_param``, the solver's TRAIN and first TEST net,
+    built with its ``train_state`` / ``test_state``, which then scores the run.
+    """
+    states = [protoio.net_state(net_param, caffe_pb2.TEST)] if pycaffe else []
+    if solver_param is not None:
+        test_state = solver_param.test_state[0] if solver_param.test_state else None
+        states += [protoio.net_state(net_param, caffe_pb2.TRAIN, solver_param.train_state),
+                   protoio.net_state(net_param, caffe_pb2.TEST,
+                                     test_state or caffe_pb2.NetState())]
+    for state in states:
+        protoio.check_net(net_param, path, state)
+    if not any(layer.type in SOURCE_TYPES and protoio.layer_included(layer, states[-1], path)
+               for layer in net_param.layer):
+        raise RunError("%s has no TEST-phase data layer; accuracy cannot be measured" % path)
 
 
 # ----------------------------------------------------------------------- solving
@@ -383,7 +393,7 @@ def train(solver_path, out_dir, weights=None, iters=None, progress=True):
     solver_param = protoio.read_solver(solver_path)
     net_path = protoio.resolve_solver_net(solver_path, solver_param)
     net_param = protoio.read_net(net_path)
-    _check_test_phase(net_param, net_path)
+    _check_test_phase(net_param, net_path, solver_param, pycaffe=bool(weights))
     if weights:
         check_weights(weights, net_path, net_param)
     os.makedirs(out_dir, exist_ok=True)
@@ -420,25 +430,28 @@ def evaluate(net_path, weights, iters=None):
     _check_test_phase(net_param, net_path)
     check_weights(weights, net_path, net_param)
     if not iters:
-        iters = _full_pass_iters(net_param)
+        iters = _full_pass_iters(net_param, net_path)
     net = caffe.Net(net_path, caffe.TEST, weights=weights)
-    return evaluate_net(net, iters), iters
+    scores = evaluate_net(net, iters)
+    if not scores:
+        raise RunError("%s: its TEST phase has no scalar output (an Accuracy or loss layer) "
+                       "to report; outputs: %s" % (net_path, ", ".join(net.outputs)))
+    return scores, iters
 
 
-def _full_pass_iters(net_param):
+def _full_pass_iters(net_param, path):
     import lmdb
+    test = protoio.net_state(net_param, caffe_pb2.TEST)
     for layer in net_param.layer:
-        if layer.type == "Data" and (not layer.include or layer.include[0].phase == caffe_pb2.TEST):
-            src = layer.data_param.source
-            if not os.path.isdir(src):
-                raise RunError("data source %s of layer %r not found" % (src, layer.name))
-            env = lmdb.open(src, readonly=True, lock=False)
+        if (layer.type == "Data" and layer.data_param.backend == caffe_pb2.DataParameter.LMDB
+                and protoio.layer_included(layer, test, path)):
+            env = lmdb.open(layer.data_param.source, readonly=True, lock=False)
             try:
                 n = env.stat()["entries"]
             finally:
                 env.close()
             return int(math.ceil(n / float(layer.data_param.batch_size)))
-    raise RunError("cannot tell the test set size; pass --iters")
+    raise RunError("cannot tell the test set size (no TEST-phase LMDB Data layer); pass --iters")
 
 
 # ----------------------------------------------------------------- ADMM pruning
@@ -473,7 +486,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     net_path = protoio.resolve_solver_net(solver_path, solver_param)
     net_param = protoio.read_net(net_path)
     cfg = load_config(config_path, net_param)
-    _check_test_phase(net_param, net_path)
+    _check_test_phase(net_param, net_path, solver_param)
     shapes = check_weights(weights, net_path, net_param)
     names = [spec.name for spec in cfg.layers]
     missing = [n for n in names if n not in shapes]
@@ -727,7 +740,7 @@ def retrain(solver_path, weights, out_dir, masks_path=None, iters=None, progress
     solver_param = protoio.read_solver(solver_path)
     net_path = protoio.resolve_solver_net(solver_path, solver_param)
     net_param = protoio.read_net(net_path)
-    _check_test_phase(net_param, net_path)
+    _check_test_phase(net_param, net_path, solver_param)
     shapes = check_weights(weights, net_path, net_param)
     test_iter = _test_iters(solver_param)
     iters = int(iters if iters is not None else solver_param.max_iter)

@@ -235,6 +235,15 @@ def layer_range(names, name):
     return start, end
 
 
+def _read_checked(path):
+    """The net at ``path``, refused (ProtoError) where Caffe would abort on its TEST phase."""
+    from caffe_admm import protoio
+    from caffe_admm.backend import caffe_pb2
+    net_param = protoio.read_net(path)
+    protoio.check_net(net_param, path, protoio.net_state(net_param, caffe_pb2.TEST))
+    return net_param
+
+
 def _costs(model):
     from caffe_admm.backend import caffe
     return layer_costs(caffe.Net(model, caffe.TEST))
@@ -259,6 +268,11 @@ def write_plan(model, compact_model, out_dir, batches=(1, 8, 32), repeats=5, ite
     from caffe_admm import protoio
     if conv_engine not in (None,) + CONV_ENGINES:
         raise ValueError("conv engine %r: use one of %s" % (conv_engine, ", ".join(CONV_ENGINES)))
+    nets = {path: _read_checked(path) for path in (model, compact_model)}
+    for path, net in nets.items():
+        if not any(layer.type == "Input" for layer in net.layer):
+            raise ValueError("%s: timing needs a deploy net with Input layers (no Data "
+                             "layers)" % path)
     costs = {"original": _costs(model), "compact": _costs(compact_model)}
     layers = [n for n in costs["original"] if n in costs["compact"]]
     plan = {"model": model, "compact_model": compact_model, "gpu": gpu, "repeats": int(repeats),
@@ -266,11 +280,8 @@ def write_plan(model, compact_model, out_dir, batches=(1, 8, 32), repeats=5, ite
             "costs": costs, "models": {}}
     os.makedirs(out_dir, exist_ok=True)
     for which, path in (("original", model), ("compact", compact_model)):
-        net = protoio.read_net(path)
+        net = nets[path]
         inputs = [l for l in net.layer if l.type == "Input"]
-        if not inputs:
-            raise ValueError("%s: timing needs a deploy net with Input layers (no Data "
-                             "layers)" % path)
         for layer in net.layer:  # the same random weights for both nets
             param = {"Convolution": layer.convolution_param,
                      "InnerProduct": layer.inner_product_param}.get(layer.type)
@@ -328,6 +339,8 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
     if engine != "pycaffe":
         raise ValueError("unknown timing engine %r (pycaffe or 'caffe time')" % engine)
     from caffe_admm.backend import caffe
+    _read_checked(model)
+    _read_checked(compact_model)
     a = caffe.Net(model, caffe.TEST, weights=weights) if weights else caffe.Net(model, caffe.TEST)
     b = caffe.Net(compact_model, caffe.TEST, weights=compact_weights)
     costs_a, costs_b = layer_costs(a), layer_costs(b)

@@ -9,6 +9,7 @@ import pytest
 from caffe_admm import layers, solver
 from caffe_admm.backend import caffe
 from caffe_admm.masks import load_masks
+from caffe_admm.protoio import ProtoError
 
 from conftest import write, write_tiny
 
@@ -175,6 +176,25 @@ def test_bad_inputs_fail_before_caffe(tmp_path, tiny_data, tiny_trained):
     with pytest.raises(solver.RunError, match="holds a run with other inputs"):
         solver.prune(tiny_trained["solver"], tiny_trained["weights"], config(tmp_path, 2, 0),
                      str(tmp_path / "r3"), progress=False)
+
+
+def test_a_missing_training_source_and_a_net_with_nothing_to_score_are_refused(
+        tmp_path, tiny_data, tiny_trained):
+    tiny = dict(tiny_data, train=str(tmp_path / "moved_lmdb"))
+    solver_path, net_path = write_tiny(tmp_path, tiny)
+    with pytest.raises(ProtoError, match=r"tiny_train_test\.prototxt:3: layer 'data' \(Data\) "
+                                         r"reads '.*moved_lmdb', which does not exist"):
+        solver.train(solver_path, str(tmp_path / "run"), iters=1, progress=False)
+    assert not os.path.exists(str(tmp_path / "run"))
+    deploy = write(tmp_path / "deploy.prototxt", """
+        layer { name: "data" type: "Input" top: "data"
+                input_param { shape { dim: 1 dim: 1 dim: 16 dim: 16 } } }
+        layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+                convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+    """)
+    with pytest.raises(solver.RunError, match=r"its TEST phase has no scalar output \(an "
+                                              r"Accuracy or loss layer\) to report; outputs: conv1"):
+        solver.evaluate(deploy, tiny_trained["weights"], iters=1)
 
 
 def test_a_run_begun_under_the_old_penalty_default_does_not_resume_under_the_new(

@@ -1,0 +1,170 @@
+"""protoio's checks of a net before Caffe builds it: the layers Caffe keeps
+in a state (phase, level, stages), missing bottoms and missing data sources."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from caffe_admm import protoio
+from caffe_admm.backend import caffe, caffe_pb2
+from caffe_admm.data import write_lmdb
+
+from conftest import ROOT, write
+
+import numpy as np
+
+# one Input layer per rule set: the layers a state keeps are the tops Caffe builds
+RULES = {
+    "always": "",
+    "train": "include { phase: TRAIN }",
+    "test": "include { phase: TEST }",
+    "not_test": "exclude { phase: TEST }",
+    "stage_a": "include { phase: TEST stage: 'a' }",
+    "stages_ab": "include { stage: 'a' stage: 'b' }",
+    "not_a": "include { not_stage: 'a' }",
+    "a_or_b": "include { stage: 'a' } include { stage: 'b' }",
+    "level_1_2": "include { min_level: 1 max_level: 2 }",
+    "below_1": "exclude { min_level: 1 }",
+    "file_stage": "include { stage: 'f' }",
+}
+
+
+@pytest.fixture
+def rules_net(tmp_path):
+    layers = "\n".join(
+        "layer { name: '%s' type: 'Input' top: '%s' input_param { shape { dim: 1 } } %s }"
+        % (name, name, rule) for name, rule in RULES.items())
+    return write(tmp_path / "rules.prototxt", "name: 'rules'\nstate { stage: 'f' }\n" + layers)
+
+
+@pytest.mark.parametrize("phase,level,stages", [
+    (caffe.TRAIN, 0, []), (caffe.TEST, 0, []), (caffe.TEST, 0, ["a"]),
+    (caffe.TRAIN, 0, ["a", "b"]), (caffe.TEST, 1, ["b"]), (caffe.TEST, 3, ["a", "b"]),
+    (caffe.TEST, -1, []),
+])
+def test_the_layers_kept_are_those_caffe_builds(rules_net, phase, level, stages):
+    net = caffe.Net(rules_net, phase, level=level, stages=stages)
+    net_param = protoio.read_net(rules_net)
+    # pycaffe adds its stages to the prototxt's state ones
+    state = (phase, level, tuple(net_param.state.stage) + tuple(stages))
+    kept = [l.name for l in net_param.layer if protoio.layer_included(l, state, rules_net)]
+    assert kept == list(net._layer_names)
+
+
+def test_net_state_is_pycaffe_s_and_the_solver_s(rules_net):
+    net_param = protoio.read_net(rules_net)
+    assert protoio.net_state(net_param, caffe_pb2.TEST) == (caffe_pb2.TEST, 0, ("f",))
+    solver_state = caffe_pb2.NetState(level=2, stage=["a"])
+    assert protoio.net_state(net_param, caffe_pb2.TRAIN, solver_state) == (
+        caffe_pb2.TRAIN, 2, ("f", "a"))
+    # the solver's train net as Caffe builds it with that train_state
+    solver_path = write(os.path.join(os.path.dirname(rules_net), "solver.prototxt"), """
+        net: "%s"
+        base_lr: 0.01
+        train_state { level: 2 stage: "a" }
+        solver_mode: CPU
+    """ % rules_net)
+    built = list(caffe.get_solver(solver_path).net._layer_names)
+    state = protoio.net_state(net_param, caffe_pb2.TRAIN, solver_state)
+    assert [l.name for l in net_param.layer if protoio.layer_included(l, state)] == built
+
+
+def test_include_and_exclude_together_are_refused(tmp_path):
+    path = write(tmp_path / "both.prototxt", """
+        layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 } }
+                include { phase: TEST } exclude { stage: "a" } }
+    """)
+    net_param = protoio.read_net(path)
+    with pytest.raises(protoio.ProtoError, match=r"both\.prototxt:2: layer 'x' has both "
+                                                 r"include and exclude rules"):
+        protoio.layer_included(net_param.layer[0], (caffe_pb2.TEST, 0, ()), path)
+
+
+def test_a_bottom_written_only_in_another_state_names_the_rules(tmp_path):
+    path = write(tmp_path / "staged.prototxt", """
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 } }
+                include { phase: TEST stage: "on-train" } }
+        layer { name: "relu" type: "ReLU" bottom: "data" top: "relu" }
+    """)
+    net_param = protoio.read_net(path)
+    with pytest.raises(protoio.ProtoError) as info:
+        protoio.check_bottoms(net_param, path, protoio.net_state(net_param, caffe_pb2.TEST))
+    assert str(info.value) == (
+        "%s:4: layer 'relu' reads bottom 'data', which no earlier layer of the TEST phase "
+        "produces; it is written only under rules the net built here (TEST, level 0, no "
+        "stages) does not meet: layer 'data' include { phase: TEST stage: \"on-train\" }" % path)
+    protoio.check_bottoms(net_param, path, (caffe_pb2.TEST, 0, ("on-train",)))
+
+
+DATA_NET = """
+layer { name: "train_data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+        data_param { source: "%(train)s" batch_size: 1 backend: LMDB } }
+layer { name: "test_data" type: "Data" top: "data" top: "label" include { phase: TEST }
+        data_param { source: "%(test)s" batch_size: 1 backend: %(backend)s } }
+layer { name: "relu" type: "ReLU" bottom: "data" top: "relu" }
+"""
+
+
+@pytest.fixture
+def lmdb_dir(tmp_path):
+    path = str(tmp_path / "lmdb")
+    write_lmdb(path, np.zeros((2, 1, 2, 2), np.uint8), np.zeros(2, np.int64))
+    return path
+
+
+def test_a_missing_data_source_is_named_with_its_layer(tmp_path, lmdb_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path / "net.prototxt", DATA_NET % {
+        "train": lmdb_dir, "test": "nope_lmdb", "backend": "LMDB"})
+    net_param = protoio.read_net(path)
+    protoio.check_sources(net_param, path, (caffe_pb2.TRAIN, 0, ()))
+    with pytest.raises(protoio.ProtoError) as info:
+        protoio.check_sources(net_param, path, (caffe_pb2.TEST, 0, ()))
+    assert str(info.value) == (
+        "%s:4: layer 'test_data' (Data) reads 'nope_lmdb', which does not exist (relative to "
+        "the current directory, %s, as Caffe reads it); fix its source or run from the "
+        "directory it is relative to" % (path, tmp_path))
+    # an LMDB directory needs its data.mdb; a LevelDB one only has to be there
+    os.mkdir(str(tmp_path / "nope_lmdb"))
+    with pytest.raises(protoio.ProtoError, match="'test_data' .* reads 'nope_lmdb'"):
+        protoio.check_sources(net_param, path, (caffe_pb2.TEST, 0, ()))
+    leveldb = protoio.read_net(write(tmp_path / "leveldb.prototxt", DATA_NET % {
+        "train": lmdb_dir, "test": "nope_lmdb", "backend": "LEVELDB"}))
+    protoio.check_sources(leveldb, path, (caffe_pb2.TEST, 0, ()))
+
+
+@pytest.mark.parametrize("kind,param", [("ImageData", "image_data_param"),
+                                        ("HDF5Data", "hdf5_data_param"),
+                                        ("WindowData", "window_data_param")])
+def test_a_missing_list_file_is_named(tmp_path, kind, param):
+    path = write(tmp_path / "net.prototxt", """
+        layer { name: "d" type: "%s" top: "data" top: "label"
+                %s { source: "%s" batch_size: 1 } }
+    """ % (kind, param, tmp_path / "list.txt"))
+    net_param = protoio.read_net(path)
+    with pytest.raises(protoio.ProtoError, match=r"layer 'd' \(%s\) reads '%s', which does "
+                                                 r"not exist; fix" % (kind, tmp_path / "list.txt")):
+        protoio.check_sources(net_param, path, (caffe_pb2.TEST, 0, ()))
+    write(tmp_path / "list.txt", "")
+    protoio.check_sources(net_param, path, (caffe_pb2.TEST, 0, ()))
+
+
+def test_the_verbs_refuse_a_missing_source_where_caffe_aborts(tmp_path, lmdb_dir):
+    path = write(tmp_path / "net.prototxt", DATA_NET % {
+        "train": lmdb_dir, "test": str(tmp_path / "nope_lmdb"), "backend": "LMDB"})
+    code = "import caffe; caffe.Net(%r, caffe.TEST)" % path
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode in (-6, 134), res.stderr  # SIGABRT from glog CHECK
+    weights = str(tmp_path / "w.caffemodel")
+    caffe.Net(path, caffe.TRAIN).save(weights)
+    tool = os.path.join(ROOT, ".venv", "bin", "caffe-admm")
+    for verb in (["compact", "--weights", weights, "--out", str(tmp_path / "out")],
+                 ["test", "--weights", weights, "--iters", "1"],
+                 ["time", "--compact", path, "--compact-weights", weights]):
+        res = subprocess.run([tool, verb[0], "--model", path] + verb[1:],
+                             capture_output=True, text=True)
+        assert res.returncode == 2, res.stderr
+        assert "layer 'test_data' (Data) reads '%s', which does not exist" % (
+            tmp_path / "nope_lmdb") in res.stderr
