@@ -267,38 +267,44 @@ def check_bottoms(net_param, path, state):
         produced.update(layer.top)
 
 
-def _missing_source(layer):
-    """The data file or directory a data layer reads, where it is missing, else None."""
+def _missing_files(layer):
+    """``(field, path)`` of each file or directory a data layer reads that is not there."""
     from caffe_admm.backend import caffe_pb2
+    missing = []
     if layer.type == "Data":
         source = layer.data_param.source
         # both are directories; Caffe opens the data.mdb in an LMDB one
         if layer.data_param.backend == caffe_pb2.DataParameter.LMDB:
-            return None if os.path.isfile(os.path.join(source, "data.mdb")) else source
-        return None if os.path.isdir(source) else source
+            there = os.path.isfile(os.path.join(source, "data.mdb"))
+        else:
+            there = os.path.isdir(source)
+        if not there:
+            missing.append(("source", source))
     param = {"ImageData": layer.image_data_param, "HDF5Data": layer.hdf5_data_param,
              "WindowData": layer.window_data_param}.get(layer.type)
-    if param is None or os.path.isfile(param.source):
-        return None
-    return param.source
+    if param is not None and not os.path.isfile(param.source):
+        missing.append(("source", param.source))
+    mean_file = layer.transform_param.mean_file
+    if mean_file and not os.path.isfile(mean_file):
+        missing.append(("transform_param.mean_file", mean_file))
+    return missing
 
 
 def check_sources(net_param, path, state):
     """Raise ProtoError if a data layer of ``state`` reads a file that is not there.
 
-    Covers Data (LMDB, LevelDB), ImageData, HDF5Data and WindowData sources:
-    Caffe would abort the process on them. Relative paths are taken from the
-    current directory, as Caffe takes them.
+    Covers Data (LMDB, LevelDB), ImageData, HDF5Data and WindowData sources
+    and ``transform_param.mean_file``: Caffe would abort the process on them.
+    Relative paths are taken from the current directory, as Caffe takes them.
     """
     for layer in net_param.layer:
         if not layer_included(layer, state, path):
             continue
-        source = _missing_source(layer)
-        if source is not None:
-            raise ProtoError("%s (%s) reads %r, which does not exist%s; fix its source "
+        for field, name in _missing_files(layer):
+            raise ProtoError("%s (%s) reads %r (%s), which does not exist%s; fix the path "
                              "or run from the directory it is relative to"
-                             % (_where(path, layer), layer.type, source,
-                                "" if os.path.isabs(source)
+                             % (_where(path, layer), layer.type, name, field,
+                                "" if os.path.isabs(name)
                                 else " (relative to the current directory, %s, as Caffe "
                                      "reads it)" % os.getcwd()))
 

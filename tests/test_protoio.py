@@ -123,9 +123,9 @@ def test_a_missing_data_source_is_named_with_its_layer(tmp_path, lmdb_dir, monke
     with pytest.raises(protoio.ProtoError) as info:
         protoio.check_sources(net_param, path, (caffe_pb2.TEST, 0, ()))
     assert str(info.value) == (
-        "%s:4: layer 'test_data' (Data) reads 'nope_lmdb', which does not exist (relative to "
-        "the current directory, %s, as Caffe reads it); fix its source or run from the "
-        "directory it is relative to" % (path, tmp_path))
+        "%s:4: layer 'test_data' (Data) reads 'nope_lmdb' (source), which does not exist "
+        "(relative to the current directory, %s, as Caffe reads it); fix the path or run from "
+        "the directory it is relative to" % (path, tmp_path))
     # an LMDB directory needs its data.mdb; a LevelDB one only has to be there
     os.mkdir(str(tmp_path / "nope_lmdb"))
     with pytest.raises(protoio.ProtoError, match="'test_data' .* reads 'nope_lmdb'"):
@@ -144,11 +144,25 @@ def test_a_missing_list_file_is_named(tmp_path, kind, param):
                 %s { source: "%s" batch_size: 1 } }
     """ % (kind, param, tmp_path / "list.txt"))
     net_param = protoio.read_net(path)
-    with pytest.raises(protoio.ProtoError, match=r"layer 'd' \(%s\) reads '%s', which does "
-                                                 r"not exist; fix" % (kind, tmp_path / "list.txt")):
+    with pytest.raises(protoio.ProtoError, match=r"layer 'd' \(%s\) reads '%s' \(source\), "
+                                                 r"which does not exist; fix"
+                                                 % (kind, tmp_path / "list.txt")):
         protoio.check_sources(net_param, path, (caffe_pb2.TEST, 0, ()))
     write(tmp_path / "list.txt", "")
     protoio.check_sources(net_param, path, (caffe_pb2.TEST, 0, ()))
+
+
+def test_a_missing_mean_file_is_named(tmp_path, lmdb_dir):
+    path = write(tmp_path / "net.prototxt", """
+        layer { name: "d" type: "Data" top: "data" top: "label"
+                transform_param { mean_file: "%s" }
+                data_param { source: "%s" batch_size: 1 backend: LMDB } }
+    """ % (tmp_path / "mean.binaryproto", lmdb_dir))
+    net_param = protoio.read_net(path)
+    with pytest.raises(protoio.ProtoError, match=r"layer 'd' \(Data\) reads '%s' "
+                                                 r"\(transform_param.mean_file\), which does "
+                                                 r"not exist" % (tmp_path / "mean.binaryproto")):
+        protoio.check_sources(net_param, path, (caffe_pb2.TEST, 0, ()))
 
 
 def test_the_verbs_refuse_a_missing_source_where_caffe_aborts(tmp_path, lmdb_dir):
@@ -166,5 +180,5 @@ def test_the_verbs_refuse_a_missing_source_where_caffe_aborts(tmp_path, lmdb_dir
         res = subprocess.run([tool, verb[0], "--model", path] + verb[1:],
                              capture_output=True, text=True)
         assert res.returncode == 2, res.stderr
-        assert "layer 'test_data' (Data) reads '%s', which does not exist" % (
+        assert "layer 'test_data' (Data) reads '%s' (source), which does not exist" % (
             tmp_path / "nope_lmdb") in res.stderr

@@ -183,7 +183,7 @@ def test_a_missing_training_source_and_a_net_with_nothing_to_score_are_refused(
     tiny = dict(tiny_data, train=str(tmp_path / "moved_lmdb"))
     solver_path, net_path = write_tiny(tmp_path, tiny)
     with pytest.raises(ProtoError, match=r"tiny_train_test\.prototxt:3: layer 'data' \(Data\) "
-                                         r"reads '.*moved_lmdb', which does not exist"):
+                                         r"reads '.*moved_lmdb' \(source\), which does not exist"):
         solver.train(solver_path, str(tmp_path / "run"), iters=1, progress=False)
     assert not os.path.exists(str(tmp_path / "run"))
     deploy = write(tmp_path / "deploy.prototxt", """
