@@ -30,7 +30,8 @@ import sys
 
 __all__ = ["parse_log", "time_log", "run", "rotate", "measure", "summarise", "cudnn_workspace_mb",
            "cudnn_find", "cpu_threads", "cpu_threads_line", "cpu_conv_engine", "cpu_conv_line",
-           "blas_info", "loaded_blas_info", "blas_warning", "blas_lines", "find_caffe", "main"]
+           "blas_info", "loaded_blas_info", "blas_warning", "blas_lines", "build_tool", "find_caffe",
+           "main"]
 
 _LAYER = re.compile(r"\]\s+(\S+)\s+forward: ([0-9.eE+-]+) ms\.")
 _FORWARD = re.compile(r"Average Forward pass: ([0-9.eE+-]+) ms\.")
@@ -87,20 +88,21 @@ def parse_log(text):
     return out
 
 
-def _loaded_build():
-    """bin/caffe of the build whose pycaffe this process has loaded (None if none)."""
+def build_tool(name):
+    """bin/``name`` of the build whose pycaffe this process has loaded (e.g.
+    ``caffe``, ``upgrade_net_proto_text``); None if none is loaded or it lacks it."""
     module = sys.modules.get("caffe")
     if module is None or not getattr(module, "__file__", None):
         return None
-    # PREFIX/lib/python3/dist-packages/caffe/__init__.py -> PREFIX/bin/caffe
-    path = os.path.join(os.path.dirname(module.__file__), *[".."] * 4 + ["bin", "caffe"])
+    # PREFIX/lib/python3/dist-packages/caffe/__init__.py -> PREFIX/bin/NAME
+    path = os.path.join(os.path.dirname(module.__file__), *[".."] * 4 + ["bin", name])
     return os.path.normpath(path) if os.path.exists(path) else None
 
 
 def find_caffe(caffe=None):
     """The ``caffe`` binary: ``caffe`` if given, else $CAFFE_BIN, else the one of
     the build whose pycaffe is loaded, else ``caffe`` on PATH."""
-    path = (caffe or os.environ.get("CAFFE_BIN") or _loaded_build()
+    path = (caffe or os.environ.get("CAFFE_BIN") or build_tool("caffe")
             or shutil.which("caffe"))
     if not path or not os.access(path, os.X_OK):
         raise FileNotFoundError("no executable caffe binary (%r): pass its path, set CAFFE_BIN "

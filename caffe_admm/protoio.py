@@ -7,6 +7,8 @@ so an interrupted run never leaves a truncated file behind.
 
 import contextlib
 import os
+import shutil
+import subprocess
 import tempfile
 
 from google.protobuf import text_format
@@ -61,9 +63,36 @@ def parse_text(path, message):
 
 
 def read_net(path):
-    """Read a net prototxt as ``caffe_pb2.NetParameter``."""
+    """Read a net prototxt as ``caffe_pb2.NetParameter``, upgraded as Caffe reads it.
+
+    A net in an old format (V0/V1 ``layers``, or ``input``/``input_dim``
+    fields) comes back as Caffe's ``upgrade_net_proto_text`` writes it (with
+    ``layer`` and an Input layer), the form ``caffe.Net`` builds from it.
+    """
     from caffe_admm.backend import caffe_pb2
-    return parse_text(path, caffe_pb2.NetParameter())
+    net = parse_text(path, caffe_pb2.NetParameter())
+    if len(net.layers) or len(net.input):
+        net = _caffe_upgrade(path)
+    return net
+
+
+def _caffe_upgrade(path):
+    from caffe_admm.backend import caffe_pb2
+    from caffe_admm.caffetime import build_tool
+    tool = build_tool("upgrade_net_proto_text") or shutil.which("upgrade_net_proto_text")
+    if not tool:
+        raise ProtoError("%s is in an old format (V1 `layers`, or `input` fields), which Caffe "
+                         "upgrades when it reads it; Caffe's upgrade_net_proto_text, which "
+                         "writes the upgrade, is neither in this build nor on PATH: upgrade "
+                         "the file with it and pass the result" % path)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "upgraded.prototxt")
+        proc = subprocess.run([tool, path, out], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, universal_newlines=True)
+        if proc.returncode != 0 or not os.path.isfile(out):
+            raise ProtoError("%s: Caffe's upgrade_net_proto_text failed (exit %d):\n%s"
+                             % (path, proc.returncode, "\n".join(proc.stdout.splitlines()[-10:])))
+        return parse_text(out, caffe_pb2.NetParameter())
 
 
 def read_solver(path):

@@ -192,6 +192,48 @@ def test_lrn_across_channels_deviation_is_reported_and_refused(tmp_path):
     assert os.path.exists(os.path.join(out, "compact.caffemodel"))
 
 
+V1_LENET = """
+name: "LeNet"
+input: "data"
+input_dim: 64 input_dim: 1 input_dim: 28 input_dim: 28
+layers { name: "conv1" type: CONVOLUTION bottom: "data" top: "conv1"
+         convolution_param { num_output: 20 kernel_size: 5 } }
+layers { name: "pool1" type: POOLING bottom: "conv1" top: "pool1"
+         pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layers { name: "conv2" type: CONVOLUTION bottom: "pool1" top: "conv2"
+         convolution_param { num_output: 50 kernel_size: 5 } }
+layers { name: "pool2" type: POOLING bottom: "conv2" top: "pool2"
+         pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layers { name: "ip1" type: INNER_PRODUCT bottom: "pool2" top: "ip1"
+         inner_product_param { num_output: 500 } }
+layers { name: "relu1" type: RELU bottom: "ip1" top: "ip1" }
+layers { name: "ip2" type: INNER_PRODUCT bottom: "ip1" top: "ip2"
+         inner_product_param { num_output: 10 } }
+layers { name: "prob" type: SOFTMAX bottom: "ip2" top: "prob" }
+"""
+
+
+def test_an_old_format_net_compacts_as_the_bundled_lenet_does(tmp_path):
+    # V1 `layers` and `input` fields; the same net as prototxt/lenet_deploy.prototxt
+    old = write(tmp_path / "old.prototxt", V1_LENET)
+    weights = str(tmp_path / "sparse.caffemodel")
+    sparse_weights(old, weights)
+    new = os.path.join(NETS, "lenet_deploy.prototxt")
+    old_report = compact.compact(old, weights, str(tmp_path / "old_out"))
+    new_report = compact.compact(new, weights, str(tmp_path / "new_out"))
+    assert old_report["plan"] == new_report["plan"]
+    assert old_report["equivalence"]["passed"]
+    text = open(str(tmp_path / "old_out" / "compact.prototxt")).read()
+    assert "layers {" not in text and 'type: "Input"' in text
+    nets = [caffe.Net(str(tmp_path / d / "compact.prototxt"), caffe.TEST,
+                      weights=str(tmp_path / d / "compact.caffemodel"))
+            for d in ("old_out", "new_out")]
+    x = np.random.default_rng(1).standard_normal(nets[0].blobs["data"].data.shape)
+    for net in nets:
+        net.blobs["data"].data[...] = x
+    np.testing.assert_array_equal(nets[0].forward()["prob"], nets[1].forward()["prob"])
+
+
 def test_compacted_files_load_in_the_caffe_cli(tmp_path):
     model = os.path.join(NETS, "concat_deploy.prototxt")
     _, _, out = run_compact(tmp_path, model)
