@@ -16,7 +16,7 @@ from google.protobuf import text_format
 __all__ = ["ProtoError", "parse_text", "read_net", "read_solver", "read_caffemodel",
            "write_text", "write_binary", "atomic_write", "resolve_solver_net",
            "layer_line", "net_state", "layer_included", "check_bottoms", "check_sources",
-           "check_net", "blob_shape", "caffemodel_shapes", "make_caffemodel"]
+           "check_layer_types", "check_net", "blob_shape", "caffemodel_shapes", "make_caffemodel"]
 
 
 class ProtoError(ValueError):
@@ -338,7 +338,46 @@ def check_sources(net_param, path, state):
                                      "reads it)" % os.getcwd()))
 
 
+def check_layer_types(net_param, path, state):
+    """Raise ProtoError for a layer of ``state`` whose type this Caffe build lacks,
+    or a Python layer whose module does not import or lacks its class.
+
+    Caffe would abort the process on the first and fail with a bare SystemError
+    on the second. A Python layer's module is imported here, as Caffe would
+    import it next.
+    """
+    import difflib
+    import importlib
+    from caffe_admm.backend import caffe
+    known = sorted(caffe.layer_type_list())
+    for layer in net_param.layer:
+        if not layer_included(layer, state, path):
+            continue
+        if layer.type not in known:
+            by_lower = {t.lower(): t for t in known}
+            close = [by_lower[t] for t in
+                     difflib.get_close_matches(layer.type.lower(), list(by_lower), n=3)]
+            raise ProtoError("%s has type %r, which this Caffe build does not have%s (its "
+                             "types: %s)" % (_where(path, layer), layer.type,
+                                             "; did you mean %s?" % " or ".join(close)
+                                             if close else "", ", ".join(known)))
+        if layer.type == "Python":
+            module, name = layer.python_param.module, layer.python_param.layer
+            try:
+                found = hasattr(importlib.import_module(module), name)
+            except Exception as exc:
+                raise ProtoError("%s (Python) names module %r, which does not import: %s: %s "
+                                 "(Caffe imports it from sys.path: the current directory "
+                                 "and PYTHONPATH)" % (_where(path, layer), module,
+                                                      type(exc).__name__, exc)) from exc
+            if not found:
+                raise ProtoError("%s (Python): module %r has no class %r"
+                                 % (_where(path, layer), module, name))
+
+
 def check_net(net_param, path, state):
-    """:func:`check_bottoms` and :func:`check_sources`: what makes Caffe abort."""
+    """:func:`check_bottoms`, :func:`check_sources` and :func:`check_layer_types`:
+    what makes Caffe abort (or fail without a message) when it builds the net."""
+    check_layer_types(net_param, path, state)
     check_bottoms(net_param, path, state)
     check_sources(net_param, path, state)

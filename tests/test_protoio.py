@@ -220,3 +220,41 @@ def test_an_old_format_net_without_caffe_s_upgrade_tool_is_refused(tmp_path, mon
                                                  r"`layers`, or `input` fields\)"):
         protoio.read_net(path)
 
+
+
+def test_a_layer_type_caffe_lacks_is_named_with_the_closest(tmp_path):
+    path = write(tmp_path / "net.prototxt", """
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 } } }
+        layer { name: "act" type: "Relu" bottom: "data" top: "act" }
+    """)
+    code = "import caffe; caffe.Net(%r, caffe.TEST)" % path
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode in (-6, 134) and "Unknown layer type: Relu" in res.stderr
+    net_param = protoio.read_net(path)
+    with pytest.raises(protoio.ProtoError, match=r"net\.prototxt:3: layer 'act' has type "
+                                                 r"'Relu', which this Caffe build does not "
+                                                 r"have; did you mean ReLU or PReLU"):
+        protoio.check_layer_types(net_param, path, (caffe_pb2.TEST, 0, ()))
+
+
+@pytest.mark.parametrize("module,name,message", [
+    ("no_such_module_here", "L", r"names module 'no_such_module_here', which does not import: "
+                                 r"ModuleNotFoundError"),
+    ("caffe_admm.layers", "NoSuchLayer", r"module 'caffe_admm\.layers' has no class "
+                                         r"'NoSuchLayer'"),
+    ("caffe_admm.layers", "WeightHook", None),
+])
+def test_a_python_layer_s_module_and_class_are_checked(tmp_path, module, name, message):
+    path = write(tmp_path / "net.prototxt", """
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 } } }
+        layer { name: "py" type: "Python" bottom: "data" top: "py"
+                python_param { module: "%s" layer: "%s" } }
+    """ % (module, name))
+    net_param = protoio.read_net(path)
+    state = (caffe_pb2.TEST, 0, ())
+    if message is None:
+        protoio.check_layer_types(net_param, path, state)
+    else:
+        with pytest.raises(protoio.ProtoError, match=r"net\.prototxt:3: layer 'py' \(Python\)"
+                                                     r".*" + message):
+            protoio.check_layer_types(net_param, path, state)
