@@ -14,6 +14,7 @@ import tempfile
 from google.protobuf import text_format
 
 __all__ = ["ProtoError", "parse_text", "read_net", "read_solver", "read_caffemodel",
+           "SOLVER_TYPES", "LR_POLICIES", "field_line", "check_solver",
            "write_text", "write_binary", "atomic_write", "resolve_solver_net",
            "layer_line", "net_state", "layer_included", "check_bottoms", "check_sources",
            "check_layer_types", "check_net", "blob_shape", "caffemodel_shapes", "make_caffemodel"]
@@ -127,6 +128,55 @@ def write_binary(path, message):
     """Write ``message`` in protobuf binary form (e.g. a caffemodel), atomically."""
     with atomic_write(path, "wb") as f:
         f.write(message.SerializeToString())
+
+
+SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
+LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+
+
+def field_line(path, field):
+    """Best-effort 1-based line number of the first ``field:`` in a text file."""
+    try:
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                if line.split("#", 1)[0].strip().startswith(field + ":"):
+                    return number
+    except OSError:
+        pass
+    return None
+
+
+def check_solver(solver, path):
+    """Raise ProtoError where Caffe would abort on a solver's settings.
+
+    Caffe checks these only when it builds the solver or at its first
+    update (an unknown ``type`` or ``lr_policy``, an unknown
+    ``regularization_type`` with a ``weight_decay``, a step policy without
+    ``stepsize``, a negative ``gamma``, ``average_loss`` < 1).
+    """
+    def fail(field, message):
+        line = field_line(path, field)
+        raise ProtoError("%s%s: %s" % (path, ":%d" % line if line else "", message))
+
+    if solver.HasField("solver_type") and solver.HasField("type"):
+        fail("solver_type", "both solver_type (old) and type are set; keep type")
+    if not solver.HasField("solver_type") and solver.type not in SOLVER_TYPES:
+        fail("type", "type %r is not a Caffe solver (%s)" % (solver.type, ", ".join(SOLVER_TYPES)))
+    policy = solver.lr_policy
+    if policy not in LR_POLICIES:
+        fail("lr_policy", "lr_policy %r is not one Caffe knows (%s)%s"
+             % (policy, ", ".join(LR_POLICIES),
+                "; Caffe has no default: set it (\"fixed\" for a constant rate)"
+                if not policy else ""))
+    if policy in ("step", "sigmoid") and solver.stepsize <= 0:
+        fail("lr_policy", "lr_policy %r needs stepsize > 0 (it is %d)" % (policy, solver.stepsize))
+    if policy in ("step", "exp", "inv", "multistep", "sigmoid") and solver.gamma < 0:
+        fail("gamma", "lr_policy %r needs gamma >= 0 (it is %g)" % (policy, solver.gamma))
+    if solver.regularization_type not in ("L1", "L2") and solver.weight_decay:
+        fail("regularization_type", "regularization_type %r: Caffe takes L1 or L2"
+             % solver.regularization_type)
+    if solver.average_loss < 1:
+        fail("average_loss", "average_loss must be >= 1 (it is %d)" % solver.average_loss)
 
 
 def resolve_solver_net(solver_path, solver):

@@ -198,6 +198,7 @@ def _write_solver(solver_param, net_path, out_dir, tag, test_iter):
         sp.ClearField(field)
     del sp.test_net[:]
     del sp.test_net_param[:]
+    del sp.test_state[1:]  # the one test net a run builds, with test_iter below
     sp.net = os.path.abspath(net_path)
     sp.snapshot_prefix = os.path.join(os.path.abspath(out_dir), "checkpoints", tag)
     sp.snapshot = 0
@@ -391,6 +392,7 @@ def train(solver_path, out_dir, weights=None, iters=None, progress=True):
     dict, also written to ``out_dir/train.json``
     """
     solver_param = protoio.read_solver(solver_path)
+    protoio.check_solver(solver_param, solver_path)
     net_path = protoio.resolve_solver_net(solver_path, solver_param)
     net_param = protoio.read_net(net_path)
     _check_test_phase(net_param, net_path, solver_param, pycaffe=bool(weights))
@@ -483,6 +485,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     report : dict
     """
     solver_param = protoio.read_solver(solver_path)
+    protoio.check_solver(solver_param, solver_path)
     net_path = protoio.resolve_solver_net(solver_path, solver_param)
     net_param = protoio.read_net(net_path)
     cfg = load_config(config_path, net_param)
@@ -501,6 +504,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     inputs, retrain_param = [solver_path, net_path, weights, config_path], solver_param
     if cfg.retrain_solver:
         retrain_param = protoio.read_solver(cfg.retrain_solver)
+        protoio.check_solver(retrain_param, cfg.retrain_solver)
         inputs.append(cfg.retrain_solver)
     ckpt = _Checkpoints(
         out_dir, _fingerprint(*inputs, extra=" ".join(cfg.changed_defaults)),
@@ -738,6 +742,7 @@ def retrain(solver_path, weights, out_dir, masks_path=None, iters=None, progress
     exactly zero in ``weights`` is held at zero.
     """
     solver_param = protoio.read_solver(solver_path)
+    protoio.check_solver(solver_param, solver_path)
     net_path = protoio.resolve_solver_net(solver_path, solver_param)
     net_param = protoio.read_net(net_path)
     _check_test_phase(net_param, net_path, solver_param)

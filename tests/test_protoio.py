@@ -258,3 +258,46 @@ def test_a_python_layer_s_module_and_class_are_checked(tmp_path, module, name, m
         with pytest.raises(protoio.ProtoError, match=r"net\.prototxt:3: layer 'py' \(Python\)"
                                                      r".*" + message):
             protoio.check_layer_types(net_param, path, state)
+
+
+SOLVER_NET = """
+layer { name: "x" type: "DummyData" top: "x" top: "y"
+        dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 1 }
+                           data_filler { type: "gaussian" } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
+        inner_product_param { num_output: 1 weight_filler { type: "gaussian" } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "y" top: "loss" }
+"""
+
+
+@pytest.mark.parametrize("settings,message", [
+    (['lr_policy: "fixed"', 'regularization_type: "l2"'], None),  # no weight decay: unread
+    (['lr_policy: "fixed"', 'type: "Adam"'], None),
+    (['lr_policy: "fixed"', "solver_type: ADAM"], None),
+    ([], r": lr_policy '' is not one Caffe knows .*Caffe has no default"),
+    (['lr_policy: "stepp"'], r":6: lr_policy 'stepp' is not one Caffe knows \(fixed, step, "),
+    (['lr_policy: "fixed"', 'type: "Adamm"'], r":7: type 'Adamm' is not a Caffe solver \(SGD, "),
+    (['lr_policy: "step"', "gamma: 0.1"], r":6: lr_policy 'step' needs stepsize > 0 \(it is 0\)"),
+    (['lr_policy: "exp"', "gamma: -0.5"], r":7: lr_policy 'exp' needs gamma >= 0 \(it is -0.5\)"),
+    (['lr_policy: "fixed"', "weight_decay: 0.1", 'regularization_type: "l2"'],
+     r":8: regularization_type 'l2': Caffe takes L1 or L2"),
+    (['lr_policy: "fixed"', "average_loss: 0"], r":7: average_loss must be >= 1 \(it is 0\)"),
+    (['lr_policy: "fixed"', "solver_type: ADAM", 'type: "SGD"'],
+     r":7: both solver_type \(old\) and type are set"),
+])
+def test_solver_settings_caffe_aborts_on_are_refused(tmp_path, settings, message):
+    net = write(tmp_path / "net.prototxt", SOLVER_NET)
+    path = write(tmp_path / "solver.prototxt", "\n".join(
+        ['net: "%s"' % net, "max_iter: 2", "base_lr: 0.01", "solver_mode: CPU",
+         'snapshot_prefix: "%s/s"' % tmp_path] + settings) + "\n")  # settings from line 6
+    caffe_bin = os.path.join(ROOT, ".venv", "bin", "caffe")
+    res = subprocess.run([caffe_bin, "train", "-solver", path], capture_output=True, text=True,
+                         env=dict(os.environ, GLOG_logtostderr="1", GLOG_minloglevel="0"))
+    solver = protoio.read_solver(path)
+    if message is None:
+        assert res.returncode == 0, res.stderr[-1000:]
+        protoio.check_solver(solver, path)
+    else:
+        assert res.returncode in (-6, 134), res.stderr[-1000:]  # Caffe aborts on it
+        with pytest.raises(protoio.ProtoError, match=r"solver\.prototxt" + message):
+            protoio.check_solver(solver, path)

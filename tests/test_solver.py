@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from caffe_admm.backend import caffe
 from caffe_admm.masks import load_masks
 from caffe_admm.protoio import ProtoError
 
-from conftest import write, write_tiny
+from conftest import ROOT, write, write_tiny
 
 CONFIG = """
 rho { initial: 0.05 growth: 2.0 max: 5 }
@@ -195,6 +197,39 @@ def test_a_missing_training_source_and_a_net_with_nothing_to_score_are_refused(
     with pytest.raises(solver.RunError, match=r"its TEST phase has no scalar output \(an "
                                               r"Accuracy or loss layer\) to report; outputs: conv1"):
         solver.evaluate(deploy, tiny_trained["weights"], iters=1)
+
+
+def test_a_solver_caffe_would_abort_on_is_refused_by_every_verb(tmp_path, tiny_data,
+                                                                tiny_trained):
+    solver_path, _ = write_tiny(tmp_path, tiny_data)
+    with open(solver_path) as f:
+        text = f.read().replace('lr_policy: "fixed"', 'lr_policy: "stepp"')
+    with open(solver_path, "w") as f:
+        f.write(text)
+    message = r"tiny_solver\.prototxt:\d+: lr_policy 'stepp' is not one Caffe knows"
+    with pytest.raises(ProtoError, match=message):
+        solver.train(solver_path, str(tmp_path / "a"), iters=1, progress=False)
+    with pytest.raises(ProtoError, match=message):
+        solver.prune(solver_path, tiny_trained["weights"], config(tmp_path),
+                     str(tmp_path / "b"), progress=False)
+    with pytest.raises(ProtoError, match=message):
+        solver.retrain(solver_path, tiny_trained["weights"], str(tmp_path / "c"), iters=1,
+                       progress=False)
+    assert not any(os.path.exists(str(tmp_path / d)) for d in "abc")  # nothing begun
+
+
+def test_a_solver_with_a_test_state_per_test_net_trains(tmp_path, tiny_data):
+    # Caffe's mnist_autoencoder solver: two test nets by stage; a run builds the first
+    solver_path, _ = write_tiny(tmp_path, tiny_data)
+    with open(solver_path, "a") as f:
+        f.write('test_iter: 4\ntest_state { stage: "a" }\ntest_state { stage: "b" }\n')
+    code = ("import sys; from caffe_admm import solver; "
+            "print(solver.train(%r, %r, iters=2, progress=False)['test'])"
+            % (solver_path, str(tmp_path / "run")))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT)  # in a process of its own: Caffe aborts on a mismatch
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "accuracy" in res.stdout
 
 
 def test_a_run_begun_under_the_old_penalty_default_does_not_resume_under_the_new(
