@@ -221,15 +221,15 @@ def _time(args):
         print("wrote %s; measure it with: python3 -m caffe_admm.caffetime %s OUT.json"
               % (path, path))
         return 0
+    progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if engine == "caffe time":
         from caffe_admm import caffetime
         from caffe_admm.backend import caffe  # noqa: F401 - find_caffe prefers its build
         caffe_bin = caffetime.find_caffe(args.caffe)
-        progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     else:
         from caffe_admm import backend
         backend.set_mode(None)
-        caffe_bin, progress = None, None
+        caffe_bin = None
     result = timing.compare(args.model, args.weights, args.compact, args.compact_weights,
                             batches=args.batch, repeats=args.repeats, engine=engine,
                             gpu=args.gpu, iterations=args.iterations, progress=progress,

@@ -105,13 +105,15 @@ def time_net(net, batch, repeats=10, warmup=2, layers=None):
     return time_nets([net], batch, repeats, warmup, layers)[0]
 
 
-def time_nets(nets, batch, repeats=10, warmup=2, layers=None):
+def time_nets(nets, batch, repeats=10, warmup=2, layers=None, progress=None):
     """:func:`time_net` for several nets, interleaved.
 
     Each repeat times every net once (the whole net, then each layer), in an
     order rotated from one repeat to the next, so that a shared machine's
     drift (another process, the clock) falls on all the nets alike instead of
     on whichever was timed during it. Their ratios are what gets reported.
+    ``progress``, a callable, gets a line after each repeat (as
+    :func:`caffe_admm.caffetime.measure` gives one per process).
 
     Returns
     -------
@@ -128,6 +130,9 @@ def time_nets(nets, batch, repeats=10, warmup=2, layers=None):
                 t0 = time.perf_counter()
                 fn()
                 times[i][key].append((time.perf_counter() - t0) * 1e3)
+        if progress:
+            progress("batch %s repeat %d/%d: forward %s ms" % (
+                batch, r + 1, repeats, " / ".join("%.3f" % t[WHOLE][-1] for t in times)))
     return [{"net": summary(t.pop(WHOLE)), "layers": {name: summary(v) for name, v in t.items()}}
             for t in times]
 
@@ -318,7 +323,9 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
     a plan written to ``plan_dir`` (a temporary directory if None) with the
     ``caffe_bin`` binary (default: :func:`caffe_admm.caffetime.find_caffe`); its
     processes fill weights from the prototxt fillers, so ``weights`` and
-    ``compact_weights`` are not used there.
+    ``compact_weights`` are not used there. ``progress``, a callable, gets a
+    line per repeat (pycaffe: both nets' whole forward times, original first)
+    or per ``caffe time`` process.
 
     Returns
     -------
@@ -350,7 +357,8 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
            "repeats": repeats, "cpu_threads": cpu_threads(), "blas": blas,
            "cpu_conv_engine": cpu_conv_engine(blas["onednn"]), "batches": {}}
     for batch in batches:
-        out["batches"][batch] = speedups(*time_nets([a, b], batch, repeats, warmup, layers),
+        out["batches"][batch] = speedups(*time_nets([a, b], batch, repeats, warmup, layers,
+                                                    progress),
                                          costs_a, costs_b)
     return out
 

@@ -329,7 +329,13 @@ def test_timing_interleaves_the_nets_and_rotates_their_order(tmp_path):
     a = _Recording(caffe.Net(model, caffe.TEST, weights=weights), "a", log)
     b = _Recording(caffe.Net(os.path.join(out, "compact.prototxt"), caffe.TEST,
                              weights=os.path.join(out, "compact.caffemodel")), "b", log)
-    results = timing.time_nets([a, b], batch=2, repeats=3, warmup=1, layers=["conv1", "ip1"])
+    lines = []
+    results = timing.time_nets([a, b], batch=2, repeats=3, warmup=1, layers=["conv1", "ip1"],
+                               progress=lines.append)
+    assert [line.split(":")[0] for line in lines] == ["batch 2 repeat %d/3" % r for r in (1, 2, 3)]
+    for r, line in enumerate(lines):  # each repeat's whole-net times, in the nets' order
+        whole = [result["net"]["samples_ms"][r] for result in results]
+        assert line.endswith("forward %.3f / %.3f ms" % tuple(whole))
     last = len(a._layer_names) - 1
     warm, timed = log[:2], log[2:]
     assert [t for t, s, e in warm] == ["a", "b"] and all(s == 0 for _, s, _ in warm)
