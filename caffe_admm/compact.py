@@ -16,8 +16,12 @@ Removing a filter can leave other channels unread, so the decision is
 iterated to a fixed point. Eltwise partners share one space, so a channel of
 a residual sum goes only where all partners agree. Concat composes the
 spaces of its inputs with offsets. Grouped convolutions keep the same number
-of channels in every group. Softmax, losses, Accuracy and the net's outputs
-read every channel. Layer types the planner does not know stop it with an
+of channels in every group. Softmax, losses, Accuracy, the other barriers
+and the net's outputs read every channel at its place, so a space they read
+keeps all its channels, zero or not. Elementwise layers that do not map 0 to
+0 (Sigmoid, Exp, Power, ...) pass the channels on but turn a zero channel
+into a constant that their consumers read: there a channel goes only when no
+consumer reads it. Layer types the planner does not know stop it with an
 error naming the layer.
 
 The appliers then write a NetParameter with smaller ``num_output`` and a
@@ -40,15 +44,16 @@ __all__ = ["CompactionError", "plan_compaction", "apply_plan", "reference_params
            "compact_shapes", "check_equivalence", "compact"]
 
 # Layers that pass channels through unchanged and map 0 to 0.
-PASS_THROUGH = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Dropout", "Pooling", "LRN",
+PASS_THROUGH = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Swish", "Dropout", "Pooling", "LRN",
                 "BatchNorm", "Scale", "Bias", "Split"}
+# Layers that work on each value alone but may map 0 to a non-zero constant.
+ELEMENTWISE = {"Sigmoid", "Power", "Exp", "Log", "BNLL", "Threshold", "Clip"}
 # Layers with one blob entry per channel, sliced with their channels.
 PER_CHANNEL = {"BatchNorm": (0, 1), "Scale": (0, 1), "Bias": (0,), "PReLU": (0,)}
 # Layers that read every channel of their bottoms and start new spaces.
 BARRIERS = {"Softmax", "SoftmaxWithLoss", "Accuracy", "EuclideanLoss", "SigmoidCrossEntropyLoss",
-            "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "ArgMax", "Silence",
-            "Sigmoid", "Power", "Exp", "Log", "BNLL", "Threshold", "Reshape", "Slice", "Crop",
-            "Deconvolution", "Embed", "Python"}
+            "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "ArgMax", "Reshape",
+            "Slice", "Crop", "Deconvolution", "Embed", "Python"}
 SOURCES = {"Input", "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData"}
 
 
@@ -62,7 +67,9 @@ class _Space:
     def __init__(self, size, fixed=False):
         self.size = int(size)
         self.parent = None
-        self.fixed = fixed        # written by a data layer or a barrier: never shrinks
+        self.fixed = fixed        # written by a data layer or a barrier, or read whole by
+                                  # one (or as a net output): never shrinks
+        self.zero_kept = []       # layers on it that map 0 to non-zero (Sigmoid...)
         self.producers = []       # (layer, group) writing these channels
         self.readers = []         # (layer, kind, detail) reading them
         self.per_channel = []     # BatchNorm/Scale/Bias/PReLU layers on it
@@ -83,7 +90,7 @@ def _union(a, b, where):
         raise CompactionError("layer %r joins blobs of %d and %d channels" % (where, a.size, b.size))
     b.parent = a
     a.fixed = a.fixed or b.fixed
-    for field in ("producers", "readers", "per_channel", "lrn_across"):
+    for field in ("producers", "readers", "per_channel", "lrn_across", "zero_kept"):
         getattr(a, field).extend(getattr(b, field))
     return a
 
@@ -172,6 +179,14 @@ def _build_graph(net, net_param):
                 space.root().lrn_across.append(name)
             for t in tops:
                 blob_space[t] = (space, block)
+        elif kind in ELEMENTWISE:
+            space, block = blob_space[bottoms[0]]
+            for part, _ in (space.parts if isinstance(space, _Composite) else [(space, 0)]):
+                part.root().zero_kept.append(name)
+            for t in tops:
+                blob_space[t] = (space, block)
+        elif kind == "Silence":
+            continue  # discards its bottoms: reads nothing
         elif kind == "Flatten":
             space, block = blob_space[bottoms[0]]
             shape = net.blobs[bottoms[0]].data.shape
@@ -201,9 +216,10 @@ def _build_graph(net, net_param):
                 new_space(t, fixed=True)
         else:
             raise CompactionError("layer %r: type %s is not supported by compaction (supported: "
-                                  "Convolution, InnerProduct, Eltwise, Concat, Flatten, %s; "
-                                  "read-only: %s)" % (name, kind, ", ".join(sorted(PASS_THROUGH)),
-                                                      ", ".join(sorted(BARRIERS))))
+                                  "Convolution, InnerProduct, Eltwise, Concat, Flatten, "
+                                  "Silence, %s; read whole: %s)"
+                                  % (name, kind, ", ".join(sorted(PASS_THROUGH | ELEMENTWISE)),
+                                     ", ".join(sorted(BARRIERS))))
     for blob in net.outputs:
         _read(blob_space, blob, ("<output %s>" % blob, "all", None))
     return blob_space, layers
@@ -219,11 +235,11 @@ def _materialise(blob_space, blob, where):
 
 def _read(blob_space, blob, reader):
     space, block = blob_space[blob]
-    if isinstance(space, _Composite):
-        for part, offset in space.parts:
-            part.root().readers.append((reader[0], reader[1], reader[2], offset, space.size))
-    else:
-        space.root().readers.append((reader[0], reader[1], reader[2], 0, space.size))
+    parts = space.parts if isinstance(space, _Composite) else [(space, 0)]
+    for part, offset in parts:
+        part.root().readers.append((reader[0], reader[1], reader[2], offset, space.size))
+        if reader[1] == "all":  # every channel at its place: none may go
+            part.root().fixed = True
 
 
 def _balance(removable, groups):
@@ -274,7 +290,7 @@ def plan_compaction(net, net_param):
             for producer, _ in s.producers:
                 w = weights[producer].reshape(weights[producer].shape[0], -1)
                 zero &= ~np.any(w != 0, axis=1)
-            if not s.producers:
+            if not s.producers or s.zero_kept:
                 zero[:] = False
             unread = np.ones(s.size, bool)
             for reader, kind, detail, offset, total in s.readers:
@@ -309,6 +325,27 @@ def plan_compaction(net, net_param):
             if kind in ("conv", "ip"):
                 entry = plan["layers"].setdefault(reader, {})
                 entry.setdefault("in_parts", []).append((offset, s.size, keep, detail))
+        zero = np.ones(s.size, bool) if s.producers else np.zeros(s.size, bool)
+        for producer, _ in s.producers:
+            zero &= ~np.any(weights[producer].reshape(s.size, -1) != 0, axis=1)
+        if np.any(zero & ~removed[id(s)]):
+            whole = sorted(set(r.strip("<>") for r, kind, _, _, _ in s.readers
+                               if kind == "all"))
+            grouped = sorted(set([p for p, group in s.producers if group > 1]
+                                 + [r for r, kind, detail, _, _ in s.readers
+                                    if kind == "conv" and detail > 1]))
+            if whole:
+                why = ("their channels are read whole, every channel at its place, by %s"
+                       % ", ".join(whole))
+            elif s.zero_kept:
+                why = ("%s map their zero channels to constants that later layers read; prune "
+                       "those layers' inputs on them too to remove them" % ", ".join(s.zero_kept))
+            else:
+                why = ("every group of the grouped convolutions %s keeps the same number of "
+                       "channels" % ", ".join(grouped))
+            count = int(np.sum(zero & ~removed[id(s)]))
+            plan["warnings"].append("%d zero filter%s of %s kept: %s" % (
+                count, "" if count == 1 else "s", ", ".join(p for p, _ in s.producers), why))
         if s.lrn_across and removed[id(s)].any():
             plan["warnings"].append(
                 "LRN across channels (%s) reads a space from which %d channels are removed: "

@@ -125,6 +125,11 @@ def test_grouped_convolution_stays_balanced(tmp_path):
     assert report["layers"]["c1"]["kept_out"] == [1, 2, 3, 4, 6, 7]
     assert report["layers"]["c2"]["compact_shape"] == [6, 3, 3, 3]
     assert report["equivalence"]["passed"]
+    assert report["warnings"] == [
+        "1 zero filter of c1 kept: every group of the grouped convolutions c2 keeps the same "
+        "number of channels",
+        "1 zero filter of c2 kept: every group of the grouped convolutions c2 keeps the same "
+        "number of channels"]
 
 
 TILE_NET = """
@@ -142,6 +147,73 @@ def test_unsupported_layer_is_named(tmp_path):
     caffe.Net(model, caffe.TEST).save(weights)
     with pytest.raises(compact.CompactionError, match=r"layer 'tile': type Tile is not supported"):
         compact.compact(model, weights, str(tmp_path / "out"))
+
+
+SMALL_HEAD = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
+"""
+
+
+def small_net(tmp_path, tail, zero_filters=(1, 3), zero_inputs=()):
+    """SMALL_HEAD + ``tail``, random weights with conv1's ``zero_filters`` and
+    conv2's ``zero_inputs`` channels zero; returns compact()'s report."""
+    os.makedirs(str(tmp_path), exist_ok=True)
+    model = write(tmp_path / "n.prototxt", SMALL_HEAD + tail)
+    net = caffe.Net(model, caffe.TEST)
+    rng = np.random.default_rng(0)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.data[...] = rng.standard_normal(b.data.shape)
+    for i in zero_filters:
+        net.params["conv1"][0].data[i] = net.params["conv1"][1].data[i] = 0
+    if zero_inputs:
+        net.params["conv2"][0].data[:, list(zero_inputs)] = 0
+    weights = str(tmp_path / "n.caffemodel")
+    net.save(weights)
+    return compact.compact(model, weights, str(tmp_path / "out"))
+
+
+CONV2 = """layer { name: "conv2" type: "Convolution" bottom: "%s" top: "conv2"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }"""
+
+
+@pytest.mark.parametrize("kind", ["Sigmoid", "Exp", "BNLL"])
+def test_a_layer_mapping_zero_to_non_zero_keeps_zero_channels_its_readers_read(tmp_path, kind):
+    tail = 'layer { name: "f" type: "%s" bottom: "conv1" top: "f" }\n' % kind + CONV2 % "f"
+    report = small_net(tmp_path / "read", tail)
+    assert report["plan"]["layers"]["conv1"]["out"] == list(range(6))
+    assert report["warnings"] == ["2 zero filters of conv1 kept: f map their zero channels to "
+                                  "constants that later layers read; prune those layers' inputs "
+                                  "on them too to remove them"]
+    # conv2 reads no channel 1, 3 or 4 (4: a non-zero filter of conv1): those go
+    report = small_net(tmp_path / "unread", tail, zero_inputs=(1, 3, 4))
+    assert report["plan"]["layers"]["conv1"]["out"] == [0, 2, 5]
+    assert report["plan"]["layers"]["conv2"]["in"] == [0, 2, 5]
+    assert report["equivalence"]["passed"] and report["equivalence"]["max_abs_diff"] == 0
+
+
+@pytest.mark.parametrize("tail,reader", [
+    ("", "output conv1"),  # conv1 is the net's output
+    ('layer { name: "prob" type: "Softmax" bottom: "conv1" top: "prob" }', "prob"),
+    ('layer { name: "r" type: "Reshape" bottom: "conv1" top: "r" '
+     'reshape_param { shape { dim: 0 dim: -1 } } }', "r"),
+])
+def test_channels_read_whole_keep_their_zero_filters(tmp_path, tail, reader):
+    report = small_net(tmp_path, tail)
+    assert report["plan"]["layers"]["conv1"]["out"] == list(range(6))
+    assert report["warnings"] == ["2 zero filters of conv1 kept: their channels are read whole, "
+                                  "every channel at its place, by %s" % reader]
+    assert report["equivalence"]["passed"] and report["equivalence"]["max_abs_diff"] == 0
+
+
+def test_a_silenced_blob_reads_nothing(tmp_path):
+    tail = ('layer { name: "split" type: "Split" bottom: "conv1" top: "a" top: "b" }\n'
+            'layer { name: "mute" type: "Silence" bottom: "b" }\n' + CONV2 % "a")
+    report = small_net(tmp_path, tail)
+    assert report["plan"]["layers"]["conv1"]["out"] == [0, 2, 4, 5]
+    assert report["warnings"] == []
 
 
 @pytest.mark.parametrize("param, message", [
