@@ -124,3 +124,25 @@ def write(path, text):
     with open(path, "w") as f:
         f.write(textwrap.dedent(text))
     return str(path)
+
+
+# prototxt/lenet_deploy.prototxt in Caffe's old format: V1 `layers`, `input` fields
+V1_LENET = """
+name: "LeNet"
+input: "data"
+input_dim: 64 input_dim: 1 input_dim: 28 input_dim: 28
+layers { name: "conv1" type: CONVOLUTION bottom: "data" top: "conv1" blobs_lr: 1 blobs_lr: 2
+         weight_decay: 1 weight_decay: 0 convolution_param { num_output: 20 kernel_size: 5 } }
+layers { name: "pool1" type: POOLING bottom: "conv1" top: "pool1"
+         pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layers { name: "conv2" type: CONVOLUTION bottom: "pool1" top: "conv2"
+         convolution_param { num_output: 50 kernel_size: 5 } }
+layers { name: "pool2" type: POOLING bottom: "conv2" top: "pool2"
+         pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layers { name: "ip1" type: INNER_PRODUCT bottom: "pool2" top: "ip1"
+         inner_product_param { num_output: 500 } }
+layers { name: "relu1" type: RELU bottom: "ip1" top: "ip1" }
+layers { name: "ip2" type: INNER_PRODUCT bottom: "ip1" top: "ip2"
+         inner_product_param { num_output: 10 } }
+layers { name: "prob" type: SOFTMAX bottom: "ip2" top: "prob" }
+"""

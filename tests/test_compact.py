@@ -10,7 +10,7 @@ import pytest
 from caffe_admm import compact, timing
 from caffe_admm.backend import caffe
 
-from conftest import ROOT, write
+from conftest import ROOT, V1_LENET, write
 
 NETS = os.path.join(ROOT, "prototxt")
 
@@ -262,27 +262,6 @@ def test_lrn_across_channels_deviation_is_reported_and_refused(tmp_path):
     report = compact.compact(model, weights, out, force=True)
     assert report["equivalence"]["max_abs_diff"] > 1e-3 and not report["equivalence"]["passed"]
     assert os.path.exists(os.path.join(out, "compact.caffemodel"))
-
-
-V1_LENET = """
-name: "LeNet"
-input: "data"
-input_dim: 64 input_dim: 1 input_dim: 28 input_dim: 28
-layers { name: "conv1" type: CONVOLUTION bottom: "data" top: "conv1"
-         convolution_param { num_output: 20 kernel_size: 5 } }
-layers { name: "pool1" type: POOLING bottom: "conv1" top: "pool1"
-         pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
-layers { name: "conv2" type: CONVOLUTION bottom: "pool1" top: "conv2"
-         convolution_param { num_output: 50 kernel_size: 5 } }
-layers { name: "pool2" type: POOLING bottom: "conv2" top: "pool2"
-         pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
-layers { name: "ip1" type: INNER_PRODUCT bottom: "pool2" top: "ip1"
-         inner_product_param { num_output: 500 } }
-layers { name: "relu1" type: RELU bottom: "ip1" top: "ip1" }
-layers { name: "ip2" type: INNER_PRODUCT bottom: "ip1" top: "ip2"
-         inner_product_param { num_output: 10 } }
-layers { name: "prob" type: SOFTMAX bottom: "ip2" top: "prob" }
-"""
 
 
 def test_an_old_format_net_compacts_as_the_bundled_lenet_does(tmp_path):

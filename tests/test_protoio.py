@@ -11,7 +11,7 @@ from caffe_admm import protoio
 from caffe_admm.backend import caffe, caffe_pb2
 from caffe_admm.data import write_lmdb
 
-from conftest import ROOT, write
+from conftest import ROOT, V1_LENET, write
 
 import numpy as np
 
@@ -184,36 +184,25 @@ def test_the_verbs_refuse_a_missing_source_where_caffe_aborts(tmp_path, lmdb_dir
             tmp_path / "nope_lmdb") in res.stderr
 
 
-V1_NET = """
-name: "old"
-input: "data"
-input_dim: 1 input_dim: 1 input_dim: 8 input_dim: 8
-layers { name: "conv1" type: CONVOLUTION bottom: "data" top: "conv1" blobs_lr: 1 blobs_lr: 2
-         weight_decay: 1 weight_decay: 0
-         convolution_param { num_output: 4 kernel_size: 3 } }
-layers { name: "relu1" type: RELU bottom: "conv1" top: "conv1" }
-layers { name: "ip1" type: INNER_PRODUCT bottom: "conv1" top: "ip1"
-         inner_product_param { num_output: 2 } }
-layers { name: "prob" type: SOFTMAX bottom: "ip1" top: "prob" }
-"""
 
 
 def test_an_old_format_net_reads_as_caffe_builds_it(tmp_path):
-    path = write(tmp_path / "old.prototxt", V1_NET)
+    path = write(tmp_path / "old.prototxt", V1_LENET)
     net_param = protoio.read_net(path)
     assert not net_param.layers and not net_param.input
     net = caffe.Net(path, caffe.TEST)
     assert [(l.name, l.type) for l in net_param.layer] == list(
         zip(net._layer_names, [l.type for l in net.layers]))
-    assert [l.name for l in net_param.layer] == ["input", "conv1", "relu1", "ip1", "prob"]
-    assert list(net_param.layer[0].input_param.shape[0].dim) == [1, 1, 8, 8]
+    assert [l.name for l in net_param.layer] == ["input", "conv1", "pool1", "conv2", "pool2",
+                                                 "ip1", "relu1", "ip2", "prob"]
+    assert list(net_param.layer[0].input_param.shape[0].dim) == [64, 1, 28, 28]
     conv1 = net_param.layer[1]
     assert [(p.lr_mult, p.decay_mult) for p in conv1.param] == [(1, 1), (2, 0)]
 
 
 def test_an_old_format_net_without_caffe_s_upgrade_tool_is_refused(tmp_path, monkeypatch):
     from caffe_admm import caffetime
-    path = write(tmp_path / "old.prototxt", V1_NET)
+    path = write(tmp_path / "old.prototxt", V1_LENET)
     monkeypatch.setattr(caffetime, "build_tool", lambda name: None)
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(protoio.ProtoError, match=r"old\.prototxt is in an old format \(V1 "
