@@ -46,9 +46,10 @@ def build_parser():
 
     p = verbs.add_parser("train", help="train with a Caffe solver", formatter_class=fmt)
     p.add_argument("--solver", required=True, help="solver prototxt")
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", required=True, help="run directory (resumed if it holds a checkpoint)")
     p.add_argument("--weights", help="initial caffemodel (fine-tuning)")
     p.add_argument("--iters", type=int, help="iterations (default: the solver's max_iter)")
+    p.add_argument("--restart", action="store_true", help="discard checkpoints in --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
     p = verbs.add_parser("test", help="evaluate the TEST phase of a net", formatter_class=fmt)
@@ -167,7 +168,7 @@ def _run(args):
     backend.set_mode(args.gpu)
     if args.verb == "train":
         result = solver.train(args.solver, args.out, weights=args.weights, iters=args.iters,
-                              progress=not args.quiet)
+                              progress=not args.quiet, restart=args.restart)
         print("trained %d iterations in %.0f s; test: %s; weights: %s" % (
             result["iterations"], result["seconds"],
             ", ".join("%s %.4f" % kv for kv in sorted(result["test"].items())),

@@ -324,6 +324,15 @@ class _Checkpoints:
                 os.unlink(base + suffix)
 
 
+def _mark_done(ckpt):
+    """Record in ``ckpt``'s meta.json that its run finished."""
+    meta = ckpt.load_raw() or {}
+    meta.update({"fingerprint": ckpt.fingerprint, "phase": "done"})
+    os.makedirs(ckpt.dir, exist_ok=True)
+    with protoio.atomic_write(ckpt.meta_path, "w") as f:
+        json.dump(meta, f, indent=1)
+
+
 def _fingerprint(*paths, extra=""):
     h = hashlib.sha256(extra.encode())
     for path in paths:
@@ -333,12 +342,13 @@ def _fingerprint(*paths, extra=""):
 
 
 def _run_iters(solver, until, label, progress, chunk=None,
-               checkpoint_every=None, checkpoint=None):
+               checkpoint_every=None, checkpoint=None, samples=None):
     """Step ``solver`` up to iteration ``until``, checking for divergence.
 
-    Returns the sampled training outputs: list of (iteration, {name: value}).
+    Returns the sampled training outputs: list of (iteration, {name: value});
+    ``samples``, a list, gets them as they come (for ``checkpoint``).
     """
-    samples = []
+    samples = [] if samples is None else samples
     start = solver.iter
     bar = Progress(until - start, label, enabled=progress)
     chunk = chunk or max(1, min(50, until - start))
@@ -384,8 +394,13 @@ def _test_iters(solver_param, override=0):
     raise RunError("the solver has no test_iter; set test_iter in the solver or the config")
 
 
-def train(solver_path, out_dir, weights=None, iters=None, progress=True):
+def train(solver_path, out_dir, weights=None, iters=None, progress=True, restart=False):
     """Plain training with the user's solver; writes ``baseline.caffemodel``.
+
+    Checkpoints every ``snapshot`` iterations of the solver (1000 if unset)
+    into ``out_dir/checkpoints``; called again with the same inputs it resumes
+    from the last one (``restart`` discards them), and once done it returns
+    the finished run's result.
 
     Returns
     -------
@@ -398,27 +413,52 @@ def train(solver_path, out_dir, weights=None, iters=None, progress=True):
     _check_test_phase(net_param, net_path, solver_param, pycaffe=bool(weights))
     if weights:
         check_weights(weights, net_path, net_param)
-    os.makedirs(out_dir, exist_ok=True)
     iters = int(iters or solver_param.max_iter)
     test_iter = _test_iters(solver_param)
+    out_dir = os.path.abspath(out_dir)
+    if restart and os.path.isdir(os.path.join(out_dir, "checkpoints")):
+        shutil.rmtree(os.path.join(out_dir, "checkpoints"))
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt = _Checkpoints(out_dir, _fingerprint(solver_path, net_path,
+                                              *([weights] if weights else []),
+                                              extra="train:%d" % iters))
+    meta = ckpt.load()
+    if meta and meta["phase"] == "done":
+        _log("%s: run already complete" % out_dir)
+        with open(os.path.join(out_dir, "train.json")) as f:
+            return json.load(f)
     sp_path = _write_solver(solver_param, net_path, out_dir, "train", test_iter)
     solver = caffe.get_solver(sp_path)
-    if weights:
-        solver.net.copy_from(weights)
+    history = meta["history"] if meta else {"loss": [], "seconds": 0.0}
+    if meta is None:
+        if weights:
+            solver.net.copy_from(weights)
+    else:
+        solver.restore(meta["solverstate"])
+        _log("resuming training at iteration %d of %d" % (solver.iter, iters))
+        _skip_batches(solver.net, solver.iter * max(1, solver_param.iter_size))
+    samples = []
     t0 = time.time()
+
+    def so_far():
+        return {"loss": history["loss"] + [[it, out.get("loss")] for it, out in samples],
+                "seconds": history["seconds"] + time.time() - t0}
+
     with _Interrupt():
-        samples = _run_iters(solver, iters, "train", progress,
-                             chunk=max(1, solver_param.display or 100))
-    seconds = time.time() - t0
+        _run_iters(solver, iters, "train", progress, chunk=max(1, solver_param.display or 100),
+                   checkpoint_every=max(1, solver_param.snapshot or 1000),
+                   checkpoint=lambda: ckpt.save(solver, "train", so_far()), samples=samples)
+    history = so_far()
     scores = _evaluate(solver, test_iter)
     model = os.path.join(out_dir, "baseline.caffemodel")
     save_weights(model, solver.net, net_param)
     result = {"solver": os.path.abspath(solver_path), "net": os.path.abspath(net_path),
-              "iterations": iters, "seconds": seconds, "test": scores,
+              "iterations": iters, "seconds": history["seconds"], "test": scores,
               "test_iter": test_iter, "weights": os.path.abspath(model),
-              "loss": [(it, out.get("loss")) for it, out in samples]}
+              "loss": history["loss"]}
     with protoio.atomic_write(os.path.join(out_dir, "train.json"), "w") as f:
         json.dump(result, f, indent=1)
+    _mark_done(ckpt)
     return result
 
 
@@ -576,10 +616,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
                              "compression": n_all / max(n_all - n_zero, 1)}
     with protoio.atomic_write(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
-    ckpt_meta = ckpt.load_raw() or {}
-    ckpt_meta.update({"fingerprint": ckpt.fingerprint, "phase": "done"})
-    with protoio.atomic_write(ckpt.meta_path, "w") as f:
-        json.dump(ckpt_meta, f, indent=1)
+    _mark_done(ckpt)
     return report
 
 

@@ -150,6 +150,43 @@ def test_resume_gives_the_same_weights(tmp_path, tiny_trained, monkeypatch, inte
     assert resumed["accuracy"] == straight["accuracy"]
 
 
+def test_an_interrupted_baseline_training_resumes_to_the_same_weights(tmp_path, tiny_data,
+                                                                      monkeypatch):
+    from caffe_admm.progress import Progress
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, max_iter=120)
+    with open(solver_path, "a") as f:
+        f.write("snapshot: 40\ndisplay: 20\n")  # checkpoints at 40 and 80, steps of 20
+    straight = solver.train(solver_path, str(tmp_path / "straight"), progress=False)
+    update = Progress.update
+
+    def interrupt_at_100(bar, done, info=""):
+        if done == 100:
+            raise KeyboardInterrupt("simulated Ctrl-C")
+        update(bar, done, info)
+
+    with monkeypatch.context() as m:
+        m.setattr(Progress, "update", interrupt_at_100)
+        with pytest.raises(KeyboardInterrupt):
+            solver.train(solver_path, str(tmp_path / "resumed"), progress=False)
+    with open(tmp_path / "resumed" / "checkpoints" / "meta.json") as f:
+        assert json.load(f)["iter"] == 80
+    resumed = solver.train(solver_path, str(tmp_path / "resumed"), progress=False)
+    a, b = (caffe.Net(net_path, caffe.TEST, weights=r["weights"]) for r in (straight, resumed))
+    for name in a.params:
+        for x, y in zip(a.params[name], b.params[name]):
+            np.testing.assert_array_equal(x.data, y.data)
+    assert resumed["test"] == straight["test"]
+    assert [it for it, _ in resumed["loss"]] == [20, 40, 60, 80, 100, 120]
+    assert resumed["loss"] == straight["loss"]
+    # done: the same command returns the finished run; --restart trains again
+    assert solver.train(solver_path, str(tmp_path / "resumed"), progress=False) == resumed
+    with pytest.raises(solver.RunError, match="holds a run with other inputs"):
+        solver.train(solver_path, str(tmp_path / "resumed"), iters=60, progress=False)
+    again = solver.train(solver_path, str(tmp_path / "resumed"), iters=60, progress=False,
+                         restart=True)
+    assert again["iterations"] == 60
+
+
 def test_divergence_stops_with_a_clear_message(tmp_path, tiny_data, tiny_trained):
     solver_path, _ = write_tiny(tmp_path, tiny_data, lr=1e6)
     with pytest.raises(solver.DivergenceError, match=r"ADMM step 1/20 diverged at iteration \d+: (the weights of layer .* are not finite|.*=nan)"):
