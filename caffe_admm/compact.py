@@ -286,11 +286,8 @@ def plan_compaction(net, net_param):
         for s in spaces:
             if s.fixed:
                 continue
-            zero = np.ones(s.size, bool)
-            for producer, _ in s.producers:
-                w = weights[producer].reshape(weights[producer].shape[0], -1)
-                zero &= ~np.any(w != 0, axis=1)
-            if not s.producers or s.zero_kept:
+            zero = _zero_channels(s, weights)
+            if s.zero_kept:
                 zero[:] = False
             unread = np.ones(s.size, bool)
             for reader, kind, detail, offset, total in s.readers:
@@ -325,27 +322,9 @@ def plan_compaction(net, net_param):
             if kind in ("conv", "ip"):
                 entry = plan["layers"].setdefault(reader, {})
                 entry.setdefault("in_parts", []).append((offset, s.size, keep, detail))
-        zero = np.ones(s.size, bool) if s.producers else np.zeros(s.size, bool)
-        for producer, _ in s.producers:
-            zero &= ~np.any(weights[producer].reshape(s.size, -1) != 0, axis=1)
-        if np.any(zero & ~removed[id(s)]):
-            whole = sorted(set(r.strip("<>") for r, kind, _, _, _ in s.readers
-                               if kind == "all"))
-            grouped = sorted(set([p for p, group in s.producers if group > 1]
-                                 + [r for r, kind, detail, _, _ in s.readers
-                                    if kind == "conv" and detail > 1]))
-            if whole:
-                why = ("their channels are read whole, every channel at its place, by %s"
-                       % ", ".join(whole))
-            elif s.zero_kept:
-                why = ("%s map their zero channels to constants that later layers read; prune "
-                       "those layers' inputs on them too to remove them" % ", ".join(s.zero_kept))
-            else:
-                why = ("every group of the grouped convolutions %s keeps the same number of "
-                       "channels" % ", ".join(grouped))
-            count = int(np.sum(zero & ~removed[id(s)]))
-            plan["warnings"].append("%d zero filter%s of %s kept: %s" % (
-                count, "" if count == 1 else "s", ", ".join(p for p, _ in s.producers), why))
+        kept_zero = int(np.sum(_zero_channels(s, weights) & ~removed[id(s)]))
+        if kept_zero:
+            plan["warnings"].append(_kept_zero_warning(s, kept_zero))
         if s.lrn_across and removed[id(s)].any():
             plan["warnings"].append(
                 "LRN across channels (%s) reads a space from which %d channels are removed: "
@@ -357,6 +336,33 @@ def plan_compaction(net, net_param):
             entry["in"] = [offset + c for offset, _, keep, _ in parts for c in keep]
             entry["in_block"] = parts[0][3] if types[name] == "InnerProduct" else 1
     return plan
+
+
+def _zero_channels(space, weights):
+    """Channels of ``space`` that every producer writes with an all-zero filter."""
+    zero = np.ones(space.size, bool) if space.producers else np.zeros(space.size, bool)
+    for producer, _ in space.producers:
+        w = weights[producer]
+        zero &= ~np.any(w.reshape(w.shape[0], -1) != 0, axis=1)
+    return zero
+
+
+def _kept_zero_warning(space, count):
+    """Why ``count`` zero filters writing ``space`` stay in the compacted net."""
+    whole = sorted(set(r.strip("<>") for r, kind, _, _, _ in space.readers if kind == "all"))
+    if whole:
+        why = "their channels are read whole, every channel at its place, by %s" % ", ".join(whole)
+    elif space.zero_kept:
+        why = ("%s map their zero channels to constants that later layers read; prune those "
+               "layers' inputs on them too to remove them" % ", ".join(space.zero_kept))
+    else:  # the only other reason: _balance
+        grouped = sorted(set([p for p, group in space.producers if group > 1]
+                             + [r for r, kind, detail, _, _ in space.readers
+                                if kind == "conv" and detail > 1]))
+        why = ("every group of the grouped convolutions %s keeps the same number of channels"
+               % ", ".join(grouped))
+    return "%d zero filter%s of %s kept: %s" % (
+        count, "" if count == 1 else "s", ", ".join(p for p, _ in space.producers), why)
 
 
 def _reads(kind, detail, w, offset, size, total):
