@@ -59,7 +59,12 @@ def parse_text(path, message):
         text_format.Merge(text, message)
     except text_format.ParseError as exc:
         # ParseError's text starts with "line:column : "; prefix the file name.
-        raise ProtoError("%s:%s" % (path, exc)) from exc
+        hint = ""
+        if "has no field named" in str(exc) and message.DESCRIPTOR.full_name.startswith("caffe."):
+            hint = (" (not in BVLC Caffe's caffe.proto, which this build reads: a field of a "
+                    "Caffe fork, such as the SSL fork's group Lasso settings, has to go; "
+                    "caffe-admm runs SSL itself: method: SSL in the pruning config)")
+        raise ProtoError("%s:%s%s" % (path, exc, hint)) from exc
     return message
 
 

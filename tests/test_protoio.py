@@ -290,3 +290,24 @@ def test_solver_settings_caffe_aborts_on_are_refused(tmp_path, settings, message
         assert res.returncode in (-6, 134), res.stderr[-1000:]  # Caffe aborts on it
         with pytest.raises(protoio.ProtoError, match=r"solver\.prototxt" + message):
             protoio.check_solver(solver, path)
+
+
+def test_a_field_caffe_lacks_is_named_with_where_forks_come_in(tmp_path):
+    path = write(tmp_path / "ssl.prototxt", """
+        layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 } } }
+        layer { name: "c" type: "Convolution" bottom: "x" top: "c"
+                param { lr_mult: 1 kernel_shape_decay_mult: 1 }
+                convolution_param { num_output: 1 kernel_size: 1 } }
+    """)
+    with pytest.raises(protoio.ProtoError) as info:
+        protoio.read_net(path)
+    assert str(info.value).startswith(
+        '%s:4:28 : Message type "caffe.ParamSpec" has no field named "kernel_shape_decay_mult". '
+        "(not in BVLC Caffe's caffe.proto, which this build reads: a field of a Caffe fork, "
+        "such as the SSL fork's group Lasso settings, has to go" % path)
+    # the pruning config is ours: no such hint there
+    from caffe_admm.proto import admm_pb2
+    config = write(tmp_path / "admm.prototxt", "admm_steps: 1\nno_such_field: 1\n")
+    with pytest.raises(protoio.ProtoError) as info:
+        protoio.parse_text(config, admm_pb2.PruneParameter())
+    assert "no field named" in str(info.value) and "fork" not in str(info.value)
