@@ -351,10 +351,18 @@ def check_bottoms(net_param, path, state):
         produced.update(layer.top)
 
 
-def _missing_files(layer):
-    """``(field, path)`` of each file or directory a data layer reads that is not there."""
+def _not_there(path, field=""):
+    """``'path' (field), which does not exist (relative to ...)``."""
+    return "%r%s, which does not exist%s" % (
+        path, " (%s)" % field if field else "", "" if os.path.isabs(path) else
+        " (relative to the current directory, %s, as Caffe reads it: fix the path or run from "
+        "the directory it is relative to)" % os.getcwd())
+
+
+def _source_problems(layer):
+    """What Caffe would abort on in the files a data layer reads, as phrases."""
     from caffe_admm.backend import caffe_pb2
-    missing = []
+    problems = []
     if layer.type == "Data":
         source = layer.data_param.source
         # both are directories; Caffe opens the data.mdb in an LMDB one
@@ -363,34 +371,42 @@ def _missing_files(layer):
         else:
             there = os.path.isdir(source)
         if not there:
-            missing.append(("source", source))
+            problems.append("reads " + _not_there(source, "source"))
     param = {"ImageData": layer.image_data_param, "HDF5Data": layer.hdf5_data_param,
              "WindowData": layer.window_data_param}.get(layer.type)
     if param is not None and not os.path.isfile(param.source):
-        missing.append(("source", param.source))
+        problems.append("reads " + _not_there(param.source, "source"))
+    elif layer.type == "HDF5Data":
+        with open(param.source) as f:
+            names = f.read().split()  # Caffe reads whitespace-separated names
+        if not names:
+            problems.append("reads %r (source), which lists no HDF5 file" % param.source)
+        missing = [name for name in names if not os.path.isfile(name)]
+        if missing:
+            problems.append("reads %r (source), which names %s" % (param.source,
+                                                                   _not_there(missing[0])))
     mean_file = layer.transform_param.mean_file
     if mean_file and not os.path.isfile(mean_file):
-        missing.append(("transform_param.mean_file", mean_file))
-    return missing
+        problems.append("reads " + _not_there(mean_file, "transform_param.mean_file"))
+    return problems
 
 
 def check_sources(net_param, path, state):
     """Raise ProtoError if a data layer of ``state`` reads a file that is not there.
 
-    Covers Data (LMDB, LevelDB), ImageData, HDF5Data and WindowData sources
-    and ``transform_param.mean_file``: Caffe would abort the process on them.
-    Relative paths are taken from the current directory, as Caffe takes them.
+    Covers Data (LMDB, LevelDB), HDF5Data (its list and every file in it),
+    ImageData and WindowData sources, and ``transform_param.mean_file``:
+    Caffe would abort the process on them. Relative paths are taken from the current directory,
+    as Caffe takes them.
     """
     for layer in net_param.layer:
         if not layer_included(layer, state, path):
             continue
-        for field, name in _missing_files(layer):
-            raise ProtoError("%s (%s) reads %r (%s), which does not exist%s; fix the path "
-                             "or run from the directory it is relative to"
-                             % (_where(path, layer), layer.type, name, field,
-                                "" if os.path.isabs(name)
-                                else " (relative to the current directory, %s, as Caffe "
-                                     "reads it)" % os.getcwd()))
+        for problem in _source_problems(layer):
+            raise ProtoError("%s (%s) %s" % (_where(path, layer), layer.type, problem))
+
+
+OPENCV_TYPES = ("ImageData", "WindowData")  # Caffe builds them only with OpenCV
 
 
 def check_layer_types(net_param, path, state):
@@ -408,6 +424,12 @@ def check_layer_types(net_param, path, state):
     for layer in net_param.layer:
         if not layer_included(layer, state, path):
             continue
+        if layer.type in OPENCV_TYPES and layer.type not in known:
+            raise ProtoError("%s has type %r, which needs OpenCV; this build leaves OpenCV out "
+                             "(Debian's OpenCV brings about 95 more libraries, GDAL's among "
+                             "them): write the images into an LMDB (caffe-admm lmdb takes .npy "
+                             "arrays) and read it with a Data layer" % (_where(path, layer),
+                                                                        layer.type))
         if layer.type not in known:
             by_lower = {t.lower(): t for t in known}
             close = [by_lower[t] for t in

@@ -124,8 +124,8 @@ def test_a_missing_data_source_is_named_with_its_layer(tmp_path, lmdb_dir, monke
         protoio.check_sources(net_param, path, (caffe_pb2.TEST, 0, ()))
     assert str(info.value) == (
         "%s:4: layer 'test_data' (Data) reads 'nope_lmdb' (source), which does not exist "
-        "(relative to the current directory, %s, as Caffe reads it); fix the path or run from "
-        "the directory it is relative to" % (path, tmp_path))
+        "(relative to the current directory, %s, as Caffe reads it: fix the path or run from "
+        "the directory it is relative to)" % (path, tmp_path))
     # an LMDB directory needs its data.mdb; a LevelDB one only has to be there
     os.mkdir(str(tmp_path / "nope_lmdb"))
     with pytest.raises(protoio.ProtoError, match="'test_data' .* reads 'nope_lmdb'"):
@@ -145,11 +145,43 @@ def test_a_missing_list_file_is_named(tmp_path, kind, param):
     """ % (kind, param, tmp_path / "list.txt"))
     net_param = protoio.read_net(path)
     with pytest.raises(protoio.ProtoError, match=r"layer 'd' \(%s\) reads '%s' \(source\), "
-                                                 r"which does not exist; fix"
+                                                 r"which does not exist$"
                                                  % (kind, tmp_path / "list.txt")):
         protoio.check_sources(net_param, path, (caffe_pb2.TEST, 0, ()))
-    write(tmp_path / "list.txt", "")
+    listed = write(tmp_path / "listed", "")
+    write(tmp_path / "list.txt", {"ImageData": "%s 0\n", "HDF5Data": "%s\n",
+                                  "WindowData": "# %s"}[kind] % listed)
     protoio.check_sources(net_param, path, (caffe_pb2.TEST, 0, ()))
+
+
+def test_an_hdf5_list_caffe_would_abort_on_is_named(tmp_path):
+    """An HDF5Data list naming no file, or a file not there: Caffe aborts on both."""
+    for text, message, caffe_says in [
+            ("\n", r"which lists no HDF5 file", "Must have at least 1 HDF5 filename"),
+            ("%s/x.h5\n" % tmp_path, r"which names '%s/x\.h5', which does not exist$" % tmp_path,
+             "Failed opening HDF5 file")]:
+        listing = write(tmp_path / "list.txt", text)
+        path = write(tmp_path / "net.prototxt", "layer { name: 'd' type: 'HDF5Data' top: 'data' "
+                                                "hdf5_data_param { source: '%s' batch_size: 1 } }"
+                                                % listing)
+        code = "import caffe; caffe.Net(%r, caffe.TEST)" % path
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert res.returncode in (-6, 134), res.stderr[-500:]
+        assert caffe_says in res.stderr, res.stderr[-500:]
+        with pytest.raises(protoio.ProtoError, match=r"layer 'd' \(HDF5Data\) reads '%s' "
+                                                     r"\(source\), %s" % (listing, message)):
+            protoio.check_sources(protoio.read_net(path), path, (caffe_pb2.TEST, 0, ()))
+
+
+def test_an_opencv_layer_is_named_with_what_to_use_instead(tmp_path):
+    path = write(tmp_path / "net.prototxt", """
+        layer { name: "d" type: "ImageData" top: "data" top: "label"
+                image_data_param { source: "list.txt" batch_size: 1 } }
+    """)
+    with pytest.raises(protoio.ProtoError, match=r"net\.prototxt:2: layer 'd' has type "
+                                                 r"'ImageData', which needs OpenCV; .* write the "
+                                                 r"images into an LMDB"):
+        protoio.check_layer_types(protoio.read_net(path), path, (caffe_pb2.TEST, 0, ()))
 
 
 def test_a_missing_mean_file_is_named(tmp_path, lmdb_dir):
