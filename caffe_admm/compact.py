@@ -72,7 +72,8 @@ class _Space:
         self.zero_kept = []       # layers on it that map 0 to non-zero (Sigmoid...)
         self.producers = []       # (layer, group) writing these channels
         self.readers = []         # (layer, kind, detail) reading them
-        self.per_channel = []     # BatchNorm/Scale/Bias/PReLU layers on it
+        self.per_channel = []     # (layer, offset): BatchNorm/Scale/Bias/PReLU on it, at
+                                  # that offset of their blobs (after a Concat: > 0)
         self.lrn_across = []      # LRN ACROSS_CHANNELS layers on it
 
     def root(self):
@@ -171,12 +172,12 @@ def _build_graph(net, net_param):
             space, block = blob_space[bottoms[0]]
             if kind == "Scale" and len(bottoms) > 1 or kind == "Bias" and len(bottoms) > 1:
                 raise CompactionError("layer %r: %s with two bottoms is not supported" % (name, kind))
-            if isinstance(space, _Composite) and (kind in PER_CHANNEL or kind == "LRN"):
-                space = _materialise(blob_space, bottoms[0], name)
-            if kind in PER_CHANNEL:
-                space.root().per_channel.append(name)
-            if kind == "LRN" and lrn_across.get(name, True):
-                space.root().lrn_across.append(name)
+            for part, offset in (space.parts if isinstance(space, _Composite)
+                                 else [(space, 0)]):
+                if kind in PER_CHANNEL:
+                    part.root().per_channel.append((name, offset))
+                if kind == "LRN" and lrn_across.get(name, True):
+                    part.root().lrn_across.append(name)
             for t in tops:
                 blob_space[t] = (space, block)
         elif kind in ELEMENTWISE:
@@ -193,8 +194,10 @@ def _build_graph(net, net_param):
             blob_space[tops[0]] = (space, block * int(np.prod(shape[2:])))
         elif kind == "Eltwise":
             spaces = [blob_space[b][0] for b in bottoms]
-            if any(isinstance(s, _Composite) for s in spaces):
-                spaces = [_materialise(blob_space, b, name) for b in bottoms]
+            for b, space in zip(bottoms, spaces):
+                if isinstance(space, _Composite):
+                    raise CompactionError("layer %r: Eltwise over %r, a Concat's output, is not "
+                                          "supported" % (name, b))
             merged = spaces[0].root()
             for s in spaces[1:]:
                 merged = _union(merged, s, name)
@@ -205,9 +208,15 @@ def _build_graph(net, net_param):
                                       "not supported" % name)
             parts, offset = [], 0
             for b in bottoms:
-                s = _materialise(blob_space, b, name)
-                parts.append((s, offset))
-                offset += s.size
+                space, block = blob_space[b]
+                if block != 1:
+                    raise CompactionError("layer %r: Concat of %r, a flattened blob, is not "
+                                          "supported" % (name, b))
+                # a Concat of Concats (DenseNet) lists the inner parts
+                for part, inner in (space.parts if isinstance(space, _Composite)
+                                    else [(space, 0)]):
+                    parts.append((part.root(), offset + inner))
+                offset += space.size
             blob_space[tops[0]] = (_Composite(parts), 1)
         elif kind in BARRIERS:
             for b in bottoms:
@@ -223,14 +232,6 @@ def _build_graph(net, net_param):
     for blob in net.outputs:
         _read(blob_space, blob, ("<output %s>" % blob, "all", None))
     return blob_space, layers
-
-
-def _materialise(blob_space, blob, where):
-    space, block = blob_space[blob]
-    if isinstance(space, _Composite):
-        raise CompactionError("layer %r reads the Concat output %r through a layer that needs "
-                              "per-channel state; not supported" % (where, blob))
-    return space.root()
 
 
 def _read(blob_space, blob, reader):
@@ -316,8 +317,9 @@ def plan_compaction(net, net_param):
         plan["spaces"].append({"blobs": blobs, "channels": s.size, "kept": keep})
         for producer, _ in s.producers:
             plan["layers"].setdefault(producer, {})["out"] = keep
-        for name in s.per_channel:
-            plan["layers"].setdefault(name, {})["out"] = keep
+        for name, offset in s.per_channel:
+            entry = plan["layers"].setdefault(name, {})
+            entry.setdefault("out_parts", []).append((offset, keep))
         for reader, kind, detail, offset, total in s.readers:
             if kind in ("conv", "ip"):
                 entry = plan["layers"].setdefault(reader, {})
@@ -331,6 +333,9 @@ def plan_compaction(net, net_param):
                 "its normalisation changes; the equivalence check measures the deviation"
                 % (", ".join(s.lrn_across), int(removed[id(s)].sum())))
     for name, entry in plan["layers"].items():
+        parts = sorted(entry.pop("out_parts", []))
+        if parts:  # a per-channel layer: its channels, part by part after a Concat
+            entry["out"] = [offset + c for offset, keep in parts for c in keep]
         parts = sorted(entry.pop("in_parts", []))
         if parts:
             entry["in"] = [offset + c for offset, _, keep, _ in parts for c in keep]

@@ -216,6 +216,65 @@ def test_a_silenced_blob_reads_nothing(tmp_path):
     assert report["warnings"] == []
 
 
+def dense_unit(i, bottom):
+    """A DenseNet layer: BN, Scale, ReLU, conv, then Concat with its input."""
+    return """
+layer { name: "bn%(i)d" type: "BatchNorm" bottom: "%(b)s" top: "bn%(i)d" }
+layer { name: "sc%(i)d" type: "Scale" bottom: "bn%(i)d" top: "bn%(i)d" scale_param { bias_term: true } }
+layer { name: "relu%(i)d" type: "ReLU" bottom: "bn%(i)d" top: "bn%(i)d" }
+layer { name: "c%(i)d" type: "Convolution" bottom: "bn%(i)d" top: "c%(i)d"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "cat%(i)d" type: "Concat" bottom: "%(b)s" bottom: "c%(i)d" top: "cat%(i)d" }
+""" % {"i": i, "b": bottom}
+
+
+def test_a_dense_block_compacts_through_its_concats_and_their_batchnorms(tmp_path):
+    """Per-channel layers on a Concat's output, and Concats of Concats."""
+    model = write(tmp_path / "dense.prototxt", SMALL_HEAD.replace('"conv1"', '"c0"')
+                  + dense_unit(1, "c0") + dense_unit(2, "cat1") + """
+layer { name: "bnf" type: "BatchNorm" bottom: "cat2" top: "cat2" }
+layer { name: "pool" type: "Pooling" bottom: "cat2" top: "pool"
+        pooling_param { pool: AVE global_pooling: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc"
+        inner_product_param { num_output: 3 } }
+""")
+    net = caffe.Net(model, caffe.TEST)
+    rng = np.random.default_rng(0)
+    for name, blobs in net.params.items():
+        for b in blobs:
+            b.data[...] = rng.standard_normal(b.data.shape)
+        if name.startswith("bn"):
+            blobs[1].data[...] = np.abs(blobs[1].data) + 0.5
+            blobs[2].data[...] = 1
+    for name, dead in (("c0", [1, 3]), ("c1", [0]), ("c2", [2, 3])):
+        net.params[name][0].data[dead] = net.params[name][1].data[dead] = 0
+    weights = str(tmp_path / "dense.caffemodel")
+    net.save(weights)
+    report = compact.compact(model, weights, str(tmp_path / "out"))
+    layers = report["plan"]["layers"]
+    # cat2 = [c0 (6) | c1 (4) | c2 (4)]: c0 keeps 0 2 4 5, c1 1 2 3, c2 0 1
+    assert layers["bnf"]["out"] == layers["fc"]["in"] == [0, 2, 4, 5, 7, 8, 9, 10, 11]
+    assert layers["bn2"]["out"] == layers["c2"]["in"] == [0, 2, 4, 5, 7, 8, 9]
+    assert layers["sc1"]["out"] == layers["c1"]["in"] == [0, 2, 4, 5]
+    assert report["layers"]["c2"]["compact_shape"] == [2, 7, 3, 3]
+    assert report["equivalence"]["passed"] and report["warnings"] == []
+
+
+@pytest.mark.parametrize("tail, message", [
+    ("""layer { name: "flat" type: "Flatten" bottom: "conv1" top: "flat" }
+layer { name: "cat" type: "Concat" bottom: "flat" bottom: "flat" top: "cat" }""",
+     r"layer 'cat': Concat of 'flat\w*', a flattened blob, is not supported"),
+    ("""layer { name: "cat" type: "Concat" bottom: "conv1" bottom: "conv1" top: "cat" }
+layer { name: "sum" type: "Eltwise" bottom: "cat" bottom: "cat" top: "sum" }""",
+     r"layer 'sum': Eltwise over 'cat\w*', a Concat's output, is not supported")])
+def test_concat_layouts_it_cannot_cut_are_named(tmp_path, tail, message):
+    model = write(tmp_path / "n.prototxt", SMALL_HEAD + tail)
+    weights = str(tmp_path / "n.caffemodel")
+    caffe.Net(model, caffe.TEST).save(weights)
+    with pytest.raises(compact.CompactionError, match=message):
+        compact.compact(model, weights, str(tmp_path / "out"))
+
+
 @pytest.mark.parametrize("param, message", [
     ("transpose: true", r"layer 'fc': InnerProduct with transpose: true .* is not supported"),
     ("axis: 2", r"layer 'fc': InnerProduct with axis 2 is not supported")])
