@@ -15,8 +15,9 @@ an Eltwise) the channel indices that survive. A channel goes when
 Removing a filter can leave other channels unread, so the decision is
 iterated to a fixed point. Eltwise partners share one space, so a channel of
 a residual sum goes only where all partners agree. Concat composes the
-spaces of its inputs with offsets. Grouped convolutions keep the same number
-of channels in every group. Softmax, losses, Accuracy, the other barriers
+spaces of its inputs with offsets. A depthwise convolution (group = channels
+= outputs) passes its channels through like a Scale with a kernel; other
+grouped convolutions keep the same number of channels in every group. Softmax, losses, Accuracy, the other barriers
 and the net's outputs read every channel at its place, so a space they read
 keeps all its channels, zero or not. Elementwise layers that do not map 0 to
 0 (Sigmoid, Exp, Power, ...) pass the channels on but turn a zero channel
@@ -154,9 +155,17 @@ def _build_graph(net, net_param):
                 new_space(t, fixed=True)
         elif kind == "Convolution":
             # Caffe's weight is (F, C / group, kh, kw)
-            group = net.blobs[bottoms[0]].data.shape[1] // layer.blobs[0].data.shape[1]
-            _read(blob_space, bottoms[0], (name, "conv", group))
-            new_space(tops[0], producer=name, group=group)
+            channels = net.blobs[bottoms[0]].data.shape[1]
+            group = channels // layer.blobs[0].data.shape[1]
+            if 1 < group == channels == layer.blobs[0].data.shape[0]:
+                # depthwise (MobileNet): channel c in, channel c out, a filter and bias per
+                # channel; it passes the channels through like a Scale with a kernel
+                _per_channel(blob_space[bottoms[0]][0], name)
+                for t in tops:
+                    blob_space[t] = blob_space[bottoms[0]]
+            else:
+                _read(blob_space, bottoms[0], (name, "conv", group))
+                new_space(tops[0], producer=name, group=group)
         elif kind == "InnerProduct":
             shape = net.blobs[bottoms[0]].data.shape
             space, block = blob_space[bottoms[0]]
@@ -172,10 +181,9 @@ def _build_graph(net, net_param):
             space, block = blob_space[bottoms[0]]
             if kind == "Scale" and len(bottoms) > 1 or kind == "Bias" and len(bottoms) > 1:
                 raise CompactionError("layer %r: %s with two bottoms is not supported" % (name, kind))
-            for part, offset in (space.parts if isinstance(space, _Composite)
-                                 else [(space, 0)]):
-                if kind in PER_CHANNEL:
-                    part.root().per_channel.append((name, offset))
+            if kind in PER_CHANNEL:
+                _per_channel(space, name)
+            for part, _ in (space.parts if isinstance(space, _Composite) else [(space, 0)]):
                 if kind == "LRN" and lrn_across.get(name, True):
                     part.root().lrn_across.append(name)
             for t in tops:
@@ -232,6 +240,12 @@ def _build_graph(net, net_param):
     for blob in net.outputs:
         _read(blob_space, blob, ("<output %s>" % blob, "all", None))
     return blob_space, layers
+
+
+def _per_channel(space, name):
+    """Layer ``name`` has a blob entry per channel of ``space`` (parts at offsets)."""
+    for part, offset in (space.parts if isinstance(space, _Composite) else [(space, 0)]):
+        part.root().per_channel.append((name, offset))
 
 
 def _read(blob_space, blob, reader):
@@ -336,6 +350,8 @@ def plan_compaction(net, net_param):
         parts = sorted(entry.pop("out_parts", []))
         if parts:  # a per-channel layer: its channels, part by part after a Concat
             entry["out"] = [offset + c for offset, keep in parts for c in keep]
+            if types[name] == "Convolution":
+                entry["depthwise"] = True
         parts = sorted(entry.pop("in_parts", []))
         if parts:
             entry["in"] = [offset + c for offset, _, keep, _ in parts for c in keep]
@@ -516,6 +532,8 @@ def apply_plan(net_param, params, plan, group_of):
             if len(blobs) > 1:
                 blobs[1] = blobs[1][out]
             layer.convolution_param.num_output = len(out)
+            if entry.get("depthwise"):
+                layer.convolution_param.group = len(out)
         elif layer.type == "InnerProduct":
             w = blobs[0]
             if "in" in entry:

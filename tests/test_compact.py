@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from caffe_admm import compact, timing
+from caffe_admm import compact, protoio, timing
 from caffe_admm.backend import caffe
 
 from conftest import ROOT, V1_LENET, write
@@ -257,6 +257,38 @@ layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc"
     assert layers["bn2"]["out"] == layers["c2"]["in"] == [0, 2, 4, 5, 7, 8, 9]
     assert layers["sc1"]["out"] == layers["c1"]["in"] == [0, 2, 4, 5]
     assert report["layers"]["c2"]["compact_shape"] == [2, 7, 3, 3]
+    assert report["equivalence"]["passed"] and report["warnings"] == []
+
+
+def test_a_depthwise_convolution_passes_its_channels_through(tmp_path):
+    """MobileNet: pointwise conv, BN, depthwise conv (group = channels), pointwise."""
+    tail = """
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "dw" type: "Convolution" bottom: "conv1" top: "dw"
+        convolution_param { num_output: 6 group: 6 kernel_size: 3 pad: 1 } }
+layer { name: "relu2" type: "ReLU" bottom: "dw" top: "dw" }
+""" + CONV2 % "dw"
+    model = write(tmp_path / "n.prototxt", SMALL_HEAD + tail)
+    net = caffe.Net(model, caffe.TEST)
+    rng = np.random.default_rng(0)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.data[...] = rng.standard_normal(b.data.shape)
+    net.params["bn1"][1].data[...] = np.abs(net.params["bn1"][1].data) + 0.5
+    net.params["bn1"][2].data[...] = 1
+    net.params["conv1"][0].data[[1, 3]] = net.params["conv1"][1].data[[1, 3]] = 0
+    net.params["conv2"][0].data[:, 5] = 0  # conv2 reads no channel 5 through dw
+    weights = str(tmp_path / "n.caffemodel")
+    net.save(weights)
+    report = compact.compact(model, weights, str(tmp_path / "out"))
+    layers = report["plan"]["layers"]
+    assert layers["conv1"]["out"] == layers["bn1"]["out"] == layers["dw"]["out"] == [0, 2, 4]
+    assert layers["conv2"]["in"] == [0, 2, 4]
+    assert report["layers"]["dw"]["compact_shape"] == [3, 1, 3, 3]
+    small = protoio.read_net(str(tmp_path / "out" / "compact.prototxt"))
+    dw = [l for l in small.layer if l.name == "dw"][0]
+    assert (dw.convolution_param.num_output, dw.convolution_param.group) == (3, 3)
     assert report["equivalence"]["passed"] and report["warnings"] == []
 
 
