@@ -84,6 +84,10 @@ def build_parser():
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest |reference - compacted| output difference, relative")
     p.add_argument("--force", action="store_true", help="write even above the tolerance")
+    p.add_argument("--drop-constants", action="store_true",
+                   help="also cut zero filters whose channels carry a constant (bias, BatchNorm "
+                        "mean, Scale/Bias offset), dropping it; checked against the masked net "
+                        "with those constants zeroed")
     p.add_argument("--shape", action="store_true",
                    help="also cut zero GEMM columns (conv: Im2col + Slice/Concat + 1x1 conv; "
                         "InnerProduct: Flatten + Slice/Concat); time it: it pays only "
@@ -184,7 +188,8 @@ def _run(args):
     elif args.verb == "compact":
         from caffe_admm import compact
         report = compact.compact(args.model, args.weights, args.out, tolerance=args.tolerance,
-                                 force=args.force, shape=args.shape)
+                                 force=args.force, shape=args.shape,
+                                 drop_constants=args.drop_constants)
         for w in report["warnings"]:
             print("warning:", w)
         t, eq = report["total"], report["equivalence"]
@@ -193,11 +198,16 @@ def _run(args):
             print("%-10s %-18s %-18s %8.2fx" % (name, "x".join(map(str, l["weight_shape"])),
                                                "x".join(map(str, l["compact_shape"])),
                                                l["flop_reduction"]))
-        print("params %d -> %d (%.2fx), FLOPs/image %d -> %d (%.2fx); max |reference - "
+        print("params %d -> %d (%.2fx), FLOPs/image %d -> %d (%.2fx); max |%s - "
               "compacted| = %.3g%s" % (t["params"], t["compact_params"],
                                        t["params"] / max(t["compact_params"], 1), t["flops"],
                                        t["compact_flops"], t["flops"] / max(t["compact_flops"], 1),
-                                       eq["max_abs_diff"], "" if eq["passed"] else " (FORCED)"))
+                                       eq["against"], eq["max_abs_diff"],
+                                       "" if eq["passed"] else " (FORCED)"))
+        if eq["against"] == "reference":
+            print("--drop-constants: the masked net differs from the reference by %.3g (%s)"
+                  % (report["reference_vs_original"]["max_abs_diff"],
+                     "; ".join(report["dropped_constants"]) or "no constant dropped"))
         print("wrote %s/compact.prototxt, compact.caffemodel, plan.json" % args.out)
     elif args.verb == "retrain":
         report = solver.retrain(args.solver, args.weights, args.out, masks_path=args.masks,

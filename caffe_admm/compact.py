@@ -270,10 +270,14 @@ def _balance(removable, groups):
     return out
 
 
-def plan_compaction(net, net_param):
+def plan_compaction(net, net_param, drop_constants=False):
     """Compute the compaction plan of a live TEST-phase net with its weights.
 
     ``net_param`` is the net's prototxt (for LRN regions and Concat axes).
+    A zero filter's channel goes only when nothing makes it non-zero: its
+    bias, and the BatchNorm mean, Scale/Bias offset or depthwise bias of its
+    channel, are zero too; ``drop_constants`` cuts it all the same, and the
+    reference (:func:`reference_params`) then has those constants zeroed.
 
     Returns
     -------
@@ -295,6 +299,8 @@ def plan_compaction(net, net_param):
             if not any(r is x for x in spaces):
                 spaces.append(r)
     removed = {id(s): np.zeros(s.size, bool) for s in spaces}
+    params = {name: [b.data for b in blobs] for name, blobs in net.params.items()}
+    carries = {id(s): _constant_channels(s, params, types) for s in spaces}
 
     while True:
         changed = False
@@ -302,6 +308,8 @@ def plan_compaction(net, net_param):
             if s.fixed:
                 continue
             zero = _zero_channels(s, weights)
+            if not drop_constants:
+                zero &= ~carries[id(s)]
             if s.zero_kept:
                 zero[:] = False
             unread = np.ones(s.size, bool)
@@ -338,9 +346,17 @@ def plan_compaction(net, net_param):
             if kind in ("conv", "ip"):
                 entry = plan["layers"].setdefault(reader, {})
                 entry.setdefault("in_parts", []).append((offset, s.size, keep, detail))
-        kept_zero = int(np.sum(_zero_channels(s, weights) & ~removed[id(s)]))
-        if kept_zero:
-            plan["warnings"].append(_kept_zero_warning(s, kept_zero))
+        kept_zero = _zero_channels(s, weights) & ~removed[id(s)]
+        constant = kept_zero & carries[id(s)] if not drop_constants else kept_zero & False
+        if constant.any():
+            plan["warnings"].append(
+                "%d zero filter%s of %s kept: their channels carry constants (%s); zero those "
+                "for the pruned channels, or pass --drop-constants to cut them anyway" % (
+                    constant.sum(), "" if constant.sum() == 1 else "s",
+                    ", ".join(p for p, _ in s.producers),
+                    ", ".join(_constant_sources(s, params, types, constant))))
+        if np.any(kept_zero & ~constant):
+            plan["warnings"].append(_kept_zero_warning(s, int(np.sum(kept_zero & ~constant))))
         if s.lrn_across and removed[id(s)].any():
             plan["warnings"].append(
                 "LRN across channels (%s) reads a space from which %d channels are removed: "
@@ -357,6 +373,42 @@ def plan_compaction(net, net_param):
             entry["in"] = [offset + c for offset, _, keep, _ in parts for c in keep]
             entry["in_block"] = parts[0][3] if types[name] == "InnerProduct" else 1
     return plan
+
+
+# where a layer adds a per-channel constant: (blob index, what it is)
+_CONSTANTS = {"Convolution": (1, "bias"), "InnerProduct": (1, "bias"),
+              "BatchNorm": (0, "mean"), "Scale": (1, "bias"), "Bias": (0, "bias")}
+
+
+def _constant_blobs(space, params, types):
+    """(layer, what, values over ``space``'s channels) of every per-channel
+    constant on ``space``: its producers' biases, the BatchNorm means (as
+    Caffe scales them), Scale/Bias offsets and depthwise biases on it."""
+    out = []
+    for name, offset in [(p, 0) for p, _ in space.producers] + space.per_channel:
+        index, what = _CONSTANTS.get(types[name], (None, None))
+        blobs = params[name]
+        if index is None or index >= len(blobs) or blobs[index].ndim != 1:
+            continue
+        values = blobs[index][offset:offset + space.size]
+        if types[name] == "BatchNorm" and blobs[2].size and blobs[2].ravel()[0] == 0:
+            values = values * 0  # Caffe reads a zero scale factor as no mean at all
+        out.append((name, what, values))
+    return out
+
+
+def _constant_channels(space, params, types):
+    """Channels of ``space`` that some layer's constant makes non-zero."""
+    carries = np.zeros(space.size, bool)
+    for _, _, values in _constant_blobs(space, params, types):
+        carries |= values != 0
+    return carries
+
+
+def _constant_sources(space, params, types, channels):
+    """``'layer' what`` of each constant that is non-zero on ``channels``."""
+    return ["%r %s" % (name, what) for name, what, values in _constant_blobs(space, params, types)
+            if np.any(values[channels] != 0)]
 
 
 def _zero_channels(space, weights):
@@ -469,6 +521,41 @@ def reference_params(net, plan):
                 gone = np.isin(np.arange(total), entry["in"], invert=True)
                 _zero_reader(w, "ip", block, 0, gone, total)
     return params
+
+
+def _params_of(net):
+    return {name: [b.data.copy() for b in blobs] for name, blobs in net.params.items()}
+
+
+def dropped_constants(params, plan, types):
+    """The non-zero constants of removed channels, which the reference zeroes.
+
+    Without ``drop_constants`` only unread channels can carry one (their
+    value reaches nothing); with it, zero filters' channels too, and then
+    the compacted net lacks what those constants added.
+
+    Returns
+    -------
+    list of str, e.g. ``"'conv1' bias of 2 removed filters"``
+    """
+    what = {"Convolution": (1, "bias of %d removed filters"),
+            "InnerProduct": (1, "bias of %d removed outputs"),
+            "BatchNorm": (0, "mean of %d removed channels"),
+            "Scale": (1, "bias of %d removed channels"),
+            "Bias": (0, "bias of %d removed channels")}
+    out = []
+    for name, entry in plan["layers"].items():
+        if "out" not in entry or types.get(name) not in what:
+            continue
+        index, text = what[types[name]]
+        blobs = params[name]
+        if index >= len(blobs) or blobs[index].size < 2:
+            continue
+        gone = np.setdiff1d(np.arange(blobs[index].shape[0]), entry["out"])
+        count = int(np.count_nonzero(blobs[index][gone]))
+        if count:
+            out.append("%r %s" % (name, text % count))
+    return out
 
 
 def surviving_weights(net, net_param, names):
@@ -691,7 +778,8 @@ def check_equivalence(ref_net, compact_net, batches=2, seed=0):
     return {"max_abs_diff": diff, "output_scale": scale, "per_output": per_output}
 
 
-def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, shape=False):
+def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, shape=False,
+            drop_constants=False):
     """Compact a net and write ``compact.prototxt``, ``compact.caffemodel``, ``plan.json``.
 
     Parameters
@@ -706,6 +794,11 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, sha
         Write the outputs even above the tolerance.
     shape : bool
         Also compact shape-wise (column) sparsity with :func:`compact_shapes`.
+    drop_constants : bool
+        Also cut zero filters whose channels carry a constant (a bias, a
+        BatchNorm mean, a Scale/Bias offset); the compacted net is then
+        checked against the masked net with those constants zeroed, and the
+        report says how far that is from the masked net.
 
     Returns
     -------
@@ -717,7 +810,7 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, sha
     protoio.check_net(net_param, model, protoio.net_state(net_param, caffe_pb2.TEST))
     check_weights(weights, model, net_param)
     net = caffe.Net(model, caffe.TEST, weights=weights)
-    plan = plan_compaction(net, net_param)
+    plan = plan_compaction(net, net_param, drop_constants)
     ref = reference_params(net, plan)
     group_of = {name: _conv_group(net, name) for name in net.params
                 if net.layers[list(net._layer_names).index(name)].type == "Convolution"}
@@ -735,12 +828,19 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, sha
     finally:
         os.unlink(tmp_proto)
     _set_params(compact_net, new_params)
-    # Fresh nets each time, so Data layers read the same first batches.
-    # Original vs reference: what zeroing the removed channels' offsets changed.
+    # Fresh nets each time, so Data layers read the same first batches. The
+    # verdict: the masked net (the user's weights) against the compacted one;
+    # with drop_constants, the reference (those weights with the removed
+    # channels' constants zeroed) against it, and the masked net against the
+    # reference says what dropping the constants changed.
     original_outputs = check_equivalence(net, _with_params(model, ref), batches)
-    eq = check_equivalence(_with_params(model, ref), compact_net, batches)
+    against = _with_params(model, ref if drop_constants else _params_of(net))
+    eq = check_equivalence(against, compact_net, batches)
+    eq["against"] = "reference" if drop_constants else "masked"
     eq["tolerance"] = tolerance
     eq["passed"] = eq["max_abs_diff"] <= tolerance * max(1.0, eq["output_scale"])
+    dropped = dropped_constants(_params_of(net), plan,
+                                {info.name: info.type for info in net_param.layer})
 
     before, after = layer_costs(net), layer_costs(compact_net)
     layers = {}
@@ -756,14 +856,16 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, sha
              for k in ("params", "compact_params", "flops", "compact_flops")}
     report = {"model": os.path.abspath(model), "weights": os.path.abspath(weights),
               "layers": layers, "total": total, "equivalence": eq,
-              "reference_vs_original": original_outputs, "warnings": plan["warnings"],
+              "reference_vs_original": original_outputs, "dropped_constants": dropped,
+              "warnings": plan["warnings"],
               "shape_compaction": shapes_rewritten,
               "plan": {"layers": plan["layers"], "spaces": plan["spaces"]}}
     if not eq["passed"] and not force:
         raise CompactionError(
-            "the compacted net differs from the reference by %.3g (outputs up to %.3g; tolerance "
+            "the compacted net differs from the %s net by %.3g (outputs up to %.3g; tolerance "
             "%.1g relative)%s; nothing written (pass --force to write anyway)"
-            % (eq["max_abs_diff"], eq["output_scale"], tolerance,
+            % ("masked" if not drop_constants else "reference", eq["max_abs_diff"],
+               eq["output_scale"], tolerance,
                "; " + "; ".join(plan["warnings"]) if plan["warnings"] else ""))
     protoio.write_text(os.path.join(out_dir, "compact.prototxt"), new_net_param)
     types = {l.name: l.type for l in new_net_param.layer}

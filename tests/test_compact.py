@@ -28,11 +28,25 @@ def sparse_weights(model, path, seed=0, keep_last=("ip2", "fc", "fc8"), filters=
             blobs[2].data[...] = 1
         if types[name] in ("Convolution", "InnerProduct") and name not in keep_last:
             w = blobs[0].data
-            w[rng.permutation(w.shape[0])[:int(filters * w.shape[0])]] = 0
+            dead = rng.permutation(w.shape[0])[:int(filters * w.shape[0])]
+            w[dead] = 0
+            if len(blobs) > 1:
+                blobs[1].data[dead] = 0  # as pruning leaves them
             if w.ndim == 4 and w.shape[1] > 3:
                 w[:, rng.permutation(w.shape[1])[:int(channels * w.shape[1])]] = 0
     net.save(path)
     return net
+
+
+def kill_filters(net, name, filters, offsets=()):
+    """Zero ``filters`` of layer ``name`` as `caffe-admm prune` does (weights and
+    bias), and the channels' constants in ``offsets`` (BatchNorm means, Scale
+    biases after it), so that the channels are exactly zero."""
+    for b in net.params[name][:2]:
+        b.data[filters] = 0
+    for layer in offsets:
+        blobs = net.params[layer]
+        blobs[0 if len(blobs) == 3 else 1].data[filters] = 0  # BatchNorm mean, Scale bias
 
 
 def run_compact(tmp_path, model, **kwargs):
@@ -67,8 +81,8 @@ def test_lenet_plan_removes_filters_and_their_consumers(tmp_path):
     model = os.path.join(NETS, "lenet_deploy.prototxt")
     weights = str(tmp_path / "w.caffemodel")
     net = sparse_weights(model, weights, filters=0.0, channels=0.0)
-    net.params["conv1"][0].data[[1, 3]] = 0          # two dead conv1 filters
-    net.params["conv2"][0].data[[0, 7, 9]] = 0       # three dead conv2 filters
+    kill_filters(net, "conv1", [1, 3])               # two dead conv1 filters
+    kill_filters(net, "conv2", [0, 7, 9])            # three dead conv2 filters
     net.params["ip1"][0].data[:, 16 * 4:16 * 5] = 0  # conv2 channel 4 unread by ip1
     net.save(weights)
     report = compact.compact(model, weights, str(tmp_path / "out"))
@@ -86,8 +100,9 @@ def test_eltwise_partners_must_agree(tmp_path):
     model = os.path.join(NETS, "resnet_mini_deploy.prototxt")
     weights = str(tmp_path / "w.caffemodel")
     net = sparse_weights(model, weights, filters=0.0, channels=0.0)
-    for conv in ("conv1", "a_conv2", "b_conv2"):
-        net.params[conv][0].data[[2, 5]] = 0
+    for conv, offsets in (("conv1", ("bn1", "scale1")), ("a_conv2", ("a_bn2", "a_scale2")),
+                          ("b_conv2", ("b_bn2", "b_scale2"))):
+        kill_filters(net, conv, [2, 5], offsets)
     net.params["b_conv2"][0].data[5] = 1.0             # one partner still writes channel 5
     net.save(weights)
     report = compact.compact(model, weights, str(tmp_path / "out"))
@@ -115,8 +130,8 @@ def test_grouped_convolution_stays_balanced(tmp_path):
     for blobs in net.params.values():
         for b in blobs:
             b.data[...] = rng.standard_normal(b.data.shape)
-    net.params["c1"][0].data[[0, 1, 5]] = 0   # group 0 loses 2 inputs, group 1 loses 1
-    net.params["c2"][0].data[[3]] = 0         # one filter of group 1 (filters 3..5)
+    kill_filters(net, "c1", [0, 1, 5])        # group 0 loses 2 inputs, group 1 loses 1
+    kill_filters(net, "c2", [3])              # one filter of group 1 (filters 3..5)
     weights = str(tmp_path / "g.caffemodel")
     net.save(weights)
     report = compact.compact(model, weights, str(tmp_path / "out"))
@@ -177,6 +192,40 @@ def small_net(tmp_path, tail, zero_filters=(1, 3), zero_inputs=()):
 
 CONV2 = """layer { name: "conv2" type: "Convolution" bottom: "%s" top: "conv2"
         convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }"""
+
+
+def test_a_zero_filter_whose_channel_carries_a_constant_stays_unless_dropped(tmp_path):
+    """conv1 filters 1 and 3 are zero, but filter 1's bias and bn1's mean on channel 3
+    are not: those channels are constants that conv2 reads."""
+    model = write(tmp_path / "n.prototxt", SMALL_HEAD + """
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+""" + CONV2 % "conv1")
+    net = caffe.Net(model, caffe.TEST)
+    rng = np.random.default_rng(0)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.data[...] = rng.standard_normal(b.data.shape)
+    net.params["bn1"][1].data[...] = np.abs(net.params["bn1"][1].data) + 0.5
+    net.params["bn1"][2].data[...] = 1
+    kill_filters(net, "conv1", [1, 3], ("bn1",))
+    net.params["conv1"][1].data[1] = 0.5
+    net.params["bn1"][0].data[3] = 0.25
+    weights = str(tmp_path / "n.caffemodel")
+    net.save(weights)
+    kept = compact.compact(model, weights, str(tmp_path / "kept"))
+    assert kept["plan"]["layers"]["conv1"]["out"] == list(range(6))
+    assert kept["warnings"] == ["2 zero filters of conv1 kept: their channels carry constants "
+                                "('conv1' bias, 'bn1' mean); zero those for the pruned channels, "
+                                "or pass --drop-constants to cut them anyway"]
+    assert kept["equivalence"]["against"] == "masked"
+    assert kept["equivalence"]["max_abs_diff"] == 0 and kept["equivalence"]["passed"]
+    # cut all the same: checked against the masked net without those constants
+    cut = compact.compact(model, weights, str(tmp_path / "cut"), drop_constants=True)
+    assert cut["plan"]["layers"]["conv1"]["out"] == [0, 2, 4, 5]
+    assert cut["equivalence"]["against"] == "reference" and cut["equivalence"]["passed"]
+    assert cut["dropped_constants"] == ["'conv1' bias of 1 removed filters",
+                                        "'bn1' mean of 1 removed channels"]
+    assert cut["reference_vs_original"]["max_abs_diff"] > 0.1
 
 
 @pytest.mark.parametrize("kind", ["Sigmoid", "Exp", "BNLL"])
@@ -244,10 +293,13 @@ layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc"
         for b in blobs:
             b.data[...] = rng.standard_normal(b.data.shape)
         if name.startswith("bn"):
+            blobs[0].data[...] = 0  # no constants: the dead channels stay zero throughout
             blobs[1].data[...] = np.abs(blobs[1].data) + 0.5
             blobs[2].data[...] = 1
+        if name.startswith("sc"):
+            blobs[1].data[...] = 0
     for name, dead in (("c0", [1, 3]), ("c1", [0]), ("c2", [2, 3])):
-        net.params[name][0].data[dead] = net.params[name][1].data[dead] = 0
+        kill_filters(net, name, dead)
     weights = str(tmp_path / "dense.caffemodel")
     net.save(weights)
     report = compact.compact(model, weights, str(tmp_path / "out"))
@@ -277,7 +329,8 @@ layer { name: "relu2" type: "ReLU" bottom: "dw" top: "dw" }
             b.data[...] = rng.standard_normal(b.data.shape)
     net.params["bn1"][1].data[...] = np.abs(net.params["bn1"][1].data) + 0.5
     net.params["bn1"][2].data[...] = 1
-    net.params["conv1"][0].data[[1, 3]] = net.params["conv1"][1].data[[1, 3]] = 0
+    kill_filters(net, "conv1", [1, 3], ("bn1",))
+    net.params["dw"][1].data[[1, 3]] = 0
     net.params["conv2"][0].data[:, 5] = 0  # conv2 reads no channel 5 through dw
     weights = str(tmp_path / "n.caffemodel")
     net.save(weights)
