@@ -42,7 +42,8 @@ from caffe_admm.backend import caffe, caffe_pb2
 from caffe_admm.timing import layer_costs
 
 __all__ = ["CompactionError", "plan_compaction", "apply_plan", "reference_params",
-           "compact_shapes", "check_equivalence", "compact"]
+           "compact_shapes", "check_equivalence", "compact", "dropped_constants",
+           "dead_channel_constants", "surviving_weights"]
 
 # Layers that pass channels through unchanged and map 0 to 0.
 PASS_THROUGH = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Swish", "Dropout", "Pooling", "LRN",
@@ -291,13 +292,7 @@ def plan_compaction(net, net_param, drop_constants=False):
     types = {info["name"]: info["type"] for info in layers}
     weights = {name: net.params[name][0].data.copy() for name in net.params
                if types[name] in ("Convolution", "InnerProduct")}
-    spaces = []
-    for space, _ in blob_space.values():
-        parts = space.parts if isinstance(space, _Composite) else [(space, 0)]
-        for s, _ in parts:
-            r = s.root()
-            if not any(r is x for x in spaces):
-                spaces.append(r)
+    spaces = _roots(blob_space)
     removed = {id(s): np.zeros(s.size, bool) for s in spaces}
     params = {name: [b.data for b in blobs] for name, blobs in net.params.items()}
     carries = {id(s): _constant_channels(s, params, types) for s in spaces}
@@ -409,6 +404,58 @@ def _constant_sources(space, params, types, channels):
     """``'layer' what`` of each constant that is non-zero on ``channels``."""
     return ["%r %s" % (name, what) for name, what, values in _constant_blobs(space, params, types)
             if np.any(values[channels] != 0)]
+
+
+def _roots(blob_space):
+    """Every channel space of the graph once (the Concat parts included)."""
+    spaces = []
+    for space, _ in blob_space.values():
+        for part, _ in (space.parts if isinstance(space, _Composite) else [(space, 0)]):
+            root = part.root()
+            if not any(root is x for x in spaces):
+                spaces.append(root)
+    return spaces
+
+
+def dead_channel_constants(net, net_param, masks):
+    """Where the channels of fully pruned filters pick up a constant.
+
+    A channel every producer of which is a pruned filter (its weights and
+    bias held at zero) is zero up to the per-channel layers on it: a
+    BatchNorm mean, a Scale/Bias offset, a depthwise bias make it a constant
+    that compaction cannot cut. Pruning zeroes these entries and holds them
+    at zero in retraining, as it does the filters' biases.
+
+    Parameters
+    ----------
+    net : caffe.Net
+        The net, live (its TEST phase: the channel graph is the same).
+    masks : dict[str, ndarray of bool]
+        Weight masks of the pruned layers (True = kept).
+
+    Returns
+    -------
+    list of (layer name, blob index, ndarray of channel indices)
+    """
+    from caffe_admm.masks import filter_mask
+    blob_space, layers = _build_graph(net, net_param)
+    types = {info["name"]: info["type"] for info in layers}
+    out = []
+    for s in _roots(blob_space):
+        if s.fixed or s.zero_kept or not s.producers:
+            continue  # read whole, or through a layer that makes zero non-zero: stays
+        dead = np.ones(s.size, bool)
+        for producer, _ in s.producers:
+            if producer not in masks:
+                dead[:] = False  # an unpruned layer writes these channels
+            else:
+                dead &= ~filter_mask(masks[producer])
+        for name, offset in s.per_channel if dead.any() else []:
+            index = _CONSTANTS.get(types[name], (None,))[0]
+            if index is not None and index < len(net.params[name]) \
+                    and net.params[name][index].data.ndim == 1:
+                out.append((name, index, offset + np.flatnonzero(dead)))
+    return out
 
 
 def _zero_channels(space, weights):

@@ -673,6 +673,7 @@ def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ck
     history["accuracy"]["after_" + cfg.method] = _evaluate(solver, test_iter)
     masks = method.final_masks(_weights(solver.net, names))
     _apply_masks(solver.net, masks)
+    _zero_constants(solver.net, _dead_constants(solver, protoio.read_net(hooked_path), masks))
     history["accuracy"]["after_hard_prune"] = _evaluate(solver, test_iter)
     _log("after %s: %s; after hard prune: %s" % (
         cfg.method, _fmt_scores(history["accuracy"]["after_" + cfg.method]),
@@ -728,6 +729,22 @@ def _apply_masks(net, masks):
             net.params[name][1].data[~filter_mask(mask)] = 0
 
 
+def _dead_constants(solver, net_param, masks):
+    """compact.dead_channel_constants of the solver's net: (layer, blob, channels)."""
+    try:
+        return compact.dead_channel_constants(_test_net(solver), net_param, masks)
+    except compact.CompactionError as exc:
+        _log("constants of pruned channels left as they are (%s)" % exc)
+        return []
+
+
+def _zero_constants(net, constants, diff=False):
+    """Zero the entries ``constants`` names in ``net``'s blobs (or their diffs)."""
+    for name, index, channels in constants:
+        blob = net.params[name][index]
+        (blob.diff if diff else blob.data)[channels] = 0
+
+
 def _strip_hooks(net_param):
     net = caffe_pb2.NetParameter()
     net.CopyFrom(net_param)
@@ -754,6 +771,16 @@ def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, sn
         hook.mask = masks[name].astype(np.float32)
         hook.bias_mask = filter_mask(masks[name]).astype(np.float32)
     _apply_masks(solver.net, masks)
+    # BatchNorm means, Scale/Bias offsets on pruned channels: zero, and held
+    # there (their gradients zeroed before every update), so the channels
+    # stay exactly zero and compaction cuts them
+    constants = _dead_constants(solver, protoio.read_net(hooked_path), masks)
+    _zero_constants(solver.net, constants)
+    if constants:
+        solver.add_callback(lambda: None,
+                            lambda: _zero_constants(solver.net, constants, diff=True))
+        _log("held at zero in retraining: %s" % ", ".join(
+            "%s[%d] of %d pruned channels" % (n, i, len(c)) for n, i, c in constants))
 
     def checkpoint():
         ckpt.save(solver, "retrain", history, state)
@@ -763,6 +790,7 @@ def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, sn
                              checkpoint_every=snapshot_interval, checkpoint=checkpoint)
         history["loss"]["retrain"].extend((it, out.get("loss")) for it, out in samples)
     _apply_masks(solver.net, masks)
+    _zero_constants(solver.net, constants)
     history["accuracy"]["after_retrain"] = _evaluate(solver, test_iter)
     _log("after masked retraining: %s" % _fmt_scores(history["accuracy"]["after_retrain"]))
     net_param = net_param or _strip_hooks(protoio.read_net(hooked_path))

@@ -13,7 +13,7 @@ from caffe_admm.backend import caffe
 from caffe_admm.masks import load_masks
 from caffe_admm.protoio import ProtoError
 
-from conftest import ROOT, write, write_tiny
+from conftest import ROOT, TINY_NET, write, write_tiny
 
 CONFIG = """
 rho { initial: 0.05 growth: 2.0 max: 5 }
@@ -185,6 +185,44 @@ def test_an_interrupted_baseline_training_resumes_to_the_same_weights(tmp_path, 
     again = solver.train(solver_path, str(tmp_path / "resumed"), iters=60, progress=False,
                          restart=True)
     assert again["iterations"] == 60
+
+
+BN_NET = TINY_NET.replace(
+    'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }',
+    'layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }\n'
+    'layer { name: "scale1" type: "Scale" bottom: "conv1" top: "conv1" '
+    'scale_param { bias_term: true } }\n'
+    'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }')
+
+
+def test_pruned_channels_through_batchnorm_stay_zero_and_compact(tmp_path, tiny_data):
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=BN_NET, max_iter=60)
+    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
+    cfg = write(tmp_path / "admm.prototxt", """
+        rho { initial: 0.05 growth: 2.0 max: 5 }
+        admm_steps: 2
+        iters_per_step: 20
+        retrain_iters: 40
+        snapshot_interval: 20
+        layer { name: "conv1" kind: FILTER keep_ratio: 0.5 }
+    """)
+    report = solver.prune(solver_path, base["weights"], cfg, str(tmp_path / "run"),
+                          progress=False)
+    assert report["layers"]["conv1"]["filters_kept"] == 4
+    pruned = str(tmp_path / "run" / "pruned.caffemodel")
+    net = caffe.Net(net_path, caffe.TEST, weights=pruned)
+    dead = ~np.abs(net.params["conv1"][0].data).reshape(8, -1).any(axis=1)
+    assert dead.sum() == 4
+    assert not net.params["conv1"][1].data[dead].any()
+    assert not net.params["bn1"][0].data[dead].any()        # mean
+    assert not net.params["scale1"][1].data[dead].any()     # bias
+    assert net.params["scale1"][1].data[~dead].all()        # the others trained on
+    # so compaction cuts them, matching the pruned net exactly
+    from caffe_admm import compact
+    result = compact.compact(net_path, pruned, str(tmp_path / "compact"))
+    assert result["plan"]["layers"]["conv1"]["out"] == np.flatnonzero(~dead).tolist()
+    assert result["equivalence"]["against"] == "masked" and result["equivalence"]["passed"]
+    assert result["warnings"] == []
 
 
 def test_divergence_stops_with_a_clear_message(tmp_path, tiny_data, tiny_trained):
