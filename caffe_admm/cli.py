@@ -272,10 +272,20 @@ def main(argv=None):
     try:
         return _run(args)
     except KeyboardInterrupt:
-        print("caffe-admm: interrupted; the run resumes from its last checkpoint when "
-              "started again with the same --out", file=sys.stderr)
+        print("caffe-admm: interrupted; %s" % (
+            "the run resumes from its last checkpoint when started again with the same --out"
+            if args.verb in ("train", "prune", "retrain") else
+            "nothing was left half-written (every output is written whole, then renamed)"),
+            file=sys.stderr)
         return 130
-    except (ProtoError, FileExistsError, FileNotFoundError, ValueError) as exc:  # bad input
+    except (FileExistsError, NotADirectoryError) as exc:
+        if not exc.filename:  # ours, with its own message
+            print("caffe-admm: error: %s" % exc, file=sys.stderr)
+        else:  # from makedirs: a file where a directory goes
+            print("caffe-admm: error: cannot make the directory %s: a file is in the way "
+                  "(%s)" % (exc.filename, exc.strerror), file=sys.stderr)
+        return 2
+    except (ProtoError, FileNotFoundError, ValueError) as exc:  # bad input
         print("caffe-admm: error: %s" % exc, file=sys.stderr)
         return 2
     except RuntimeError as exc:  # DivergenceError

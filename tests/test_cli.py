@@ -64,6 +64,33 @@ def test_compact_refusal_exits_2(tmp_path):
     assert "layer 'tile': type Tile is not supported" in res.stderr
 
 
+def test_an_out_directory_blocked_by_a_file_is_named(tmp_path):
+    model = os.path.join(ROOT, "prototxt", "lenet_deploy.prototxt")
+    weights = str(tmp_path / "w.caffemodel")
+    sparse_weights(model, weights)
+    write(tmp_path / "afile", "")
+    for out, why in (("afile", "File exists"), ("afile/sub", "Not a directory")):
+        res = run("compact", "--model", model, "--weights", weights,
+                  "--out", str(tmp_path / out))
+        assert res.returncode == 2
+        assert res.stderr == ("caffe-admm: error: cannot make the directory %s: a file is in "
+                              "the way (%s)\n" % (tmp_path / out, why))
+
+
+def test_ctrl_c_says_what_happens_next(monkeypatch, capsys):
+    from caffe_admm import cli, compact, solver
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compact, "compact", interrupted)
+    monkeypatch.setattr(solver, "train", interrupted)
+    assert cli.main(["compact", "--model", "m", "--weights", "w", "--out", "o"]) == 130
+    assert "nothing was left half-written" in capsys.readouterr().err
+    assert cli.main(["train", "--solver", "s", "--out", "o"]) == 130
+    assert "resumes from its last checkpoint" in capsys.readouterr().err
+
+
 def test_data_refuses_to_overwrite(tmp_path):
     (tmp_path / "mnist_train_lmdb").mkdir()
     res = run("data", "mnist", "--out", str(tmp_path))
