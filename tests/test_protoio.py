@@ -1,10 +1,14 @@
-"""protoio's checks of a net before Caffe builds it: the layers Caffe keeps
-in a state (phase, level, stages), missing bottoms and missing data sources."""
+"""protoio: what Caffe would abort on, found first (the layers a state keeps,
+missing bottoms, data sources, layer types, solver settings), old formats
+read as Caffe upgrades them, and parse errors naming where a field comes from.
+Where a check stands in for a Caffe abort, the test runs real Caffe on the
+same file too."""
 
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from caffe_admm import protoio
@@ -12,8 +16,6 @@ from caffe_admm.backend import caffe, caffe_pb2
 from caffe_admm.data import write_lmdb
 
 from conftest import ROOT, V1_LENET, write
-
-import numpy as np
 
 # one Input layer per rule set: the layers a state keeps are the tops Caffe builds
 RULES = {
