@@ -342,16 +342,9 @@ def plan_compaction(net, net_param, drop_constants=False):
                 entry = plan["layers"].setdefault(reader, {})
                 entry.setdefault("in_parts", []).append((offset, s.size, keep, detail))
         kept_zero = _zero_channels(s, weights) & ~removed[id(s)]
-        constant = kept_zero & carries[id(s)] if not drop_constants else kept_zero & False
-        if constant.any():
-            plan["warnings"].append(
-                "%d zero filter%s of %s kept: their channels carry constants (%s); zero those "
-                "for the pruned channels, or pass --drop-constants to cut them anyway" % (
-                    constant.sum(), "" if constant.sum() == 1 else "s",
-                    ", ".join(p for p, _ in s.producers),
-                    ", ".join(_constant_sources(s, params, types, constant))))
-        if np.any(kept_zero & ~constant):
-            plan["warnings"].append(_kept_zero_warning(s, int(np.sum(kept_zero & ~constant))))
+        if kept_zero.any():
+            constant = np.zeros(s.size, bool) if drop_constants else carries[id(s)]
+            plan["warnings"] += _kept_zero_warnings(s, kept_zero, constant, params, types)
         if s.lrn_across and removed[id(s)].any():
             plan["warnings"].append(
                 "LRN across channels (%s) reads a space from which %d channels are removed: "
@@ -376,9 +369,10 @@ _CONSTANTS = {"Convolution": (1, "bias"), "InnerProduct": (1, "bias"),
 
 
 def _constant_blobs(space, params, types):
-    """(layer, what, values over ``space``'s channels) of every per-channel
-    constant on ``space``: its producers' biases, the BatchNorm means (as
-    Caffe scales them), Scale/Bias offsets and depthwise biases on it."""
+    """(layer, blob index, offset, what, values over ``space``'s channels) of
+    every per-channel constant on ``space``: its producers' biases, the
+    BatchNorm means (as Caffe scales them), Scale/Bias offsets and depthwise
+    biases on it."""
     out = []
     for name, offset in [(p, 0) for p, _ in space.producers] + space.per_channel:
         index, what = _CONSTANTS.get(types[name], (None, None))
@@ -388,22 +382,16 @@ def _constant_blobs(space, params, types):
         values = blobs[index][offset:offset + space.size]
         if types[name] == "BatchNorm" and blobs[2].size and blobs[2].ravel()[0] == 0:
             values = values * 0  # Caffe reads a zero scale factor as no mean at all
-        out.append((name, what, values))
+        out.append((name, index, offset, what, values))
     return out
 
 
 def _constant_channels(space, params, types):
     """Channels of ``space`` that some layer's constant makes non-zero."""
     carries = np.zeros(space.size, bool)
-    for _, _, values in _constant_blobs(space, params, types):
+    for *_, values in _constant_blobs(space, params, types):
         carries |= values != 0
     return carries
-
-
-def _constant_sources(space, params, types, channels):
-    """``'layer' what`` of each constant that is non-zero on ``channels``."""
-    return ["%r %s" % (name, what) for name, what, values in _constant_blobs(space, params, types)
-            if np.any(values[channels] != 0)]
 
 
 def _roots(blob_space):
@@ -440,6 +428,7 @@ def dead_channel_constants(net, net_param, masks):
     from caffe_admm.masks import filter_mask
     blob_space, layers = _build_graph(net, net_param)
     types = {info["name"]: info["type"] for info in layers}
+    params = {name: [b.data for b in blobs] for name, blobs in net.params.items()}
     out = []
     for s in _roots(blob_space):
         if s.fixed or s.zero_kept or not s.producers:
@@ -450,11 +439,8 @@ def dead_channel_constants(net, net_param, masks):
                 dead[:] = False  # an unpruned layer writes these channels
             else:
                 dead &= ~filter_mask(masks[producer])
-        for name, offset in s.per_channel if dead.any() else []:
-            index = _CONSTANTS.get(types[name], (None,))[0]
-            if index is not None and index < len(net.params[name]) \
-                    and net.params[name][index].data.ndim == 1:
-                out.append((name, index, offset + np.flatnonzero(dead)))
+        for name, index, offset, _, _ in _constant_blobs(s, params, types) if dead.any() else []:
+            out.append((name, index, offset + np.flatnonzero(dead)))
     return out
 
 
@@ -467,8 +453,28 @@ def _zero_channels(space, weights):
     return zero
 
 
-def _kept_zero_warning(space, count):
-    """Why ``count`` zero filters writing ``space`` stay in the compacted net."""
+def _kept_zero_warnings(space, kept, constant, params, types):
+    """Why the zero filters ``kept`` (over ``space``'s channels) stay in the
+    compacted net; ``constant``: the channels a constant makes non-zero."""
+    warnings = []
+    producers = ", ".join(p for p, _ in space.producers)
+    if not (space.fixed or space.zero_kept):  # else the constant is not what keeps them
+        constant = kept & constant
+        kept = kept & ~constant
+        if constant.any():
+            sources = ["%r %s" % (name, what) for name, _, _, what, values
+                       in _constant_blobs(space, params, types) if np.any(values[constant] != 0)]
+            warnings.append(
+                "%d zero filter%s of %s kept: their channels carry constants (%s); zero those "
+                "for the pruned channels, or pass --drop-constants to cut them anyway" % (
+                    constant.sum(), "" if constant.sum() == 1 else "s", producers,
+                    ", ".join(sources)))
+    if kept.any():
+        warnings.append(_kept_zero_reason(space, int(kept.sum()), producers))
+    return warnings
+
+
+def _kept_zero_reason(space, count, producers):
     whole = sorted(set(r.strip("<>") for r, kind, _, _, _ in space.readers if kind == "all"))
     if whole:
         why = "their channels are read whole, every channel at its place, by %s" % ", ".join(whole)
@@ -481,8 +487,7 @@ def _kept_zero_warning(space, count):
                                 if kind == "conv" and detail > 1]))
         why = ("every group of the grouped convolutions %s keeps the same number of channels"
                % ", ".join(grouped))
-    return "%d zero filter%s of %s kept: %s" % (
-        count, "" if count == 1 else "s", ", ".join(p for p, _ in space.producers), why)
+    return "%d zero filter%s of %s kept: %s" % (count, "" if count == 1 else "s", producers, why)
 
 
 def _reads(kind, detail, w, offset, size, total):
