@@ -38,6 +38,18 @@ def sparse_weights(model, path, seed=0, keep_last=("ip2", "fc", "fc8"), filters=
     return net
 
 
+def random_params(net, seed=0):
+    """Standard-normal parameters; BatchNorm variances positive, scale factor 1."""
+    rng = np.random.default_rng(seed)
+    types = dict(zip(net._layer_names, [l.type for l in net.layers]))
+    for name, blobs in net.params.items():
+        for b in blobs:
+            b.data[...] = rng.standard_normal(b.data.shape)
+        if types[name] == "BatchNorm":
+            blobs[1].data[...] = np.abs(blobs[1].data) + 0.5
+            blobs[2].data[...] = 1
+
+
 def kill_filters(net, name, filters, offsets=()):
     """Zero ``filters`` of layer ``name`` as `caffe-admm prune` does (weights and
     bias), and the channels' constants in ``offsets`` (BatchNorm means, Scale
@@ -177,10 +189,7 @@ def small_net(tmp_path, tail, zero_filters=(1, 3), zero_inputs=()):
     os.makedirs(str(tmp_path), exist_ok=True)
     model = write(tmp_path / "n.prototxt", SMALL_HEAD + tail)
     net = caffe.Net(model, caffe.TEST)
-    rng = np.random.default_rng(0)
-    for blobs in net.params.values():
-        for b in blobs:
-            b.data[...] = rng.standard_normal(b.data.shape)
+    random_params(net)
     for i in zero_filters:
         net.params["conv1"][0].data[i] = net.params["conv1"][1].data[i] = 0
     if zero_inputs:
@@ -201,12 +210,7 @@ def test_a_zero_filter_whose_channel_carries_a_constant_stays_unless_dropped(tmp
 layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
 """ + CONV2 % "conv1")
     net = caffe.Net(model, caffe.TEST)
-    rng = np.random.default_rng(0)
-    for blobs in net.params.values():
-        for b in blobs:
-            b.data[...] = rng.standard_normal(b.data.shape)
-    net.params["bn1"][1].data[...] = np.abs(net.params["bn1"][1].data) + 0.5
-    net.params["bn1"][2].data[...] = 1
+    random_params(net)
     kill_filters(net, "conv1", [1, 3], ("bn1",))
     net.params["conv1"][1].data[1] = 0.5
     net.params["bn1"][0].data[3] = 0.25
@@ -288,14 +292,10 @@ layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc"
         inner_product_param { num_output: 3 } }
 """)
     net = caffe.Net(model, caffe.TEST)
-    rng = np.random.default_rng(0)
-    for name, blobs in net.params.items():
-        for b in blobs:
-            b.data[...] = rng.standard_normal(b.data.shape)
+    random_params(net)
+    for name, blobs in net.params.items():  # no constants: dead channels stay zero throughout
         if name.startswith("bn"):
-            blobs[0].data[...] = 0  # no constants: the dead channels stay zero throughout
-            blobs[1].data[...] = np.abs(blobs[1].data) + 0.5
-            blobs[2].data[...] = 1
+            blobs[0].data[...] = 0
         if name.startswith("sc"):
             blobs[1].data[...] = 0
     for name, dead in (("c0", [1, 3]), ("c1", [0]), ("c2", [2, 3])):
@@ -323,12 +323,7 @@ layer { name: "relu2" type: "ReLU" bottom: "dw" top: "dw" }
 """ + CONV2 % "dw"
     model = write(tmp_path / "n.prototxt", SMALL_HEAD + tail)
     net = caffe.Net(model, caffe.TEST)
-    rng = np.random.default_rng(0)
-    for blobs in net.params.values():
-        for b in blobs:
-            b.data[...] = rng.standard_normal(b.data.shape)
-    net.params["bn1"][1].data[...] = np.abs(net.params["bn1"][1].data) + 0.5
-    net.params["bn1"][2].data[...] = 1
+    random_params(net)
     kill_filters(net, "conv1", [1, 3], ("bn1",))
     net.params["dw"][1].data[[1, 3]] = 0
     net.params["conv2"][0].data[:, 5] = 0  # conv2 reads no channel 5 through dw
