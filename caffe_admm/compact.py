@@ -368,13 +368,13 @@ _CONSTANTS = {"Convolution": (1, "bias"), "InnerProduct": (1, "bias"),
               "BatchNorm": (0, "mean"), "Scale": (1, "bias"), "Bias": (0, "bias")}
 
 
-def _constant_blobs(space, params, types):
+def _constant_blobs(space, params, types, producers=True):
     """(layer, blob index, offset, what, values over ``space``'s channels) of
-    every per-channel constant on ``space``: its producers' biases, the
-    BatchNorm means (as Caffe scales them), Scale/Bias offsets and depthwise
-    biases on it."""
+    every per-channel constant on ``space``: its producers' biases (unless
+    ``producers`` is False), the BatchNorm means (as Caffe scales them),
+    Scale/Bias offsets and depthwise biases on it."""
     out = []
-    for name, offset in [(p, 0) for p, _ in space.producers] + space.per_channel:
+    for name, offset in [(p, 0) for p, _ in space.producers if producers] + space.per_channel:
         index, what = _CONSTANTS.get(types[name], (None, None))
         blobs = params[name]
         if index is None or index >= len(blobs) or blobs[index].ndim != 1:
@@ -439,7 +439,9 @@ def dead_channel_constants(net, net_param, masks):
                 dead[:] = False  # an unpruned layer writes these channels
             else:
                 dead &= ~filter_mask(masks[producer])
-        for name, index, offset, _, _ in _constant_blobs(s, params, types) if dead.any() else []:
+        # the pruned filters' own biases: held by the hooks with their weights
+        for name, index, offset, _, _ in (_constant_blobs(s, params, types, producers=False)
+                                          if dead.any() else []):
             out.append((name, index, offset + np.flatnonzero(dead)))
     return out
 

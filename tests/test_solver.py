@@ -195,7 +195,7 @@ BN_NET = TINY_NET.replace(
     'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }')
 
 
-def test_pruned_channels_through_batchnorm_stay_zero_and_compact(tmp_path, tiny_data):
+def test_pruned_channels_through_batchnorm_stay_zero_and_compact(tmp_path, tiny_data, capsys):
     solver_path, net_path = write_tiny(tmp_path, tiny_data, net=BN_NET, max_iter=60)
     base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
     cfg = write(tmp_path / "admm.prototxt", """
@@ -209,6 +209,9 @@ def test_pruned_channels_through_batchnorm_stay_zero_and_compact(tmp_path, tiny_
     report = solver.prune(solver_path, base["weights"], cfg, str(tmp_path / "run"),
                           progress=False)
     assert report["layers"]["conv1"]["filters_kept"] == 4
+    # the pruned filters' own biases are the hooks' to hold, not the callback's
+    assert ("held at zero in retraining: bn1[0] of 4 pruned channels, scale1[1] of 4 pruned "
+            "channels\n") in capsys.readouterr().out
     pruned = str(tmp_path / "run" / "pruned.caffemodel")
     net = caffe.Net(net_path, caffe.TEST, weights=pruned)
     dead = ~np.abs(net.params["conv1"][0].data).reshape(8, -1).any(axis=1)
