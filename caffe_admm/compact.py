@@ -5,9 +5,10 @@ every *channel space* (the channels shared by a chain of blobs: a conv
 output, the ReLU/Pooling/BatchNorm/Scale... that pass it on, the partners of
 an Eltwise) the channel indices that survive. A channel goes when
 
-* every layer that writes it has an all-zero filter for it (its output is then
-  exactly zero, once the filter's bias and the following BatchNorm mean,
-  Scale/Bias offsets are zeroed too), or
+* it is exactly zero: every layer that writes it has an all-zero filter and
+  a zero bias for it, and no BatchNorm mean, Scale/Bias offset or depthwise
+  bias on it makes it a constant (``drop_constants`` cuts it all the same,
+  and the reference then has those constants zeroed), or
 * no layer reads it: all consumers' weights for it are zero (Convolution
   input channels; InnerProduct columns, a block of H*W per channel after a
   flatten).
@@ -17,19 +18,21 @@ iterated to a fixed point. Eltwise partners share one space, so a channel of
 a residual sum goes only where all partners agree. Concat composes the
 spaces of its inputs with offsets. A depthwise convolution (group = channels
 = outputs) passes its channels through like a Scale with a kernel; other
-grouped convolutions keep the same number of channels in every group. Softmax, losses, Accuracy, the other barriers
-and the net's outputs read every channel at its place, so a space they read
-keeps all its channels, zero or not. Elementwise layers that do not map 0 to
-0 (Sigmoid, Exp, Power, ...) pass the channels on but turn a zero channel
-into a constant that their consumers read: there a channel goes only when no
-consumer reads it. Layer types the planner does not know stop it with an
-error naming the layer.
+grouped convolutions keep the same number of channels in every group.
+Softmax, losses, Accuracy, the other barriers and the net's outputs read
+every channel at its place, so a space they read keeps all its channels,
+zero or not. Elementwise layers that do not map 0 to 0 (Sigmoid, Exp,
+Power, ...) pass the channels on but turn a zero channel into a constant
+that their consumers read: there a channel goes only when no consumer reads
+it. Layer types the planner does not know stop it with an error naming the
+layer.
 
 The appliers then write a NetParameter with smaller ``num_output`` and a
-caffemodel with sliced blobs; stock Caffe loads both. The *reference* net is
-the original with the zeroing above applied (biases, BatchNorm means,
-Scale/Bias offsets of removed channels); the compacted net must reproduce it,
-which :func:`check_equivalence` measures.
+caffemodel with sliced blobs; stock Caffe loads both. :func:`compact` runs
+the masked net and the compacted one on the same inputs and refuses to
+write above a tolerance; with ``drop_constants``, against the *reference*
+(the masked net with the removed channels' biases, BatchNorm means and
+Scale/Bias offsets zeroed), whose distance from the masked net it reports.
 """
 
 import json

@@ -396,8 +396,8 @@ def check_sources(net_param, path, state):
 
     Covers Data (LMDB, LevelDB), HDF5Data (its list and every file in it),
     ImageData and WindowData sources, and ``transform_param.mean_file``:
-    Caffe would abort the process on them. Relative paths are taken from the current directory,
-    as Caffe takes them.
+    Caffe would abort the process on them. Relative paths are taken from the
+    current directory, as Caffe takes them.
     """
     for layer in net_param.layer:
         if not layer_included(layer, state, path):
