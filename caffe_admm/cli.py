@@ -82,7 +82,8 @@ def build_parser():
     p.add_argument("--out", required=True, help="directory for compact.prototxt, "
                                                 "compact.caffemodel and plan.json")
     p.add_argument("--tolerance", type=float, default=1e-4,
-                   help="largest |reference - compacted| output difference, relative")
+                   help="largest |masked - compacted| output difference, relative to the "
+                        "outputs' scale (--drop-constants: |reference - compacted|)")
     p.add_argument("--force", action="store_true", help="write even above the tolerance")
     p.add_argument("--drop-constants", action="store_true",
                    help="also cut zero filters whose channels carry a constant (bias, BatchNorm "
