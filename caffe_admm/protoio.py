@@ -365,13 +365,18 @@ def _source_problems(layer):
     problems = []
     if layer.type == "Data":
         source = layer.data_param.source
-        # both are directories; Caffe opens the data.mdb in an LMDB one
-        if layer.data_param.backend == caffe_pb2.DataParameter.LMDB:
-            there = os.path.isfile(os.path.join(source, "data.mdb"))
-        else:
-            there = os.path.isdir(source)
-        if not there:
+        # both are directories: an LMDB holds data.mdb, a LevelDB a CURRENT file
+        lmdb = os.path.isfile(os.path.join(source, "data.mdb"))
+        leveldb = os.path.isfile(os.path.join(source, "CURRENT"))
+        wants_lmdb = layer.data_param.backend == caffe_pb2.DataParameter.LMDB
+        if not os.path.isdir(source):
             problems.append("reads " + _not_there(source, "source"))
+        elif wants_lmdb and not lmdb or not wants_lmdb and not leveldb:
+            problems.append("reads %r (source) as %s, but it is %s" % (
+                source, "an LMDB" if wants_lmdb else "a LevelDB (Caffe's default backend)",
+                "an LMDB: set backend: LMDB in data_param" if lmdb else
+                "a LevelDB: set backend: LEVELDB in data_param" if leveldb else
+                "neither (no data.mdb, no CURRENT file in it)"))
     param = {"ImageData": layer.image_data_param, "HDF5Data": layer.hdf5_data_param,
              "WindowData": layer.window_data_param}.get(layer.type)
     if param is not None and not os.path.isfile(param.source):

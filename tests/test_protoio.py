@@ -128,13 +128,32 @@ def test_a_missing_data_source_is_named_with_its_layer(tmp_path, lmdb_dir, monke
         "%s:4: layer 'test_data' (Data) reads 'nope_lmdb' (source), which does not exist "
         "(relative to the current directory, %s, as Caffe reads it: fix the path or run from "
         "the directory it is relative to)" % (path, tmp_path))
-    # an LMDB directory needs its data.mdb; a LevelDB one only has to be there
+    # a directory that is neither an LMDB (data.mdb) nor a LevelDB (CURRENT)
     os.mkdir(str(tmp_path / "nope_lmdb"))
-    with pytest.raises(protoio.ProtoError, match="'test_data' .* reads 'nope_lmdb'"):
+    with pytest.raises(protoio.ProtoError, match=r"'test_data' \(Data\) reads 'nope_lmdb' "
+                                                 r"\(source\) as an LMDB, but it is neither"):
+        protoio.check_sources(net_param, path, (caffe_pb2.TEST, 0, ()))
+    write(tmp_path / "nope_lmdb" / "CURRENT", "")
+    with pytest.raises(protoio.ProtoError, match=r"but it is a LevelDB: set backend: LEVELDB"):
         protoio.check_sources(net_param, path, (caffe_pb2.TEST, 0, ()))
     leveldb = protoio.read_net(write(tmp_path / "leveldb.prototxt", DATA_NET % {
         "train": lmdb_dir, "test": "nope_lmdb", "backend": "LEVELDB"}))
     protoio.check_sources(leveldb, path, (caffe_pb2.TEST, 0, ()))
+
+
+def test_an_lmdb_read_with_caffe_s_default_backend_is_named(tmp_path, lmdb_dir):
+    """data_param's backend defaults to LEVELDB: an LMDB without backend: LMDB
+    makes Caffe abort; the check says what to set."""
+    path = write(tmp_path / "net.prototxt", "layer { name: 'd' type: 'Data' top: 'data' "
+                                            "data_param { source: '%s' batch_size: 1 } }"
+                 % lmdb_dir)
+    code = "import caffe; caffe.Net(%r, caffe.TEST)" % path
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode in (-6, 134) and "Failed to open leveldb" in res.stderr
+    with pytest.raises(protoio.ProtoError, match=r"reads '%s' \(source\) as a LevelDB "
+                                                 r"\(Caffe's default backend\), but it is an "
+                                                 r"LMDB: set backend: LMDB" % lmdb_dir):
+        protoio.check_sources(protoio.read_net(path), path, (caffe_pb2.TEST, 0, ()))
 
 
 @pytest.mark.parametrize("kind,param", [("ImageData", "image_data_param"),
