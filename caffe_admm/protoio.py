@@ -139,16 +139,22 @@ SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
 
-def field_line(path, field):
-    """Best-effort 1-based line number of the first ``field:`` in a text file."""
+def _first_line(path, test):
+    """Best-effort 1-based number of the first line of a text file whose text
+    before any ``#`` comment passes ``test``; None if none does or it is unreadable."""
     try:
         with open(path) as f:
             for number, line in enumerate(f, 1):
-                if line.split("#", 1)[0].strip().startswith(field + ":"):
+                if test(line.split("#", 1)[0]):
                     return number
     except OSError:
         pass
     return None
+
+
+def field_line(path, field):
+    """Best-effort 1-based line number of the first ``field:`` in a text file."""
+    return _first_line(path, lambda text: text.strip().startswith(field + ":"))
 
 
 def check_solver(solver, path):
@@ -211,16 +217,8 @@ def resolve_solver_net(solver_path, solver):
 
 def layer_line(path, layer_name):
     """Best-effort 1-based line number of ``name: "layer_name"`` in a text file."""
-    try:
-        with open(path) as f:
-            for number, line in enumerate(f, 1):
-                stripped = line.split("#", 1)[0]
-                if "name" in stripped and ('"%s"' % layer_name in stripped
-                                           or "'%s'" % layer_name in stripped):
-                    return number
-    except OSError:
-        pass
-    return None
+    return _first_line(path, lambda text: "name" in text and (
+        '"%s"' % layer_name in text or "'%s'" % layer_name in text))
 
 
 def blob_shape(blob):
