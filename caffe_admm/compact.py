@@ -863,8 +863,7 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, sha
     """
     from caffe_admm.solver import check_weights
 
-    net_param = protoio.read_net(model)
-    protoio.check_net(net_param, model, protoio.net_state(net_param, caffe_pb2.TEST))
+    net_param = protoio.read_checked_net(model)
     check_weights(weights, model, net_param)
     net = caffe.Net(model, caffe.TEST, weights=weights)
     plan = plan_compaction(net, net_param, drop_constants)

@@ -17,7 +17,7 @@ __all__ = ["ProtoError", "parse_text", "read_net", "read_solver", "read_caffemod
            "SOLVER_TYPES", "LR_POLICIES", "field_line", "check_solver",
            "write_text", "write_binary", "atomic_write", "resolve_solver_net",
            "layer_line", "net_state", "layer_included", "check_bottoms", "check_sources",
-           "check_layer_types", "check_net", "blob_shape", "caffemodel_shapes", "make_caffemodel"]
+           "check_layer_types", "check_net", "read_checked_net", "blob_shape", "caffemodel_shapes", "make_caffemodel"]
 
 
 class ProtoError(ValueError):
@@ -453,6 +453,15 @@ def check_layer_types(net_param, path, state):
             if not found:
                 raise ProtoError("%s (Python): module %r has no class %r"
                                  % (_where(path, layer), module, name))
+
+
+def read_checked_net(path):
+    """:func:`read_net`, refused (ProtoError) where ``caffe.Net(path, TEST)``
+    would abort (:func:`check_net` in pycaffe's TEST state)."""
+    from caffe_admm.backend import caffe_pb2
+    net_param = read_net(path)
+    check_net(net_param, path, net_state(net_param, caffe_pb2.TEST))
+    return net_param
 
 
 def check_net(net_param, path, state):

@@ -673,12 +673,12 @@ def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ck
     history["accuracy"]["after_" + cfg.method] = _evaluate(solver, test_iter)
     masks = method.final_masks(_weights(solver.net, names))
     _apply_masks(solver.net, masks)
-    _zero_constants(solver.net, _dead_constants(solver, protoio.read_net(hooked_path), masks))
+    net_param = protoio.read_net(hooked_path)
+    _zero_constants(solver.net, _dead_constants(solver, net_param, masks))
     history["accuracy"]["after_hard_prune"] = _evaluate(solver, test_iter)
     _log("after %s: %s; after hard prune: %s" % (
         cfg.method, _fmt_scores(history["accuracy"]["after_" + cfg.method]),
         _fmt_scores(history["accuracy"]["after_hard_prune"])))
-    net_param = protoio.read_net(hooked_path)
     save_weights(os.path.join(out_dir, "%s.caffemodel" % cfg.method), solver.net,
                  _strip_hooks(net_param))
     save_masks(os.path.join(out_dir, "masks.npz"), masks)

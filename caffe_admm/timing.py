@@ -240,15 +240,6 @@ def layer_range(names, name):
     return start, end
 
 
-def _read_checked(path):
-    """The net at ``path``, refused (ProtoError) where Caffe would abort on its TEST phase."""
-    from caffe_admm import protoio
-    from caffe_admm.backend import caffe_pb2
-    net_param = protoio.read_net(path)
-    protoio.check_net(net_param, path, protoio.net_state(net_param, caffe_pb2.TEST))
-    return net_param
-
-
 def _costs(model):
     from caffe_admm.backend import caffe
     return layer_costs(caffe.Net(model, caffe.TEST))
@@ -273,7 +264,7 @@ def write_plan(model, compact_model, out_dir, batches=(1, 8, 32), repeats=5, ite
     from caffe_admm import protoio
     if conv_engine not in (None,) + CONV_ENGINES:
         raise ValueError("conv engine %r: use one of %s" % (conv_engine, ", ".join(CONV_ENGINES)))
-    nets = {path: _read_checked(path) for path in (model, compact_model)}
+    nets = {path: protoio.read_checked_net(path) for path in (model, compact_model)}
     for path, net in nets.items():
         if not any(layer.type == "Input" for layer in net.layer):
             raise ValueError("%s: timing needs a deploy net with Input layers (no Data "
@@ -346,8 +337,9 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
     if engine != "pycaffe":
         raise ValueError("unknown timing engine %r (pycaffe or 'caffe time')" % engine)
     from caffe_admm.backend import caffe
-    _read_checked(model)
-    _read_checked(compact_model)
+    from caffe_admm import protoio
+    protoio.read_checked_net(model)
+    protoio.read_checked_net(compact_model)
     a = caffe.Net(model, caffe.TEST, weights=weights) if weights else caffe.Net(model, caffe.TEST)
     b = caffe.Net(compact_model, caffe.TEST, weights=compact_weights)
     costs_a, costs_b = layer_costs(a), layer_costs(b)
