@@ -87,8 +87,9 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="write even above the tolerance")
     p.add_argument("--drop-constants", action="store_true",
                    help="also cut zero filters whose channels carry a constant (bias, BatchNorm "
-                        "mean, Scale/Bias offset), dropping it; checked against the masked net "
-                        "with those constants zeroed")
+                        "mean, Scale/Bias offset) that no reader can take into its biases, "
+                        "dropping it; checked against the masked net with those constants "
+                        "zeroed")
     p.add_argument("--shape", action="store_true",
                    help="also cut zero GEMM columns (conv: Im2col + Slice/Concat + 1x1 conv; "
                         "InnerProduct: Flatten + Slice/Concat); time it: it pays only "
@@ -193,6 +194,8 @@ def _run(args):
                                  drop_constants=args.drop_constants)
         for w in report["warnings"]:
             print("warning:", w)
+        for note in report["notes"]:
+            print("note:", note)
         t, eq = report["total"], report["equivalence"]
         print("%-10s %-18s %-18s %9s" % ("layer", "weight", "compacted", "FLOP red"))
         for name, l in report["layers"].items():

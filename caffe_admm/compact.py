@@ -5,10 +5,17 @@ every *channel space* (the channels shared by a chain of blobs: a conv
 output, the ReLU/Pooling/BatchNorm/Scale... that pass it on, the partners of
 an Eltwise) the channel indices that survive. A channel goes when
 
-* it is exactly zero: every layer that writes it has an all-zero filter and
-  a zero bias for it, and no BatchNorm mean, Scale/Bias offset or depthwise
-  bias on it makes it a constant (``drop_constants`` cuts it all the same,
-  and the reference then has those constants zeroed), or
+* every layer that writes it has an all-zero filter for it. Then it is the
+  same for every input: zero, or a constant that the filters' biases, a
+  BatchNorm mean, a Scale/Bias offset or a depthwise bias on it make. Its
+  readers take a constant into their biases (an InnerProduct, a Convolution
+  without padding) or, a padded Convolution, through one constant channel
+  kept for all of them, whose weights then sum theirs: exact, since padding
+  only makes the sum differ at the borders, as it does the kept channel's.
+  Where no reader can take it (a value that differs from position to
+  position, an LRN across channels mixing it with others) the channel stays;
+  ``drop_constants`` cuts it all the same, and the reference then has those
+  constants zeroed; or
 * no layer reads it: all consumers' weights for it are zero (Convolution
   input channels; InnerProduct columns, a block of H*W per channel after a
   flatten).
@@ -22,10 +29,9 @@ grouped convolutions keep the same number of channels in every group.
 Softmax, losses, Accuracy, the other barriers and the net's outputs read
 every channel at its place, so a space they read keeps all its channels,
 zero or not. Elementwise layers that do not map 0 to 0 (Sigmoid, Exp,
-Power, ...) pass the channels on but turn a zero channel into a constant
-that their consumers read: there a channel goes only when no consumer reads
-it. Layer types the planner does not know stop it with an error naming the
-layer.
+Power, ...) pass the channels on but turn a zero channel into a constant,
+which the readers take as above. Layer types the planner does not know stop
+it with an error naming the layer.
 
 The appliers then write a NetParameter with smaller ``num_output`` and a
 caffemodel with sliced blobs; stock Caffe loads both. :func:`compact` runs
@@ -274,22 +280,33 @@ def _balance(removable, groups):
     return out
 
 
-def plan_compaction(net, net_param, drop_constants=False):
+def plan_compaction(net, net_param, drop_constants=False, inputs=None):
     """Compute the compaction plan of a live TEST-phase net with its weights.
 
-    ``net_param`` is the net's prototxt (for LRN regions and Concat axes).
-    A zero filter's channel goes only when nothing makes it non-zero: its
-    bias, and the BatchNorm mean, Scale/Bias offset or depthwise bias of its
-    channel, are zero too; ``drop_constants`` cuts it all the same, and the
-    reference (:func:`reference_params`) then has those constants zeroed.
+    ``net_param`` is the net's prototxt (for LRN regions, Concat axes and
+    convolution geometry). Without ``inputs``, a zero filter's channel goes
+    only when nothing makes it non-zero: its bias, and the BatchNorm mean,
+    Scale/Bias offset or depthwise bias of its channel, are zero too, and no
+    Sigmoid-like layer is on it. With ``inputs`` (:func:`layer_inputs`: what
+    each Convolution and InnerProduct reads in the masked net), such a channel
+    goes too: its value is the same for every input, and its readers take it
+    (``fold``: into a bias per output, or, a padded Convolution, through a
+    constant channel kept for them; see the module docstring). Not across an
+    LRN that mixes channels. ``drop_constants`` cuts the zero filters that
+    stay all the same, and the reference (:func:`reference_params`) then has
+    their constants zeroed.
 
     Returns
     -------
     plan : dict
         ``layers``: per Convolution/InnerProduct/per-channel layer, the kept
-        output channels (``out``) and kept input channels (``in``);
+        output channels (``out``), kept input channels (``in``), the removed
+        channels whose value later layers take (``folded``) and, for their
+        readers, what they take (``fold``: ``inputs``, and ``bias``, or
+        ``carriers`` with ``carrier_weights``);
         ``spaces``: per channel space, its blobs' size and kept channels;
-        ``warnings``: e.g. LRN across channels over a shrunk space.
+        ``warnings``: e.g. LRN across channels over a shrunk space;
+        ``notes``: the folds, a line per reader.
     """
     blob_space, layers = _build_graph(net, net_param)
     types = {info["name"]: info["type"] for info in layers}
@@ -298,7 +315,17 @@ def plan_compaction(net, net_param, drop_constants=False):
     spaces = _roots(blob_space)
     removed = {id(s): np.zeros(s.size, bool) for s in spaces}
     params = {name: [b.data for b in blobs] for name, blobs in net.params.items()}
-    carries = {id(s): _constant_channels(s, params, types) for s in spaces}
+    padded = _padded(net_param)
+    # channels a zero filter may not leave: those a constant makes non-zero,
+    # unless its readers can take the constant
+    stays = {}
+    for s in spaces:
+        if inputs is not None and not s.lrn_across:
+            stays[id(s)] = ~_foldable(s, inputs, padded)
+        elif s.zero_kept:
+            stays[id(s)] = np.ones(s.size, bool)
+        else:
+            stays[id(s)] = _constant_channels(s, params, types)
 
     while True:
         changed = False
@@ -307,9 +334,7 @@ def plan_compaction(net, net_param, drop_constants=False):
                 continue
             zero = _zero_channels(s, weights)
             if not drop_constants:
-                zero &= ~carries[id(s)]
-            if s.zero_kept:
-                zero[:] = False
+                zero &= ~stays[id(s)]
             unread = np.ones(s.size, bool)
             for reader, kind, detail, offset, total in s.readers:
                 unread &= ~_reads(kind, detail, weights.get(reader), offset, s.size, total)
@@ -329,25 +354,46 @@ def plan_compaction(net, net_param, drop_constants=False):
         if not changed:
             break
 
-    plan = {"layers": {}, "spaces": [], "warnings": []}
+    folds = {}
+    if inputs is not None:
+        # zero filters only: what a live filter writes the same on these inputs
+        # (a saturated Clip, say) may differ on others
+        foldable = {id(s): ~stays[id(s)] & _zero_channels(s, weights) for s in spaces}
+        carriers = _carriers(spaces, removed, foldable, inputs, net, padded)
+        for s in spaces:
+            removed[id(s)] &= ~carriers[id(s)]
+        folds = _folds(spaces, removed, foldable, inputs, net, padded, types)
+    plan = {"layers": {}, "spaces": [], "warnings": [], "notes": []}
     for s in spaces:
         keep = np.flatnonzero(~removed[id(s)]).tolist()
+        # the removed channels whose value the readers take: they keep their constants
+        taken = np.zeros(s.size, bool)
+        for reader, kind, detail, offset, total in s.readers:
+            for c in folds.get(reader, {}).get("inputs", []):
+                if offset <= c < offset + s.size:
+                    taken[c - offset] = True
         blobs = sorted(b for b, (sp, _) in blob_space.items()
                        if not isinstance(sp, _Composite) and sp.root() is s)
         plan["spaces"].append({"blobs": blobs, "channels": s.size, "kept": keep})
         for producer, _ in s.producers:
             plan["layers"].setdefault(producer, {})["out"] = keep
+            if taken.any():
+                plan["layers"][producer]["folded"] = np.flatnonzero(taken).tolist()
         for name, offset in s.per_channel:
             entry = plan["layers"].setdefault(name, {})
             entry.setdefault("out_parts", []).append((offset, keep))
+            entry.setdefault("folded_parts", []).append((offset, np.flatnonzero(taken)))
         for reader, kind, detail, offset, total in s.readers:
             if kind in ("conv", "ip"):
                 entry = plan["layers"].setdefault(reader, {})
                 entry.setdefault("in_parts", []).append((offset, s.size, keep, detail))
-        kept_zero = _zero_channels(s, weights) & ~removed[id(s)]
+        kept_zero = _zero_channels(s, weights) & ~removed[id(s)] & ~(
+            carriers[id(s)] if inputs is not None else False)
         if kept_zero.any():
-            constant = np.zeros(s.size, bool) if drop_constants else carries[id(s)]
-            plan["warnings"] += _kept_zero_warnings(s, kept_zero, constant, params, types)
+            constant = np.zeros(s.size, bool) if drop_constants else stays[id(s)]
+            why = (_unfoldable(s, inputs, padded, kept_zero & constant)
+                   if inputs is not None else None)
+            plan["warnings"] += _kept_zero_warnings(s, kept_zero, constant, params, types, why)
         if s.lrn_across and removed[id(s)].any():
             plan["warnings"].append(
                 "LRN across channels (%s) reads a space from which %d channels are removed: "
@@ -359,11 +405,254 @@ def plan_compaction(net, net_param, drop_constants=False):
             entry["out"] = [offset + c for offset, keep in parts for c in keep]
             if types[name] == "Convolution":
                 entry["depthwise"] = True
+        folded = [int(offset + c) for offset, cs in entry.pop("folded_parts", []) for c in cs]
+        if folded:
+            entry["folded"] = sorted(folded)
         parts = sorted(entry.pop("in_parts", []))
         if parts:
             entry["in"] = [offset + c for offset, _, keep, _ in parts for c in keep]
             entry["in_block"] = parts[0][3] if types[name] == "InnerProduct" else 1
+    for reader, fold in folds.items():
+        plan["layers"][reader]["fold"] = fold
+        n = len(fold["inputs"])
+        plan["notes"].append(
+            "%s takes the constants of %d removed input channel%s %s" % (
+                reader, n, "" if n == 1 else "s",
+                "into its biases" if "bias" in fold else
+                "through input channel%s %s, kept for them (its padding makes their sum differ "
+                "at the borders)" % ("" if len(fold["carriers"]) == 1 else "s",
+                                     ", ".join(map(str, fold["carriers"])))))
     return plan
+
+
+def layer_inputs(net, passes=2, seed=0):
+    """What each Convolution and InnerProduct layer reads, over ``passes`` forward passes.
+
+    Input nets get seeded random normal inputs; Data nets read their next
+    batches.
+
+    Returns
+    -------
+    dict[str, (ndarray, ndarray)]
+        Per layer: its bottom in the first sample of the first pass, flat,
+        shape (C * H * W,), and where every sample of every pass had that
+        same value, up to float32 rounding (bool, same shape).
+    """
+    rng = np.random.default_rng(seed)
+    names = list(net._layer_names)
+    readers = {i: name for i, (name, layer) in enumerate(zip(names, net.layers))
+               if layer.type in ("Convolution", "InnerProduct")}
+    first, same = {}, {}
+    for p in range(passes):
+        for name in net.inputs:
+            blob = net.blobs[name].data
+            blob[...] = rng.standard_normal(blob.shape)
+        for i in range(len(names)):
+            if i in readers:
+                name = readers[i]
+                x = net.blobs[net.bottom_names[name][0]].data
+                x = x.reshape(x.shape[0], -1)
+                if p == 0:
+                    first[name] = x[0].copy()
+                    same[name] = np.ones(x.shape[1], bool)
+                same[name] &= np.all(_close(x, first[name]), axis=0)
+            net._forward(i, i)
+    return {name: (first[name], same[name]) for name in first}
+
+
+def _at_reader(inputs, reader, index, offset, size, total):
+    """``inputs[reader][index]`` over a space's channels: shape (size, positions)."""
+    return inputs[reader][index].reshape(total, -1)[offset:offset + size]
+
+
+def _close(a, b):
+    """Equal up to float32 rounding (an average pooling's sums, a GEMM's order)."""
+    return np.abs(a - b) <= 1e-5 * np.maximum(np.abs(a), np.abs(b))
+
+
+def _space_group(space):
+    """The ``group`` of the grouped convolutions writing or reading ``space``:
+    1 where there are none, None where they differ."""
+    groups = ({g for _, g in space.producers if g > 1}
+              | {d for _, kind, d, _, _ in space.readers if kind == "conv" and d > 1})
+    return 1 if not groups else (groups.pop() if len(groups) == 1 else None)
+
+
+def _foldable(space, inputs, padded):
+    """Channels of ``space`` that may go though not zero: each conv/fc reader
+    sees the same value in every input (for a channel of zero filters, the
+    constant its biases make), a Convolution the same at every position too.
+    A padded Convolution sums it differently at the borders: it reads it
+    through a kept carrier channel (one per group of channels), so there the
+    grouped convolutions on the space must share one ``group`` and read the
+    whole space. A channel every reader sees as zero goes in any case."""
+    zero = np.ones(space.size, bool)
+    ok = np.ones(space.size, bool)
+    group = _space_group(space)
+    for reader, kind, detail, offset, total in space.readers:
+        if kind not in ("conv", "ip"):
+            continue
+        same = np.all(_at_reader(inputs, reader, 1, offset, space.size, total), axis=1)
+        values = _at_reader(inputs, reader, 0, offset, space.size, total)
+        zero &= same & np.all(values == 0, axis=1)
+        ok &= same
+        if kind == "conv":
+            ok &= np.all(_close(values, values[:, :1]), axis=1)
+            if padded.get(reader) and group != 1 and (group is None or offset
+                                                      or total != space.size):
+                ok[:] = False
+    return ok | zero
+
+
+def _unfoldable(space, inputs, padded, channels):
+    """Why no reader could take the constants of ``channels`` (see :func:`_foldable`)."""
+    if space.lrn_across:
+        return "LRN across channels (%s) mixes them into the other channels" % (
+            ", ".join(space.lrn_across))
+    why = []
+    for reader, kind, detail, offset, total in space.readers:
+        if kind not in ("conv", "ip"):
+            continue
+        same = np.all(_at_reader(inputs, reader, 1, offset, space.size, total)[channels], axis=1)
+        values = _at_reader(inputs, reader, 0, offset, space.size, total)[channels]
+        if not same.all():
+            why.append("%s sees them change with the input" % reader)
+        elif kind == "conv" and not np.all(_close(values, values[:, :1])):
+            why.append("%s sees them differ from position to position" % reader)
+        elif kind == "conv" and padded.get(reader) and _space_group(space) != 1:
+            grouped = sorted(set([p for p, g in space.producers if g > 1] + [
+                r for r, k, d, _, _ in space.readers if k == "conv" and d > 1]))
+            why.append("%s pads its input, and the grouped convolutions %s %s" % (
+                reader, ", ".join(grouped), "differ in group" if _space_group(space) is None
+                else "read it after a Concat"))
+    return "; ".join(why) or "no reader takes them"
+
+
+def _padded(net_param):
+    """Per Convolution: whether it pads its input (``pad``, ``pad_h``, ``pad_w``)."""
+    return {l.name: any(l.convolution_param.pad) or bool(l.convolution_param.pad_h
+                                                        or l.convolution_param.pad_w)
+            for l in net_param.layer if l.type == "Convolution"}
+
+
+def _read_by(kind, detail, w, offset, size, total, values):
+    """Channels of a space (over [offset, offset + size) of the reader's input)
+    whose value ``reader`` sees non-zero and weighs non-zero."""
+    return _reads(kind, detail, w, offset, size, total) & np.any(values != 0, axis=1)
+
+
+def _padded_readers(spaces, padded):
+    """Per padded Convolution: the parts of its input, (space, group, offset, total)."""
+    readers = {}
+    for s in spaces:
+        for reader, kind, detail, offset, total in s.readers:
+            if kind == "conv" and padded.get(reader):
+                readers.setdefault(reader, []).append((s, detail, offset, total))
+    return readers
+
+
+def _carriers(spaces, removed, foldable, inputs, net, padded):
+    """Per space, the removed channels kept as carriers: for each padded
+    Convolution reading removed constants, in each of its groups, a constant
+    channel it reads, its weights for it then standing for all of them
+    (exact: all are the same at every position). A constant channel that
+    stays, or a carrier another reader chose, serves; else the removed one
+    the reader sees largest is kept. Where grouped convolutions write or
+    read the space, every group of it keeps as many."""
+    carriers = {id(s): np.zeros(s.size, bool) for s in spaces}
+    for reader, parts in _padded_readers(spaces, padded).items():
+        group = parts[0][1]
+        per_group = parts[0][3] // group
+        candidates = [[] for _ in range(group)]
+        served = [False] * group
+        for s, _, offset, total in parts:
+            values = _at_reader(inputs, reader, 0, offset, s.size, total)
+            read = _read_by("conv", group, net.params[reader][0].data, offset, s.size, total,
+                            values)
+            kept = ~removed[id(s)] | carriers[id(s)]  # a kept constant serves as well
+            for c in np.flatnonzero(read & kept & foldable[id(s)]):
+                served[(offset + c) // per_group] = True
+            for c in np.flatnonzero(read & removed[id(s)] & foldable[id(s)]):
+                candidates[(offset + c) // per_group].append(
+                    (abs(float(values[c].mean())), -(offset + int(c)), int(c), s))
+        for g in range(group):
+            if candidates[g] and not served[g]:
+                _, _, c, s = max(candidates[g], key=lambda t: t[:2])
+                carriers[id(s)][c] = True
+    for s in spaces:  # keep the groups balanced
+        group = _space_group(s)
+        if group in (None, 1) or not carriers[id(s)].any():
+            continue
+        n = s.size // group
+        most = max(int(carriers[id(s)][g * n:(g + 1) * n].sum()) for g in range(group))
+        for g in range(group):
+            segment = slice(g * n, (g + 1) * n)
+            more = most - int(carriers[id(s)][segment].sum())
+            spare = np.flatnonzero(removed[id(s)][segment] & ~carriers[id(s)][segment])
+            if more > spare.size:
+                raise CompactionError("internal: group %d of %s has no channel to keep"
+                                      % (g, ", ".join(p for p, _ in s.producers)))
+            carriers[id(s)][g * n + spare[:more]] = True
+    return carriers
+
+
+def _folds(spaces, removed, foldable, inputs, net, padded, types):
+    """Per reader of removed channels it can take: ``{"inputs": [its input
+    channels], "bias": [per output]}``, or for a padded Convolution
+    ``{"inputs", "carriers": [an input channel per group],
+    "carrier_weights": [per carrier, shape (outputs of its group, kh, kw),
+    flat]}``."""
+    parts = {}
+    for s in spaces:
+        for reader, kind, detail, offset, total in s.readers:
+            if kind in ("conv", "ip"):
+                parts.setdefault(reader, []).append((s, kind, detail, offset, total))
+    folds = {}
+    for reader, reader_parts in parts.items():
+        w = net.params[reader][0].data.astype(np.float64)
+        channels, usable = [], []
+        for s, kind, detail, offset, total in reader_parts:
+            values = _at_reader(inputs, reader, 0, offset, s.size, total)
+            read = _read_by(kind, detail, net.params[reader][0].data, offset, s.size, total,
+                            values)
+            channels += (offset + np.flatnonzero(read & removed[id(s)] & foldable[id(s)])).tolist()
+            usable += (offset + np.flatnonzero(read & ~removed[id(s)] & foldable[id(s)])).tolist()
+        if not channels:
+            continue
+        channels = sorted(channels)
+        total = reader_parts[0][4]
+        x = inputs[reader][0].astype(np.float64).reshape(total, -1)
+        if types[reader] == "InnerProduct":
+            block = reader_parts[0][2]
+            cols = (np.asarray(channels)[:, None] * block + np.arange(block)).ravel()
+            folds[reader] = {"inputs": channels, "bias": (w[:, cols] @ x[channels].ravel()).tolist()}
+            continue
+        value = x.mean(axis=1)  # the same at every position (_foldable)
+        group = total // w.shape[1]
+        fg, cg = w.shape[0] // group, w.shape[1]
+        if not padded.get(reader):  # every position sums all the taps
+            bias = np.zeros(w.shape[0])
+            for c in channels:
+                g = c // cg
+                bias[g * fg:(g + 1) * fg] += value[c] * w[g * fg:(g + 1) * fg, c % cg].sum(axis=(1, 2))
+            folds[reader] = {"inputs": channels, "bias": bias.tolist()}
+            continue
+        fold = {"inputs": channels, "carriers": [], "carrier_weights": []}
+        for g in range(group):
+            mine = [c for c in channels if c // cg == g]
+            if not mine:
+                continue
+            carrier = min((c for c in usable if c // cg == g), default=None)
+            if carrier is None:
+                raise CompactionError("internal: %s has no carrier for its constant inputs "
+                                      "in group %d" % (reader, g))
+            rows = w[g * fg:(g + 1) * fg]
+            k = value[carrier] * rows[:, carrier % cg] + np.einsum(
+                "c,fcij->fij", value[mine], rows[:, [c % cg for c in mine]])
+            fold["carriers"].append(carrier)
+            fold["carrier_weights"].append((k / value[carrier]).ravel().tolist())
+        folds[reader] = fold
+    return folds
 
 
 # where a layer adds a per-channel constant: (blob index, what it is)
@@ -458,32 +747,35 @@ def _zero_channels(space, weights):
     return zero
 
 
-def _kept_zero_warnings(space, kept, constant, params, types):
+def _kept_zero_warnings(space, kept, constant, params, types, folding):
     """Why the zero filters ``kept`` (over ``space``'s channels) stay in the
-    compacted net; ``constant``: the channels a constant makes non-zero."""
+    compacted net; ``constant``: the channels that may not go for a constant
+    on them; ``folding``: why their readers could not take it (None: no
+    reader takes constants)."""
     warnings = []
     producers = ", ".join(p for p, _ in space.producers)
-    if not (space.fixed or space.zero_kept):  # else the constant is not what keeps them
+    if not (space.fixed or space.zero_kept and folding is None):  # else not the constant
         constant = kept & constant
         kept = kept & ~constant
         if constant.any():
             sources = ["%r %s" % (name, what) for name, _, _, what, values
                        in _constant_blobs(space, params, types) if np.any(values[constant] != 0)]
+            why = "zero those for the pruned channels, or" if folding is None else folding + ";"
             warnings.append(
-                "%d zero filter%s of %s kept: their channels carry constants (%s); zero those "
-                "for the pruned channels, or pass --drop-constants to cut them anyway" % (
+                "%d zero filter%s of %s kept: their channels carry constants (%s); %s pass "
+                "--drop-constants to cut them anyway" % (
                     constant.sum(), "" if constant.sum() == 1 else "s", producers,
-                    ", ".join(sources)))
+                    ", ".join(sources) or "through %s" % ", ".join(space.zero_kept), why))
     if kept.any():
-        warnings.append(_kept_zero_reason(space, int(kept.sum()), producers))
+        warnings.append(_kept_zero_reason(space, int(kept.sum()), producers, folding))
     return warnings
 
 
-def _kept_zero_reason(space, count, producers):
+def _kept_zero_reason(space, count, producers, folding):
     whole = sorted(set(r.strip("<>") for r, kind, _, _, _ in space.readers if kind == "all"))
     if whole:
         why = "their channels are read whole, every channel at its place, by %s" % ", ".join(whole)
-    elif space.zero_kept:
+    elif space.zero_kept and folding is None:
         why = ("%s map their zero channels to constants that later layers read; prune those "
                "layers' inputs on them too to remove them" % ", ".join(space.zero_kept))
     else:  # the only other reason: _balance
@@ -543,6 +835,9 @@ def _zero_reader(w, kind, detail, offset, removed, total):
 def reference_params(net, plan):
     """Parameters of the *reference* net: removed channels made exactly zero.
 
+    Channels whose value later layers take into their biases (``folded``)
+    keep theirs: the compacted net computes them.
+
     Returns
     -------
     dict[str, list of ndarray] : copies of all parameter blobs, with the
@@ -555,7 +850,8 @@ def reference_params(net, plan):
         kind = net.layers[names.index(name)].type
         blobs = params[name]
         if "out" in entry:
-            gone = np.setdiff1d(np.arange(blobs[0].shape[0]), entry["out"])
+            gone = np.setdiff1d(np.arange(blobs[0].shape[0]),
+                                list(entry["out"]) + entry.get("folded", []))
             if kind in ("Convolution", "InnerProduct"):
                 for b in blobs:
                     b[gone] = 0
@@ -567,16 +863,17 @@ def reference_params(net, plan):
                 blobs[0][gone] = 0
         if "in" in entry:
             w = blobs[0]
+            kept = list(entry["in"]) + entry.get("fold", {}).get("inputs", [])
             if kind == "Convolution":
                 group = _conv_group(net, name)
                 total = w.shape[1] * group
-                gone = np.setdiff1d(np.arange(total), entry["in"])
-                _zero_reader(w, "conv", group, 0, np.isin(np.arange(total), gone), total)
+                _zero_reader(w, "conv", group, 0, np.isin(np.arange(total), kept, invert=True),
+                             total)
             else:
                 block = entry["in_block"]
                 total = w.shape[1] // block
-                gone = np.isin(np.arange(total), entry["in"], invert=True)
-                _zero_reader(w, "ip", block, 0, gone, total)
+                _zero_reader(w, "ip", block, 0, np.isin(np.arange(total), kept, invert=True),
+                             total)
     return params
 
 
@@ -589,7 +886,8 @@ def dropped_constants(params, plan, types):
 
     Without ``drop_constants`` only unread channels can carry one (their
     value reaches nothing); with it, zero filters' channels too, and then
-    the compacted net lacks what those constants added.
+    the compacted net lacks what those constants added. Channels whose value
+    the readers take into their biases (``folded``) keep theirs.
 
     Returns
     -------
@@ -608,7 +906,8 @@ def dropped_constants(params, plan, types):
         blobs = params[name]
         if index >= len(blobs) or blobs[index].size < 2:
             continue
-        gone = np.setdiff1d(np.arange(blobs[index].shape[0]), entry["out"])
+        gone = np.setdiff1d(np.arange(blobs[index].shape[0]),
+                            list(entry["out"]) + entry.get("folded", []))
         count = int(np.count_nonzero(blobs[index][gone]))
         if count:
             out.append("%r %s" % (name, text % count))
@@ -662,6 +961,19 @@ def apply_plan(net_param, params, plan, group_of):
             continue
         blobs = new_params[layer.name]
         out = np.asarray(entry.get("out", np.arange(blobs[0].shape[0])), dtype=np.int64)
+        fold = entry.get("fold")
+        if fold and "bias" in fold:
+            if len(blobs) == 1:  # bias_term: false
+                blobs.append(np.zeros(blobs[0].shape[0], np.float32))
+                (layer.convolution_param if layer.type == "Convolution"
+                 else layer.inner_product_param).bias_term = True
+            blobs[1] = (blobs[1] + np.asarray(fold["bias"])).astype(np.float32)
+        elif fold:  # a padded convolution: its weights for the carriers take the rest
+            w = blobs[0]
+            fg, cg = w.shape[0] // group_of[layer.name], w.shape[1]
+            for c, k in zip(fold["carriers"], fold["carrier_weights"]):
+                g = c // cg
+                w[g * fg:(g + 1) * fg, c % cg] = np.reshape(k, (fg,) + w.shape[2:])
         if layer.type == "Convolution":
             group = group_of[layer.name]
             w = blobs[0]
@@ -794,6 +1106,9 @@ def compact_shapes(net_param, params, group_of, min_saving=0.0):
 
 def _set_params(net, params):
     for name, blobs in params.items():
+        if len(net.params[name]) != len(blobs):
+            raise CompactionError("internal: %s has %d blobs, given %d"
+                                  % (name, len(net.params[name]), len(blobs)))
         for dst, src in zip(net.params[name], blobs):
             if dst.data.shape != src.shape:
                 raise CompactionError("internal: %s blob %s vs %s" % (name, dst.data.shape, src.shape))
@@ -853,9 +1168,10 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, sha
         Also compact shape-wise (column) sparsity with :func:`compact_shapes`.
     drop_constants : bool
         Also cut zero filters whose channels carry a constant (a bias, a
-        BatchNorm mean, a Scale/Bias offset); the compacted net is then
-        checked against the masked net with those constants zeroed, and the
-        report says how far that is from the masked net.
+        BatchNorm mean, a Scale/Bias offset) that no reader can take; the
+        compacted net is then checked against the masked net with those
+        constants zeroed, and the report says how far that is from the
+        masked net.
 
     Returns
     -------
@@ -866,7 +1182,7 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, sha
     net_param = protoio.read_checked_net(model)
     check_weights(weights, model, net_param)
     net = caffe.Net(model, caffe.TEST, weights=weights)
-    plan = plan_compaction(net, net_param, drop_constants)
+    plan = plan_compaction(net, net_param, drop_constants, layer_inputs(net))
     ref = reference_params(net, plan)
     group_of = {name: _conv_group(net, name) for name in net.params
                 if net.layers[list(net._layer_names).index(name)].type == "Convolution"}
@@ -889,14 +1205,15 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, sha
     # with drop_constants, the reference (those weights with the removed
     # channels' constants zeroed) against it, and the masked net against the
     # reference says what dropping the constants changed.
-    original_outputs = check_equivalence(net, _with_params(model, ref), batches)
-    against = _with_params(model, ref if drop_constants else _params_of(net))
+    masked = _params_of(net)
+    original_outputs = (check_equivalence(_with_params(model, masked), _with_params(model, ref),
+                                          batches) if drop_constants else None)
+    against = _with_params(model, ref if drop_constants else masked)
     eq = check_equivalence(against, compact_net, batches)
     eq["against"] = "reference" if drop_constants else "masked"
     eq["tolerance"] = tolerance
     eq["passed"] = eq["max_abs_diff"] <= tolerance * max(1.0, eq["output_scale"])
-    dropped = dropped_constants(_params_of(net), plan,
-                                {info.name: info.type for info in net_param.layer})
+    dropped = dropped_constants(masked, plan, {info.name: info.type for info in net_param.layer})
 
     before, after = layer_costs(net), layer_costs(compact_net)
     layers = {}
@@ -913,7 +1230,7 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, sha
     report = {"model": os.path.abspath(model), "weights": os.path.abspath(weights),
               "layers": layers, "total": total, "equivalence": eq,
               "reference_vs_original": original_outputs, "dropped_constants": dropped,
-              "warnings": plan["warnings"],
+              "warnings": plan["warnings"], "notes": plan["notes"],
               "shape_compaction": shapes_rewritten,
               "plan": {"layers": plan["layers"], "spaces": plan["spaces"]}}
     if not eq["passed"] and not force:

@@ -203,47 +203,169 @@ CONV2 = """layer { name: "conv2" type: "Convolution" bottom: "%s" top: "conv2"
         convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }"""
 
 
-def test_a_zero_filter_whose_channel_carries_a_constant_stays_unless_dropped(tmp_path):
-    """conv1 filters 1 and 3 are zero, but filter 1's bias and bn1's mean on channel 3
-    are not: those channels are constants that conv2 reads."""
+def constant_net(tmp_path, tail, bias=0.5, mean=0.25):
+    """SMALL_HEAD, bn1 and ReLU on conv1, then ``tail``; conv1 filters 1, 3
+    and 4 zero, but filter 1's bias and bn1's mean on channel 3 are not:
+    channels 1 and 3 are constants (4 is zero). Returns (model, weights, net)."""
+    os.makedirs(str(tmp_path), exist_ok=True)
     model = write(tmp_path / "n.prototxt", SMALL_HEAD + """
 layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
-""" + CONV2 % "conv1")
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+""" + tail)
     net = caffe.Net(model, caffe.TEST)
     random_params(net)
-    kill_filters(net, "conv1", [1, 3], ("bn1",))
-    net.params["conv1"][1].data[1] = 0.5
-    net.params["bn1"][0].data[3] = 0.25
+    kill_filters(net, "conv1", [1, 3, 4], ("bn1",))
+    net.params["conv1"][1].data[1] = bias
+    net.params["bn1"][0].data[3] = -mean  # (0 - mean) / std > 0: through the ReLU
     weights = str(tmp_path / "n.caffemodel")
     net.save(weights)
+    return model, weights, net
+
+
+def assert_same_outputs(model, weights, out, blob):
+    """The masked net and the compacted one, loaded from disk, on one random input."""
+    a = caffe.Net(model, caffe.TEST, weights=weights)
+    b = caffe.Net(os.path.join(out, "compact.prototxt"), caffe.TEST,
+                  weights=os.path.join(out, "compact.caffemodel"))
+    x = np.random.default_rng(7).standard_normal(a.blobs["data"].data.shape)
+    a.blobs["data"].data[...] = b.blobs["data"].data[...] = x
+    np.testing.assert_allclose(b.forward()[blob], a.forward()[blob], rtol=1e-5, atol=1e-5)
+
+
+def test_constants_of_zero_filters_are_folded_into_the_readers_biases(tmp_path):
+    """conv2 (no padding, no bias term) takes conv1's constant channels 1 and 3
+    into a bias; its filter 0 reads only those, so its channel is a constant too,
+    which fc takes into its bias (a block of 6 x 6 columns)."""
+    model, weights, net = constant_net(tmp_path, """
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+        convolution_param { num_output: 4 kernel_size: 3 bias_term: false } }
+layer { name: "fc" type: "InnerProduct" bottom: "conv2" top: "fc"
+        inner_product_param { num_output: 3 } }
+""")
+    w2 = net.params["conv2"][0].data
+    w2[0, [0, 2, 4, 5]] = 0
+    w2[2] = 0
+    net.save(weights)
+    x = net.forward(data=np.zeros(net.blobs["data"].data.shape, np.float32))
+    c1 = net.blobs["conv1"].data[0, :, 0, 0].copy()  # the constants, the same everywhere
+    c2 = net.blobs["conv2"].data[0, 0, 0, 0]
+    out = str(tmp_path / "out")
+    report = compact.compact(model, weights, out)
+    layers = report["plan"]["layers"]
+    assert layers["conv1"]["out"] == [0, 2, 5] and layers["conv1"]["folded"] == [1, 3]
+    assert layers["bn1"]["out"] == [0, 2, 5] and layers["bn1"]["folded"] == [1, 3]
+    assert layers["conv2"]["in"] == [0, 2, 5] and layers["conv2"]["out"] == [1, 3]
+    assert layers["conv2"]["fold"]["inputs"] == [1, 3]
+    np.testing.assert_allclose(layers["conv2"]["fold"]["bias"],
+                               w2[:, [1, 3]].sum(axis=(2, 3)) @ c1[[1, 3]], rtol=1e-5)
+    assert layers["fc"]["in"] == [1, 3] and layers["fc"]["fold"]["inputs"] == [0]
+    np.testing.assert_allclose(layers["fc"]["fold"]["bias"],
+                               c2 * net.params["fc"][0].data[:, :36].sum(axis=1), rtol=1e-5)
+    assert report["warnings"] == []
+    assert report["notes"] == ["conv2 takes the constants of 2 removed input channels into its "
+                               "biases", "fc takes the constants of 1 removed input channel "
+                               "into its biases"]
+    small = protoio.read_net(os.path.join(out, "compact.prototxt"))
+    assert [l.convolution_param.bias_term for l in small.layer if l.name == "conv2"] == [True]
+    assert report["equivalence"]["against"] == "masked" and report["equivalence"]["passed"]
+    assert_same_outputs(model, weights, out, "fc")
+
+
+def test_a_padded_reader_takes_constants_through_one_kept_channel(tmp_path):
+    """Padding makes a constant's sum differ at the borders, so conv2 keeps the
+    larger of the two constant channels and reads both through it."""
+    model, weights, net = constant_net(tmp_path, CONV2 % "conv1", bias=2.0, mean=0.25)
+    out = str(tmp_path / "out")
+    report = compact.compact(model, weights, out)
+    layers = report["plan"]["layers"]
+    assert layers["conv1"]["out"] == [0, 1, 2, 5] and layers["conv1"]["folded"] == [3]
+    fold = layers["conv2"]["fold"]
+    assert fold["inputs"] == [3] and fold["carriers"] == [1] and layers["conv2"]["in"] == [0, 1, 2, 5]
+    assert report["warnings"] == []
+    assert report["notes"] == ["conv2 takes the constants of 1 removed input channel through "
+                               "input channel 1, kept for them (its padding makes their sum "
+                               "differ at the borders)"]
+    assert report["equivalence"]["passed"]
+    assert_same_outputs(model, weights, out, "conv2")
+
+
+def test_constants_no_reader_can_take_stay_unless_dropped(tmp_path):
+    """An average pooling with padding makes the constants smaller at the
+    borders, which neither a bias nor a carrier channel reproduces: channels 1
+    and 3 stay, unless dropped (4 is zero throughout and goes)."""
+    model, weights, net = constant_net(tmp_path, """
+layer { name: "pool" type: "Pooling" bottom: "conv1" top: "pool"
+        pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: 1 } }
+""" + CONV2 % "pool")
     kept = compact.compact(model, weights, str(tmp_path / "kept"))
-    assert kept["plan"]["layers"]["conv1"]["out"] == list(range(6))
-    assert kept["warnings"] == ["2 zero filters of conv1 kept: their channels carry constants "
-                                "('conv1' bias, 'bn1' mean); zero those for the pruned channels, "
-                                "or pass --drop-constants to cut them anyway"]
-    assert kept["equivalence"]["against"] == "masked"
-    assert kept["equivalence"]["max_abs_diff"] == 0 and kept["equivalence"]["passed"]
+    assert kept["plan"]["layers"]["conv1"]["out"] == [0, 1, 2, 3, 5]
+    assert kept["warnings"] == [
+        "2 zero filters of conv1 kept: their channels carry constants ('conv1' bias, 'bn1' "
+        "mean); conv2 sees them differ from position to position; pass --drop-constants to "
+        "cut them anyway"]
+    assert kept["equivalence"]["against"] == "masked" and kept["equivalence"]["passed"]
     # cut all the same: checked against the masked net without those constants
     cut = compact.compact(model, weights, str(tmp_path / "cut"), drop_constants=True)
-    assert cut["plan"]["layers"]["conv1"]["out"] == [0, 2, 4, 5]
+    assert cut["plan"]["layers"]["conv1"]["out"] == [0, 2, 5]
+    assert "fold" not in cut["plan"]["layers"]["conv2"]
     assert cut["equivalence"]["against"] == "reference" and cut["equivalence"]["passed"]
     assert cut["dropped_constants"] == ["'conv1' bias of 1 removed filters",
                                         "'bn1' mean of 1 removed channels"]
     assert cut["reference_vs_original"]["max_abs_diff"] > 0.1
 
 
+def test_a_grouped_padded_reader_keeps_a_carrier_in_each_group(tmp_path):
+    """conv2 (group 2) reads channels 0-2 and 3-5 apart: constants in both
+    halves (0 and 1; 3 and 4) need a carrier in each, the largest."""
+    model, weights, net = constant_net(tmp_path, CONV2.replace("pad: 1", "pad: 1 group: 2")
+                                       % "conv1")
+    kill_filters(net, "conv1", [0], ("bn1",))  # filter 0 zero too, with the largest bias
+    net.params["conv1"][1].data[0] = 3.0
+    net.params["bn1"][0].data[4] = -1.0
+    net.save(weights)
+    out = str(tmp_path / "out")
+    report = compact.compact(model, weights, out)
+    layers = report["plan"]["layers"]
+    assert layers["conv1"]["out"] == [0, 2, 4, 5]
+    assert layers["conv2"]["fold"]["carriers"] == [0, 4]
+    assert layers["conv2"]["fold"]["inputs"] == [1, 3]
+    assert report["warnings"] == [] and report["equivalence"]["passed"]
+    assert_same_outputs(model, weights, out, "conv2")
+
+
+def test_a_constant_channel_that_stays_carries_the_removed_ones(tmp_path):
+    """Group balance keeps constant channel 1 (the half 3-5 loses only the zero
+    channel 4): conv2 reads constant channel 0 through it."""
+    model, weights, net = constant_net(tmp_path, CONV2.replace("pad: 1", "pad: 1 group: 2")
+                                       % "conv1")
+    net.params["conv1"][0].data[3] = 1.0  # channel 3 live
+    kill_filters(net, "conv1", [0], ("bn1",))
+    net.params["conv1"][1].data[0] = 3.0
+    net.save(weights)
+    out = str(tmp_path / "out")
+    report = compact.compact(model, weights, out)
+    layers = report["plan"]["layers"]
+    assert layers["conv1"]["out"] == [1, 2, 3, 5]
+    fold = layers["conv2"]["fold"]
+    assert (fold["inputs"], fold["carriers"], len(fold["carrier_weights"][0])) == ([0], [1], 2 * 9)
+    assert report["warnings"] == ["1 zero filter of conv1 kept: every group of the grouped "
+                                  "convolutions conv2 keeps the same number of channels"]
+    assert report["equivalence"]["passed"]
+    assert_same_outputs(model, weights, out, "conv2")
+
+
 @pytest.mark.parametrize("kind", ["Sigmoid", "Exp", "BNLL"])
-def test_a_layer_mapping_zero_to_non_zero_keeps_zero_channels_its_readers_read(tmp_path, kind):
-    tail = 'layer { name: "f" type: "%s" bottom: "conv1" top: "f" }\n' % kind + CONV2 % "f"
-    report = small_net(tmp_path / "read", tail)
-    assert report["plan"]["layers"]["conv1"]["out"] == list(range(6))
-    assert report["warnings"] == ["2 zero filters of conv1 kept: f map their zero channels to "
-                                  "constants that later layers read; prune those layers' inputs "
-                                  "on them too to remove them"]
-    # conv2 reads no channel 1, 3 or 4 (4: a non-zero filter of conv1): those go
-    report = small_net(tmp_path / "unread", tail, zero_inputs=(1, 3, 4))
+def test_a_layer_mapping_zero_to_a_constant_has_it_folded(tmp_path, kind):
+    tail = 'layer { name: "f" type: "%s" bottom: "conv1" top: "f" }\n' % kind
+    report = small_net(tmp_path / "fold", tail + CONV2.replace("pad: 1", "pad: 0") % "f")
+    assert report["plan"]["layers"]["conv1"]["out"] == [0, 2, 4, 5]
+    assert report["plan"]["layers"]["conv2"]["fold"]["inputs"] == [1, 3]
+    assert report["warnings"] == [] and report["equivalence"]["passed"]
+    # conv2 reads no channel 1, 3 or 4 (4: a non-zero filter of conv1): those go, unfolded
+    report = small_net(tmp_path / "unread", tail + CONV2 % "f", zero_inputs=(1, 3, 4))
     assert report["plan"]["layers"]["conv1"]["out"] == [0, 2, 5]
     assert report["plan"]["layers"]["conv2"]["in"] == [0, 2, 5]
+    assert "fold" not in report["plan"]["layers"]["conv2"]
     assert report["equivalence"]["passed"] and report["equivalence"]["max_abs_diff"] == 0
 
 
