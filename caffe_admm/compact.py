@@ -65,7 +65,6 @@ PER_CHANNEL = {"BatchNorm": (0, 1), "Scale": (0, 1), "Bias": (0,), "PReLU": (0,)
 BARRIERS = {"Softmax", "SoftmaxWithLoss", "Accuracy", "EuclideanLoss", "SigmoidCrossEntropyLoss",
             "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "ArgMax", "Reshape",
             "Slice", "Crop", "Deconvolution", "Embed", "Python"}
-SOURCES = {"Input", "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData"}
 
 
 class CompactionError(ValueError):
@@ -160,7 +159,7 @@ def _build_graph(net, net_param):
             blob_space[blob] = (space, 1)
             return space
 
-        if kind in SOURCES:
+        if kind in protoio.DATA_TYPES:  # a Python data layer: a barrier without bottoms
             for t in tops:
                 new_space(t, fixed=True)
         elif kind == "Convolution":

@@ -14,7 +14,7 @@ import tempfile
 from google.protobuf import text_format
 
 __all__ = ["ProtoError", "parse_text", "read_net", "read_solver", "read_caffemodel",
-           "SOLVER_TYPES", "LR_POLICIES", "field_line", "check_solver",
+           "DATA_TYPES", "SOLVER_TYPES", "LR_POLICIES", "field_line", "check_solver",
            "write_text", "write_binary", "atomic_write", "resolve_solver_net",
            "layer_line", "net_state", "layer_included", "check_bottoms", "check_sources",
            "check_layer_types", "check_net", "read_checked_net", "blob_shape", "caffemodel_shapes", "make_caffemodel"]
@@ -135,6 +135,8 @@ def write_binary(path, message):
         f.write(message.SerializeToString())
 
 
+# Caffe's data layers: no bottoms, a new blob of their own
+DATA_TYPES = ("Input", "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData")
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 

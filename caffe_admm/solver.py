@@ -37,8 +37,7 @@ from caffe_admm.progress import Progress
 
 __all__ = ["DivergenceError", "RunError", "train", "prune", "retrain", "evaluate_net"]
 
-SOURCE_TYPES = ("Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData",
-                "Input", "Python")
+SOURCE_TYPES = protoio.DATA_TYPES + ("Python",)  # a Python layer may read data too
 
 
 class RunError(ValueError):
