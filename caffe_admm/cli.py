@@ -10,6 +10,7 @@ Verbs:
   compact  cut pruned filters/channels out: a smaller prototxt + caffemodel
   time     per-layer and whole-net forward time, original vs compacted
   report   tables and plots over one or more prune runs
+  clean    a copy of a prototxt without a Caffe fork's fields (the SSL fork's)
 """
 
 import argparse
@@ -132,6 +133,13 @@ def build_parser():
                          formatter_class=fmt)
     p.add_argument("runs", nargs="+", help="prune run directories (--out of caffe-admm prune)")
     p.add_argument("--out", required=True, help="directory for report.md, summary.json, PNGs")
+
+    p = verbs.add_parser("clean", help="copy a prototxt without the fields BVLC Caffe lacks",
+                         formatter_class=fmt)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="net prototxt (an old format is upgraded too)")
+    which.add_argument("--solver", help="solver prototxt")
+    p.add_argument("--out", required=True, help="prototxt to write")
     return parser
 
 
@@ -157,6 +165,18 @@ def _run(args):
         result = report.write_report(args.runs, args.out)
         print(result["markdown"])
         print("plots:", ", ".join(result["plots"]))
+        return 0
+
+    if args.verb == "clean":
+        from caffe_admm import protoio
+        path = args.model or args.solver
+        if os.path.abspath(path) == os.path.abspath(args.out):
+            raise ValueError("--out is the input file; write the copy elsewhere")
+        dropped = protoio.clean(path, args.out, solver=args.solver is not None)
+        for line, message, field in dropped:
+            print("%s:%d: left out %s.%s" % (path, line, message, field))
+        print("wrote %s (%d field%s left out)" % (args.out, len(dropped),
+                                                  "" if len(dropped) == 1 else "s"))
         return 0
 
     if args.verb == "lmdb":

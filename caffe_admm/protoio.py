@@ -13,7 +13,8 @@ import tempfile
 
 from google.protobuf import text_format
 
-__all__ = ["ProtoError", "parse_text", "read_net", "read_solver", "read_caffemodel",
+__all__ = ["ProtoError", "parse_text", "unknown_fields", "read_without_unknown", "clean",
+           "read_net", "read_solver", "read_caffemodel",
            "DATA_TYPES", "SOLVER_TYPES", "LR_POLICIES", "field_line", "check_solver",
            "write_text", "write_binary", "atomic_write", "resolve_solver_net",
            "layer_line", "net_state", "layer_included", "check_bottoms", "check_sources",
@@ -63,9 +64,85 @@ def parse_text(path, message):
         if "has no field named" in str(exc) and message.DESCRIPTOR.full_name.startswith("caffe."):
             hint = (" (not in BVLC Caffe's caffe.proto, which this build reads: a field of a "
                     "Caffe fork, such as the SSL fork's group Lasso settings, has to go; "
-                    "caffe-admm runs SSL itself: method: SSL in the pruning config)")
+                    "`caffe-admm clean --%s %s --out NEW` writes a copy without them; "
+                    "caffe-admm runs SSL itself: method: SSL in the pruning config)"
+                    % ("solver" if message.DESCRIPTOR.name == "SolverParameter" else "model",
+                       path))
         raise ProtoError("%s:%s%s" % (path, exc, hint)) from exc
     return message
+
+
+def unknown_fields(text, descriptor):
+    """The fields of protobuf ``text`` that message type ``descriptor`` and
+    the messages in it do not have (a Caffe fork's, say).
+
+    Returns
+    -------
+    list of (line, message type, field name); lines count from 1
+    """
+    tok = text_format.Tokenizer(text.splitlines())
+    stack, out = [descriptor], []
+    while not tok.AtEnd():
+        if tok.TryConsume("}") or tok.TryConsume(">"):
+            stack.pop()
+            continue
+        line = tok._line + 1
+        name = tok.ConsumeIdentifierOrNumber()
+        field = stack[-1].fields_by_name.get(name)
+        if field is None:
+            out.append((line, stack[-1].full_name, name))
+            _skip_value(tok)
+        elif field.message_type is not None:
+            tok.TryConsume(":")
+            if not (tok.TryConsume("{") or tok.TryConsume("<")):
+                raise text_format.ParseError("%d : %s: a list of messages ([...]) is not read "
+                                             "here; write one %s { ... } per entry"
+                                             % (line, name, name))
+            stack.append(field.message_type)
+        else:
+            _skip_value(tok)
+    return out
+
+
+def _skip_value(tok):
+    """Step over one field's value: a scalar (adjacent strings joined), a
+    [list], or a { message }."""
+    tok.TryConsume(":")
+    if tok.token in ("{", "<"):
+        depth = 0
+        while True:
+            depth += tok.token in ("{", "<")
+            depth -= tok.token in ("}", ">")
+            tok.NextToken()
+            if not depth:
+                return
+    if tok.TryConsume("["):
+        while not tok.TryConsume("]"):
+            tok.NextToken()
+        return
+    tok.NextToken()
+    while tok.token[:1] in ("'", '"'):
+        tok.NextToken()
+
+
+def read_without_unknown(path, message):
+    """Parse ``path`` into ``message`` leaving out the fields its type lacks.
+
+    Returns
+    -------
+    (message, list of (line, message type, field name)) : what was left out
+    """
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as exc:
+        raise ProtoError("%s: cannot read: %s" % (path, exc.strerror)) from exc
+    try:
+        dropped = unknown_fields(text, message.DESCRIPTOR)
+        text_format.Merge(text, message, allow_unknown_field=True)
+    except text_format.ParseError as exc:
+        raise ProtoError("%s:%s" % (path, exc)) from exc
+    return message, dropped
 
 
 def read_net(path):
@@ -99,6 +176,31 @@ def _caffe_upgrade(path):
             raise ProtoError("%s: Caffe's upgrade_net_proto_text failed (exit %d):\n%s"
                              % (path, proc.returncode, "\n".join(proc.stdout.splitlines()[-10:])))
         return parse_text(out, caffe_pb2.NetParameter())
+
+
+def clean(path, out, solver=False):
+    """Write ``path`` as BVLC Caffe reads it: the fields its caffe.proto lacks
+    (a fork's) left out, a net in an old format upgraded.
+
+    Parameters
+    ----------
+    path, out : str
+        A net prototxt (a solver prototxt with ``solver``), and where to write.
+
+    Returns
+    -------
+    list of (line, message type, field name) : the fields left out
+    """
+    from caffe_admm.backend import caffe_pb2
+    message, dropped = read_without_unknown(
+        path, caffe_pb2.SolverParameter() if solver else caffe_pb2.NetParameter())
+    if not solver and (len(message.layers) or len(message.input)):
+        with tempfile.TemporaryDirectory() as tmp:
+            stripped = os.path.join(tmp, os.path.basename(path))
+            write_text(stripped, message)
+            message = read_net(stripped)
+    write_text(out, message)
+    return dropped
 
 
 def read_solver(path):

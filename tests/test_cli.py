@@ -16,7 +16,8 @@ def run(*args, cwd=None):
 def test_help_lists_every_verb():
     res = run("--help")
     assert res.returncode == 0
-    for verb in ("data", "lmdb", "train", "test", "prune", "retrain", "compact", "time", "report"):
+    for verb in ("data", "lmdb", "train", "test", "prune", "retrain", "compact", "time", "report",
+                 "clean"):
         assert verb in res.stdout
 
 
@@ -119,3 +120,21 @@ def test_gpu_on_a_cpu_only_build_is_refused_before_caffe_aborts(tmp_path):
     res = run("--gpu", "0", "test", "--model", "x.prototxt", "--weights", "x.caffemodel")
     assert res.returncode == 2
     assert "CPU-only" in res.stderr
+
+
+def test_clean_makes_a_fork_net_readable_and_names_what_it_left_out(tmp_path):
+    from test_protoio import FORK_NET
+    fork = write(tmp_path / "fork.prototxt", FORK_NET)
+    res = run("compact", "--model", fork, "--weights", "w.caffemodel", "--out", str(tmp_path))
+    assert res.returncode == 2 and "caffe-admm clean --model %s --out NEW" % fork in res.stderr
+    res = run("clean", "--model", fork, "--out", fork)
+    assert res.returncode == 2 and "--out is the input file" in res.stderr
+    clean = str(tmp_path / "clean.prototxt")
+    res = run("clean", "--model", fork, "--out", clean)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        "%s:4: left out caffe.ParamSpec.kernel_shape_decay_mult" % fork,
+        "%s:4: left out caffe.ParamSpec.breadth_decay_mult" % fork,
+        "%s:5: left out caffe.LayerParameter.connectivity_mode" % fork,
+        "%s:6: left out caffe.LayerParameter.group_sparsity" % fork,
+        "wrote %s (4 fields left out)" % clean]

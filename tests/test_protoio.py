@@ -357,10 +357,51 @@ def test_a_field_caffe_lacks_is_named_with_where_forks_come_in(tmp_path):
     assert str(info.value).startswith(
         '%s:4:28 : Message type "caffe.ParamSpec" has no field named "kernel_shape_decay_mult". '
         "(not in BVLC Caffe's caffe.proto, which this build reads: a field of a Caffe fork, "
-        "such as the SSL fork's group Lasso settings, has to go" % path)
+        "such as the SSL fork's group Lasso settings, has to go; `caffe-admm clean --model %s "
+        "--out NEW` writes a copy without them" % (path, path))
     # the pruning config is ours: no such hint there
     from caffe_admm.proto import admm_pb2
     config = write(tmp_path / "admm.prototxt", "admm_steps: 1\nno_such_field: 1\n")
     with pytest.raises(protoio.ProtoError) as info:
         protoio.parse_text(config, admm_pb2.PruneParameter())
     assert "no field named" in str(info.value) and "fork" not in str(info.value)
+
+
+FORK_NET = """name: "ssl"
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 3 dim: 3 } } }
+layer { name: "c" type: "Convolution" bottom: "x" top: "c"
+        param { lr_mult: 1 kernel_shape_decay_mult: 1.0 breadth_decay_mult: 0 }
+        connectivity_mode: DISCONNECTED_GRPWISE
+        group_sparsity { axis: [1, 2] note: "a" 'b' }
+        convolution_param { num_output: 4 kernel_size: 3 } }
+"""
+
+
+def test_unknown_fields_are_listed_with_their_lines_and_skipped_whole():
+    assert protoio.unknown_fields(FORK_NET, caffe_pb2.NetParameter.DESCRIPTOR) == [
+        (4, "caffe.ParamSpec", "kernel_shape_decay_mult"),
+        (4, "caffe.ParamSpec", "breadth_decay_mult"),
+        (5, "caffe.LayerParameter", "connectivity_mode"),
+        (6, "caffe.LayerParameter", "group_sparsity")]
+    assert protoio.unknown_fields(V1_LENET, caffe_pb2.NetParameter.DESCRIPTOR) == []
+
+
+def test_clean_writes_what_caffe_reads_and_upgrades_an_old_format(tmp_path):
+    path = write(tmp_path / "fork.prototxt", FORK_NET)
+    out = str(tmp_path / "clean.prototxt")
+    assert [f for _, _, f in protoio.clean(path, out)] == [
+        "kernel_shape_decay_mult", "breadth_decay_mult", "connectivity_mode", "group_sparsity"]
+    net = caffe.Net(out, caffe.TEST)
+    assert net.params["c"][0].data.shape == (4, 2, 3, 3)
+    assert protoio.read_net(out).layer[1].param[0].lr_mult == 1
+    # an old-format net of the fork: its fields out, then upgraded as Caffe reads it
+    old = write(tmp_path / "old.prototxt", V1_LENET.replace(
+        "blobs_lr: 1 blobs_lr: 2", "blobs_lr: 1 blobs_lr: 2 kernel_shape_decay: 1", 1))
+    assert protoio.clean(old, out) == [(5, "caffe.V1LayerParameter", "kernel_shape_decay")]
+    assert protoio.read_net(out) == protoio.read_net(write(tmp_path / "v1.prototxt", V1_LENET))
+    # a solver
+    solver = write(tmp_path / "s.prototxt", 'net: "n.prototxt"\nbase_lr: 0.01\n'
+                   'kernel_shape_decay: 0.0001\nlr_policy: "fixed"\n')
+    assert protoio.clean(solver, out, solver=True) == [
+        (3, "caffe.SolverParameter", "kernel_shape_decay")]
+    assert protoio.read_solver(out).lr_policy == "fixed"
