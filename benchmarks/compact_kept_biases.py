@@ -65,9 +65,8 @@ def unfolded_weights(model, weights):
     net_param = protoio.read_checked_net(model)
     net = caffe.Net(model, caffe.TEST, weights=weights)
     plan = compact.plan_compaction(net, net_param)
-    group_of = {n: compact._conv_group(net, n) for n in net.params
-                if net.layers[list(net._layer_names).index(n)].type == "Convolution"}
-    _, params = compact.apply_plan(net_param, compact.reference_params(net, plan), plan, group_of)
+    _, params = compact.apply_plan(net_param, compact.reference_params(net, plan), plan,
+                                   compact.conv_groups(net))
     types = {l.name: l.type for l in net_param.layer}
     return sum(int(blobs[0].size) for name, blobs in params.items()
                if types[name] in ("Convolution", "InnerProduct"))

@@ -9,9 +9,10 @@ an Eltwise) the channel indices that survive. A channel goes when
   same for every input: zero, or a constant that the filters' biases, a
   BatchNorm mean, a Scale/Bias offset or a depthwise bias on it make. Its
   readers take a constant into their biases (an InnerProduct, a Convolution
-  without padding) or, a padded Convolution, through one constant channel
-  kept for all of them, whose weights then sum theirs: exact, since padding
-  only makes the sum differ at the borders, as it does the kept channel's.
+  without padding) or, a padded Convolution or a Deconvolution, through one
+  constant channel kept for all of them, whose weights then sum theirs:
+  exact, since padding (a stride) makes the sum differ from position to
+  position as it does the kept channel's.
   Where no reader can take it (a value that differs from position to
   position, an LRN across channels mixing it with others) the channel stays;
   ``drop_constants`` cuts it all the same, and the reference then has those
@@ -25,7 +26,10 @@ iterated to a fixed point. Eltwise partners share one space, so a channel of
 a residual sum goes only where all partners agree. Concat composes the
 spaces of its inputs with offsets. A depthwise convolution (group = channels
 = outputs) passes its channels through like a Scale with a kernel; other
-grouped convolutions keep the same number of channels in every group.
+grouped convolutions keep the same number of channels in every group. A
+Deconvolution is planned as the Convolution it is the transpose of (its
+weight, inputs x outputs / group, regrouped into filters), and a spatial
+Crop passes the channels of its first bottom.
 Softmax, losses, Accuracy, the other barriers and the net's outputs read
 every channel at its place, so a space they read keeps all its channels,
 zero or not. Elementwise layers that do not map 0 to 0 (Sigmoid, Exp,
@@ -52,8 +56,11 @@ from caffe_admm.timing import layer_costs
 
 __all__ = ["CompactionError", "plan_compaction", "apply_plan", "reference_params",
            "compact_shapes", "check_equivalence", "compact", "dropped_constants",
-           "dead_channel_constants", "surviving_weights"]
+           "dead_channel_constants", "surviving_weights", "layer_inputs", "conv_groups"]
 
+# Layers with filters: weights (outputs, inputs / group, ...), a Deconvolution's
+# (inputs, outputs / group, ...)
+CONV_TYPES = ("Convolution", "Deconvolution")
 # Layers that pass channels through unchanged and map 0 to 0.
 PASS_THROUGH = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Swish", "Dropout", "Pooling", "LRN",
                 "BatchNorm", "Scale", "Bias", "Split"}
@@ -64,7 +71,7 @@ PER_CHANNEL = {"BatchNorm": (0, 1), "Scale": (0, 1), "Bias": (0,), "PReLU": (0,)
 # Layers that read every channel of their bottoms and start new spaces.
 BARRIERS = {"Softmax", "SoftmaxWithLoss", "Accuracy", "EuclideanLoss", "SigmoidCrossEntropyLoss",
             "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "ArgMax", "Reshape",
-            "Slice", "Crop", "Deconvolution", "Embed", "Python"}
+            "Slice", "Crop", "Embed", "Python"}
 
 
 class CompactionError(ValueError):
@@ -121,8 +128,8 @@ class _Composite:
 
 
 def _layer_options(net_param):
-    """Per layer name: whether an LRN works across channels, a Concat's or an
-    InnerProduct's axis."""
+    """Per layer name: whether an LRN works across channels, a Concat's, an
+    InnerProduct's or a Crop's axis."""
     lrn = {l.name: l.lrn_param.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS
            for l in net_param.layer if l.type == "LRN"}
     axis = {}
@@ -137,6 +144,8 @@ def _layer_options(net_param):
                     "layer %r: InnerProduct with transpose: true (weights stored inputs x "
                     "outputs) is not supported" % l.name)
             axis[l.name] = l.inner_product_param.axis
+        elif l.type == "Crop":
+            axis[l.name] = l.crop_param.axis
     return lrn, axis
 
 
@@ -162,11 +171,11 @@ def _build_graph(net, net_param):
         if kind in protoio.DATA_TYPES:  # a Python data layer: a barrier without bottoms
             for t in tops:
                 new_space(t, fixed=True)
-        elif kind == "Convolution":
-            # Caffe's weight is (F, C / group, kh, kw)
+        elif kind in CONV_TYPES:
+            # Caffe's weight is (F, C / group, kh, kw); a Deconvolution's (C, F / group, kh, kw)
             channels = net.blobs[bottoms[0]].data.shape[1]
-            group = channels // layer.blobs[0].data.shape[1]
-            if 1 < group == channels == layer.blobs[0].data.shape[0]:
+            group = _group(net, name)
+            if 1 < group == channels == net.blobs[tops[0]].data.shape[1]:
                 # depthwise (MobileNet): channel c in, channel c out, a filter and bias per
                 # channel; it passes the channels through like a Scale with a kernel
                 _per_channel(blob_space[bottoms[0]][0], name)
@@ -175,6 +184,9 @@ def _build_graph(net, net_param):
             else:
                 _read(blob_space, bottoms[0], (name, "conv", group))
                 new_space(tops[0], producer=name, group=group)
+        elif kind == "Crop" and layer_axis.get(name, 2) % net.blobs[tops[0]].data.ndim >= 2:
+            # spatial: the channels of the first bottom pass; the second gives the size only
+            blob_space[tops[0]] = blob_space[bottoms[0]]
         elif kind == "InnerProduct":
             shape = net.blobs[bottoms[0]].data.shape
             space, block = blob_space[bottoms[0]]
@@ -242,8 +254,8 @@ def _build_graph(net, net_param):
                 new_space(t, fixed=True)
         else:
             raise CompactionError("layer %r: type %s is not supported by compaction (supported: "
-                                  "Convolution, InnerProduct, Eltwise, Concat, Flatten, "
-                                  "Silence, %s; read whole: %s)"
+                                  "Convolution, Deconvolution, InnerProduct, Eltwise, Concat, "
+                                  "Flatten, Crop, Silence, %s; read whole: %s)"
                                   % (name, kind, ", ".join(sorted(PASS_THROUGH | ELEMENTWISE)),
                                      ", ".join(sorted(BARRIERS))))
     for blob in net.outputs:
@@ -309,8 +321,10 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
     """
     blob_space, layers = _build_graph(net, net_param)
     types = {info["name"]: info["type"] for info in layers}
-    weights = {name: net.params[name][0].data.copy() for name in net.params
-               if types[name] in ("Convolution", "InnerProduct")}
+    filters = {name: _filters(net.params[name][0].data, types[name], _group(net, name))
+               if types[name] in CONV_TYPES else net.params[name][0].data
+               for name in net.params if types[name] in CONV_TYPES + ("InnerProduct",)}
+    weights = {name: w.copy() for name, w in filters.items()}
     spaces = _roots(blob_space)
     removed = {id(s): np.zeros(s.size, bool) for s in spaces}
     params = {name: [b.data for b in blobs] for name, blobs in net.params.items()}
@@ -358,10 +372,10 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
         # zero filters only: what a live filter writes the same on these inputs
         # (a saturated Clip, say) may differ on others
         foldable = {id(s): ~stays[id(s)] & _zero_channels(s, weights) for s in spaces}
-        carriers = _carriers(spaces, removed, foldable, inputs, net, padded)
+        carriers = _carriers(spaces, removed, foldable, inputs, filters, padded)
         for s in spaces:
             removed[id(s)] &= ~carriers[id(s)]
-        folds = _folds(spaces, removed, foldable, inputs, net, padded, types)
+        folds = _folds(spaces, removed, foldable, inputs, filters, padded, types)
     plan = {"layers": {}, "spaces": [], "warnings": [], "notes": []}
     for s in spaces:
         keep = np.flatnonzero(~removed[id(s)]).tolist()
@@ -402,7 +416,7 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
         parts = sorted(entry.pop("out_parts", []))
         if parts:  # a per-channel layer: its channels, part by part after a Concat
             entry["out"] = [offset + c for offset, keep in parts for c in keep]
-            if types[name] == "Convolution":
+            if types[name] in CONV_TYPES:
                 entry["depthwise"] = True
         folded = [int(offset + c) for offset, cs in entry.pop("folded_parts", []) for c in cs]
         if folded:
@@ -418,14 +432,16 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
             "%s takes the constants of %d removed input channel%s %s" % (
                 reader, n, "" if n == 1 else "s",
                 "into its biases" if "bias" in fold else
-                "through input channel%s %s, kept for them (its padding makes their sum differ "
-                "at the borders)" % ("" if len(fold["carriers"]) == 1 else "s",
-                                     ", ".join(map(str, fold["carriers"])))))
+                "through input channel%s %s, kept for them (%s spreads a constant unevenly "
+                "over its outputs)" % ("" if len(fold["carriers"]) == 1 else "s",
+                                      ", ".join(map(str, fold["carriers"])),
+                                      "its stride" if types[reader] == "Deconvolution"
+                                      else "its padding")))
     return plan
 
 
 def layer_inputs(net, passes=2, seed=0):
-    """What each Convolution and InnerProduct layer reads, over ``passes`` forward passes.
+    """What each (De)Convolution and InnerProduct layer reads, over ``passes`` forward passes.
 
     Input nets get seeded random normal inputs; Data nets read their next
     batches.
@@ -440,7 +456,7 @@ def layer_inputs(net, passes=2, seed=0):
     rng = np.random.default_rng(seed)
     names = list(net._layer_names)
     readers = {i: name for i, (name, layer) in enumerate(zip(names, net.layers))
-               if layer.type in ("Convolution", "InnerProduct")}
+               if layer.type in CONV_TYPES + ("InnerProduct",)}
     first, same = {}, {}
     for p in range(passes):
         for name in net.inputs:
@@ -521,17 +537,20 @@ def _unfoldable(space, inputs, padded, channels):
         elif kind == "conv" and padded.get(reader) and _space_group(space) != 1:
             grouped = sorted(set([p for p, g in space.producers if g > 1] + [
                 r for r, k, d, _, _ in space.readers if k == "conv" and d > 1]))
-            why.append("%s pads its input, and the grouped convolutions %s %s" % (
-                reader, ", ".join(grouped), "differ in group" if _space_group(space) is None
-                else "read it after a Concat"))
+            why.append("%s spreads them unevenly over its outputs, and they are channels of "
+                       "the grouped convolutions %s, %s" % (
+                           reader, ", ".join(grouped), "of different groups"
+                           if _space_group(space) is None else "read after a Concat"))
     return "; ".join(why) or "no reader takes them"
 
 
 def _padded(net_param):
-    """Per Convolution: whether it pads its input (``pad``, ``pad_h``, ``pad_w``)."""
-    return {l.name: any(l.convolution_param.pad) or bool(l.convolution_param.pad_h
-                                                        or l.convolution_param.pad_w)
-            for l in net_param.layer if l.type == "Convolution"}
+    """Per Convolution: whether a constant input reaches its outputs unevenly:
+    it pads its input (``pad``, ``pad_h``, ``pad_w``); a Deconvolution always
+    does (its stride interleaves the taps)."""
+    return {l.name: l.type == "Deconvolution" or any(l.convolution_param.pad)
+            or bool(l.convolution_param.pad_h or l.convolution_param.pad_w)
+            for l in net_param.layer if l.type in CONV_TYPES}
 
 
 def _read_by(kind, detail, w, offset, size, total, values):
@@ -550,7 +569,7 @@ def _padded_readers(spaces, padded):
     return readers
 
 
-def _carriers(spaces, removed, foldable, inputs, net, padded):
+def _carriers(spaces, removed, foldable, inputs, filters, padded):
     """Per space, the removed channels kept as carriers: for each padded
     Convolution reading removed constants, in each of its groups, a constant
     channel it reads, its weights for it then standing for all of them
@@ -566,8 +585,7 @@ def _carriers(spaces, removed, foldable, inputs, net, padded):
         served = [False] * group
         for s, _, offset, total in parts:
             values = _at_reader(inputs, reader, 0, offset, s.size, total)
-            read = _read_by("conv", group, net.params[reader][0].data, offset, s.size, total,
-                            values)
+            read = _read_by("conv", group, filters[reader], offset, s.size, total, values)
             kept = ~removed[id(s)] | carriers[id(s)]  # a kept constant serves as well
             for c in np.flatnonzero(read & kept & foldable[id(s)]):
                 served[(offset + c) // per_group] = True
@@ -595,7 +613,7 @@ def _carriers(spaces, removed, foldable, inputs, net, padded):
     return carriers
 
 
-def _folds(spaces, removed, foldable, inputs, net, padded, types):
+def _folds(spaces, removed, foldable, inputs, filters, padded, types):
     """Per reader of removed channels it can take: ``{"inputs": [its input
     channels], "bias": [per output]}``, or for a padded Convolution
     ``{"inputs", "carriers": [an input channel per group],
@@ -608,12 +626,11 @@ def _folds(spaces, removed, foldable, inputs, net, padded, types):
                 parts.setdefault(reader, []).append((s, kind, detail, offset, total))
     folds = {}
     for reader, reader_parts in parts.items():
-        w = net.params[reader][0].data.astype(np.float64)
+        w = filters[reader].astype(np.float64)
         channels, usable = [], []
         for s, kind, detail, offset, total in reader_parts:
             values = _at_reader(inputs, reader, 0, offset, s.size, total)
-            read = _read_by(kind, detail, net.params[reader][0].data, offset, s.size, total,
-                            values)
+            read = _read_by(kind, detail, filters[reader], offset, s.size, total, values)
             channels += (offset + np.flatnonzero(read & removed[id(s)] & foldable[id(s)])).tolist()
             usable += (offset + np.flatnonzero(read & ~removed[id(s)] & foldable[id(s)])).tolist()
         if not channels:
@@ -655,8 +672,9 @@ def _folds(spaces, removed, foldable, inputs, net, padded, types):
 
 
 # where a layer adds a per-channel constant: (blob index, what it is)
-_CONSTANTS = {"Convolution": (1, "bias"), "InnerProduct": (1, "bias"),
-              "BatchNorm": (0, "mean"), "Scale": (1, "bias"), "Bias": (0, "bias")}
+_CONSTANTS = {"Convolution": (1, "bias"), "Deconvolution": (1, "bias"),
+              "InnerProduct": (1, "bias"), "BatchNorm": (0, "mean"), "Scale": (1, "bias"),
+              "Bias": (0, "bias")}
 
 
 def _constant_blobs(space, params, types, producers=True):
@@ -848,10 +866,13 @@ def reference_params(net, plan):
     for name, entry in plan["layers"].items():
         kind = net.layers[names.index(name)].type
         blobs = params[name]
+        if kind in CONV_TYPES:
+            group = _group(net, name)
+            blobs[0] = _filters(blobs[0], kind, group).copy()
         if "out" in entry:
             gone = np.setdiff1d(np.arange(blobs[0].shape[0]),
                                 list(entry["out"]) + entry.get("folded", []))
-            if kind in ("Convolution", "InnerProduct"):
+            if kind in CONV_TYPES + ("InnerProduct",):
                 for b in blobs:
                     b[gone] = 0
             elif kind == "BatchNorm":
@@ -863,8 +884,7 @@ def reference_params(net, plan):
         if "in" in entry:
             w = blobs[0]
             kept = list(entry["in"]) + entry.get("fold", {}).get("inputs", [])
-            if kind == "Convolution":
-                group = _conv_group(net, name)
+            if kind in CONV_TYPES:
                 total = w.shape[1] * group
                 _zero_reader(w, "conv", group, 0, np.isin(np.arange(total), kept, invert=True),
                              total)
@@ -873,6 +893,8 @@ def reference_params(net, plan):
                 total = w.shape[1] // block
                 _zero_reader(w, "ip", block, 0, np.isin(np.arange(total), kept, invert=True),
                              total)
+        if kind in CONV_TYPES:
+            blobs[0] = _filters(blobs[0], kind, group)
     return params
 
 
@@ -893,6 +915,7 @@ def dropped_constants(params, plan, types):
     list of str, e.g. ``"'conv1' bias of 2 removed filters"``
     """
     what = {"Convolution": (1, "bias of %d removed filters"),
+            "Deconvolution": (1, "bias of %d removed filters"),
             "InnerProduct": (1, "bias of %d removed outputs"),
             "BatchNorm": (0, "mean of %d removed channels"),
             "Scale": (1, "bias of %d removed channels"),
@@ -929,9 +952,30 @@ def surviving_weights(net, net_param, names):
     return {name: int(np.count_nonzero(ref[name][0])) for name in names}
 
 
-def _conv_group(net, name):
-    bottom = net.bottom_names[name][0]
-    return net.blobs[bottom].data.shape[1] // net.params[name][0].data.shape[1]
+def _group(net, name):
+    """``group`` of a Convolution or Deconvolution, from its blobs' shapes."""
+    w = net.params[name][0].data
+    if net.layers[list(net._layer_names).index(name)].type == "Deconvolution":
+        return net.blobs[net.top_names[name][0]].data.shape[1] // w.shape[1]
+    return net.blobs[net.bottom_names[name][0]].data.shape[1] // w.shape[1]
+
+
+def conv_groups(net):
+    """``group`` of every Convolution and Deconvolution of a live net (for :func:`apply_plan`)."""
+    types = dict(zip(net._layer_names, [l.type for l in net.layers]))
+    return {name: _group(net, name) for name in net.params if types[name] in CONV_TYPES}
+
+
+def _filters(w, kind, group):
+    """A (De)Convolution weight as filters, shape (outputs, inputs / group, kh, kw).
+
+    A Deconvolution stores (inputs, outputs / group, kh, kw): each group's
+    block is transposed. Regrouping twice gives the weight back.
+    """
+    if kind != "Deconvolution":
+        return w
+    rows = w.shape[0] // group
+    return np.concatenate([w[g * rows:(g + 1) * rows].swapaxes(0, 1) for g in range(group)])
 
 
 def apply_plan(net_param, params, plan, group_of):
@@ -945,7 +989,7 @@ def apply_plan(net_param, params, plan, group_of):
         Reference parameters (see :func:`reference_params`).
     plan : dict
     group_of : dict[str, int]
-        ``group`` of each Convolution.
+        ``group`` of each Convolution and Deconvolution.
 
     Returns
     -------
@@ -959,21 +1003,23 @@ def apply_plan(net_param, params, plan, group_of):
         if not entry or layer.name not in new_params:
             continue
         blobs = new_params[layer.name]
+        if layer.type in CONV_TYPES:  # filters first; a Deconvolution's back at the end
+            blobs[0] = _filters(blobs[0], layer.type, group_of[layer.name])
         out = np.asarray(entry.get("out", np.arange(blobs[0].shape[0])), dtype=np.int64)
         fold = entry.get("fold")
         if fold and "bias" in fold:
             if len(blobs) == 1:  # bias_term: false
                 blobs.append(np.zeros(blobs[0].shape[0], np.float32))
-                (layer.convolution_param if layer.type == "Convolution"
+                (layer.convolution_param if layer.type in CONV_TYPES
                  else layer.inner_product_param).bias_term = True
             blobs[1] = (blobs[1] + np.asarray(fold["bias"])).astype(np.float32)
         elif fold:  # a padded convolution: its weights for the carriers take the rest
-            w = blobs[0]
+            w = blobs[0] = blobs[0].copy()
             fg, cg = w.shape[0] // group_of[layer.name], w.shape[1]
             for c, k in zip(fold["carriers"], fold["carrier_weights"]):
                 g = c // cg
                 w[g * fg:(g + 1) * fg, c % cg] = np.reshape(k, (fg,) + w.shape[2:])
-        if layer.type == "Convolution":
+        if layer.type in CONV_TYPES:
             group = group_of[layer.name]
             w = blobs[0]
             if "in" in entry:
@@ -988,7 +1034,8 @@ def apply_plan(net_param, params, plan, group_of):
                 blobs[1] = blobs[1][out]
             layer.convolution_param.num_output = len(out)
             if entry.get("depthwise"):
-                layer.convolution_param.group = len(out)
+                layer.convolution_param.group = group = len(out)
+            blobs[0] = _filters(blobs[0], layer.type, group)
         elif layer.type == "InnerProduct":
             w = blobs[0]
             if "in" in entry:
@@ -1183,8 +1230,7 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, sha
     net = caffe.Net(model, caffe.TEST, weights=weights)
     plan = plan_compaction(net, net_param, drop_constants, layer_inputs(net))
     ref = reference_params(net, plan)
-    group_of = {name: _conv_group(net, name) for name in net.params
-                if net.layers[list(net._layer_names).index(name)].type == "Convolution"}
+    group_of = conv_groups(net)
     new_net_param, new_params = apply_plan(net_param, ref, plan, group_of)
     shapes_rewritten = {}
     if shape:

@@ -34,7 +34,7 @@ __all__ = ["layer_costs", "time_net", "time_nets", "time_layer_contexts", "layer
 
 
 def layer_costs(net):
-    """FLOPs (multiply + add) per image and parameter count of each conv/fc layer.
+    """FLOPs (multiply + add) per image and parameter count of each conv/deconv/fc layer.
 
     Returns
     -------
@@ -44,10 +44,12 @@ def layer_costs(net):
     costs = {}
     for name, blobs in net.params.items():
         layer = net.layers[names.index(name)]
-        if layer.type not in ("Convolution", "InnerProduct"):
+        if layer.type not in ("Convolution", "Deconvolution", "InnerProduct"):
             continue
         w = blobs[0].data
-        top = net.blobs[net.top_names[name][0]].data.shape
+        # a Deconvolution multiplies each input position by its whole weight
+        top = net.blobs[net.top_names[name][0] if layer.type != "Deconvolution"
+                        else net.bottom_names[name][0]].data.shape
         spatial = int(np.prod(top[2:])) if len(top) > 2 else 1
         costs[name] = {"flops": 2 * int(w.size) * spatial, "params": int(w.size),
                        "weight_shape": list(w.shape)}
@@ -221,7 +223,8 @@ def _passes(net, batch, layers):
         net.blobs[name].data[...] = rng.standard_normal(net.blobs[name].data.shape)
     names = list(net._layer_names)
     if layers is None:
-        layers = [n for n, l in zip(names, net.layers) if l.type in ("Convolution", "InnerProduct")]
+        layers = [n for n, l in zip(names, net.layers)
+                  if l.type in ("Convolution", "Deconvolution", "InnerProduct")]
     last = len(names) - 1
     fns = {WHOLE: lambda: net._forward(0, last)}
     for name in layers:
@@ -280,6 +283,7 @@ def write_plan(model, compact_model, out_dir, batches=(1, 8, 32), repeats=5, ite
         inputs = [l for l in net.layer if l.type == "Input"]
         for layer in net.layer:  # the same random weights for both nets
             param = {"Convolution": layer.convolution_param,
+                     "Deconvolution": layer.convolution_param,
                      "InnerProduct": layer.inner_product_param}.get(layer.type)
             if param is not None:
                 param.weight_filler.Clear()
