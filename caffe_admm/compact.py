@@ -560,7 +560,8 @@ def _read_by(kind, detail, w, offset, size, total, values):
 
 
 def _padded_readers(spaces, padded):
-    """Per padded Convolution: the parts of its input, (space, group, offset, total)."""
+    """Per padded Convolution or Deconvolution: the parts of its input,
+    (space, group, offset, total)."""
     readers = {}
     for s in spaces:
         for reader, kind, detail, offset, total in s.readers:
@@ -571,7 +572,8 @@ def _padded_readers(spaces, padded):
 
 def _carriers(spaces, removed, foldable, inputs, filters, padded):
     """Per space, the removed channels kept as carriers: for each padded
-    Convolution reading removed constants, in each of its groups, a constant
+    Convolution (or Deconvolution) reading removed constants, in each of its
+    groups, a constant
     channel it reads, its weights for it then standing for all of them
     (exact: all are the same at every position). A constant channel that
     stays, or a carrier another reader chose, serves; else the removed one
@@ -615,10 +617,10 @@ def _carriers(spaces, removed, foldable, inputs, filters, padded):
 
 def _folds(spaces, removed, foldable, inputs, filters, padded, types):
     """Per reader of removed channels it can take: ``{"inputs": [its input
-    channels], "bias": [per output]}``, or for a padded Convolution
-    ``{"inputs", "carriers": [an input channel per group],
+    channels], "bias": [per output]}``, or for a padded Convolution or a
+    Deconvolution ``{"inputs", "carriers": [an input channel per group],
     "carrier_weights": [per carrier, shape (outputs of its group, kh, kw),
-    flat]}``."""
+    flat]}`` (a Deconvolution's: its weight's row for the carrier)."""
     parts = {}
     for s in spaces:
         for reader, kind, detail, offset, total in s.readers:
