@@ -43,6 +43,14 @@ def atomic_write(path, mode="wb"):
         raise
 
 
+def _read_text(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as exc:
+        raise ProtoError("%s: cannot read: %s" % (path, exc.strerror)) from exc
+
+
 def parse_text(path, message):
     """Parse the protobuf text file ``path`` into ``message`` (returned).
 
@@ -51,11 +59,7 @@ def parse_text(path, message):
     ProtoError
         naming the file, line and column of the first error.
     """
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as exc:
-        raise ProtoError("%s: cannot read: %s" % (path, exc.strerror)) from exc
+    text = _read_text(path)
     try:
         text_format.Merge(text, message)
     except text_format.ParseError as exc:
@@ -132,11 +136,7 @@ def read_without_unknown(path, message):
     -------
     (message, list of (line, message type, field name)) : what was left out
     """
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as exc:
-        raise ProtoError("%s: cannot read: %s" % (path, exc.strerror)) from exc
+    text = _read_text(path)
     try:
         dropped = unknown_fields(text, message.DESCRIPTOR)
         text_format.Merge(text, message, allow_unknown_field=True)

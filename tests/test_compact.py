@@ -465,6 +465,14 @@ layer { name: "relu2" type: "ReLU" bottom: "dw" top: "dw" }
     assert report["equivalence"]["passed"] and report["warnings"] == []
 
 
+def save_and_compact(net, model, tmp_path):
+    """Save ``net``'s weights and compact ``model`` with them: (weights, out, report)."""
+    weights = str(tmp_path / "w.caffemodel")
+    net.save(weights)
+    out = str(tmp_path / "out")
+    return weights, out, compact.compact(model, weights, out)
+
+
 UNET_TAIL = """
 layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
 layer { name: "pool" type: "Pooling" bottom: "conv1" top: "pool"
@@ -496,10 +504,7 @@ def test_a_unet_block_compacts_through_its_deconvolutions_and_crop(tmp_path):
     net.params["up"][0].data[:, 2] = 0  # up's filter 2 (a column of its weight)
     net.params["up"][1].data[2] = 0
     net.params["upd"][1].data[[1, 3]] = 0
-    weights = str(tmp_path / "unet.caffemodel")
-    net.save(weights)
-    out = str(tmp_path / "out")
-    report = compact.compact(model, weights, out)
+    weights, out, report = save_and_compact(net, model, tmp_path)
     layers = report["plan"]["layers"]
     assert layers["conv1"]["out"] == layers["upd"]["out"] == [0, 2, 4, 5]
     assert layers["conv2"]["out"] == layers["up"]["in"] == [0, 1, 2, 3, 4, 6, 7]
@@ -531,10 +536,7 @@ def test_a_grouped_deconvolution_reads_constants_through_a_carrier_per_group(tmp
     net.params["conv2"][1].data[[0, 1, 4, 5]] = [0.7, 0.3, 0.2, 0.6]
     net.params["up"][0].data[:, 1] = 0
     net.params["up"][1].data[[1, 3]] = 0
-    weights = str(tmp_path / "unet.caffemodel")
-    net.save(weights)
-    out = str(tmp_path / "out")
-    report = compact.compact(model, weights, out)
+    weights, out, report = save_and_compact(net, model, tmp_path)
     layers = report["plan"]["layers"]
     assert layers["conv2"]["out"] == layers["up"]["in"] == [0, 2, 3, 5, 6, 7]
     assert layers["up"]["out"] == [0, 2]
