@@ -294,15 +294,16 @@ def _balance(removable, groups):
 def plan_compaction(net, net_param, drop_constants=False, inputs=None):
     """Compute the compaction plan of a live TEST-phase net with its weights.
 
-    ``net_param`` is the net's prototxt (for LRN regions, Concat axes and
-    convolution geometry). Without ``inputs``, a zero filter's channel goes
+    ``net_param`` is the net's prototxt (for LRN regions, Concat and Crop
+    axes, and convolutions' padding). Without ``inputs``, a zero filter's channel goes
     only when nothing makes it non-zero: its bias, and the BatchNorm mean,
     Scale/Bias offset or depthwise bias of its channel, are zero too, and no
     Sigmoid-like layer is on it. With ``inputs`` (:func:`layer_inputs`: what
-    each Convolution and InnerProduct reads in the masked net), such a channel
-    goes too: its value is the same for every input, and its readers take it
-    (``fold``: into a bias per output, or, a padded Convolution, through a
-    constant channel kept for them; see the module docstring). Not across an
+    each (De)Convolution and InnerProduct reads in the masked net), such a
+    channel goes too: its value is the same for every input, and its readers
+    take it (``fold``: into a bias per output, or, a padded Convolution or a
+    Deconvolution, through a constant channel kept for them; see the module
+    docstring). Not across an
     LRN that mixes channels. ``drop_constants`` cuts the zero filters that
     stay all the same, and the reference (:func:`reference_params`) then has
     their constants zeroed.
@@ -367,7 +368,7 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
         if not changed:
             break
 
-    folds = {}
+    folds, carriers = {}, {id(s): np.zeros(s.size, bool) for s in spaces}
     if inputs is not None:
         # zero filters only: what a live filter writes the same on these inputs
         # (a saturated Clip, say) may differ on others
@@ -400,8 +401,7 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
             if kind in ("conv", "ip"):
                 entry = plan["layers"].setdefault(reader, {})
                 entry.setdefault("in_parts", []).append((offset, s.size, keep, detail))
-        kept_zero = _zero_channels(s, weights) & ~removed[id(s)] & ~(
-            carriers[id(s)] if inputs is not None else False)
+        kept_zero = _zero_channels(s, weights) & ~removed[id(s)] & ~carriers[id(s)]
         if kept_zero.any():
             constant = np.zeros(s.size, bool) if drop_constants else stays[id(s)]
             why = (_unfoldable(s, inputs, padded, kept_zero & constant)

@@ -194,7 +194,7 @@ def clean(path, out, solver=False):
     from caffe_admm.backend import caffe_pb2
     message, dropped = read_without_unknown(
         path, caffe_pb2.SolverParameter() if solver else caffe_pb2.NetParameter())
-    if not solver and (len(message.layers) or len(message.input)):
+    if not solver:  # read back as Caffe reads it: upgraded if old
         with tempfile.TemporaryDirectory() as tmp:
             stripped = os.path.join(tmp, os.path.basename(path))
             write_text(stripped, message)

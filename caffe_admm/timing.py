@@ -33,6 +33,10 @@ __all__ = ["layer_costs", "time_net", "time_nets", "time_layer_contexts", "layer
            "format_table"]
 
 
+# the layers timed and costed one by one
+WEIGHTED_TYPES = ("Convolution", "Deconvolution", "InnerProduct")
+
+
 def layer_costs(net):
     """FLOPs (multiply + add) per image and parameter count of each conv/deconv/fc layer.
 
@@ -44,13 +48,13 @@ def layer_costs(net):
     costs = {}
     for name, blobs in net.params.items():
         layer = net.layers[names.index(name)]
-        if layer.type not in ("Convolution", "Deconvolution", "InnerProduct"):
+        if layer.type not in WEIGHTED_TYPES:
             continue
         w = blobs[0].data
-        # a Deconvolution multiplies each input position by its whole weight
-        top = net.blobs[net.top_names[name][0] if layer.type != "Deconvolution"
-                        else net.bottom_names[name][0]].data.shape
-        spatial = int(np.prod(top[2:])) if len(top) > 2 else 1
+        # the weight meets every output position; a Deconvolution's, every input position
+        at = net.blobs[net.top_names[name][0] if layer.type != "Deconvolution"
+                       else net.bottom_names[name][0]].data.shape
+        spatial = int(np.prod(at[2:])) if len(at) > 2 else 1
         costs[name] = {"flops": 2 * int(w.size) * spatial, "params": int(w.size),
                        "weight_shape": list(w.shape)}
     return costs
@@ -223,8 +227,7 @@ def _passes(net, batch, layers):
         net.blobs[name].data[...] = rng.standard_normal(net.blobs[name].data.shape)
     names = list(net._layer_names)
     if layers is None:
-        layers = [n for n, l in zip(names, net.layers)
-                  if l.type in ("Convolution", "Deconvolution", "InnerProduct")]
+        layers = [n for n, l in zip(names, net.layers) if l.type in WEIGHTED_TYPES]
     last = len(names) - 1
     fns = {WHOLE: lambda: net._forward(0, last)}
     for name in layers:
