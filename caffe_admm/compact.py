@@ -278,6 +278,22 @@ def _read(blob_space, blob, reader):
             part.root().fixed = True
 
 
+def _keep_one(cut, removed, group):
+    """``cut`` with a channel left in every group it would empty (the first not
+    ``removed`` yet): Caffe aborts on a layer with no outputs or inputs.
+    ``group``: of the grouped convolutions on the space (None: they differ,
+    and then nothing is cut once a group would empty)."""
+    n = cut.size // (group or 1)
+    cut = cut.copy()
+    for g in range(group or 1):
+        segment = slice(g * n, (g + 1) * n)
+        if cut[segment].all():
+            if group is None:
+                return removed
+            cut[g * n + np.flatnonzero(~removed[segment])[0]] = False
+    return cut
+
+
 def _balance(removable, groups):
     """Keep removals equal across ``groups`` equal slices (lowest indices first)."""
     if groups <= 1:
@@ -358,6 +374,7 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
             for reader, kind, detail, offset, total in s.readers:
                 if kind == "conv":
                     cut = _balance_conv_input(cut, detail, offset, total)
+            cut = _keep_one(cut | removed[id(s)], removed[id(s)], _space_group(s))
             if np.any(cut & ~removed[id(s)]):
                 removed[id(s)] |= cut
                 changed = True
@@ -1042,7 +1059,8 @@ def apply_plan(net_param, params, plan, group_of):
             w = blobs[0]
             if "in" in entry:
                 block = entry["in_block"]
-                cols = (np.asarray(entry["in"])[:, None] * block + np.arange(block)).ravel()
+                cols = (np.asarray(entry["in"], dtype=np.int64)[:, None] * block
+                        + np.arange(block)).ravel()
                 w = w[:, cols]
             blobs[0] = w[out]
             if len(blobs) > 1:

@@ -473,6 +473,25 @@ def save_and_compact(net, model, tmp_path):
     return weights, out, compact.compact(model, weights, out)
 
 
+def test_a_layer_keeps_one_channel_where_all_would_go(tmp_path):
+    """conv2's filters are all zero, fc reads none of conv1's channel 2-5:
+    Caffe aborts on a layer with no outputs, so each keeps one channel."""
+    model = write(tmp_path / "n.prototxt", SMALL_HEAD + CONV2.replace("pad: 1", "pad: 0")
+                  % "conv1" + """
+layer { name: "fc" type: "InnerProduct" bottom: "conv2" top: "fc"
+        inner_product_param { num_output: 3 } }
+""")
+    net = caffe.Net(model, caffe.TEST)
+    random_params(net)
+    kill_filters(net, "conv2", list(range(4)))
+    weights, out, report = save_and_compact(net, model, tmp_path)
+    layers = report["plan"]["layers"]
+    assert layers["conv2"]["out"] == layers["fc"]["in"] == [0]
+    assert layers["conv1"]["out"] == layers["conv2"]["in"] == [0]
+    assert report["equivalence"]["passed"]
+    assert_same_outputs(model, weights, out, "fc")
+
+
 UNET_TAIL = """
 layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
 layer { name: "pool" type: "Pooling" bottom: "conv1" top: "pool"
