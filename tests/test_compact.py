@@ -39,7 +39,8 @@ def sparse_weights(model, path, seed=0, keep_last=("ip2", "fc", "fc8"), filters=
 
 
 def random_params(net, seed=0):
-    """Standard-normal parameters; BatchNorm variances positive, scale factor 1."""
+    """Standard-normal parameters; BatchNorm variances positive, scale factor 1.
+    ``seed``: an int, or a numpy Generator to draw from."""
     rng = np.random.default_rng(seed)
     types = dict(zip(net._layer_names, [l.type for l in net.layers]))
     for name, blobs in net.params.items():

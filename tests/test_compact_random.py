@@ -18,6 +18,7 @@ from caffe_admm import compact
 from caffe_admm.backend import caffe
 
 from conftest import write
+from test_compact import random_params
 
 
 class _Net:
@@ -101,13 +102,9 @@ class _Net:
 
 
 def sparse_random_weights(net, rng):
+    random_params(net, rng)
     types = dict(zip(net._layer_names, [l.type for l in net.layers]))
     for name, blobs in net.params.items():
-        for b in blobs:
-            b.data[...] = rng.standard_normal(b.data.shape)
-        if types[name] == "BatchNorm":
-            blobs[1].data[...] = np.abs(blobs[1].data) + 0.5
-            blobs[2].data[...] = 1
         w = blobs[0].data
         if types[name] not in ("Convolution", "Deconvolution") or 1 in w.shape[:2]:
             continue  # the fc, and depthwise layers
