@@ -576,15 +576,14 @@ def _read_by(kind, detail, w, offset, size, total, values):
     return _reads(kind, detail, w, offset, size, total) & np.any(values != 0, axis=1)
 
 
-def _padded_readers(spaces, padded):
-    """Per padded Convolution or Deconvolution: the parts of its input,
-    (space, group, offset, total)."""
-    readers = {}
+def _reader_parts(spaces):
+    """Per conv/fc reader: the parts of its input, (space, kind, detail, offset, total)."""
+    parts = {}
     for s in spaces:
         for reader, kind, detail, offset, total in s.readers:
-            if kind == "conv" and padded.get(reader):
-                readers.setdefault(reader, []).append((s, detail, offset, total))
-    return readers
+            if kind in ("conv", "ip"):
+                parts.setdefault(reader, []).append((s, kind, detail, offset, total))
+    return parts
 
 
 def _carriers(spaces, removed, foldable, inputs, filters, padded):
@@ -597,12 +596,14 @@ def _carriers(spaces, removed, foldable, inputs, filters, padded):
     the reader sees largest is kept. Where grouped convolutions write or
     read the space, every group of it keeps as many."""
     carriers = {id(s): np.zeros(s.size, bool) for s in spaces}
-    for reader, parts in _padded_readers(spaces, padded).items():
-        group = parts[0][1]
-        per_group = parts[0][3] // group
+    for reader, parts in _reader_parts(spaces).items():
+        if not padded.get(reader):
+            continue
+        group = parts[0][2]
+        per_group = parts[0][4] // group
         candidates = [[] for _ in range(group)]
         served = [False] * group
-        for s, _, offset, total in parts:
+        for s, _, _, offset, total in parts:
             values = _at_reader(inputs, reader, 0, offset, s.size, total)
             read = _read_by("conv", group, filters[reader], offset, s.size, total, values)
             kept = ~removed[id(s)] | carriers[id(s)]  # a kept constant serves as well
@@ -638,14 +639,8 @@ def _folds(spaces, removed, foldable, inputs, filters, padded, types):
     Deconvolution ``{"inputs", "carriers": [an input channel per group],
     "carrier_weights": [per carrier, shape (outputs of its group, kh, kw),
     flat]}`` (a Deconvolution's: its weight's row for the carrier)."""
-    parts = {}
-    for s in spaces:
-        for reader, kind, detail, offset, total in s.readers:
-            if kind in ("conv", "ip"):
-                parts.setdefault(reader, []).append((s, kind, detail, offset, total))
     folds = {}
-    for reader, reader_parts in parts.items():
-        w = filters[reader].astype(np.float64)
+    for reader, reader_parts in _reader_parts(spaces).items():
         channels, usable = [], []
         for s, kind, detail, offset, total in reader_parts:
             values = _at_reader(inputs, reader, 0, offset, s.size, total)
@@ -657,11 +652,13 @@ def _folds(spaces, removed, foldable, inputs, filters, padded, types):
         channels = sorted(channels)
         total = reader_parts[0][4]
         x = inputs[reader][0].astype(np.float64).reshape(total, -1)
-        if types[reader] == "InnerProduct":
+        if types[reader] == "InnerProduct":  # only the columns taken, in float64
             block = reader_parts[0][2]
             cols = (np.asarray(channels)[:, None] * block + np.arange(block)).ravel()
-            folds[reader] = {"inputs": channels, "bias": (w[:, cols] @ x[channels].ravel()).tolist()}
+            w = filters[reader][:, cols].astype(np.float64)
+            folds[reader] = {"inputs": channels, "bias": (w @ x[channels].ravel()).tolist()}
             continue
+        w = filters[reader].astype(np.float64)
         value = x.mean(axis=1)  # the same at every position (_foldable)
         group = total // w.shape[1]
         fg, cg = w.shape[0] // group, w.shape[1]
