@@ -28,8 +28,13 @@ spaces of its inputs with offsets. A depthwise convolution (group = channels
 = outputs) passes its channels through like a Scale with a kernel; other
 grouped convolutions keep the same number of channels in every group. A
 Deconvolution is planned as the Convolution it is the transpose of (its
-weight, inputs x outputs / group, regrouped into filters), and a spatial
-Crop passes the channels of its first bottom.
+weight, inputs x outputs / group, regrouped into filters), a spatial
+Crop passes the channels of its first bottom, and so does a Reshape that
+keeps each sample's channels in place (its ``shape`` rewritten). A
+two-bottom Scale from axis 0 (a squeeze-and-excitation gate) multiplies a
+space by a factor per sample and channel: the factor's producers are the
+space's *gates*, cut with its channels, but a zero filter of theirs does not
+make a channel go (the factor is sigmoid(0), say).
 Softmax, losses, Accuracy, the other barriers and the net's outputs read
 every channel at its place, so a space they read keeps all its channels,
 zero or not. Elementwise layers that do not map 0 to 0 (Sigmoid, Exp,
@@ -92,6 +97,10 @@ class _Space:
         self.per_channel = []     # (layer, offset): BatchNorm/Scale/Bias/PReLU on it, at
                                   # that offset of their blobs (after a Concat: > 0)
         self.lrn_across = []      # LRN ACROSS_CHANNELS layers on it
+        self.gates = []           # (layer, group) writing factors that a two-bottom
+                                  # Scale multiplies these channels by (SE blocks): cut
+                                  # with them, but a zero filter of theirs keeps a channel
+        self.factor_of = None     # that Scale, where these channels are such a factor
 
     def root(self):
         s = self
@@ -100,7 +109,19 @@ class _Space:
         return s
 
 
+def _factor_of(space):
+    """The two-bottom Scale whose factor ``space``'s blob is, or None."""
+    while space is not None:
+        if space.factor_of:
+            return space.factor_of
+        space = space.parent
+    return None
+
+
 def _union(a, b, where):
+    for s in (a, b):
+        if _factor_of(s):
+            _factor_read(_factor_of(s), where)
     a, b = a.root(), b.root()
     if a is b:
         return a
@@ -108,9 +129,42 @@ def _union(a, b, where):
         raise CompactionError("layer %r joins blobs of %d and %d channels" % (where, a.size, b.size))
     b.parent = a
     a.fixed = a.fixed or b.fixed
-    for field in ("producers", "readers", "per_channel", "lrn_across", "zero_kept"):
+    for field in ("producers", "readers", "per_channel", "lrn_across", "zero_kept", "gates"):
         getattr(a, field).extend(getattr(b, field))
     return a
+
+
+def _gate(space, gate, where):
+    """Join a factor's space ``gate`` to ``space`` (a two-bottom Scale): its
+    producers are ``space``'s gates, which go with its channels; what makes
+    the factor non-zero (a Sigmoid) does not keep them."""
+    if _factor_of(gate):
+        _factor_read(_factor_of(gate), where)
+    space, gate = space.root(), gate.root()
+    if gate is space:
+        raise CompactionError("layer %r multiplies a blob by itself" % where)
+    if gate.readers:
+        _factor_read(where, ", ".join(sorted(set(r[0] for r in gate.readers))))
+    if gate.size != space.size:
+        raise CompactionError("layer %r joins blobs of %d and %d channels"
+                              % (where, space.size, gate.size))
+    gate.parent = space
+    gate.factor_of = where
+    space.fixed = space.fixed or gate.fixed
+    space.gates += gate.producers + gate.gates
+    space.per_channel += gate.per_channel
+    space.lrn_across += gate.lrn_across
+    return space
+
+
+def _factor_read(gate, reader):
+    raise CompactionError("layer %r: its factor is read by %s as well (supported: a factor "
+                          "read only by the Scale)" % (gate, reader.strip("<>")))
+
+
+def _writers(space):
+    """Every layer writing ``space``'s channels, (layer, group): producers and gates."""
+    return space.producers + space.gates
 
 
 class _Composite:
@@ -129,7 +183,7 @@ class _Composite:
 
 def _layer_options(net_param):
     """Per layer name: whether an LRN works across channels, a Concat's, an
-    InnerProduct's or a Crop's axis."""
+    InnerProduct's, a Crop's or a two-bottom Scale's or Bias's axis."""
     lrn = {l.name: l.lrn_param.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS
            for l in net_param.layer if l.type == "LRN"}
     axis = {}
@@ -146,6 +200,13 @@ def _layer_options(net_param):
             axis[l.name] = l.inner_product_param.axis
         elif l.type == "Crop":
             axis[l.name] = l.crop_param.axis
+        elif l.type == "Scale" and len(l.bottom) > 1:
+            if l.scale_param.bias_term:
+                raise CompactionError("layer %r: Scale with two bottoms and bias_term: true is "
+                                      "not supported" % l.name)
+            axis[l.name] = l.scale_param.axis
+        elif l.type == "Bias" and len(l.bottom) > 1:
+            axis[l.name] = l.bias_param.axis
     return lrn, axis
 
 
@@ -198,10 +259,26 @@ def _build_graph(net, net_param):
                                       "(only axis 1: each sample's whole input)" % (name, axis))
             _read(blob_space, bottoms[0], (name, "ip", block))
             new_space(tops[0], producer=name)
+        elif kind in ("Scale", "Bias") and len(bottoms) > 1:
+            # x * s or x + b, s or b (N, C) or (N, C, H, W) from axis 0: a squeeze-and-
+            # excitation gate (SE block), a per-sample shift
+            space, block = blob_space[bottoms[0]]
+            factor, factor_block = blob_space[bottoms[1]]
+            shape = net.blobs[bottoms[1]].data.shape
+            if layer_axis.get(name, 1) % net.blobs[bottoms[0]].data.ndim != 0 or len(shape) < 2:
+                raise CompactionError(
+                    "layer %r: %s with two bottoms is supported from axis 0 only (a factor "
+                    "per sample and channel, as in SE blocks), not axis %d" % (
+                        name, kind, layer_axis.get(name, 1)))
+            for b, (s, k) in zip(bottoms, ((space, block), (factor, factor_block))):
+                if isinstance(s, _Composite) or k != 1:
+                    raise CompactionError("layer %r: %s of %r, %s, is not supported" % (
+                        name, kind, b, "a Concat's output" if k == 1 else "a flattened blob"))
+            merged = (_gate if kind == "Scale" else _union)(space, factor, name)
+            for t in tops:
+                blob_space[t] = (merged, 1)
         elif kind in PASS_THROUGH:
             space, block = blob_space[bottoms[0]]
-            if kind == "Scale" and len(bottoms) > 1 or kind == "Bias" and len(bottoms) > 1:
-                raise CompactionError("layer %r: %s with two bottoms is not supported" % (name, kind))
             if kind in PER_CHANNEL:
                 _per_channel(space, name)
             for part, _ in (space.parts if isinstance(space, _Composite) else [(space, 0)]):
@@ -217,6 +294,14 @@ def _build_graph(net, net_param):
                 blob_space[t] = (space, block)
         elif kind == "Silence":
             continue  # discards its bottoms: reads nothing
+        elif kind == "Reshape" and _reshape_block(net.blobs[bottoms[0]].data.shape,
+                                                  net.blobs[tops[0]].data.shape):
+            # keeps each sample's channels in place: (N, C, ...) to (N, C, ...), or
+            # (N, C, H, W) to (N, C * H * W) as a Flatten
+            space, block = blob_space[bottoms[0]]
+            blob_space[tops[0]] = (space, block * _reshape_block(
+                net.blobs[bottoms[0]].data.shape, net.blobs[tops[0]].data.shape))
+            info["reshape"] = (space, net.blobs[bottoms[0]].data.ndim)
         elif kind == "Flatten":
             space, block = blob_space[bottoms[0]]
             shape = net.blobs[bottoms[0]].data.shape
@@ -238,6 +323,8 @@ def _build_graph(net, net_param):
             parts, offset = [], 0
             for b in bottoms:
                 space, block = blob_space[b]
+                if not isinstance(space, _Composite) and _factor_of(space):
+                    _factor_read(_factor_of(space), name)
                 if block != 1:
                     raise CompactionError("layer %r: Concat of %r, a flattened blob, is not "
                                           "supported" % (name, b))
@@ -263,6 +350,29 @@ def _build_graph(net, net_param):
     return blob_space, layers
 
 
+def _reshape_block(bottom, top):
+    """How a Reshape from shape ``bottom`` to ``top`` widens a channel's block
+    along axis 1: 1 where it keeps the first two axes, H*W... where it
+    flattens each sample; 0 where it moves channels (a barrier)."""
+    if len(bottom) < 2 or len(top) < 2 or bottom[0] != top[0]:
+        return 0
+    if bottom[1] == top[1]:
+        return 1
+    inner = int(np.prod(bottom[2:]))
+    return inner if len(top) == 2 and top[1] == bottom[1] * inner else 0
+
+
+def _reshape_dims(layer, entry):
+    """Rewrite a Reshape's ``shape`` for the ``kept`` of its bottom's
+    ``channels``: the dimension that becomes the top's axis 1, where it is
+    given (not 0, copied, or -1, inferred)."""
+    p = layer.reshape_param
+    start = p.axis if p.axis >= 0 else entry["bottom_axes"] + p.axis + 1  # Caffe's rule
+    index = 1 - start
+    if 0 <= index < len(p.shape.dim) and p.shape.dim[index] > 0:
+        p.shape.dim[index] = p.shape.dim[index] * entry["kept"] // entry["channels"]
+
+
 def _per_channel(space, name):
     """Layer ``name`` has a blob entry per channel of ``space`` (parts at offsets)."""
     for part, offset in (space.parts if isinstance(space, _Composite) else [(space, 0)]):
@@ -271,6 +381,8 @@ def _per_channel(space, name):
 
 def _read(blob_space, blob, reader):
     space, block = blob_space[blob]
+    if not isinstance(space, _Composite) and _factor_of(space):
+        _factor_read(_factor_of(space), reader[0])
     parts = space.parts if isinstance(space, _Composite) else [(space, 0)]
     for part, offset in parts:
         part.root().readers.append((reader[0], reader[1], reader[2], offset, space.size))
@@ -333,6 +445,8 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
         readers, what they take (``fold``: ``inputs``, and ``bias``, or
         ``carriers`` with ``carrier_weights``);
         ``spaces``: per channel space, its blobs' size and kept channels;
+        ``reshapes``: per Reshape that keeps channels in place, how many of
+        its bottom's ``channels`` are ``kept`` (its ``shape`` is rewritten);
         ``warnings``: e.g. LRN across channels over a shrunk space;
         ``notes``: the folds, a line per reader.
     """
@@ -369,7 +483,7 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
             for reader, kind, detail, offset, total in s.readers:
                 unread &= ~_reads(kind, detail, weights.get(reader), offset, s.size, total)
             cut = zero | unread
-            for _, group in s.producers:
+            for _, group in _writers(s):
                 cut = _balance(cut, group)
             for reader, kind, detail, offset, total in s.readers:
                 if kind == "conv":
@@ -378,7 +492,7 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
             if np.any(cut & ~removed[id(s)]):
                 removed[id(s)] |= cut
                 changed = True
-                for producer, _ in s.producers:
+                for producer, _ in _writers(s):
                     weights[producer][removed[id(s)]] = 0
                 for reader, kind, detail, offset, total in s.readers:
                     _zero_reader(weights.get(reader), kind, detail, offset, removed[id(s)], total)
@@ -394,7 +508,7 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
         for s in spaces:
             removed[id(s)] &= ~carriers[id(s)]
         folds = _folds(spaces, removed, foldable, inputs, filters, padded, types)
-    plan = {"layers": {}, "spaces": [], "warnings": [], "notes": []}
+    plan = {"layers": {}, "spaces": [], "reshapes": {}, "warnings": [], "notes": []}
     for s in spaces:
         keep = np.flatnonzero(~removed[id(s)]).tolist()
         # the removed channels whose value the readers take: they keep their constants
@@ -406,7 +520,7 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
         blobs = sorted(b for b, (sp, _) in blob_space.items()
                        if not isinstance(sp, _Composite) and sp.root() is s)
         plan["spaces"].append({"blobs": blobs, "channels": s.size, "kept": keep})
-        for producer, _ in s.producers:
+        for producer, _ in _writers(s):
             plan["layers"].setdefault(producer, {})["out"] = keep
             if taken.any():
                 plan["layers"][producer]["folded"] = np.flatnonzero(taken).tolist()
@@ -442,6 +556,13 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
         if parts:
             entry["in"] = [offset + c for offset, _, keep, _ in parts for c in keep]
             entry["in_block"] = parts[0][3] if types[name] == "InnerProduct" else 1
+    for info in layers:
+        if "reshape" in info:
+            space, axes = info["reshape"]
+            parts = space.parts if isinstance(space, _Composite) else [(space, 0)]
+            plan["reshapes"][info["name"]] = {
+                "kept": sum(int(np.count_nonzero(~removed[id(p.root())])) for p, _ in parts),
+                "channels": space.size, "bottom_axes": axes}
     for reader, fold in folds.items():
         plan["layers"][reader]["fold"] = fold
         n = len(fold["inputs"])
@@ -505,7 +626,7 @@ def _close(a, b):
 def _space_group(space):
     """The ``group`` of the grouped convolutions writing or reading ``space``:
     1 where there are none, None where they differ."""
-    groups = ({g for _, g in space.producers if g > 1}
+    groups = ({g for _, g in _writers(space) if g > 1}
               | {d for _, kind, d, _, _ in space.readers if kind == "conv" and d > 1})
     return 1 if not groups else (groups.pop() if len(groups) == 1 else None)
 
@@ -552,7 +673,7 @@ def _unfoldable(space, inputs, padded, channels):
         elif kind == "conv" and not np.all(_close(values, values[:, :1])):
             why.append("%s sees them differ from position to position" % reader)
         elif kind == "conv" and padded.get(reader) and _space_group(space) != 1:
-            grouped = sorted(set([p for p, g in space.producers if g > 1] + [
+            grouped = sorted(set([p for p, g in _writers(space) if g > 1] + [
                 r for r, k, d, _, _ in space.readers if k == "conv" and d > 1]))
             why.append("%s spreads them unevenly over its outputs, and they are channels of "
                        "the grouped convolutions %s, %s" % (
@@ -812,7 +933,7 @@ def _kept_zero_reason(space, count, producers, folding):
         why = ("%s map their zero channels to constants that later layers read; prune those "
                "layers' inputs on them too to remove them" % ", ".join(space.zero_kept))
     else:  # the only other reason: _balance
-        grouped = sorted(set([p for p, group in space.producers if group > 1]
+        grouped = sorted(set([p for p, group in _writers(space) if group > 1]
                              + [r for r, kind, detail, _, _ in space.readers
                                 if kind == "conv" and detail > 1]))
         why = ("every group of the grouped convolutions %s keeps the same number of channels"
@@ -1015,6 +1136,8 @@ def apply_plan(net_param, params, plan, group_of):
     new_net.CopyFrom(net_param)
     new_params = {name: [b.copy() for b in blobs] for name, blobs in params.items()}
     for layer in new_net.layer:
+        if layer.type == "Reshape" and layer.name in plan.get("reshapes", {}):
+            _reshape_dims(layer, plan["reshapes"][layer.name])
         entry = plan["layers"].get(layer.name)
         if not entry or layer.name not in new_params:
             continue
@@ -1294,7 +1417,8 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, sha
               "reference_vs_original": original_outputs, "dropped_constants": dropped,
               "warnings": plan["warnings"], "notes": plan["notes"],
               "shape_compaction": shapes_rewritten,
-              "plan": {"layers": plan["layers"], "spaces": plan["spaces"]}}
+              "plan": {"layers": plan["layers"], "spaces": plan["spaces"],
+                       "reshapes": plan["reshapes"]}}
     if not eq["passed"] and not force:
         raise CompactionError(
             "the compacted net differs from the %s net by %.3g (outputs up to %.3g; tolerance "

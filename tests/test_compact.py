@@ -69,7 +69,8 @@ def run_compact(tmp_path, model, **kwargs):
     return compact.compact(model, weights, out), weights, out
 
 
-@pytest.mark.parametrize("name", ["lenet_deploy", "resnet_mini_deploy", "concat_deploy"])
+@pytest.mark.parametrize("name", ["lenet_deploy", "resnet_mini_deploy", "se_resnet_mini_deploy",
+                                  "concat_deploy"])
 def test_compacted_outputs_equal_reference(tmp_path, name):
     model = os.path.join(NETS, name + ".prototxt")
     report, weights, out = run_compact(tmp_path, model)
@@ -377,7 +378,7 @@ def test_a_layer_mapping_zero_to_a_constant_has_it_folded(tmp_path, kind):
     ("", "output conv1"),  # conv1 is the net's output
     ('layer { name: "prob" type: "Softmax" bottom: "conv1" top: "prob" }', "prob"),
     ('layer { name: "r" type: "Reshape" bottom: "conv1" top: "r" '
-     'reshape_param { shape { dim: 0 dim: -1 } } }', "r"),
+     'reshape_param { shape { dim: 0 dim: 3 dim: -1 } } }', "r"),  # moves channels
 ])
 def test_channels_read_whole_keep_their_zero_filters(tmp_path, tail, reader):
     report = small_net(tmp_path, tail)
@@ -564,6 +565,104 @@ def test_a_grouped_deconvolution_reads_constants_through_a_carrier_per_group(tmp
     assert report["layers"]["up"]["compact_shape"] == [6, 1, 2, 2]
     assert report["warnings"] == [] and report["equivalence"]["passed"]
     assert_same_outputs(model, weights, out, "conv3")
+
+
+SE_TAIL = """
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "squeeze" type: "Pooling" bottom: "conv1" top: "squeeze"
+        pooling_param { pool: AVE global_pooling: true } }
+layer { name: "down" type: "Convolution" bottom: "squeeze" top: "down"
+        convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "relu_d" type: "ReLU" bottom: "down" top: "down" }
+layer { name: "up" type: "Convolution" bottom: "down" top: "up"
+        convolution_param { num_output: 6 kernel_size: 1 } }
+layer { name: "prob" type: "Sigmoid" bottom: "up" top: "up" }
+layer { name: "flat" type: "Flatten" bottom: "up" top: "flat" }
+layer { name: "gate" type: "Scale" bottom: "conv1" bottom: "flat" top: "gated"
+        scale_param { axis: 0 } }
+"""
+
+
+def test_a_squeeze_and_excitation_gate_goes_with_its_channels(tmp_path):
+    """SE: conv1 scaled per sample and channel by up's Sigmoid. conv1's zero
+    channels 1 and 3 go, and with them up's filters for them, which are not
+    zero; up's zero filter 2 does not make channel 2 go (its factor is
+    sigmoid(bias)). Channel 4 is a constant (bias and BatchNorm mean) that
+    the gate scales differently for every input: it stays."""
+    model = write(tmp_path / "se.prototxt", SMALL_HEAD + SE_TAIL + CONV2 % "gated")
+    net = caffe.Net(model, caffe.TEST)
+    random_params(net)
+    kill_filters(net, "conv1", [1, 3], ("bn1",))
+    kill_filters(net, "conv1", [4])
+    net.params["conv1"][1].data[4] = 0.8
+    net.params["bn1"][0].data[4] = -1.0  # (0.8 + 1) / std > 0: through the ReLU
+    kill_filters(net, "up", [2])
+    weights, out, report = save_and_compact(net, model, tmp_path)
+    layers = report["plan"]["layers"]
+    assert layers["conv1"]["out"] == layers["bn1"]["out"] == layers["up"]["out"] == [0, 2, 4, 5]
+    assert layers["down"]["in"] == layers["conv2"]["in"] == [0, 2, 4, 5]
+    assert report["warnings"] == [
+        "1 zero filter of conv1 kept: their channels carry constants ('conv1' bias, 'bn1' mean); "
+        "conv2 sees them change with the input; pass --drop-constants to cut them anyway"]
+    assert report["layers"]["up"]["compact_shape"] == [4, 3, 1, 1]
+    assert report["equivalence"]["passed"]
+    assert_same_outputs(model, weights, out, "conv2")
+    # without the forward passes (what pruning's reports use): the Sigmoid on the
+    # factor does not keep conv1's zero channels
+    plan = compact.plan_compaction(caffe.Net(model, caffe.TEST, weights=weights),
+                                   protoio.read_net(model))
+    assert plan["layers"]["conv1"]["out"] == plan["layers"]["up"]["out"] == [0, 2, 4, 5]
+
+
+def test_reshapes_that_keep_channels_in_place_pass_them_and_are_resized(tmp_path):
+    """An SE block of InnerProducts whose factor is reshaped to (N, 6, 1, 1) and
+    back to (N, 6), a residual sum, and a Reshape to (N, 384) as a Flatten:
+    the sizes given in their ``shape`` follow the kept channels."""
+    tail = (SE_TAIL.replace('"Convolution"', '"InnerProduct"')
+            .replace("convolution_param", "inner_product_param").replace(" kernel_size: 1", "")
+            .replace('layer { name: "flat" type: "Flatten" bottom: "up" top: "flat" }', """
+layer { name: "r" type: "Reshape" bottom: "up" top: "r"
+        reshape_param { shape { dim: -1 dim: 6 dim: 1 dim: 1 } } }
+layer { name: "flat" type: "Reshape" bottom: "r" top: "flat" reshape_param { shape { dim: 0 dim: 6 } } }
+""") + """
+layer { name: "sum" type: "Eltwise" bottom: "gated" bottom: "conv1" top: "sum" }
+layer { name: "rows" type: "Reshape" bottom: "sum" top: "rows"
+        reshape_param { shape { dim: 0 dim: 384 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "rows" top: "fc" inner_product_param { num_output: 5 } }
+""")
+    model = write(tmp_path / "se.prototxt", SMALL_HEAD + tail)
+    net = caffe.Net(model, caffe.TEST)
+    random_params(net)
+    kill_filters(net, "conv1", [1, 3], ("bn1",))
+    weights, out, report = save_and_compact(net, model, tmp_path)
+    layers = report["plan"]["layers"]
+    assert layers["conv1"]["out"] == layers["up"]["out"] == layers["down"]["in"] == [0, 2, 4, 5]
+    assert layers["fc"]["in"] == [0, 2, 4, 5] and layers["fc"]["in_block"] == 64
+    small = protoio.read_net(os.path.join(out, "compact.prototxt"))
+    dims = {l.name: list(l.reshape_param.shape.dim) for l in small.layer if l.type == "Reshape"}
+    assert dims == {"r": [-1, 4, 1, 1], "flat": [0, 4], "rows": [0, 256]}
+    assert report["warnings"] == [] and report["equivalence"]["passed"]
+    assert_same_outputs(model, weights, out, "fc")
+
+
+@pytest.mark.parametrize("tail, message", [
+    (SE_TAIL.replace("axis: 0", "axis: 0 bias_term: true"),
+     r"layer 'gate': Scale with two bottoms and bias_term: true is not supported"),
+    (SE_TAIL + 'layer { name: "fc" type: "InnerProduct" bottom: "flat" top: "fc" '
+     'inner_product_param { num_output: 2 } }',
+     r"layer 'gate': its factor is read by fc as well \(supported: a factor read only by the "
+     r"Scale\)"),
+    ("""layer { name: "s" type: "Input" top: "s" input_param { shape { dim: 6 } } }
+layer { name: "gate" type: "Scale" bottom: "conv1" bottom: "s" top: "gated" }""",
+     r"layer 'gate': Scale with two bottoms is supported from axis 0 only \(a factor per sample "
+     r"and channel, as in SE blocks\), not axis 1")])
+def test_gates_it_cannot_cut_are_named(tmp_path, tail, message):
+    model = write(tmp_path / "n.prototxt", SMALL_HEAD + tail)
+    weights = str(tmp_path / "n.caffemodel")
+    caffe.Net(model, caffe.TEST).save(weights)
+    with pytest.raises(compact.CompactionError, match=message):
+        compact.compact(model, weights, str(tmp_path / "out"))
 
 
 @pytest.mark.parametrize("tail, message", [

@@ -4,7 +4,7 @@ equal the masked net's, or is refused with an error naming the layer.
 The nets chain random blocks (convolutions with and without padding or
 groups, BatchNorm + Scale, ReLU, Sigmoid, padded max and average pooling,
 residual sums, Concats of two branches, depthwise convolutions, a pooling
-followed by a Deconvolution) and end in an InnerProduct. Their weights are
+followed by a Deconvolution, squeeze-and-excitation gates) and end in an InnerProduct. Their weights are
 random with 40% of the filters zero, half of those keeping their biases
 (constants to fold), and some input channels zero.
 """
@@ -65,6 +65,26 @@ class _Net:
                             pool=("MAX", "AVE")[int(self.rng.integers(0, 2))])
         return blob
 
+    def squeeze_excite(self, blob, channels):
+        """An SE block: global pooling, a 1x1 down and up, a Sigmoid, the
+        factor flattened (Flatten, or Reshape with given or inferred sizes),
+        and a Scale of ``blob`` by it."""
+        squeeze = self.add('name: "%(top)s" type: "Pooling" bottom: "%(b)s" top: "%(top)s" '
+                           'pooling_param { pool: AVE global_pooling: true }',
+                           top=self.name("g"), b=blob)
+        down = self.conv(squeeze, 2, pad=0)
+        self.add('name: "%(b)s_relu" type: "ReLU" bottom: "%(b)s" top: "%(b)s"', b=down)
+        up = self.conv(down, channels, pad=0)
+        self.add('name: "%(b)s_sig" type: "Sigmoid" bottom: "%(b)s" top: "%(b)s"', b=up)
+        flat = ("type: \"Flatten\"", "type: \"Reshape\" reshape_param { shape { dim: 0 dim: -1 } }",
+                "type: \"Reshape\" reshape_param { shape { dim: -1 dim: %d } }" % channels)[
+                    int(self.rng.integers(0, 3))]
+        factor = self.add('name: "%(top)s" %(flat)s bottom: "%(b)s" top: "%(top)s"',
+                          top=self.name("f"), flat=flat, b=up)
+        return self.add('name: "%(top)s" type: "Scale" bottom: "%(b)s" bottom: "%(f)s" '
+                        'top: "%(top)s" scale_param { axis: 0 }', top=self.name("x"), b=blob,
+                        f=factor)
+
     def text(self):
         blob, channels = "data", 3
         for _ in range(int(self.rng.integers(2, 6))):
@@ -87,7 +107,7 @@ class _Net:
                     'name: "%(top)s" type: "Convolution" bottom: "%(b)s" top: "%(top)s" '
                     'convolution_param { num_output: %(c)d group: %(c)d kernel_size: 3 pad: 1 }',
                     top=self.name("dw"), b=blob, c=channels))
-            else:  # down, and up again through a Deconvolution
+            elif r < 0.93:  # down, and up again through a Deconvolution
                 down = self.add('name: "%(top)s" type: "Pooling" bottom: "%(b)s" top: "%(top)s" '
                                 'pooling_param { pool: MAX kernel_size: 2 stride: 2 }',
                                 top=self.name("d"), b=blob)
@@ -96,6 +116,8 @@ class _Net:
                     'name: "%(top)s" type: "Deconvolution" bottom: "%(b)s" top: "%(top)s" '
                     'convolution_param { num_output: %(c)d kernel_size: 2 stride: 2 }',
                     top=self.name("u"), b=down, c=channels))
+            else:
+                blob = self.squeeze_excite(blob, channels)
         self.add('name: "fc" type: "InnerProduct" bottom: "%(b)s" top: "fc" '
                  'inner_product_param { num_output: 3 }', b=blob)
         return "\n".join(self.lines)
