@@ -24,7 +24,9 @@ an Eltwise) the channel indices that survive. A channel goes when
 Removing a filter can leave other channels unread, so the decision is
 iterated to a fixed point. Eltwise partners share one space, so a channel of
 a residual sum goes only where all partners agree. Concat composes the
-spaces of its inputs with offsets. A depthwise convolution (group = channels
+spaces of its inputs with offsets; an Eltwise over a Concat's output, or a
+Slice along channels, cuts a space into parts at offsets (``_split``), its
+producers then writing each part from an offset of their outputs. A depthwise convolution (group = channels
 = outputs) passes its channels through like a Scale with a kernel; other
 grouped convolutions keep the same number of channels in every group. A
 Deconvolution is planned as the Convolution it is the transpose of (its
@@ -84,22 +86,27 @@ class CompactionError(ValueError):
 
 
 class _Space:
-    """A set of channels shared by several blobs (union-find node)."""
+    """A set of channels shared by several blobs (union-find node). A root
+    that an Eltwise, a Slice or a gate over a Concat's parts cut apart is
+    ``split`` into spaces at offsets, which stand for it from then on."""
 
     def __init__(self, size, fixed=False):
         self.size = int(size)
         self.parent = None
+        self.split = None         # [(space, offset)] it was cut into
         self.fixed = fixed        # written by a data layer or a barrier, or read whole by
                                   # one (or as a net output): never shrinks
         self.zero_kept = []       # layers on it that map 0 to non-zero (Sigmoid...)
-        self.producers = []       # (layer, group) writing these channels
-        self.readers = []         # (layer, kind, detail) reading them
+        self.producers = []       # (layer, group, offset) writing these channels, from
+                                  # that output channel on (a Slice's part: > 0)
+        self.readers = []         # (layer, kind, detail, offset, total) reading them
         self.per_channel = []     # (layer, offset): BatchNorm/Scale/Bias/PReLU on it, at
                                   # that offset of their blobs (after a Concat: > 0)
         self.lrn_across = []      # LRN ACROSS_CHANNELS layers on it
-        self.gates = []           # (layer, group) writing factors that a two-bottom
-                                  # Scale multiplies these channels by (SE blocks): cut
-                                  # with them, but a zero filter of theirs keeps a channel
+        self.gates = []           # (layer, group, offset) writing factors that a
+                                  # two-bottom Scale multiplies these channels by (SE
+                                  # blocks): cut with them, but a zero filter of theirs
+                                  # keeps a channel
         self.factor_of = None     # that Scale, where these channels are such a factor
 
     def root(self):
@@ -109,52 +116,116 @@ class _Space:
         return s
 
 
+class _Composite:
+    """A blob made of parts (space, offset): a Concat's top, a Slice's."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.size = sum(p.size for p, _ in parts)
+
+
+def _parts(space, offset=0):
+    """The root spaces a blob's channels are, [(space, offset)] in order."""
+    if isinstance(space, _Composite):
+        return [p for part, o in space.parts for p in _parts(part, offset + o)]
+    root = space.root()
+    if root.split is not None:
+        return [p for part, o in root.split for p in _parts(part, offset + o)]
+    return [(root, offset)]
+
+
+def _space_of(parts):
+    """A blob's space from its parts: the root itself where there is one."""
+    return parts[0][0] if len(parts) == 1 and parts[0][1] == 0 else _Composite(parts)
+
+
+def _split(space, cuts, where):
+    """Cut root ``space`` at the channel offsets ``cuts`` into new roots: each
+    takes what was said of its channels, at its offset."""
+    bounds = [0] + sorted(cuts) + [space.size]
+    grouped = sorted(set(p for p, g, _ in space.producers + space.gates if g > 1))
+    if grouped:
+        raise CompactionError("layer %r: cutting apart the output of the grouped "
+                              "convolution%s %s is not supported"
+                              % (where, "" if len(grouped) == 1 else "s", ", ".join(grouped)))
+    space.split = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        part = _Space(hi - lo, space.fixed)
+        part.zero_kept = list(space.zero_kept)
+        part.lrn_across = list(space.lrn_across)
+        part.factor_of = space.factor_of
+        part.producers = [(p, g, o + lo) for p, g, o in space.producers]
+        part.gates = [(p, g, o + lo) for p, g, o in space.gates]
+        part.readers = [(r, k, d, o + lo, t) for r, k, d, o, t in space.readers]
+        part.per_channel = [(n, o + lo) for n, o in space.per_channel]
+        space.split.append((part, lo))
+
+
+def _aligned(a, b, where):
+    """The parts of blobs ``a`` and ``b`` (spaces or Composites of the same
+    size), cut until they pair up channel for channel."""
+    if a.size != b.size:
+        raise CompactionError("layer %r joins blobs of %d and %d channels" % (where, a.size, b.size))
+    while True:
+        pa, pb = _parts(a), _parts(b)
+        cuts = {o for _, o in pa} | {o for _, o in pb}
+        for part, offset in pa + pb:
+            inner = [c - offset for c in cuts if offset < c < offset + part.size]
+            if inner:
+                _split(part, inner, where)
+                break
+        else:
+            return list(zip(pa, pb))
+
+
 def _factor_of(space):
-    """The two-bottom Scale whose factor ``space``'s blob is, or None."""
-    while space is not None:
+    """The two-bottom Scale whose factor ``space`` (a blob's) is, or None."""
+    if isinstance(space, _Composite):
+        return next((g for g in (_factor_of(p) for p, _ in space.parts) if g), None)
+    while True:
         if space.factor_of:
             return space.factor_of
+        if space.parent is None:
+            return next((g for g in (_factor_of(p) for p, _ in space.split or []) if g), None)
         space = space.parent
-    return None
 
 
 def _union(a, b, where):
+    """Join blobs ``a`` and ``b`` channel for channel (Eltwise partners)."""
     for s in (a, b):
         if _factor_of(s):
             _factor_read(_factor_of(s), where)
-    a, b = a.root(), b.root()
-    if a is b:
-        return a
-    if a.size != b.size:
-        raise CompactionError("layer %r joins blobs of %d and %d channels" % (where, a.size, b.size))
-    b.parent = a
-    a.fixed = a.fixed or b.fixed
-    for field in ("producers", "readers", "per_channel", "lrn_across", "zero_kept", "gates"):
-        getattr(a, field).extend(getattr(b, field))
-    return a
+    for (x, _), (y, _) in _aligned(a, b, where):
+        x, y = x.root(), y.root()  # an earlier pair may have joined them
+        if x is y:
+            continue
+        y.parent = x
+        x.fixed = x.fixed or y.fixed
+        for field in ("producers", "readers", "per_channel", "lrn_across", "zero_kept", "gates"):
+            getattr(x, field).extend(getattr(y, field))
 
 
-def _gate(space, gate, where):
-    """Join a factor's space ``gate`` to ``space`` (a two-bottom Scale): its
-    producers are ``space``'s gates, which go with its channels; what makes
-    the factor non-zero (a Sigmoid) does not keep them."""
-    if _factor_of(gate):
-        _factor_read(_factor_of(gate), where)
-    space, gate = space.root(), gate.root()
-    if gate is space:
+def _gate(space, factor, where):
+    """Join ``factor`` to ``space`` channel for channel (a two-bottom Scale):
+    the factor's producers are ``space``'s gates, which go with its
+    channels; what makes the factor non-zero (a Sigmoid) does not keep them."""
+    if _factor_of(factor):
+        _factor_read(_factor_of(factor), where)
+    roots = {id(p) for p, _ in _parts(space)}
+    readers = sorted(set(r[0] for p, _ in _parts(factor) for r in p.readers))
+    if any(id(p) in roots for p, _ in _parts(factor)):
         raise CompactionError("layer %r multiplies a blob by itself" % where)
-    if gate.readers:
-        _factor_read(where, ", ".join(sorted(set(r[0] for r in gate.readers))))
-    if gate.size != space.size:
-        raise CompactionError("layer %r joins blobs of %d and %d channels"
-                              % (where, space.size, gate.size))
-    gate.parent = space
-    gate.factor_of = where
-    space.fixed = space.fixed or gate.fixed
-    space.gates += gate.producers + gate.gates
-    space.per_channel += gate.per_channel
-    space.lrn_across += gate.lrn_across
-    return space
+    if readers:
+        _factor_read(where, ", ".join(readers))
+    for p, _ in _parts(factor):
+        p.factor_of = where
+    for (x, _), (y, _) in _aligned(space, factor, where):
+        x, y = x.root(), y.root()
+        y.parent = x
+        x.fixed = x.fixed or y.fixed
+        x.gates += y.producers + y.gates
+        x.per_channel += y.per_channel
+        x.lrn_across += y.lrn_across
 
 
 def _factor_read(gate, reader):
@@ -163,27 +234,14 @@ def _factor_read(gate, reader):
 
 
 def _writers(space):
-    """Every layer writing ``space``'s channels, (layer, group): producers and gates."""
+    """Every layer writing ``space``'s channels, (layer, group, offset):
+    producers and gates."""
     return space.producers + space.gates
-
-
-class _Composite:
-    """The top of a Concat: parts (space, offset)."""
-
-    def __init__(self, parts):
-        self.parts = parts
-        self.size = sum(p.size for p, _ in parts)
-
-    def locate(self, channel):
-        for space, offset in self.parts:
-            if offset <= channel < offset + space.size:
-                return space.root(), channel - offset
-        raise IndexError(channel)
 
 
 def _layer_options(net_param):
     """Per layer name: whether an LRN works across channels, a Concat's, an
-    InnerProduct's, a Crop's or a two-bottom Scale's or Bias's axis."""
+    InnerProduct's, a Crop's, a Slice's or a two-bottom Scale's or Bias's axis."""
     lrn = {l.name: l.lrn_param.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS
            for l in net_param.layer if l.type == "LRN"}
     axis = {}
@@ -200,6 +258,10 @@ def _layer_options(net_param):
             axis[l.name] = l.inner_product_param.axis
         elif l.type == "Crop":
             axis[l.name] = l.crop_param.axis
+        elif l.type == "Slice":
+            p = l.slice_param
+            axis[l.name] = p.axis if p.HasField("axis") else (
+                p.slice_dim if p.HasField("slice_dim") else 1)
         elif l.type == "Scale" and len(l.bottom) > 1:
             if l.scale_param.bias_term:
                 raise CompactionError("layer %r: Scale with two bottoms and bias_term: true is "
@@ -225,7 +287,7 @@ def _build_graph(net, net_param):
             shape = net.blobs[blob].data.shape
             space = _Space(shape[1] if len(shape) > 1 else 1, fixed)
             if producer:
-                space.producers.append((producer, group))
+                space.producers.append((producer, group, 0))
             blob_space[blob] = (space, 1)
             return space
 
@@ -270,26 +332,26 @@ def _build_graph(net, net_param):
                     "layer %r: %s with two bottoms is supported from axis 0 only (a factor "
                     "per sample and channel, as in SE blocks), not axis %d" % (
                         name, kind, layer_axis.get(name, 1)))
-            for b, (s, k) in zip(bottoms, ((space, block), (factor, factor_block))):
-                if isinstance(s, _Composite) or k != 1:
-                    raise CompactionError("layer %r: %s of %r, %s, is not supported" % (
-                        name, kind, b, "a Concat's output" if k == 1 else "a flattened blob"))
-            merged = (_gate if kind == "Scale" else _union)(space, factor, name)
+            for b, k in zip(bottoms, (block, factor_block)):
+                if k != 1:
+                    raise CompactionError("layer %r: %s of %r, a flattened blob, is not "
+                                          "supported" % (name, kind, b))
+            (_gate if kind == "Scale" else _union)(space, factor, name)
             for t in tops:
-                blob_space[t] = (merged, 1)
+                blob_space[t] = (space, 1)
         elif kind in PASS_THROUGH:
             space, block = blob_space[bottoms[0]]
             if kind in PER_CHANNEL:
                 _per_channel(space, name)
-            for part, _ in (space.parts if isinstance(space, _Composite) else [(space, 0)]):
+            for part, _ in _parts(space):
                 if kind == "LRN" and lrn_across.get(name, True):
-                    part.root().lrn_across.append(name)
+                    part.lrn_across.append(name)
             for t in tops:
                 blob_space[t] = (space, block)
         elif kind in ELEMENTWISE:
             space, block = blob_space[bottoms[0]]
-            for part, _ in (space.parts if isinstance(space, _Composite) else [(space, 0)]):
-                part.root().zero_kept.append(name)
+            for part, _ in _parts(space):
+                part.zero_kept.append(name)
             for t in tops:
                 blob_space[t] = (space, block)
         elif kind == "Silence":
@@ -307,15 +369,23 @@ def _build_graph(net, net_param):
             shape = net.blobs[bottoms[0]].data.shape
             blob_space[tops[0]] = (space, block * int(np.prod(shape[2:])))
         elif kind == "Eltwise":
-            spaces = [blob_space[b][0] for b in bottoms]
-            for b, space in zip(bottoms, spaces):
-                if isinstance(space, _Composite):
-                    raise CompactionError("layer %r: Eltwise over %r, a Concat's output, is not "
-                                          "supported" % (name, b))
-            merged = spaces[0].root()
-            for s in spaces[1:]:
-                merged = _union(merged, s, name)
-            blob_space[tops[0]] = (merged, blob_space[bottoms[0]][1])
+            for b in bottoms[1:]:
+                _union(blob_space[bottoms[0]][0], blob_space[b][0], name)
+            blob_space[tops[0]] = blob_space[bottoms[0]]
+        elif (kind == "Slice" and layer_axis.get(name, 1) % net.blobs[bottoms[0]].data.ndim == 1
+              and blob_space[bottoms[0]][1] == 1):
+            # channels [a, b) to each top: the parts of the bottom cut at the slice points
+            space = blob_space[bottoms[0]][0]
+            if _factor_of(space):
+                _factor_read(_factor_of(space), name)
+            bounds = np.cumsum([0] + [net.blobs[t].data.shape[1] for t in tops]).tolist()
+            _aligned(space, _Composite([(_Space(hi - lo), lo) for lo, hi in
+                                        zip(bounds[:-1], bounds[1:])]), name)
+            info["slice"] = []
+            for t, lo, hi in zip(tops, bounds[:-1], bounds[1:]):
+                blob_space[t] = (_space_of([(p, o - lo) for p, o in _parts(space)
+                                            if lo <= o < hi]), 1)
+                info["slice"].append(blob_space[t][0])
         elif kind == "Concat":
             if net.blobs[tops[0]].data.ndim < 2 or layer_axis.get(name, 1) != 1:
                 raise CompactionError("layer %r: Concat along an axis other than channels is "
@@ -323,15 +393,13 @@ def _build_graph(net, net_param):
             parts, offset = [], 0
             for b in bottoms:
                 space, block = blob_space[b]
-                if not isinstance(space, _Composite) and _factor_of(space):
+                if _factor_of(space):
                     _factor_read(_factor_of(space), name)
                 if block != 1:
                     raise CompactionError("layer %r: Concat of %r, a flattened blob, is not "
                                           "supported" % (name, b))
                 # a Concat of Concats (DenseNet) lists the inner parts
-                for part, inner in (space.parts if isinstance(space, _Composite)
-                                    else [(space, 0)]):
-                    parts.append((part.root(), offset + inner))
+                parts += [(part, offset + inner) for part, inner in _parts(space)]
                 offset += space.size
             blob_space[tops[0]] = (_Composite(parts), 1)
         elif kind in BARRIERS:
@@ -375,19 +443,18 @@ def _reshape_dims(layer, entry):
 
 def _per_channel(space, name):
     """Layer ``name`` has a blob entry per channel of ``space`` (parts at offsets)."""
-    for part, offset in (space.parts if isinstance(space, _Composite) else [(space, 0)]):
-        part.root().per_channel.append((name, offset))
+    for part, offset in _parts(space):
+        part.per_channel.append((name, offset))
 
 
 def _read(blob_space, blob, reader):
     space, block = blob_space[blob]
-    if not isinstance(space, _Composite) and _factor_of(space):
+    if _factor_of(space):
         _factor_read(_factor_of(space), reader[0])
-    parts = space.parts if isinstance(space, _Composite) else [(space, 0)]
-    for part, offset in parts:
-        part.root().readers.append((reader[0], reader[1], reader[2], offset, space.size))
+    for part, offset in _parts(space):
+        part.readers.append((reader[0], reader[1], reader[2], offset, space.size))
         if reader[1] == "all":  # every channel at its place: none may go
-            part.root().fixed = True
+            part.fixed = True
 
 
 def _keep_one(cut, removed, group):
@@ -447,6 +514,8 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
         ``spaces``: per channel space, its blobs' size and kept channels;
         ``reshapes``: per Reshape that keeps channels in place, how many of
         its bottom's ``channels`` are ``kept`` (its ``shape`` is rewritten);
+        ``slices``: per Slice along channels, the channels kept in each top
+        (its ``slice_point`` is rewritten);
         ``warnings``: e.g. LRN across channels over a shrunk space;
         ``notes``: the folds, a line per reader.
     """
@@ -483,7 +552,7 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
             for reader, kind, detail, offset, total in s.readers:
                 unread &= ~_reads(kind, detail, weights.get(reader), offset, s.size, total)
             cut = zero | unread
-            for _, group in _writers(s):
+            for _, group, _ in _writers(s):  # a grouped one's whole output (_split)
                 cut = _balance(cut, group)
             for reader, kind, detail, offset, total in s.readers:
                 if kind == "conv":
@@ -492,8 +561,8 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
             if np.any(cut & ~removed[id(s)]):
                 removed[id(s)] |= cut
                 changed = True
-                for producer, _ in _writers(s):
-                    weights[producer][removed[id(s)]] = 0
+                for producer, _, offset in _writers(s):
+                    weights[producer][offset + np.flatnonzero(removed[id(s)])] = 0
                 for reader, kind, detail, offset, total in s.readers:
                     _zero_reader(weights.get(reader), kind, detail, offset, removed[id(s)], total)
         if not changed:
@@ -508,7 +577,8 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
         for s in spaces:
             removed[id(s)] &= ~carriers[id(s)]
         folds = _folds(spaces, removed, foldable, inputs, filters, padded, types)
-    plan = {"layers": {}, "spaces": [], "reshapes": {}, "warnings": [], "notes": []}
+    plan = {"layers": {}, "spaces": [], "reshapes": {}, "slices": {}, "warnings": [],
+            "notes": []}
     for s in spaces:
         keep = np.flatnonzero(~removed[id(s)]).tolist()
         # the removed channels whose value the readers take: they keep their constants
@@ -517,15 +587,13 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
             for c in folds.get(reader, {}).get("inputs", []):
                 if offset <= c < offset + s.size:
                     taken[c - offset] = True
-        blobs = sorted(b for b, (sp, _) in blob_space.items()
-                       if not isinstance(sp, _Composite) and sp.root() is s)
+        blobs = sorted(b for b, (sp, _) in blob_space.items() if _parts(sp) == [(s, 0)])
         plan["spaces"].append({"blobs": blobs, "channels": s.size, "kept": keep})
-        for producer, _ in _writers(s):
-            plan["layers"].setdefault(producer, {})["out"] = keep
-            if taken.any():
-                plan["layers"][producer]["folded"] = np.flatnonzero(taken).tolist()
-        for name, offset in s.per_channel:
+        for name, offset in ([(p, o) for p, _, o in _writers(s)]
+                             + [(n, o) for n, o in s.per_channel]):
             entry = plan["layers"].setdefault(name, {})
+            if (name, offset) in s.per_channel and types[name] in CONV_TYPES:
+                entry["depthwise"] = True
             entry.setdefault("out_parts", []).append((offset, keep))
             entry.setdefault("folded_parts", []).append((offset, np.flatnonzero(taken)))
         for reader, kind, detail, offset, total in s.readers:
@@ -545,10 +613,8 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
                 % (", ".join(s.lrn_across), int(removed[id(s)].sum())))
     for name, entry in plan["layers"].items():
         parts = sorted(entry.pop("out_parts", []))
-        if parts:  # a per-channel layer: its channels, part by part after a Concat
+        if parts:  # its channels, part by part (after a Concat, a Slice)
             entry["out"] = [offset + c for offset, keep in parts for c in keep]
-            if types[name] in CONV_TYPES:
-                entry["depthwise"] = True
         folded = [int(offset + c) for offset, cs in entry.pop("folded_parts", []) for c in cs]
         if folded:
             entry["folded"] = sorted(folded)
@@ -559,10 +625,13 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
     for info in layers:
         if "reshape" in info:
             space, axes = info["reshape"]
-            parts = space.parts if isinstance(space, _Composite) else [(space, 0)]
             plan["reshapes"][info["name"]] = {
-                "kept": sum(int(np.count_nonzero(~removed[id(p.root())])) for p, _ in parts),
+                "kept": sum(int(np.count_nonzero(~removed[id(p)])) for p, _ in _parts(space)),
                 "channels": space.size, "bottom_axes": axes}
+        if "slice" in info:
+            plan["slices"][info["name"]] = [
+                sum(int(np.count_nonzero(~removed[id(p)])) for p, _ in _parts(top))
+                for top in info["slice"]]
     for reader, fold in folds.items():
         plan["layers"][reader]["fold"] = fold
         n = len(fold["inputs"])
@@ -626,7 +695,7 @@ def _close(a, b):
 def _space_group(space):
     """The ``group`` of the grouped convolutions writing or reading ``space``:
     1 where there are none, None where they differ."""
-    groups = ({g for _, g in _writers(space) if g > 1}
+    groups = ({g for _, g, _ in _writers(space) if g > 1}
               | {d for _, kind, d, _, _ in space.readers if kind == "conv" and d > 1})
     return 1 if not groups else (groups.pop() if len(groups) == 1 else None)
 
@@ -673,7 +742,7 @@ def _unfoldable(space, inputs, padded, channels):
         elif kind == "conv" and not np.all(_close(values, values[:, :1])):
             why.append("%s sees them differ from position to position" % reader)
         elif kind == "conv" and padded.get(reader) and _space_group(space) != 1:
-            grouped = sorted(set([p for p, g in _writers(space) if g > 1] + [
+            grouped = sorted(set([p for p, g, _ in _writers(space) if g > 1] + [
                 r for r, k, d, _, _ in space.readers if k == "conv" and d > 1]))
             why.append("%s spreads them unevenly over its outputs, and they are channels of "
                        "the grouped convolutions %s, %s" % (
@@ -749,7 +818,7 @@ def _carriers(spaces, removed, foldable, inputs, filters, padded):
             spare = np.flatnonzero(removed[id(s)][segment] & ~carriers[id(s)][segment])
             if more > spare.size:
                 raise CompactionError("internal: group %d of %s has no channel to keep"
-                                      % (g, ", ".join(p for p, _ in s.producers)))
+                                      % (g, ", ".join(p for p, _, _ in s.producers)))
             carriers[id(s)][g * n + spare[:more]] = True
     return carriers
 
@@ -820,7 +889,7 @@ def _constant_blobs(space, params, types, producers=True):
     ``producers`` is False), the BatchNorm means (as Caffe scales them),
     Scale/Bias offsets and depthwise biases on it."""
     out = []
-    for name, offset in [(p, 0) for p, _ in space.producers if producers] + space.per_channel:
+    for name, offset in [(p, o) for p, _, o in space.producers if producers] + space.per_channel:
         index, what = _CONSTANTS.get(types[name], (None, None))
         blobs = params[name]
         if index is None or index >= len(blobs) or blobs[index].ndim != 1:
@@ -844,8 +913,7 @@ def _roots(blob_space):
     """Every channel space of the graph once (the Concat parts included)."""
     spaces = []
     for space, _ in blob_space.values():
-        for part, _ in (space.parts if isinstance(space, _Composite) else [(space, 0)]):
-            root = part.root()
+        for root, _ in _parts(space):
             if not any(root is x for x in spaces):
                 spaces.append(root)
     return spaces
@@ -880,11 +948,11 @@ def dead_channel_constants(net, net_param, masks):
         if s.fixed or s.zero_kept or not s.producers:
             continue  # read whole, or through a layer that makes zero non-zero: stays
         dead = np.ones(s.size, bool)
-        for producer, _ in s.producers:
+        for producer, _, offset in s.producers:
             if producer not in masks:
                 dead[:] = False  # an unpruned layer writes these channels
             else:
-                dead &= ~filter_mask(masks[producer])
+                dead &= ~filter_mask(masks[producer])[offset:offset + s.size]
         # the pruned filters' own biases: held by the hooks with their weights
         for name, index, offset, _, _ in (_constant_blobs(s, params, types, producers=False)
                                           if dead.any() else []):
@@ -895,8 +963,8 @@ def dead_channel_constants(net, net_param, masks):
 def _zero_channels(space, weights):
     """Channels of ``space`` that every producer writes with an all-zero filter."""
     zero = np.ones(space.size, bool) if space.producers else np.zeros(space.size, bool)
-    for producer, _ in space.producers:
-        w = weights[producer]
+    for producer, _, offset in space.producers:
+        w = weights[producer][offset:offset + space.size]
         zero &= ~np.any(w.reshape(w.shape[0], -1) != 0, axis=1)
     return zero
 
@@ -907,7 +975,7 @@ def _kept_zero_warnings(space, kept, constant, params, types, folding):
     on them; ``folding``: why their readers could not take it (None: no
     reader takes constants)."""
     warnings = []
-    producers = ", ".join(p for p, _ in space.producers)
+    producers = ", ".join(p for p, _, _ in space.producers)
     if not (space.fixed or space.zero_kept and folding is None):  # else not the constant
         constant = kept & constant
         kept = kept & ~constant
@@ -933,7 +1001,7 @@ def _kept_zero_reason(space, count, producers, folding):
         why = ("%s map their zero channels to constants that later layers read; prune those "
                "layers' inputs on them too to remove them" % ", ".join(space.zero_kept))
     else:  # the only other reason: _balance
-        grouped = sorted(set([p for p, group in _writers(space) if group > 1]
+        grouped = sorted(set([p for p, group, _ in _writers(space) if group > 1]
                              + [r for r, kind, detail, _, _ in space.readers
                                 if kind == "conv" and detail > 1]))
         why = ("every group of the grouped convolutions %s keeps the same number of channels"
@@ -1138,6 +1206,8 @@ def apply_plan(net_param, params, plan, group_of):
     for layer in new_net.layer:
         if layer.type == "Reshape" and layer.name in plan.get("reshapes", {}):
             _reshape_dims(layer, plan["reshapes"][layer.name])
+        if layer.type == "Slice" and layer.name in plan.get("slices", {}):
+            layer.slice_param.slice_point[:] = np.cumsum(plan["slices"][layer.name])[:-1].tolist()
         entry = plan["layers"].get(layer.name)
         if not entry or layer.name not in new_params:
             continue
@@ -1418,7 +1488,7 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, sha
               "warnings": plan["warnings"], "notes": plan["notes"],
               "shape_compaction": shapes_rewritten,
               "plan": {"layers": plan["layers"], "spaces": plan["spaces"],
-                       "reshapes": plan["reshapes"]}}
+                       "reshapes": plan["reshapes"], "slices": plan["slices"]}}
     if not eq["passed"] and not force:
         raise CompactionError(
             "the compacted net differs from the %s net by %.3g (outputs up to %.3g; tolerance "

@@ -567,21 +567,29 @@ def test_a_grouped_deconvolution_reads_constants_through_a_carrier_per_group(tmp
     assert_same_outputs(model, weights, out, "conv3")
 
 
-SE_TAIL = """
-layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
-layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
-layer { name: "squeeze" type: "Pooling" bottom: "conv1" top: "squeeze"
+def se_gate(blob, channels):
+    """An SE block on ``blob``: global pooling, a 1x1 ``down`` (3) and ``up``
+    (``channels``), a Sigmoid, flattened; ``gate`` scales ``blob`` by it into
+    ``gated``."""
+    return """
+layer { name: "squeeze" type: "Pooling" bottom: "%(b)s" top: "squeeze"
         pooling_param { pool: AVE global_pooling: true } }
 layer { name: "down" type: "Convolution" bottom: "squeeze" top: "down"
         convolution_param { num_output: 3 kernel_size: 1 } }
 layer { name: "relu_d" type: "ReLU" bottom: "down" top: "down" }
 layer { name: "up" type: "Convolution" bottom: "down" top: "up"
-        convolution_param { num_output: 6 kernel_size: 1 } }
+        convolution_param { num_output: %(c)d kernel_size: 1 } }
 layer { name: "prob" type: "Sigmoid" bottom: "up" top: "up" }
 layer { name: "flat" type: "Flatten" bottom: "up" top: "flat" }
-layer { name: "gate" type: "Scale" bottom: "conv1" bottom: "flat" top: "gated"
+layer { name: "gate" type: "Scale" bottom: "%(b)s" bottom: "flat" top: "gated"
         scale_param { axis: 0 } }
-"""
+""" % {"b": blob, "c": channels}
+
+
+SE_TAIL = """
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+""" + se_gate("conv1", 6)
 
 
 def test_a_squeeze_and_excitation_gate_goes_with_its_channels(tmp_path):
@@ -665,13 +673,87 @@ def test_gates_it_cannot_cut_are_named(tmp_path, tail, message):
         compact.compact(model, weights, str(tmp_path / "out"))
 
 
+def conv(name, bottom, out, k=1, extra=""):
+    pad = " pad: %d" % (k // 2) if k > 1 else ""
+    return ('layer { name: "%s" type: "Convolution" bottom: "%s" top: "%s" convolution_param '
+            '{ num_output: %d kernel_size: %d%s%s } }\n' % (name, bottom, name, out, k, pad, extra))
+
+
+def test_an_eltwise_over_a_concat_cuts_its_partner_into_the_concat_parts(tmp_path):
+    """sum = [a | b] + c: c's channels 0-3 pair with a's, 4-7 with b's, and a
+    channel goes where both partners' filters are zero (1: a and c; 4 and 7:
+    b and c), not where only one's is (2: a's)."""
+    model = write(tmp_path / "n.prototxt", SMALL_HEAD + conv("a", "conv1", 4) + conv(
+        "b", "conv1", 4) + """
+layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" top: "cat" }
+layer { name: "bn" type: "BatchNorm" bottom: "cat" top: "cat" }
+""" + conv("c", "conv1", 8, k=3) + """
+layer { name: "sum" type: "Eltwise" bottom: "cat" bottom: "c" top: "sum" }
+""" + conv("conv2", "sum", 4, k=3))
+    net = caffe.Net(model, caffe.TEST)
+    random_params(net)
+    kill_filters(net, "a", [1, 2])
+    kill_filters(net, "b", [0, 3])
+    kill_filters(net, "c", [1, 4, 7])
+    net.params["bn"][0].data[[1, 2, 4, 7]] = 0  # no constants (channel 2 a's zero filter)
+    weights, out, report = save_and_compact(net, model, tmp_path)
+    layers = report["plan"]["layers"]
+    assert layers["a"]["out"] == [0, 2, 3] and layers["b"]["out"] == [1, 2]
+    assert layers["c"]["out"] == layers["bn"]["out"] == layers["conv2"]["in"] == [0, 2, 3, 5, 6]
+    assert report["warnings"] == [] and report["equivalence"]["passed"]
+    assert_same_outputs(model, weights, out, "conv2")
+
+
+def test_a_slice_of_channels_cuts_its_bottom_at_the_slice_points(tmp_path):
+    """LightCNN's max-feature-map: conv1's halves, elementwise MAX. Channel 1
+    goes where conv1's filters 1 and 4 are both zero; the slice point follows."""
+    model = write(tmp_path / "n.prototxt", SMALL_HEAD + """
+layer { name: "slice" type: "Slice" bottom: "conv1" top: "s1" top: "s2"
+        slice_param { slice_point: 3 } }
+layer { name: "mfm" type: "Eltwise" bottom: "s1" bottom: "s2" top: "mfm"
+        eltwise_param { operation: MAX } }
+""" + conv("conv2", "mfm", 4, k=3))
+    net = caffe.Net(model, caffe.TEST)
+    random_params(net)
+    kill_filters(net, "conv1", [1, 4, 2])
+    weights, out, report = save_and_compact(net, model, tmp_path)
+    layers = report["plan"]["layers"]
+    assert layers["conv1"]["out"] == [0, 2, 3, 5] and layers["conv2"]["in"] == [0, 2]
+    assert report["plan"]["slices"] == {"slice": [2, 2]}
+    small = protoio.read_net(os.path.join(out, "compact.prototxt"))
+    assert [list(l.slice_param.slice_point) for l in small.layer if l.type == "Slice"] == [[2]]
+    assert report["warnings"] == [] and report["equivalence"]["passed"]
+    assert_same_outputs(model, weights, out, "conv2")
+
+
+def test_a_gate_over_a_concat_cuts_its_factor_into_the_concat_parts(tmp_path):
+    """An SE gate on an Inception-style Concat (SE-BN-Inception): up's
+    filters follow the Concat's channels; a's zero filter 1 and b's 2 go with
+    up's filters 1 and 6."""
+    model = write(tmp_path / "n.prototxt", SMALL_HEAD + conv("a", "conv1", 4) + conv(
+        "b", "conv1", 4) + """
+layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" top: "cat" }
+""" + se_gate("cat", 8) + conv("conv2", "gated", 4, k=3))
+    net = caffe.Net(model, caffe.TEST)
+    random_params(net)
+    kill_filters(net, "a", [1])
+    kill_filters(net, "b", [2])
+    weights, out, report = save_and_compact(net, model, tmp_path)
+    layers = report["plan"]["layers"]
+    assert layers["a"]["out"] == [0, 2, 3] and layers["b"]["out"] == [0, 1, 3]
+    assert layers["up"]["out"] == layers["down"]["in"] == layers["conv2"]["in"] == [
+        0, 2, 3, 4, 5, 7]
+    assert report["warnings"] == [] and report["equivalence"]["passed"]
+    assert_same_outputs(model, weights, out, "conv2")
+
+
 @pytest.mark.parametrize("tail, message", [
     ("""layer { name: "flat" type: "Flatten" bottom: "conv1" top: "flat" }
 layer { name: "cat" type: "Concat" bottom: "flat" bottom: "flat" top: "cat" }""",
      r"layer 'cat': Concat of 'flat\w*', a flattened blob, is not supported"),
-    ("""layer { name: "cat" type: "Concat" bottom: "conv1" bottom: "conv1" top: "cat" }
-layer { name: "sum" type: "Eltwise" bottom: "cat" bottom: "cat" top: "sum" }""",
-     r"layer 'sum': Eltwise over 'cat\w*', a Concat's output, is not supported")])
+    (conv("g", "conv1", 4, extra=" group: 2") + """
+layer { name: "slice" type: "Slice" bottom: "g" top: "s1" top: "s2" slice_param { slice_point: 1 } }""",
+     r"layer 'slice': cutting apart the output of the grouped convolution g is not supported")])
 def test_concat_layouts_it_cannot_cut_are_named(tmp_path, tail, message):
     model = write(tmp_path / "n.prototxt", SMALL_HEAD + tail)
     weights = str(tmp_path / "n.caffemodel")

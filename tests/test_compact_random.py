@@ -4,7 +4,8 @@ equal the masked net's, or is refused with an error naming the layer.
 The nets chain random blocks (convolutions with and without padding or
 groups, BatchNorm + Scale, ReLU, Sigmoid, padded max and average pooling,
 residual sums, Concats of two branches, depthwise convolutions, a pooling
-followed by a Deconvolution, squeeze-and-excitation gates) and end in an InnerProduct. Their weights are
+followed by a Deconvolution, squeeze-and-excitation gates, a Slice into
+halves, then their maximum or their Concat swapped) and end in an InnerProduct. Their weights are
 random with 40% of the filters zero, half of those keeping their biases
 (constants to fold), and some input channels zero.
 """
@@ -107,7 +108,7 @@ class _Net:
                     'name: "%(top)s" type: "Convolution" bottom: "%(b)s" top: "%(top)s" '
                     'convolution_param { num_output: %(c)d group: %(c)d kernel_size: 3 pad: 1 }',
                     top=self.name("dw"), b=blob, c=channels))
-            elif r < 0.93:  # down, and up again through a Deconvolution
+            elif r < 0.9:  # down, and up again through a Deconvolution
                 down = self.add('name: "%(top)s" type: "Pooling" bottom: "%(b)s" top: "%(top)s" '
                                 'pooling_param { pool: MAX kernel_size: 2 stride: 2 }',
                                 top=self.name("d"), b=blob)
@@ -116,6 +117,18 @@ class _Net:
                     'name: "%(top)s" type: "Deconvolution" bottom: "%(b)s" top: "%(top)s" '
                     'convolution_param { num_output: %(c)d kernel_size: 2 stride: 2 }',
                     top=self.name("u"), b=down, c=channels))
+            elif r < 0.95 and channels % 2 == 0:  # halves: their maximum, or swapped
+                a, b = self.name("h"), self.name("h")
+                self.add('name: "%(top)s" type: "Slice" bottom: "%(b)s" top: "%(a)s" top: "%(c)s"',
+                         top=self.name("sl"), b=blob, a=a, c=b)
+                if self.rng.random() < 0.5:
+                    blob = self.add('name: "%(top)s" type: "Eltwise" bottom: "%(a)s" bottom: '
+                                    '"%(b)s" top: "%(top)s" eltwise_param { operation: MAX }',
+                                    top=self.name("m"), a=a, b=b)
+                    channels //= 2
+                else:
+                    blob = self.add('name: "%(top)s" type: "Concat" bottom: "%(b)s" bottom: '
+                                    '"%(a)s" top: "%(top)s"', top=self.name("k"), a=a, b=b)
             else:
                 blob = self.squeeze_excite(blob, channels)
         self.add('name: "fc" type: "InnerProduct" bottom: "%(b)s" top: "fc" '
