@@ -228,6 +228,51 @@ def test_pruned_channels_through_batchnorm_stay_zero_and_compact(tmp_path, tiny_
     assert result["warnings"] == []
 
 
+SE_NET = BN_NET.replace(
+    'layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"',
+    """layer { name: "squeeze" type: "Pooling" bottom: "conv1" top: "squeeze"
+  pooling_param { pool: AVE global_pooling: true } }
+layer { name: "down" type: "Convolution" bottom: "squeeze" top: "down"
+  convolution_param { num_output: 2 kernel_size: 1 weight_filler { type: "xavier" } } }
+layer { name: "relu_d" type: "ReLU" bottom: "down" top: "down" }
+layer { name: "up" type: "Convolution" bottom: "down" top: "up"
+  convolution_param { num_output: 8 kernel_size: 1 weight_filler { type: "xavier" } } }
+layer { name: "prob" type: "Sigmoid" bottom: "up" top: "up" }
+layer { name: "factor" type: "Flatten" bottom: "up" top: "factor" }
+layer { name: "gate" type: "Scale" bottom: "conv1" bottom: "factor" top: "gated"
+  scale_param { axis: 0 } }
+layer { name: "pool1" type: "Pooling" bottom: "gated" top: "pool1\"""")
+
+
+def test_a_pruned_squeeze_and_excitation_net_compacts_its_gates_too(tmp_path, tiny_data):
+    """conv1 pruned to half its filters, behind an SE gate: compaction cuts
+    its channels, the SE block's up filters and down inputs for them, from
+    the pruned train/test net itself."""
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=SE_NET, max_iter=60)
+    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
+    cfg = write(tmp_path / "admm.prototxt", """
+        rho { initial: 0.05 growth: 2.0 max: 5 }
+        admm_steps: 2
+        iters_per_step: 20
+        retrain_iters: 40
+        snapshot_interval: 20
+        layer { name: "conv1" kind: FILTER keep_ratio: 0.5 }
+    """)
+    report = solver.prune(solver_path, base["weights"], cfg, str(tmp_path / "run"),
+                          progress=False)
+    assert report["layers"]["conv1"]["filters_kept"] == 4
+    pruned = str(tmp_path / "run" / "pruned.caffemodel")
+    net = caffe.Net(net_path, caffe.TEST, weights=pruned)
+    kept = np.flatnonzero(np.abs(net.params["conv1"][0].data).reshape(8, -1).any(axis=1))
+    assert net.params["up"][0].data.reshape(8, -1).any(axis=1).all()  # the gates: not pruned
+    from caffe_admm import compact
+    result = compact.compact(net_path, pruned, str(tmp_path / "compact"))
+    layers = result["plan"]["layers"]
+    assert layers["conv1"]["out"] == layers["up"]["out"] == layers["down"]["in"] == kept.tolist()
+    assert layers["conv2"]["in"] == kept.tolist()
+    assert result["equivalence"]["passed"] and result["warnings"] == []
+
+
 def test_divergence_stops_with_a_clear_message(tmp_path, tiny_data, tiny_trained):
     solver_path, _ = write_tiny(tmp_path, tiny_data, lr=1e6)
     with pytest.raises(solver.DivergenceError, match=r"ADMM step 1/20 diverged at iteration \d+: (the weights of layer .* are not finite|.*=nan)"):
