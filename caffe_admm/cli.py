@@ -10,7 +10,8 @@ Verbs:
   compact  cut pruned filters/channels out: a smaller prototxt + caffemodel
   time     per-layer and whole-net forward time, original vs compacted
   report   tables and plots over one or more prune runs
-  clean    a copy of a prototxt without a Caffe fork's fields (the SSL fork's)
+  clean    a copy of a prototxt without a Caffe fork's fields (the SSL fork's) and
+           layers (SENet's Axpy: into stock ones)
 """
 
 import argparse
@@ -134,7 +135,8 @@ def build_parser():
     p.add_argument("runs", nargs="+", help="prune run directories (--out of caffe-admm prune)")
     p.add_argument("--out", required=True, help="directory for report.md, summary.json, PNGs")
 
-    p = verbs.add_parser("clean", help="copy a prototxt without the fields BVLC Caffe lacks",
+    p = verbs.add_parser("clean", help="copy a prototxt without the fields BVLC Caffe lacks, "
+                         "a fork's layers (SENet's Axpy) rewritten into stock ones",
                          formatter_class=fmt)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="net prototxt (an old format is upgraded too)")
@@ -172,11 +174,15 @@ def _run(args):
         path = args.model or args.solver
         if os.path.abspath(path) == os.path.abspath(args.out):
             raise ValueError("--out is the input file; write the copy elsewhere")
-        dropped = protoio.clean(path, args.out, solver=args.solver is not None)
+        dropped, rewritten = protoio.clean(path, args.out, solver=args.solver is not None)
         for line, message, field in dropped:
             print("%s:%d: left out %s.%s" % (path, line, message, field))
-        print("wrote %s (%d field%s left out)" % (args.out, len(dropped),
-                                                  "" if len(dropped) == 1 else "s"))
+        for line, name, kind, into in rewritten:
+            print("%s:%d: rewrote layer %r (%s) into %s" % (path, line, name, kind, into))
+        print("wrote %s (%d field%s left out%s)" % (
+            args.out, len(dropped), "" if len(dropped) == 1 else "s",
+            ", %d layer%s rewritten" % (len(rewritten), "" if len(rewritten) == 1 else "s")
+            if rewritten else ""))
         return 0
 
     if args.verb == "lmdb":

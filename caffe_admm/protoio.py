@@ -14,6 +14,7 @@ import tempfile
 from google.protobuf import text_format
 
 __all__ = ["ProtoError", "parse_text", "unknown_fields", "read_without_unknown", "clean",
+           "FORK_LAYERS", "stock_layers",
            "read_net", "read_solver", "read_caffemodel",
            "DATA_TYPES", "SOLVER_TYPES", "LR_POLICIES", "field_line", "check_solver",
            "write_text", "write_binary", "atomic_write", "resolve_solver_net",
@@ -180,7 +181,8 @@ def _caffe_upgrade(path):
 
 def clean(path, out, solver=False):
     """Write ``path`` as BVLC Caffe reads it: the fields its caffe.proto lacks
-    (a fork's) left out, a net in an old format upgraded.
+    (a fork's) left out, a net in an old format upgraded, a fork's layers
+    that stock layers compute (:data:`FORK_LAYERS`) rewritten into those.
 
     Parameters
     ----------
@@ -189,18 +191,77 @@ def clean(path, out, solver=False):
 
     Returns
     -------
-    list of (line, message type, field name) : the fields left out
+    dropped : list of (line, message type, field name)
+        The fields left out.
+    rewritten : list of (line, layer name, type, str)
+        The layers rewritten, and into what.
     """
     from caffe_admm.backend import caffe_pb2
     message, dropped = read_without_unknown(
         path, caffe_pb2.SolverParameter() if solver else caffe_pb2.NetParameter())
+    rewritten = []
     if not solver:  # read back as Caffe reads it: upgraded if old
         with tempfile.TemporaryDirectory() as tmp:
             stripped = os.path.join(tmp, os.path.basename(path))
             write_text(stripped, message)
             message = read_net(stripped)
+        rewritten = [(layer_line(path, r[0]),) + r for r in stock_layers(message)]
     write_text(out, message)
-    return dropped
+    return dropped, rewritten
+
+
+# Layers of Caffe forks that stock layers compute: type -> what they become
+FORK_LAYERS = {"Axpy": "Flatten + Scale + Eltwise (SENet's a * X + Y)"}
+
+
+def stock_layers(net_param):
+    """Rewrite, in place, the layers of ``net_param`` of a type in
+    :data:`FORK_LAYERS` into the stock layers that compute the same.
+
+    SENet's ``Axpy`` (bottoms a, shape (N, C, 1, 1), X and Y, (N, C, H, W);
+    top a * X + Y) becomes ``NAME/factor`` (Flatten of a to (N, C)),
+    ``NAME/scale`` (Scale of X by it from axis 0) and ``NAME`` (Eltwise SUM
+    with Y), with the Axpy's top and rules. None of them has parameters,
+    so the caffemodel stays as it is.
+
+    Returns
+    -------
+    list of (layer name, type, str) : what each rewritten layer became
+    """
+    from caffe_admm.backend import caffe_pb2
+    names = {l.name for l in net_param.layer} | {t for l in net_param.layer for t in l.top}
+
+    def fresh(name):
+        while name in names:
+            name += "_"
+        names.add(name)
+        return name
+
+    rewritten, layers = [], []
+    for layer in net_param.layer:
+        if layer.type != "Axpy":
+            layers.append(layer)
+            continue
+        if len(layer.bottom) != 3 or len(layer.top) != 1:
+            raise ProtoError("layer %r (Axpy) has %d bottoms and %d tops; SENet's has 3 (a, X, "
+                             "Y) and 1" % (layer.name, len(layer.bottom), len(layer.top)))
+        a, x, y = layer.bottom
+        factor, scaled = fresh(layer.name + "/factor"), fresh(layer.name + "/scaled")
+        new = [caffe_pb2.LayerParameter(name=factor, type="Flatten", bottom=[a], top=[factor]),
+               caffe_pb2.LayerParameter(name=fresh(layer.name + "/scale"), type="Scale",
+                                        bottom=[x, factor], top=[scaled]),
+               caffe_pb2.LayerParameter(name=layer.name, type="Eltwise", bottom=[scaled, y],
+                                        top=list(layer.top))]
+        new[1].scale_param.axis = 0
+        for n in new:
+            n.include.extend(layer.include)
+            n.exclude.extend(layer.exclude)
+        layers += new
+        rewritten.append((layer.name, layer.type, ", ".join("%r (%s)" % (n.name, n.type)
+                                                            for n in new)))
+    del net_param.layer[:]
+    net_param.layer.extend(layers)
+    return rewritten
 
 
 def read_solver(path):
@@ -537,6 +598,11 @@ def check_layer_types(net_param, path, state):
                              "them): write the images into an LMDB (caffe-admm lmdb takes .npy "
                              "arrays) and read it with a Data layer" % (_where(path, layer),
                                                                         layer.type))
+        if layer.type in FORK_LAYERS and layer.type not in known:
+            raise ProtoError("%s has type %r, a Caffe fork's, which this Caffe build does not "
+                             "have; stock layers compute it: `caffe-admm clean --model %s --out "
+                             "NEW` rewrites it into %s" % (_where(path, layer), layer.type, path,
+                                                           FORK_LAYERS[layer.type]))
         if layer.type not in known:
             by_lower = {t.lower(): t for t in known}
             close = [by_lower[t] for t in

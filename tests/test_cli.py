@@ -138,3 +138,31 @@ def test_clean_makes_a_fork_net_readable_and_names_what_it_left_out(tmp_path):
         "%s:5: left out caffe.LayerParameter.connectivity_mode" % fork,
         "%s:6: left out caffe.LayerParameter.group_sparsity" % fork,
         "wrote %s (4 fields left out)" % clean]
+
+
+def test_an_senet_with_axpy_is_cleaned_then_compacted(tmp_path):
+    """SENet's Axpy (a * X + Y) into stock layers; then the residual channel 1,
+    whose filters c and proj both zero, goes with up's gate filter for it."""
+    import numpy as np
+    from caffe_admm.backend import caffe
+    from test_compact import random_params
+    from test_protoio import SE_AXPY_NET
+    fork = write(tmp_path / "se.prototxt", SE_AXPY_NET)
+    stock = str(tmp_path / "stock.prototxt")
+    res = run("clean", "--model", fork, "--out", stock)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        "%s:14: rewrote layer 'sum' (Axpy) into 'sum/factor' (Flatten), 'sum/scale' (Scale), "
+        "'sum' (Eltwise)" % fork, "wrote %s (0 fields left out, 1 layer rewritten)" % stock]
+    net = caffe.Net(stock, caffe.TEST)
+    random_params(net)
+    for layer in ("c", "proj"):
+        for b in net.params[layer]:
+            b.data[1] = 0
+    weights = str(tmp_path / "w.caffemodel")
+    net.save(weights)
+    res = run("compact", "--model", stock, "--weights", weights, "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr
+    small = caffe.Net(str(tmp_path / "out" / "compact.prototxt"), caffe.TEST)
+    assert [small.params[n][0].data.shape[0] for n in ("c", "proj", "up")] == [3, 3, 3]
+    assert np.all(small.params["down"][0].data.shape == (2, 3, 1, 1))

@@ -389,19 +389,67 @@ def test_unknown_fields_are_listed_with_their_lines_and_skipped_whole():
 def test_clean_writes_what_caffe_reads_and_upgrades_an_old_format(tmp_path):
     path = write(tmp_path / "fork.prototxt", FORK_NET)
     out = str(tmp_path / "clean.prototxt")
-    assert [f for _, _, f in protoio.clean(path, out)] == [
+    dropped, rewritten = protoio.clean(path, out)
+    assert [f for _, _, f in dropped] == [
         "kernel_shape_decay_mult", "breadth_decay_mult", "connectivity_mode", "group_sparsity"]
+    assert rewritten == []
     net = caffe.Net(out, caffe.TEST)
     assert net.params["c"][0].data.shape == (4, 2, 3, 3)
     assert protoio.read_net(out).layer[1].param[0].lr_mult == 1
     # an old-format net of the fork: its fields out, then upgraded as Caffe reads it
     old = write(tmp_path / "old.prototxt", V1_LENET.replace(
         "blobs_lr: 1 blobs_lr: 2", "blobs_lr: 1 blobs_lr: 2 kernel_shape_decay: 1", 1))
-    assert protoio.clean(old, out) == [(5, "caffe.V1LayerParameter", "kernel_shape_decay")]
+    assert protoio.clean(old, out) == ([(5, "caffe.V1LayerParameter", "kernel_shape_decay")], [])
     assert protoio.read_net(out) == protoio.read_net(write(tmp_path / "v1.prototxt", V1_LENET))
     # a solver
     solver = write(tmp_path / "s.prototxt", 'net: "n.prototxt"\nbase_lr: 0.01\n'
                    'kernel_shape_decay: 0.0001\nlr_policy: "fixed"\n')
-    assert protoio.clean(solver, out, solver=True) == [
-        (3, "caffe.SolverParameter", "kernel_shape_decay")]
+    assert protoio.clean(solver, out, solver=True) == (
+        [(3, "caffe.SolverParameter", "kernel_shape_decay")], [])
     assert protoio.read_solver(out).lr_policy == "fixed"
+
+
+SE_AXPY_NET = """name: "se"
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 5 } } }
+layer { name: "proj" type: "Convolution" bottom: "x" top: "proj"
+        convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "c" type: "Convolution" bottom: "x" top: "c"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "squeeze" type: "Pooling" bottom: "c" top: "squeeze"
+        pooling_param { pool: AVE global_pooling: true } }
+layer { name: "down" type: "Convolution" bottom: "squeeze" top: "down"
+        convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "up" type: "Convolution" bottom: "down" top: "up"
+        convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "prob" type: "Sigmoid" bottom: "up" top: "up" }
+layer { name: "sum" type: "Axpy" bottom: "up" bottom: "c" bottom: "proj" top: "sum"
+        include { phase: TEST } }
+layer { name: "head" type: "Convolution" bottom: "sum" top: "head"
+        convolution_param { num_output: 2 kernel_size: 1 } }
+"""
+
+
+def test_senets_axpy_is_refused_by_name_and_cleaned_into_stock_layers(tmp_path):
+    """SENet's Axpy (a * X + Y): Caffe aborts on it; `clean` writes Flatten,
+    Scale and Eltwise, which compute it, with its rules."""
+    path = write(tmp_path / "se.prototxt", SE_AXPY_NET)
+    with pytest.raises(protoio.ProtoError, match=r"se.prototxt:14: layer 'sum' has type 'Axpy', a "
+                       r"Caffe fork's, .*`caffe-admm clean --model .*se.prototxt --out NEW` "
+                       r"rewrites it into Flatten \+ Scale \+ Eltwise"):
+        protoio.read_checked_net(path)
+    out = str(tmp_path / "stock.prototxt")
+    assert protoio.clean(path, out) == ([], [
+        (14, "sum", "Axpy", "'sum/factor' (Flatten), 'sum/scale' (Scale), 'sum' (Eltwise)")])
+    stock = protoio.read_net(out)
+    assert [(l.name, l.include[0].phase) for l in stock.layer if l.include] == [
+        ("sum/factor", caffe_pb2.TEST), ("sum/scale", caffe_pb2.TEST), ("sum", caffe_pb2.TEST)]
+    net = caffe.Net(out, caffe.TEST)
+    rng = np.random.default_rng(0)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.data[...] = rng.standard_normal(b.data.shape)
+    net.blobs["x"].data[...] = rng.standard_normal(net.blobs["x"].data.shape)
+    net.forward()
+    a, x, y = (net.blobs[b].data for b in ("up", "c", "proj"))
+    assert a.shape == (2, 4, 1, 1)
+    np.testing.assert_allclose(net.blobs["sum"].data, a * x + y, rtol=1e-6)
