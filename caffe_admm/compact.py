@@ -700,16 +700,23 @@ def _space_group(space):
     return 1 if not groups else (groups.pop() if len(groups) == 1 else None)
 
 
-def _foldable(space, inputs, padded):
-    """Channels of ``space`` that may go though not zero: each conv/fc reader
-    sees the same value in every input (for a channel of zero filters, the
-    constant its biases make), a Convolution the same at every position too.
-    A padded Convolution sums it differently at the borders: it reads it
-    through a kept carrier channel (one per group of channels), so there the
-    grouped convolutions on the space must share one ``group`` and read the
-    whole space. A channel every reader sees as zero goes in any case."""
+def _fold_blockers(space, inputs, padded):
+    """What keeps the conv/fc readers of ``space`` from taking a channel's
+    constant: a reader that sees it change with the input, a Convolution
+    that sees it differ from position to position, a padded one (which
+    sums it differently at the borders, so reads it through a kept carrier
+    channel, one per group) where the grouped convolutions on the space do
+    not share one ``group`` or do not read the whole space.
+
+    Returns
+    -------
+    blockers : list of (reader, why, ndarray of bool, shape (space.size,))
+        The channels each reason blocks.
+    zero : ndarray of bool, shape (space.size,)
+        The channels every reader sees as zero: those go in any case.
+    """
     zero = np.ones(space.size, bool)
-    ok = np.ones(space.size, bool)
+    blockers = []
     group = _space_group(space)
     for reader, kind, detail, offset, total in space.readers:
         if kind not in ("conv", "ip"):
@@ -717,13 +724,31 @@ def _foldable(space, inputs, padded):
         same = np.all(_at_reader(inputs, reader, 1, offset, space.size, total), axis=1)
         values = _at_reader(inputs, reader, 0, offset, space.size, total)
         zero &= same & np.all(values == 0, axis=1)
-        ok &= same
-        if kind == "conv":
-            ok &= np.all(_close(values, values[:, :1]), axis=1)
-            if padded.get(reader) and group != 1 and (group is None or offset
-                                                      or total != space.size):
-                ok[:] = False
-    return ok | zero
+        blockers.append((reader, "sees them change with the input", ~same))
+        if kind != "conv":
+            continue
+        blockers.append((reader, "sees them differ from position to position",
+                         same & ~np.all(_close(values, values[:, :1]), axis=1)))
+        if padded.get(reader) and group != 1 and (group is None or offset
+                                                  or total != space.size):
+            grouped = sorted(set([p for p, g, _ in _writers(space) if g > 1] + [
+                r for r, k, d, _, _ in space.readers if k == "conv" and d > 1]))
+            blockers.append((reader, "spreads them unevenly over its outputs, and they are "
+                             "channels of the grouped convolutions %s, %s" % (
+                                 ", ".join(grouped), "of different groups" if group is None
+                                 else "read after a Concat"), np.ones(space.size, bool)))
+    return blockers, zero
+
+
+def _foldable(space, inputs, padded):
+    """Channels of ``space`` that may go though not zero: no reader is kept
+    from taking their constant (:func:`_fold_blockers`), or every reader
+    sees them as zero."""
+    blockers, zero = _fold_blockers(space, inputs, padded)
+    blocked = np.zeros(space.size, bool)
+    for _, _, channels in blockers:
+        blocked |= channels
+    return ~blocked | zero
 
 
 def _unfoldable(space, inputs, padded, channels):
@@ -731,24 +756,10 @@ def _unfoldable(space, inputs, padded, channels):
     if space.lrn_across:
         return "LRN across channels (%s) mixes them into the other channels" % (
             ", ".join(space.lrn_across))
-    why = []
-    for reader, kind, detail, offset, total in space.readers:
-        if kind not in ("conv", "ip"):
-            continue
-        same = np.all(_at_reader(inputs, reader, 1, offset, space.size, total)[channels], axis=1)
-        values = _at_reader(inputs, reader, 0, offset, space.size, total)[channels]
-        if not same.all():
-            why.append("%s sees them change with the input" % reader)
-        elif kind == "conv" and not np.all(_close(values, values[:, :1])):
-            why.append("%s sees them differ from position to position" % reader)
-        elif kind == "conv" and padded.get(reader) and _space_group(space) != 1:
-            grouped = sorted(set([p for p, g, _ in _writers(space) if g > 1] + [
-                r for r, k, d, _, _ in space.readers if k == "conv" and d > 1]))
-            why.append("%s spreads them unevenly over its outputs, and they are channels of "
-                       "the grouped convolutions %s, %s" % (
-                           reader, ", ".join(grouped), "of different groups"
-                           if _space_group(space) is None else "read after a Concat"))
-    return "; ".join(why) or "no reader takes them"
+    blockers, _ = _fold_blockers(space, inputs, padded)
+    why = ["%s %s" % (reader, text) for reader, text, blocked in blockers
+           if np.any(blocked & channels)]
+    return "; ".join(dict.fromkeys(why)) or "no reader takes them"  # a part read twice: once
 
 
 def _padded(net_param):

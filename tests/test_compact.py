@@ -319,6 +319,24 @@ layer { name: "pool" type: "Pooling" bottom: "conv1" top: "pool"
     assert cut["reference_vs_original"]["max_abs_diff"] > 0.1
 
 
+def test_a_grouped_padded_reader_after_a_concat_cannot_take_constants(tmp_path):
+    """Each group of conv2 reads a part of the Concat, so one carrier per
+    group of conv1's channels would not do: the constants stay, and the
+    warning says why, once."""
+    model, weights, net = constant_net(tmp_path, """
+layer { name: "cat" type: "Concat" bottom: "conv1" bottom: "conv1" top: "cat" }
+layer { name: "conv2" type: "Convolution" bottom: "cat" top: "conv2"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 group: 2 } }
+""")
+    report = compact.compact(model, weights, str(tmp_path / "out"))
+    assert report["warnings"][0] == (
+        "2 zero filters of conv1 kept: their channels carry constants ('conv1' bias, 'bn1' "
+        "mean); conv2 spreads them unevenly over its outputs, and they are channels of the "
+        "grouped convolutions conv2, read after a Concat; pass --drop-constants to cut them "
+        "anyway")
+    assert report["equivalence"]["passed"]
+
+
 def test_a_grouped_padded_reader_keeps_a_carrier_in_each_group(tmp_path):
     """conv2 (group 2) reads channels 0-2 and 3-5 apart: constants in both
     halves (0 and 1; 3 and 4) need a carrier in each, the largest."""
