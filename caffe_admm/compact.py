@@ -63,7 +63,8 @@ from caffe_admm.timing import layer_costs
 
 __all__ = ["CompactionError", "plan_compaction", "apply_plan", "reference_params",
            "compact_shapes", "check_equivalence", "compact", "dropped_constants",
-           "dead_channel_constants", "surviving_weights", "layer_inputs", "conv_groups"]
+           "dead_channel_constants", "surviving_weights", "layer_inputs", "conv_groups",
+           "KNOWN_TYPES"]
 
 # Layers with filters: weights (outputs, inputs / group, ...), a Deconvolution's
 # (inputs, outputs / group, ...)
@@ -77,8 +78,13 @@ ELEMENTWISE = {"Sigmoid", "Power", "Exp", "Log", "BNLL", "Threshold", "Clip"}
 PER_CHANNEL = {"BatchNorm": (0, 1), "Scale": (0, 1), "Bias": (0,), "PReLU": (0,)}
 # Layers that read every channel of their bottoms and start new spaces.
 BARRIERS = {"Softmax", "SoftmaxWithLoss", "Accuracy", "EuclideanLoss", "SigmoidCrossEntropyLoss",
-            "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "ArgMax", "Reshape",
-            "Slice", "Crop", "Embed", "Python"}
+            "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "ContrastiveLoss", "ArgMax",
+            "Reshape", "Slice", "Crop", "Tile", "MVN", "Embed", "Reduction", "SPP", "Im2col",
+            "BatchReindex", "Filter", "LSTM", "LSTMUnit", "RNN", "Parameter", "HDF5Output",
+            "Python"}
+# Every type the planner follows (any other stops it, named)
+KNOWN_TYPES = (PASS_THROUGH | ELEMENTWISE | BARRIERS | set(CONV_TYPES) | set(protoio.DATA_TYPES)
+               | {"InnerProduct", "Eltwise", "Concat", "Flatten", "Silence"})
 
 
 class CompactionError(ValueError):
@@ -240,10 +246,12 @@ def _writers(space):
 
 
 def _layer_options(net_param):
-    """Per layer name: whether an LRN works across channels, a Concat's, an
-    InnerProduct's, a Crop's, a Slice's or a two-bottom Scale's or Bias's axis."""
+    """Per layer name: whether an LRN or an MVN works across channels; a
+    Concat's, an InnerProduct's, a Crop's, a Tile's, a Slice's or a
+    two-bottom Scale's or Bias's axis."""
     lrn = {l.name: l.lrn_param.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS
            for l in net_param.layer if l.type == "LRN"}
+    mvn = {l.name: l.mvn_param.across_channels for l in net_param.layer if l.type == "MVN"}
     axis = {}
     for l in net_param.layer:
         if l.type == "Concat":
@@ -258,6 +266,8 @@ def _layer_options(net_param):
             axis[l.name] = l.inner_product_param.axis
         elif l.type == "Crop":
             axis[l.name] = l.crop_param.axis
+        elif l.type == "Tile":
+            axis[l.name] = l.tile_param.axis
         elif l.type == "Slice":
             p = l.slice_param
             axis[l.name] = p.axis if p.HasField("axis") else (
@@ -269,12 +279,12 @@ def _layer_options(net_param):
             axis[l.name] = l.scale_param.axis
         elif l.type == "Bias" and len(l.bottom) > 1:
             axis[l.name] = l.bias_param.axis
-    return lrn, axis
+    return lrn, mvn, axis
 
 
 def _build_graph(net, net_param):
     """Channel spaces of a live TEST-phase ``caffe.Net``."""
-    lrn_across, layer_axis = _layer_options(net_param)
+    lrn_across, mvn_across, layer_axis = _layer_options(net_param)
     blob_space = {}   # blob -> (_Space or _Composite, block)
     layers = []
     for name, layer in zip(net._layer_names, net.layers):
@@ -307,8 +317,10 @@ def _build_graph(net, net_param):
             else:
                 _read(blob_space, bottoms[0], (name, "conv", group))
                 new_space(tops[0], producer=name, group=group)
-        elif kind == "Crop" and layer_axis.get(name, 2) % net.blobs[tops[0]].data.ndim >= 2:
-            # spatial: the channels of the first bottom pass; the second gives the size only
+        elif (kind in ("Crop", "Tile")
+              and layer_axis.get(name, 2 if kind == "Crop" else 1)
+              % net.blobs[tops[0]].data.ndim >= 2):
+            # spatial: the channels of the first bottom pass (a Crop's second gives the size)
             blob_space[tops[0]] = blob_space[bottoms[0]]
         elif kind == "InnerProduct":
             shape = net.blobs[bottoms[0]].data.shape
@@ -339,7 +351,7 @@ def _build_graph(net, net_param):
             (_gate if kind == "Scale" else _union)(space, factor, name)
             for t in tops:
                 blob_space[t] = (space, 1)
-        elif kind in PASS_THROUGH:
+        elif kind in PASS_THROUGH or kind == "MVN" and not mvn_across.get(name, True):
             space, block = blob_space[bottoms[0]]
             if kind in PER_CHANNEL:
                 _per_channel(space, name)
@@ -410,7 +422,7 @@ def _build_graph(net, net_param):
         else:
             raise CompactionError("layer %r: type %s is not supported by compaction (supported: "
                                   "Convolution, Deconvolution, InnerProduct, Eltwise, Concat, "
-                                  "Flatten, Crop, Silence, %s; read whole: %s)"
+                                  "Flatten, Crop, Silence, MVN, %s; read whole: %s)"
                                   % (name, kind, ", ".join(sorted(PASS_THROUGH | ELEMENTWISE)),
                                      ", ".join(sorted(BARRIERS))))
     for blob in net.outputs:

@@ -3,6 +3,8 @@
 import os
 import subprocess
 
+from caffe_admm.backend import caffe
+
 from conftest import ROOT, write
 from test_compact import TILE_NET, sparse_weights
 
@@ -57,12 +59,15 @@ def test_bad_config_exits_2_naming_file_and_line(tmp_path, tiny_trained):
 
 
 def test_compact_refusal_exits_2(tmp_path):
-    model = write(tmp_path / "t.prototxt", TILE_NET)
+    model = write(tmp_path / "t.prototxt", TILE_NET.replace(
+        'type: "Tile" bottom: "c1" top: "t" tile_param { tiles: 2 }',
+        'type: "InnerProduct" bottom: "c1" top: "t" inner_product_param { num_output: 32 '
+        'transpose: true }'))
     weights = str(tmp_path / "w.caffemodel")
-    sparse_weights(model, weights)
+    caffe.Net(model, caffe.TEST).save(weights)
     res = run("compact", "--model", model, "--weights", weights, "--out", str(tmp_path / "o"))
     assert res.returncode == 2
-    assert "layer 'tile': type Tile is not supported" in res.stderr
+    assert "layer 'tile': InnerProduct with transpose: true" in res.stderr
 
 
 def test_an_out_directory_blocked_by_a_file_is_named(tmp_path):
@@ -144,7 +149,6 @@ def test_an_senet_with_axpy_is_cleaned_then_compacted(tmp_path):
     """SENet's Axpy (a * X + Y) into stock layers; then the residual channel 1,
     whose filters c and proj both zero, goes with up's gate filter for it."""
     import numpy as np
-    from caffe_admm.backend import caffe
     from test_compact import random_params
     from test_protoio import SE_AXPY_NET
     fork = write(tmp_path / "se.prototxt", SE_AXPY_NET)

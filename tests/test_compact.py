@@ -170,7 +170,10 @@ TILE_NET = """
 """
 
 
-def test_unsupported_layer_is_named(tmp_path):
+def test_every_layer_type_of_the_build_is_followed_and_others_are_named(tmp_path, monkeypatch):
+    assert set(caffe.layer_type_list()) <= compact.KNOWN_TYPES
+    # a type the planner does not know (a custom build's): here Tile, forgotten
+    monkeypatch.setattr(compact, "BARRIERS", compact.BARRIERS - {"Tile"})
     model = write(tmp_path / "t.prototxt", TILE_NET)
     weights = str(tmp_path / "t.caffemodel")
     caffe.Net(model, caffe.TEST).save(weights)
@@ -397,6 +400,9 @@ def test_a_layer_mapping_zero_to_a_constant_has_it_folded(tmp_path, kind):
     ('layer { name: "prob" type: "Softmax" bottom: "conv1" top: "prob" }', "prob"),
     ('layer { name: "r" type: "Reshape" bottom: "conv1" top: "r" '
      'reshape_param { shape { dim: 0 dim: 3 dim: -1 } } }', "r"),  # moves channels
+    ('layer { name: "t" type: "Tile" bottom: "conv1" top: "t" tile_param { tiles: 2 } }', "t"),
+    ('layer { name: "n" type: "MVN" bottom: "conv1" top: "n" mvn_param { across_channels: true } }',
+     "n"),
 ])
 def test_channels_read_whole_keep_their_zero_filters(tmp_path, tail, reader):
     report = small_net(tmp_path, tail)
@@ -404,6 +410,24 @@ def test_channels_read_whole_keep_their_zero_filters(tmp_path, tail, reader):
     assert report["warnings"] == ["2 zero filters of conv1 kept: their channels are read whole, "
                                   "every channel at its place, by %s" % reader]
     assert report["equivalence"]["passed"] and report["equivalence"]["max_abs_diff"] == 0
+
+
+def test_per_channel_normalisation_and_spatial_tiles_pass_channels(tmp_path):
+    """MVN without across_channels normalises each channel alone (a zero one
+    stays zero), a Tile along an axis after the channels repeats each in place;
+    a ContrastiveLoss (siamese nets) reads its features whole."""
+    tail = ('layer { name: "n" type: "MVN" bottom: "conv1" top: "n" }\n'
+            'layer { name: "t" type: "Tile" bottom: "n" top: "t" tile_param { axis: 3 tiles: 2 } }\n'
+            + CONV2 % "t" + """
+layer { name: "fa" type: "InnerProduct" bottom: "conv2" top: "fa" inner_product_param { num_output: 3 } }
+layer { name: "fb" type: "InnerProduct" bottom: "conv2" top: "fb" inner_product_param { num_output: 3 } }
+layer { name: "sim" type: "Input" top: "sim" input_param { shape { dim: 2 } } }
+layer { name: "loss" type: "ContrastiveLoss" bottom: "fa" bottom: "fb" bottom: "sim" top: "loss" }
+""")
+    report = small_net(tmp_path, tail)
+    assert report["plan"]["layers"]["conv1"]["out"] == report["plan"]["layers"]["conv2"]["in"] == [
+        0, 2, 4, 5]
+    assert report["warnings"] == [] and report["equivalence"]["passed"]
 
 
 def test_a_silenced_blob_reads_nothing(tmp_path):
