@@ -696,25 +696,6 @@ layer { name: "fc" type: "InnerProduct" bottom: "rows" top: "fc" inner_product_p
     assert_same_outputs(model, weights, out, "fc")
 
 
-@pytest.mark.parametrize("tail, message", [
-    (SE_TAIL.replace("axis: 0", "axis: 0 bias_term: true"),
-     r"layer 'gate': Scale with two bottoms and bias_term: true is not supported"),
-    (SE_TAIL + 'layer { name: "fc" type: "InnerProduct" bottom: "flat" top: "fc" '
-     'inner_product_param { num_output: 2 } }',
-     r"layer 'gate': its factor is read by fc as well \(supported: a factor read only by the "
-     r"Scale\)"),
-    ("""layer { name: "s" type: "Input" top: "s" input_param { shape { dim: 6 } } }
-layer { name: "gate" type: "Scale" bottom: "conv1" bottom: "s" top: "gated" }""",
-     r"layer 'gate': Scale with two bottoms is supported from axis 0 only \(a factor per sample "
-     r"and channel, as in SE blocks\), not axis 1")])
-def test_gates_it_cannot_cut_are_named(tmp_path, tail, message):
-    model = write(tmp_path / "n.prototxt", SMALL_HEAD + tail)
-    weights = str(tmp_path / "n.caffemodel")
-    caffe.Net(model, caffe.TEST).save(weights)
-    with pytest.raises(compact.CompactionError, match=message):
-        compact.compact(model, weights, str(tmp_path / "out"))
-
-
 def conv(name, bottom, out, k=1, extra=""):
     pad = " pad: %d" % (k // 2) if k > 1 else ""
     return ('layer { name: "%s" type: "Convolution" bottom: "%s" top: "%s" convolution_param '
@@ -795,8 +776,18 @@ layer { name: "cat" type: "Concat" bottom: "flat" bottom: "flat" top: "cat" }"""
      r"layer 'cat': Concat of 'flat\w*', a flattened blob, is not supported"),
     (conv("g", "conv1", 4, extra=" group: 2") + """
 layer { name: "slice" type: "Slice" bottom: "g" top: "s1" top: "s2" slice_param { slice_point: 1 } }""",
-     r"layer 'slice': cutting apart the output of the grouped convolution g is not supported")])
-def test_concat_layouts_it_cannot_cut_are_named(tmp_path, tail, message):
+     r"layer 'slice': cutting apart the output of the grouped convolution g is not supported"),
+    (SE_TAIL.replace("axis: 0", "axis: 0 bias_term: true"),
+     r"layer 'gate': Scale with two bottoms and bias_term: true is not supported"),
+    (SE_TAIL + 'layer { name: "fc" type: "InnerProduct" bottom: "flat" top: "fc" '
+     'inner_product_param { num_output: 2 } }',
+     r"layer 'gate': its factor is read by fc as well \(supported: a factor read only by the "
+     r"Scale\)"),
+    ("""layer { name: "s" type: "Input" top: "s" input_param { shape { dim: 6 } } }
+layer { name: "gate" type: "Scale" bottom: "conv1" bottom: "s" top: "gated" }""",
+     r"layer 'gate': Scale with two bottoms is supported from axis 0 only \(a factor per sample "
+     r"and channel, as in SE blocks\), not axis 1")])
+def test_layouts_it_cannot_cut_are_named(tmp_path, tail, message):
     model = write(tmp_path / "n.prototxt", SMALL_HEAD + tail)
     weights = str(tmp_path / "n.caffemodel")
     caffe.Net(model, caffe.TEST).save(weights)

@@ -195,8 +195,10 @@ BN_NET = TINY_NET.replace(
     'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }')
 
 
-def test_pruned_channels_through_batchnorm_stay_zero_and_compact(tmp_path, tiny_data, capsys):
-    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=BN_NET, max_iter=60)
+def prune_conv1_to_half(tmp_path, tiny_data, net):
+    """Train ``net`` (TINY_NET's data) briefly, prune conv1 to 4 of its 8
+    filters: (net path, pruned caffemodel path)."""
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=net, max_iter=60)
     base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
     cfg = write(tmp_path / "admm.prototxt", """
         rho { initial: 0.05 growth: 2.0 max: 5 }
@@ -209,10 +211,14 @@ def test_pruned_channels_through_batchnorm_stay_zero_and_compact(tmp_path, tiny_
     report = solver.prune(solver_path, base["weights"], cfg, str(tmp_path / "run"),
                           progress=False)
     assert report["layers"]["conv1"]["filters_kept"] == 4
+    return net_path, str(tmp_path / "run" / "pruned.caffemodel")
+
+
+def test_pruned_channels_through_batchnorm_stay_zero_and_compact(tmp_path, tiny_data, capsys):
+    net_path, pruned = prune_conv1_to_half(tmp_path, tiny_data, BN_NET)
     # the pruned filters' own biases are the hooks' to hold, not the callback's
     assert ("held at zero in retraining: bn1[0] of 4 pruned channels, scale1[1] of 4 pruned "
             "channels\n") in capsys.readouterr().out
-    pruned = str(tmp_path / "run" / "pruned.caffemodel")
     net = caffe.Net(net_path, caffe.TEST, weights=pruned)
     dead = ~np.abs(net.params["conv1"][0].data).reshape(8, -1).any(axis=1)
     assert dead.sum() == 4
@@ -248,20 +254,7 @@ def test_a_pruned_squeeze_and_excitation_net_compacts_its_gates_too(tmp_path, ti
     """conv1 pruned to half its filters, behind an SE gate: compaction cuts
     its channels, the SE block's up filters and down inputs for them, from
     the pruned train/test net itself."""
-    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=SE_NET, max_iter=60)
-    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
-    cfg = write(tmp_path / "admm.prototxt", """
-        rho { initial: 0.05 growth: 2.0 max: 5 }
-        admm_steps: 2
-        iters_per_step: 20
-        retrain_iters: 40
-        snapshot_interval: 20
-        layer { name: "conv1" kind: FILTER keep_ratio: 0.5 }
-    """)
-    report = solver.prune(solver_path, base["weights"], cfg, str(tmp_path / "run"),
-                          progress=False)
-    assert report["layers"]["conv1"]["filters_kept"] == 4
-    pruned = str(tmp_path / "run" / "pruned.caffemodel")
+    net_path, pruned = prune_conv1_to_half(tmp_path, tiny_data, SE_NET)
     net = caffe.Net(net_path, caffe.TEST, weights=pruned)
     kept = np.flatnonzero(np.abs(net.params["conv1"][0].data).reshape(8, -1).any(axis=1))
     assert net.params["up"][0].data.reshape(8, -1).any(axis=1).all()  # the gates: not pruned
