@@ -26,7 +26,8 @@ iterated to a fixed point. Eltwise partners share one space, so a channel of
 a residual sum goes only where all partners agree. Concat composes the
 spaces of its inputs with offsets; an Eltwise over a Concat's output, or a
 Slice along channels, cuts a space into parts at offsets (``_split``), its
-producers then writing each part from an offset of their outputs. A depthwise convolution (group = channels
+producers then writing each part from an offset of their outputs (a grouped
+convolution's parts keep their channels: its groups balance only together). A depthwise convolution (group = channels
 = outputs) passes its channels through like a Scale with a kernel; other
 grouped convolutions keep the same number of channels in every group. A
 Deconvolution is planned as the Convolution it is the transpose of (its
@@ -114,6 +115,8 @@ class _Space:
                                   # blocks): cut with them, but a zero filter of theirs
                                   # keeps a channel
         self.factor_of = None     # that Scale, where these channels are such a factor
+        self.grouped_part = False # a part of a grouped convolution's output: its groups
+                                  # balance only with the other parts' (none is cut)
 
     def root(self):
         s = self
@@ -149,17 +152,14 @@ def _split(space, cuts, where):
     """Cut root ``space`` at the channel offsets ``cuts`` into new roots: each
     takes what was said of its channels, at its offset."""
     bounds = [0] + sorted(cuts) + [space.size]
-    grouped = sorted(set(p for p, g, _ in space.producers + space.gates if g > 1))
-    if grouped:
-        raise CompactionError("layer %r: cutting apart the output of the grouped "
-                              "convolution%s %s is not supported"
-                              % (where, "" if len(grouped) == 1 else "s", ", ".join(grouped)))
+    grouped = space.grouped_part or any(g > 1 for _, g, _ in _writers(space))
     space.split = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         part = _Space(hi - lo, space.fixed)
         part.zero_kept = list(space.zero_kept)
         part.lrn_across = list(space.lrn_across)
         part.factor_of = space.factor_of
+        part.grouped_part = grouped
         part.producers = [(p, g, o + lo) for p, g, o in space.producers]
         part.gates = [(p, g, o + lo) for p, g, o in space.gates]
         part.readers = [(r, k, d, o + lo, t) for r, k, d, o, t in space.readers]
@@ -207,6 +207,7 @@ def _union(a, b, where):
             continue
         y.parent = x
         x.fixed = x.fixed or y.fixed
+        x.grouped_part = x.grouped_part or y.grouped_part
         for field in ("producers", "readers", "per_channel", "lrn_across", "zero_kept", "gates"):
             getattr(x, field).extend(getattr(y, field))
 
@@ -229,6 +230,7 @@ def _gate(space, factor, where):
         x, y = x.root(), y.root()
         y.parent = x
         x.fixed = x.fixed or y.fixed
+        x.grouped_part = x.grouped_part or y.grouped_part
         x.gates += y.producers + y.gates
         x.per_channel += y.per_channel
         x.lrn_across += y.lrn_across
@@ -564,11 +566,11 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
             for reader, kind, detail, offset, total in s.readers:
                 unread &= ~_reads(kind, detail, weights.get(reader), offset, s.size, total)
             cut = zero | unread
-            for _, group, _ in _writers(s):  # a grouped one's whole output (_split)
-                cut = _balance(cut, group)
+            for producer, group, offset in _writers(s):
+                cut = _balance_part(cut, group, offset, weights[producer].shape[0])
             for reader, kind, detail, offset, total in s.readers:
                 if kind == "conv":
-                    cut = _balance_conv_input(cut, detail, offset, total)
+                    cut = _balance_part(cut, detail, offset, total)
             cut = _keep_one(cut | removed[id(s)], removed[id(s)], _space_group(s))
             if np.any(cut & ~removed[id(s)]):
                 removed[id(s)] |= cut
@@ -706,9 +708,12 @@ def _close(a, b):
 
 def _space_group(space):
     """The ``group`` of the grouped convolutions writing or reading ``space``:
-    1 where there are none, None where they differ."""
+    1 where there are none, None where they differ or where ``space`` is a
+    part of a grouped convolution's output."""
     groups = ({g for _, g, _ in _writers(space) if g > 1}
               | {d for _, kind, d, _, _ in space.readers if kind == "conv" and d > 1})
+    if space.grouped_part:
+        return None
     return 1 if not groups else (groups.pop() if len(groups) == 1 else None)
 
 
@@ -1052,7 +1057,10 @@ def _reads(kind, detail, w, offset, size, total):
     raise ValueError(kind)
 
 
-def _balance_conv_input(cut, group, offset, total):
+def _balance_part(cut, group, offset, total):
+    """``cut`` over channels [offset, offset + cut.size) of a grouped
+    convolution's ``total`` outputs or inputs, balanced as if the rest were
+    not cut (a part of them after a Concat or a Slice: then none is)."""
     if group <= 1:
         return cut
     full = np.zeros(total, bool)

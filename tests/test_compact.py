@@ -749,6 +749,24 @@ layer { name: "mfm" type: "Eltwise" bottom: "s1" bottom: "s2" top: "mfm"
     assert_same_outputs(model, weights, out, "conv2")
 
 
+def test_a_slice_of_a_grouped_convolution_keeps_its_channels(tmp_path):
+    """g's groups must keep as many channels each; its halves, sliced apart,
+    are balanced alone, so its zero filter 1 stays (and says why)."""
+    model = write(tmp_path / "n.prototxt", SMALL_HEAD + conv("g", "conv1", 4, extra=" group: 2")
+                  + """
+layer { name: "slice" type: "Slice" bottom: "g" top: "s1" top: "s2" slice_param { slice_point: 1 } }
+layer { name: "cat" type: "Concat" bottom: "s2" bottom: "s1" top: "cat" }
+""" + conv("conv2", "cat", 4, k=3))
+    net = caffe.Net(model, caffe.TEST)
+    random_params(net)
+    kill_filters(net, "g", [1])
+    weights, out, report = save_and_compact(net, model, tmp_path)
+    assert report["plan"]["layers"]["g"]["out"] == [0, 1, 2, 3]
+    assert report["warnings"] == ["1 zero filter of g kept: every group of the grouped "
+                                  "convolutions g keeps the same number of channels"]
+    assert report["equivalence"]["passed"]
+
+
 def test_a_gate_over_a_concat_cuts_its_factor_into_the_concat_parts(tmp_path):
     """An SE gate on an Inception-style Concat (SE-BN-Inception): up's
     filters follow the Concat's channels; a's zero filter 1 and b's 2 go with
@@ -774,9 +792,6 @@ layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" top: "cat" }
     ("""layer { name: "flat" type: "Flatten" bottom: "conv1" top: "flat" }
 layer { name: "cat" type: "Concat" bottom: "flat" bottom: "flat" top: "cat" }""",
      r"layer 'cat': Concat of 'flat\w*', a flattened blob, is not supported"),
-    (conv("g", "conv1", 4, extra=" group: 2") + """
-layer { name: "slice" type: "Slice" bottom: "g" top: "s1" top: "s2" slice_param { slice_point: 1 } }""",
-     r"layer 'slice': cutting apart the output of the grouped convolution g is not supported"),
     (SE_TAIL.replace("axis: 0", "axis: 0 bias_term: true"),
      r"layer 'gate': Scale with two bottoms and bias_term: true is not supported"),
     (SE_TAIL + 'layer { name: "fc" type: "InnerProduct" bottom: "flat" top: "fc" '
