@@ -27,9 +27,10 @@ a residual sum goes only where all partners agree. Concat composes the
 spaces of its inputs with offsets; an Eltwise over a Concat's output, or a
 Slice along channels, cuts a space into parts at offsets (``_split``), its
 producers then writing each part from an offset of their outputs (a grouped
-convolution's parts keep their channels: its groups balance only together). A depthwise convolution (group = channels
-= outputs) passes its channels through like a Scale with a kernel; other
-grouped convolutions keep the same number of channels in every group. A
+convolution's parts keep their channels: its groups balance only together).
+A depthwise convolution (group = channels = outputs) passes its channels
+through like a Scale with a kernel; other grouped convolutions keep the same
+number of channels in every group. A
 Deconvolution is planned as the Convolution it is the transpose of (its
 weight, inputs x outputs / group, regrouped into filters), a spatial
 Crop passes the channels of its first bottom, and so does a Reshape that
