@@ -594,6 +594,11 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
         folds = _folds(spaces, removed, foldable, inputs, filters, padded, types)
     plan = {"layers": {}, "spaces": [], "reshapes": {}, "slices": {}, "warnings": [],
             "notes": []}
+    blobs_of = {}  # a space's blobs: those that are it whole
+    for blob, (space, _) in blob_space.items():
+        parts = _parts(space)
+        if len(parts) == 1 and parts[0][1] == 0:
+            blobs_of.setdefault(id(parts[0][0]), []).append(blob)
     for s in spaces:
         keep = np.flatnonzero(~removed[id(s)]).tolist()
         # the removed channels whose value the readers take: they keep their constants
@@ -602,8 +607,8 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
             for c in folds.get(reader, {}).get("inputs", []):
                 if offset <= c < offset + s.size:
                     taken[c - offset] = True
-        blobs = sorted(b for b, (sp, _) in blob_space.items() if _parts(sp) == [(s, 0)])
-        plan["spaces"].append({"blobs": blobs, "channels": s.size, "kept": keep})
+        plan["spaces"].append({"blobs": sorted(blobs_of.get(id(s), [])), "channels": s.size,
+                               "kept": keep})
         for name, offset in ([(p, o) for p, _, o in _writers(s)]
                              + [(n, o) for n, o in s.per_channel]):
             entry = plan["layers"].setdefault(name, {})
@@ -711,10 +716,10 @@ def _space_group(space):
     """The ``group`` of the grouped convolutions writing or reading ``space``:
     1 where there are none, None where they differ or where ``space`` is a
     part of a grouped convolution's output."""
-    groups = ({g for _, g, _ in _writers(space) if g > 1}
-              | {d for _, kind, d, _, _ in space.readers if kind == "conv" and d > 1})
     if space.grouped_part:
         return None
+    groups = ({g for _, g, _ in _writers(space) if g > 1}
+              | {d for _, kind, d, _, _ in space.readers if kind == "conv" and d > 1})
     return 1 if not groups else (groups.pop() if len(groups) == 1 else None)
 
 
@@ -940,12 +945,11 @@ def _constant_channels(space, params, types):
 
 def _roots(blob_space):
     """Every channel space of the graph once (the Concat parts included)."""
-    spaces = []
+    spaces = {}
     for space, _ in blob_space.values():
         for root, _ in _parts(space):
-            if not any(root is x for x in spaces):
-                spaces.append(root)
-    return spaces
+            spaces.setdefault(id(root), root)
+    return list(spaces.values())
 
 
 def dead_channel_constants(net, net_param, masks):
