@@ -16,6 +16,7 @@ from caffe_admm.backend import caffe, caffe_pb2
 from caffe_admm.data import write_lmdb
 
 from conftest import ROOT, V1_LENET, write
+from test_compact import random_params
 
 # one Input layer per rule set: the layers a state keeps are the tops Caffe builds
 RULES = {
@@ -445,9 +446,7 @@ def test_senets_axpy_is_refused_by_name_and_cleaned_into_stock_layers(tmp_path):
         ("sum/factor", caffe_pb2.TEST), ("sum/scale", caffe_pb2.TEST), ("sum", caffe_pb2.TEST)]
     net = caffe.Net(out, caffe.TEST)
     rng = np.random.default_rng(0)
-    for blobs in net.params.values():
-        for b in blobs:
-            b.data[...] = rng.standard_normal(b.data.shape)
+    random_params(net, rng)
     net.blobs["x"].data[...] = rng.standard_normal(net.blobs["x"].data.shape)
     net.forward()
     a, x, y = (net.blobs[b].data for b in ("up", "c", "proj"))
