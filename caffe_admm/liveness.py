@@ -2,7 +2,9 @@
 
 When layer P loses a filter (and, at the hard prune, its bias), the matching
 output channel is exactly zero, and stays zero through ReLU, pooling and the
-other layers in :data:`ZERO_PRESERVING`. A pruned consumer L that reads it
+other layers in :data:`ZERO_PRESERVING`: BatchNorm, Scale and Bias too, whose
+entries for that channel the run zeroes and holds at zero with the bias
+(``compact.dead_channel_constants``). A pruned consumer L that reads it
 (the next Convolution, or an InnerProduct after a flatten: a block of H*W
 columns per channel) gains nothing from weights on that channel, and
 compaction cuts them out anyway. Yet a column or channel projection that
@@ -25,9 +27,10 @@ __all__ = ["ZERO_PRESERVING", "InputFeeds", "input_feeds", "masks_in_net_order"]
 
 # Single-input layers that map an all-zero channel to an all-zero channel in the
 # same place (no added constant; LRN scales a channel by its neighbours' energy,
-# which leaves zero at zero).
+# which leaves zero at zero; a pruned channel's BatchNorm mean and Scale/Bias
+# offset are held at zero).
 ZERO_PRESERVING = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Dropout", "Pooling", "LRN",
-                   "Flatten"}
+                   "Flatten", "Split", "BatchNorm", "Scale", "Bias"}
 
 
 def _producer(layers, index, blob, pruned):

@@ -28,12 +28,26 @@ def test_feeds_follow_zero_preserving_layers():
     assert feeds.feeds == {"conv2": ("conv1", 1), "ip1": ("conv2", 16)}
 
 
+BN_SCALE = TINY_NET.replace(
+    'layer { name: "conv2"',
+    'layer { name: "bn" type: "BatchNorm" bottom: "pool1" top: "pool1" }\n'
+    'layer { name: "scale" type: "Scale" bottom: "pool1" top: "pool1" '
+    'scale_param { bias_term: true } }\n'
+    'layer { name: "conv2"')
+
+
+def test_feeds_follow_batchnorm_and_scale():
+    """A pruned channel's BatchNorm mean and Scale bias are held at zero."""
+    assert liveness.input_feeds(_net(BN_SCALE), SHAPES).feeds == {
+        "conv2": ("conv1", 1), "ip1": ("conv2", 16)}
+
+
 def test_no_feed_through_layers_that_add_a_constant_or_mix_channels():
-    bn = TINY_NET.replace(
-        'layer { name: "conv2"',
-        'layer { name: "bn" type: "BatchNorm" bottom: "pool1" top: "pool1" }\n'
-        'layer { name: "conv2"')
-    assert liveness.input_feeds(_net(bn), SHAPES).feeds == {"ip1": ("conv2", 16)}
+    for layer in ('layer { name: "sig" type: "Sigmoid" bottom: "pool1" top: "pool1" }',
+                  'layer { name: "sum" type: "Eltwise" bottom: "pool1" bottom: "pool1" '
+                  'top: "pool1" }'):
+        net = TINY_NET.replace('layer { name: "conv2"', layer + '\nlayer { name: "conv2"')
+        assert liveness.input_feeds(_net(net), SHAPES).feeds == {"ip1": ("conv2", 16)}
     assert liveness.input_feeds(_net(), SHAPES, {"conv2": 2}).feeds == {"ip1": ("conv2", 16)}
     assert liveness.input_feeds(_net(), {"conv2": (8, 8, 3, 3)}).feeds == {}  # conv1 unpruned
 
@@ -90,6 +104,22 @@ def test_admm_z_never_keeps_dead_columns(tmp_path):
     assert masks["conv2"].reshape(8, -1).any(axis=0).sum() == 18
     plain = ADMMState.initial(cfg.layers, weights).hard_prune_masks(weights)
     assert plain["conv2"][:, ~conv1_alive].any()   # without the option, budget goes to dead ones
+
+
+def test_a_pruned_batchnorm_net_keeps_no_dead_inputs(tmp_path, tiny_data):
+    """Through BatchNorm + Scale: conv2 reads none of conv1's pruned channels,
+    so compaction cuts no kept weight."""
+    from conftest import write_tiny
+    solver_path, _ = write_tiny(tmp_path, tiny_data, net=BN_SCALE, max_iter=60)
+    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
+    config = write(tmp_path / "c.prototxt",
+                   CONFIG % {"method": "ADMM", "extra": "live_inputs_only: true"})
+    report = solver.prune(solver_path, base["weights"], config, str(tmp_path / "run"),
+                          progress=False)
+    masks = np.load(str(tmp_path / "run" / "masks.npz"))
+    conv1_alive = masks["conv1"].reshape(8, -1).any(axis=1)
+    assert conv1_alive.sum() == 4 and not masks["conv2"][:, ~conv1_alive].any()
+    assert report["pruned_layers_total"]["dead_input_weights"] == 0
 
 
 @pytest.mark.parametrize("method", ["ADMM", "MAGNITUDE", "SSL"])
