@@ -59,12 +59,17 @@ class InputFeeds:
         view of the consumer's weight, input c reads producer channel c // per.
     shapes : dict[str, tuple]
         Weight shape of every consumer.
+    groups : dict[str, int], optional
+        ``group`` of the grouped consumers: filter f of such a one reads the
+        inputs of its group, ``f // (F / group)``, the weight's axis 1 the
+        channels within it.
     """
 
-    def __init__(self, order, feeds, shapes):
+    def __init__(self, order, feeds, shapes, groups=None):
         self.order = list(order)
         self.feeds = dict(feeds)
         self.shapes = dict(shapes)
+        self.groups = {name: g for name, g in (groups or {}).items() if name in self.feeds}
 
     def allowed(self, name, supports):
         """Boolean mask, shaped like the weight of ``name``, of its live inputs.
@@ -79,12 +84,14 @@ class InputFeeds:
         alive = mask.reshape(mask.shape[0], -1).any(axis=1)
         shape = self.shapes[name]
         f, c, kh, kw = projections.as_4d(np.empty(shape, dtype=np.bool_)).shape
-        live = np.repeat(alive, per)
-        return np.broadcast_to(live[None, :, None, None], (f, c, kh, kw)).reshape(shape)
+        group = self.groups.get(name, 1)
+        live = np.repeat(alive, per).reshape(group, c)[np.arange(f) // (f // group)]
+        return np.broadcast_to(live[:, :, None, None], (f, c, kh, kw)).reshape(shape)
 
     def describe(self):
-        return ", ".join("%s <- %s%s" % (name, p, " (%d inputs per channel)" % per if per > 1
-                                          else "")
+        return ", ".join("%s <- %s%s%s" % (name, p, " (%d inputs per channel)" % per if per > 1
+                                            else "", " (group %d)" % self.groups[name]
+                                            if name in self.groups else "")
                          for name, (p, per) in self.feeds.items()) or "none"
 
 
@@ -113,7 +120,8 @@ def input_feeds(net_param, shapes, groups=None):
     shapes : dict[str, tuple]
         Weight shape of every pruned layer, in any order.
     groups : dict[str, int], optional
-        ``convolution_param.group`` per layer; grouped consumers are not linked.
+        ``convolution_param.group`` per layer: a grouped consumer's filters
+        read their group's channels.
 
     Returns
     -------
@@ -127,14 +135,16 @@ def input_feeds(net_param, shapes, groups=None):
     order = [l.name for l in layers if l.name in shapes]
     feeds = {}
     for index, layer in enumerate(layers):
-        if layer.name not in shapes or len(layer.bottom) != 1 or groups.get(layer.name, 1) != 1:
+        if layer.name not in shapes or len(layer.bottom) != 1:
             continue
         producer = _producer(layers, index, layer.bottom[0], shapes)
         if producer is None:
             continue
         n_filters = shapes[producer][0]
-        n_inputs = projections.as_4d(np.empty(shapes[layer.name], dtype=np.bool_)).shape[1]
+        n_inputs = (projections.as_4d(np.empty(shapes[layer.name], dtype=np.bool_)).shape[1]
+                    * groups.get(layer.name, 1))
         if n_inputs % n_filters == 0 and (len(shapes[layer.name]) == 2
                                           or n_inputs == n_filters):
             feeds[layer.name] = (producer, n_inputs // n_filters)
-    return InputFeeds(order, feeds, {name: shapes[name] for name in feeds})
+    return InputFeeds(order, feeds, {name: shapes[name] for name in feeds},
+                      {name: g for name, g in groups.items() if g > 1})

@@ -48,8 +48,46 @@ def test_no_feed_through_layers_that_add_a_constant_or_mix_channels():
                   'top: "pool1" }'):
         net = TINY_NET.replace('layer { name: "conv2"', layer + '\nlayer { name: "conv2"')
         assert liveness.input_feeds(_net(net), SHAPES).feeds == {"ip1": ("conv2", 16)}
-    assert liveness.input_feeds(_net(), SHAPES, {"conv2": 2}).feeds == {"ip1": ("conv2", 16)}
     assert liveness.input_feeds(_net(), {"conv2": (8, 8, 3, 3)}).feeds == {}  # conv1 unpruned
+
+
+GROUPED = TINY_NET.replace("num_output: 8 kernel_size: 3 pad: 1\n    weight_filler { type: "
+                           '"xavier" } bias_filler { type: "constant" } } }\nlayer { name: "relu2"',
+                           "num_output: 8 kernel_size: 3 pad: 1 group: 2\n    weight_filler { "
+                           'type: "xavier" } bias_filler { type: "constant" } } }\nlayer { name: '
+                           '"relu2"')
+
+
+def test_a_grouped_consumer_reads_the_inputs_of_its_group():
+    shapes = dict(SHAPES, conv2=(8, 4, 3, 3))
+    feeds = liveness.input_feeds(_net(GROUPED), shapes, {"conv2": 2})
+    assert feeds.feeds["conv2"] == ("conv1", 1)
+    assert feeds.describe().startswith("conv2 <- conv1 (group 2)")
+    conv1 = np.ones(SHAPES["conv1"], dtype=bool)
+    conv1[[1, 6]] = False
+    dead = np.zeros((8, 4), dtype=bool)
+    dead[:4, 1] = True   # filters 0-3 read channels 0-3: 1 is dead
+    dead[4:, 2] = True   # filters 4-7 read channels 4-7: 6 is dead
+    np.testing.assert_array_equal(feeds.allowed("conv2", {"conv1": conv1}),
+                                  np.broadcast_to(~dead[:, :, None, None], (8, 4, 3, 3)))
+
+
+def test_a_pruned_grouped_net_keeps_no_dead_inputs(tmp_path, tiny_data):
+    from conftest import write_tiny
+    assert GROUPED != TINY_NET
+    solver_path, _ = write_tiny(tmp_path, tiny_data, net=GROUPED, max_iter=60)
+    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
+    config = write(tmp_path / "c.prototxt", (CONFIG % {
+        "method": "ADMM", "extra": "live_inputs_only: true"}).replace(
+        "kind: FILTER_SHAPE filter_keep_ratio: 0.5 shape_keep_ratio: 0.25",
+        "kind: FILTER keep_ratio: 0.5"))
+    solver.prune(solver_path, base["weights"], config, str(tmp_path / "run"), progress=False)
+    masks = np.load(str(tmp_path / "run" / "masks.npz"))
+    conv1_alive = masks["conv1"].reshape(8, -1).any(axis=1)
+    assert conv1_alive.sum() == 4
+    reads = masks["conv2"].any(axis=(2, 3))                       # (8 filters, 4 inputs)
+    for g in range(2):
+        assert not reads[4 * g:4 * (g + 1), ~conv1_alive[4 * g:4 * (g + 1)]].any()
 
 
 def test_allowed_marks_the_inputs_of_dead_producer_filters():
