@@ -28,13 +28,17 @@ __all__ = ["ZERO_PRESERVING", "InputFeeds", "input_feeds", "masks_in_net_order"]
 # Single-input layers that map an all-zero channel to an all-zero channel in the
 # same place (no added constant; LRN scales a channel by its neighbours' energy,
 # which leaves zero at zero; a pruned channel's BatchNorm mean and Scale/Bias
-# offset are held at zero).
+# offset are held at zero, unless an Eltwise partner still writes the channel).
 ZERO_PRESERVING = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Dropout", "Pooling", "LRN",
                    "Flatten", "Split", "BatchNorm", "Scale", "Bias"}
+CONSTANTS = {"BatchNorm", "Scale", "Bias"}  # zero-preserving for pruned channels only
 
 
-def _producer(layers, index, blob, pruned):
-    """Walk back from ``blob`` read by ``layers[index]`` to a pruned layer, or None."""
+def _producer(layers, index, blob, pruned, summed=frozenset()):
+    """Walk back from ``blob`` read by ``layers[index]`` to a pruned layer, or
+    None. ``summed``: the blobs Eltwise layers read; the run keeps a
+    BatchNorm's or Scale's constants on a channel an Eltwise partner writes,
+    so the walk stops at one on such a blob."""
     while True:
         writer = next((i for i in range(index - 1, -1, -1) if blob in layers[i].top), None)
         if writer is None:
@@ -43,6 +47,8 @@ def _producer(layers, index, blob, pruned):
         if layer.name in pruned and layer.type in ("Convolution", "InnerProduct"):
             return layer.name
         if layer.type not in ZERO_PRESERVING or len(layer.bottom) != 1:
+            return None
+        if layer.type in CONSTANTS and {layer.bottom[0], *layer.top} & summed:
             return None
         index, blob = writer, layer.bottom[0]
 
@@ -134,10 +140,11 @@ def input_feeds(net_param, shapes, groups=None):
     layers = [l for l in net_param.layer if layer_included(l, test)]
     order = [l.name for l in layers if l.name in shapes]
     feeds = {}
+    summed = {b for l in layers if l.type == "Eltwise" for b in l.bottom}
     for index, layer in enumerate(layers):
         if layer.name not in shapes or len(layer.bottom) != 1:
             continue
-        producer = _producer(layers, index, layer.bottom[0], shapes)
+        producer = _producer(layers, index, layer.bottom[0], shapes, summed)
         if producer is None:
             continue
         n_filters = shapes[producer][0]

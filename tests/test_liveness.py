@@ -37,9 +37,13 @@ BN_SCALE = TINY_NET.replace(
 
 
 def test_feeds_follow_batchnorm_and_scale():
-    """A pruned channel's BatchNorm mean and Scale bias are held at zero."""
+    """A pruned channel's BatchNorm mean and Scale bias are held at zero, but
+    not where an Eltwise partner still writes the channel."""
     assert liveness.input_feeds(_net(BN_SCALE), SHAPES).feeds == {
         "conv2": ("conv1", 1), "ip1": ("conv2", 16)}
+    summed = BN_SCALE.replace('layer { name: "conv2"', 'layer { name: "sum" type: "Eltwise" '
+                              'bottom: "pool1" bottom: "pool1" top: "sum" }\nlayer { name: "conv2"')
+    assert liveness.input_feeds(_net(summed), SHAPES).feeds == {"ip1": ("conv2", 16)}
 
 
 def test_no_feed_through_layers_that_add_a_constant_or_mix_channels():
