@@ -16,7 +16,9 @@ With ``live_inputs_only``, every projection and support of L is taken onto
 the k groups of largest norm are chosen among the rest. That is still the
 exact Euclidean projection (onto the smaller set), and the budget goes to
 inputs that can carry signal. Layers are handled in net order, so P's new
-support is known when L is projected.
+support is known when L is projected. L may read a Concat (Inception,
+DenseNet): then each part's channels are those of its own producer, live
+where that one is pruned, all live where it is not pruned.
 """
 
 import numpy as np
@@ -34,18 +36,25 @@ ZERO_PRESERVING = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Dropout", "Pooling
 CONSTANTS = {"BatchNorm", "Scale", "Bias"}  # zero-preserving for pruned channels only
 
 
-def _producer(layers, index, blob, pruned, summed=frozenset()):
-    """Walk back from ``blob`` read by ``layers[index]`` to a pruned layer, or
-    None. ``summed``: the blobs Eltwise layers read; the run keeps a
-    BatchNorm's or Scale's constants on a channel an Eltwise partner writes,
-    so the walk stops at one on such a blob."""
+def _sources(layers, index, blob, pruned, summed):
+    """Where the channels of ``blob``, read by ``layers[index]``, come from:
+    ((pruned layer, or None for another, channels), ...) in channel order,
+    walking back through zero-preserving layers and into Concats; None
+    where that is not known. ``summed``: the blobs Eltwise layers read; the
+    run keeps a BatchNorm's or Scale's constants on a channel an Eltwise
+    partner writes, so the walk stops at one on such a blob."""
     while True:
         writer = next((i for i in range(index - 1, -1, -1) if blob in layers[i].top), None)
         if writer is None:
             return None
         layer = layers[writer]
-        if layer.name in pruned and layer.type in ("Convolution", "InnerProduct"):
-            return layer.name
+        if layer.type in ("Convolution", "InnerProduct"):
+            width = (layer.convolution_param if layer.type == "Convolution"
+                     else layer.inner_product_param).num_output
+            return ((layer.name if layer.name in pruned else None, width),)
+        if layer.type == "Concat" and _channel_concat(layer):
+            parts = [_sources(layers, writer, b, pruned, summed) for b in layer.bottom]
+            return None if None in parts else tuple(p for part in parts for p in part)
         if layer.type not in ZERO_PRESERVING or len(layer.bottom) != 1:
             return None
         if layer.type in CONSTANTS and {layer.bottom[0], *layer.top} & summed:
@@ -53,16 +62,23 @@ def _producer(layers, index, blob, pruned, summed=frozenset()):
         index, blob = writer, layer.bottom[0]
 
 
+def _channel_concat(layer):
+    p = layer.concat_param
+    return (p.axis if p.HasField("axis") else p.concat_dim if p.HasField("concat_dim") else 1) == 1
+
+
 class InputFeeds:
-    """Per pruned layer, its pruned producer and how many inputs each channel feeds.
+    """Per pruned layer, its pruned producers and how many inputs each channel feeds.
 
     Parameters
     ----------
     order : list of str
         The pruned layers in net order.
-    feeds : dict[str, (str, int)]
-        Consumer -> (producer, inputs per producer channel): in the (F, C, kh, kw)
-        view of the consumer's weight, input c reads producer channel c // per.
+    feeds : dict[str, (tuple, int)]
+        Consumer -> (sources, inputs per channel). ``sources``: ((producer, or
+        None for a layer not pruned, its channels), ...) in order, one unless
+        the consumer reads a Concat; in the (F, C, kh, kw) view of the
+        consumer's weight, input c reads channel c // per of them all.
     shapes : dict[str, tuple]
         Weight shape of every consumer.
     groups : dict[str, int], optional
@@ -81,13 +97,14 @@ class InputFeeds:
         """Boolean mask, shaped like the weight of ``name``, of its live inputs.
 
         ``supports`` holds the masks already decided for producers; None when
-        ``name`` has no pruned producer (or its producer is not decided).
+        ``name`` has no pruned producer (or none is decided yet).
         """
-        if name not in self.feeds or self.feeds[name][0] not in supports:
+        if name not in self.feeds or not any(p in supports for p, _ in self.feeds[name][0]):
             return None
-        producer, per = self.feeds[name]
-        mask = projections.as_4d(supports[producer])
-        alive = mask.reshape(mask.shape[0], -1).any(axis=1)
+        sources, per = self.feeds[name]
+        alive = np.concatenate([
+            projections.as_4d(supports[p]).reshape(n, -1).any(axis=1) if p in supports
+            else np.ones(n, dtype=bool) for p, n in sources])
         shape = self.shapes[name]
         f, c, kh, kw = projections.as_4d(np.empty(shape, dtype=np.bool_)).shape
         group = self.groups.get(name, 1)
@@ -95,10 +112,11 @@ class InputFeeds:
         return np.broadcast_to(live[:, :, None, None], (f, c, kh, kw)).reshape(shape)
 
     def describe(self):
-        return ", ".join("%s <- %s%s%s" % (name, p, " (%d inputs per channel)" % per if per > 1
-                                            else "", " (group %d)" % self.groups[name]
-                                            if name in self.groups else "")
-                         for name, (p, per) in self.feeds.items()) or "none"
+        return ", ".join("%s <- %s%s%s" % (
+            name, " + ".join(p or "%d channels not pruned" % n for p, n in sources),
+            " (%d inputs per channel)" % per if per > 1 else "",
+            " (group %d)" % self.groups[name] if name in self.groups else "")
+            for name, (sources, per) in self.feeds.items()) or "none"
 
 
 def masks_in_net_order(names, feeds, mask_of):
@@ -144,14 +162,13 @@ def input_feeds(net_param, shapes, groups=None):
     for index, layer in enumerate(layers):
         if layer.name not in shapes or len(layer.bottom) != 1:
             continue
-        producer = _producer(layers, index, layer.bottom[0], shapes, summed)
-        if producer is None:
+        sources = _sources(layers, index, layer.bottom[0], shapes, summed)
+        if sources is None or all(p is None for p, _ in sources):
             continue
-        n_filters = shapes[producer][0]
+        channels = sum(n for _, n in sources)
         n_inputs = (projections.as_4d(np.empty(shapes[layer.name], dtype=np.bool_)).shape[1]
                     * groups.get(layer.name, 1))
-        if n_inputs % n_filters == 0 and (len(shapes[layer.name]) == 2
-                                          or n_inputs == n_filters):
-            feeds[layer.name] = (producer, n_inputs // n_filters)
+        if n_inputs % channels == 0 and (len(shapes[layer.name]) == 2 or n_inputs == channels):
+            feeds[layer.name] = (sources, n_inputs // channels)
     return InputFeeds(order, feeds, {name: shapes[name] for name in feeds},
                       {name: g for name, g in groups.items() if g > 1})
