@@ -63,6 +63,8 @@ def _sources(layers, index, blob, pruned, summed):
 
 
 def _channel_concat(layer):
+    """Whether a Concat joins its bottoms along channels (axis, or the old
+    concat_dim, 1)."""
     p = layer.concat_param
     return (p.axis if p.HasField("axis") else p.concat_dim if p.HasField("concat_dim") else 1) == 1
 
