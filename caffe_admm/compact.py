@@ -371,13 +371,12 @@ def _build_graph(net, net_param):
                 blob_space[t] = (space, block)
         elif kind == "Silence":
             continue  # discards its bottoms: reads nothing
-        elif kind == "Reshape" and _reshape_block(net.blobs[bottoms[0]].data.shape,
-                                                  net.blobs[tops[0]].data.shape):
+        elif kind == "Reshape" and (widen := _reshape_block(net.blobs[bottoms[0]].data.shape,
+                                                             net.blobs[tops[0]].data.shape)):
             # keeps each sample's channels in place: (N, C, ...) to (N, C, ...), or
             # (N, C, H, W) to (N, C * H * W) as a Flatten
             space, block = blob_space[bottoms[0]]
-            blob_space[tops[0]] = (space, block * _reshape_block(
-                net.blobs[bottoms[0]].data.shape, net.blobs[tops[0]].data.shape))
+            blob_space[tops[0]] = (space, block * widen)
             info["reshape"] = (space, net.blobs[bottoms[0]].data.ndim)
         elif kind == "Flatten":
             space, block = blob_space[bottoms[0]]
