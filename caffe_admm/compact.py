@@ -74,7 +74,8 @@ CONV_TYPES = ("Convolution", "Deconvolution")
 # Layers that pass channels through unchanged and map 0 to 0.
 PASS_THROUGH = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Swish", "Dropout", "Pooling", "LRN",
                 "BatchNorm", "Scale", "Bias", "Split"}
-# Layers that work on each value alone but may map 0 to a non-zero constant.
+# Layers that work on each value alone but may map 0 to a non-zero constant
+# (passed through where their parameters map 0 to 0: protoio.maps_zero_to_zero).
 ELEMENTWISE = {"Sigmoid", "Power", "Exp", "Log", "BNLL", "Threshold", "Clip"}
 # Layers with one blob entry per channel, sliced with their channels.
 PER_CHANNEL = {"BatchNorm": (0, 1), "Scale": (0, 1), "Bias": (0,), "PReLU": (0,)}
@@ -249,12 +250,14 @@ def _writers(space):
 
 
 def _layer_options(net_param):
-    """Per layer name: whether an LRN or an MVN works across channels; a
+    """Per layer name: whether an LRN or an MVN works across channels; the
+    element-wise layers that map 0 to 0 by their parameters (a set); a
     Concat's, an InnerProduct's, a Crop's, a Tile's, a Slice's or a
     two-bottom Scale's or Bias's axis."""
     lrn = {l.name: l.lrn_param.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS
            for l in net_param.layer if l.type == "LRN"}
     mvn = {l.name: l.mvn_param.across_channels for l in net_param.layer if l.type == "MVN"}
+    zero_to_zero = {l.name for l in net_param.layer if protoio.maps_zero_to_zero(l)}
     axis = {}
     for l in net_param.layer:
         if l.type == "Concat":
@@ -282,12 +285,12 @@ def _layer_options(net_param):
             axis[l.name] = l.scale_param.axis
         elif l.type == "Bias" and len(l.bottom) > 1:
             axis[l.name] = l.bias_param.axis
-    return lrn, mvn, axis
+    return lrn, mvn, zero_to_zero, axis
 
 
 def _build_graph(net, net_param):
     """Channel spaces of a live TEST-phase ``caffe.Net``."""
-    lrn_across, mvn_across, layer_axis = _layer_options(net_param)
+    lrn_across, mvn_across, zero_to_zero, layer_axis = _layer_options(net_param)
     blob_space = {}   # blob -> (_Space or _Composite, block)
     layers = []
     for name, layer in zip(net._layer_names, net.layers):
@@ -354,7 +357,8 @@ def _build_graph(net, net_param):
             (_gate if kind == "Scale" else _union)(space, factor, name)
             for t in tops:
                 blob_space[t] = (space, 1)
-        elif kind in PASS_THROUGH or kind == "MVN" and not mvn_across.get(name, True):
+        elif (kind in PASS_THROUGH or kind == "MVN" and not mvn_across.get(name, True)
+              or name in zero_to_zero):
             space, block = blob_space[bottoms[0]]
             if kind in PER_CHANNEL:
                 _per_channel(space, name)

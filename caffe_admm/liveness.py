@@ -24,14 +24,17 @@ where that one is pruned, all live where it is not pruned.
 import numpy as np
 
 from caffe_admm import projections
+from caffe_admm.protoio import maps_zero_to_zero
 
 __all__ = ["ZERO_PRESERVING", "InputFeeds", "input_feeds", "masks_in_net_order"]
 
 # Single-input layers that map an all-zero channel to an all-zero channel in the
 # same place (no added constant; LRN scales a channel by its neighbours' energy,
 # which leaves zero at zero; a pruned channel's BatchNorm mean and Scale/Bias
-# offset are held at zero, unless an Eltwise partner still writes the channel).
-ZERO_PRESERVING = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Dropout", "Pooling", "LRN",
+# offset are held at zero, unless an Eltwise partner still writes the channel);
+# also a Clip, Threshold, Power or Log whose parameters map 0 to 0
+# (protoio.maps_zero_to_zero: ReLU6, say).
+ZERO_PRESERVING = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Swish", "Dropout", "Pooling", "LRN",
                    "Flatten", "Split", "BatchNorm", "Scale", "Bias"}
 CONSTANTS = {"BatchNorm", "Scale", "Bias"}  # zero-preserving for pruned channels only
 
@@ -55,7 +58,8 @@ def _sources(layers, index, blob, pruned, summed):
         if layer.type == "Concat" and _channel_concat(layer):
             parts = [_sources(layers, writer, b, pruned, summed) for b in layer.bottom]
             return None if None in parts else tuple(p for part in parts for p in part)
-        if layer.type not in ZERO_PRESERVING or len(layer.bottom) != 1:
+        if (layer.type not in ZERO_PRESERVING and not maps_zero_to_zero(layer)
+                or len(layer.bottom) != 1):
             return None
         if layer.type in CONSTANTS and {layer.bottom[0], *layer.top} & summed:
             return None

@@ -16,10 +16,11 @@ from google.protobuf import text_format
 __all__ = ["ProtoError", "parse_text", "unknown_fields", "read_without_unknown", "clean",
            "FORK_LAYERS", "stock_layers",
            "read_net", "read_solver", "read_caffemodel",
-           "DATA_TYPES", "SOLVER_TYPES", "LR_POLICIES", "field_line", "check_solver",
-           "write_text", "write_binary", "atomic_write", "resolve_solver_net",
+           "DATA_TYPES", "SOLVER_TYPES", "LR_POLICIES", "maps_zero_to_zero", "field_line",
+           "check_solver", "write_text", "write_binary", "atomic_write", "resolve_solver_net",
            "layer_line", "net_state", "layer_included", "check_bottoms", "check_sources",
-           "check_layer_types", "check_net", "read_checked_net", "blob_shape", "caffemodel_shapes", "make_caffemodel"]
+           "check_layer_types", "check_net", "read_checked_net", "blob_shape",
+           "caffemodel_shapes", "make_caffemodel"]
 
 
 class ProtoError(ValueError):
@@ -302,6 +303,22 @@ def write_binary(path, message):
 DATA_TYPES = ("Input", "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData")
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+
+
+def maps_zero_to_zero(layer):
+    """Whether an element-wise layer whose parameters decide it maps 0 to 0:
+    a Clip around 0 (ReLU6 is Clip from 0 to 6), a Threshold at 0 or above,
+    a Power (shift + scale * x)^power with no shift and a positive power, a
+    Log of shift + scale * x with shift 1. False for any other layer."""
+    if layer.type == "Clip":
+        return layer.clip_param.min <= 0 <= layer.clip_param.max
+    if layer.type == "Threshold":
+        return layer.threshold_param.threshold >= 0
+    if layer.type == "Power":
+        return layer.power_param.shift == 0 and layer.power_param.power > 0
+    if layer.type == "Log":
+        return layer.log_param.shift == 1
+    return False
 
 
 def _first_line(path, test):

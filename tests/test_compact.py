@@ -380,9 +380,13 @@ def test_a_constant_channel_that_stays_carries_the_removed_ones(tmp_path):
     assert_same_outputs(model, weights, out, "conv2")
 
 
-@pytest.mark.parametrize("kind", ["Sigmoid", "Exp", "BNLL"])
+@pytest.mark.parametrize("kind", ["Sigmoid", "Exp", "BNLL", 'Clip" clip_param { min: 0.5 max: 6 }',
+                                  'Threshold" threshold_param { threshold: -1 }',
+                                  'Power" power_param { shift: 1 }',
+                                  'Log" log_param { shift: 2 }'])
 def test_a_layer_mapping_zero_to_a_constant_has_it_folded(tmp_path, kind):
-    tail = 'layer { name: "f" type: "%s" bottom: "conv1" top: "f" }\n' % kind
+    tail = 'layer { name: "f" type: "%s bottom: "conv1" top: "f" }\n' % (
+        kind if '"' in kind else kind + '"')
     report = small_net(tmp_path / "fold", tail + CONV2.replace("pad: 1", "pad: 0") % "f")
     assert report["plan"]["layers"]["conv1"]["out"] == [0, 2, 4, 5]
     assert report["plan"]["layers"]["conv2"]["fold"]["inputs"] == [1, 3]
@@ -393,6 +397,39 @@ def test_a_layer_mapping_zero_to_a_constant_has_it_folded(tmp_path, kind):
     assert report["plan"]["layers"]["conv2"]["in"] == [0, 2, 5]
     assert "fold" not in report["plan"]["layers"]["conv2"]
     assert report["equivalence"]["passed"] and report["equivalence"]["max_abs_diff"] == 0
+
+
+@pytest.mark.parametrize("layer", [
+    'type: "Clip" clip_param { min: 0 max: 6 }',  # ReLU6
+    'type: "Threshold" threshold_param { threshold: 0.5 }',
+    'type: "Power" power_param { power: 2 scale: 3 }',
+    'type: "Log" log_param { shift: 1 scale: 0.5 }',
+    'type: "Swish" swish_param { beta: 2 }',
+])
+def test_element_wise_layers_that_map_zero_to_zero_pass_channels(tmp_path, layer):
+    """On |conv1| (a Log's input stays positive); conv2 is padded, so a
+    constant on conv1's zero channels would keep them. Planned without the
+    forward passes too (what pruning's reports use), and a BatchNorm before
+    the layer gets its entries on pruned channels zeroed by pruning."""
+    tail = ('layer { name: "abs" type: "AbsVal" bottom: "conv1" top: "abs" }\n'
+            'layer { name: "f" %s bottom: "abs" top: "f" }\n' % layer + CONV2 % "f")
+    report = small_net(tmp_path, tail)
+    assert report["plan"]["layers"]["conv1"]["out"] == [0, 2, 4, 5]
+    assert report["plan"]["layers"]["conv2"]["in"] == [0, 2, 4, 5]
+    assert "fold" not in report["plan"]["layers"]["conv2"]
+    assert report["warnings"] == [] and report["equivalence"]["passed"]
+    model = str(tmp_path / "n.prototxt")
+    net = caffe.Net(model, caffe.TEST, weights=str(tmp_path / "n.caffemodel"))
+    assert compact.plan_compaction(net, protoio.read_net(model))["layers"]["conv1"]["out"] == [
+        0, 2, 4, 5]
+    model = write(tmp_path / "bn.prototxt", SMALL_HEAD + 'layer { name: "bn1" type: "BatchNorm" '
+                  'bottom: "conv1" top: "conv1" }\n' + tail)
+    mask = np.ones((6, 3, 3, 3), bool)
+    mask[[1, 3]] = False
+    dead = compact.dead_channel_constants(caffe.Net(model, caffe.TEST), protoio.read_net(model),
+                                          {"conv1": mask})
+    assert [(name, index, list(channels)) for name, index, channels in dead] == [
+        ("bn1", 0, [1, 3])]
 
 
 @pytest.mark.parametrize("tail,reader", [

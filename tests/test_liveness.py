@@ -47,8 +47,18 @@ def test_feeds_follow_batchnorm_and_scale():
     assert liveness.input_feeds(_net(summed), SHAPES).feeds == {"ip1": ((("conv2", 8),), 16)}
 
 
+@pytest.mark.parametrize("layer", ['type: "Clip" clip_param { min: 0 max: 6 }',  # ReLU6
+                                   'type: "Swish"', 'type: "Power" power_param { power: 2 }'])
+def test_feeds_follow_element_wise_layers_that_map_zero_to_zero(layer):
+    net = TINY_NET.replace('layer { name: "conv2"', 'layer { name: "f" %s bottom: "pool1" '
+                           'top: "pool1" }\nlayer { name: "conv2"' % layer)
+    assert liveness.input_feeds(_net(net), SHAPES).feeds["conv2"] == ((("conv1", 8),), 1)
+
+
 def test_no_feed_through_layers_that_add_a_constant_or_mix_channels():
     for layer in ('layer { name: "sig" type: "Sigmoid" bottom: "pool1" top: "pool1" }',
+                  'layer { name: "c" type: "Clip" bottom: "pool1" top: "pool1" '
+                  'clip_param { min: 0.5 max: 6 } }',
                   'layer { name: "sum" type: "Eltwise" bottom: "pool1" bottom: "pool1" '
                   'top: "pool1" }'):
         net = TINY_NET.replace('layer { name: "conv2"', layer + '\nlayer { name: "conv2"')

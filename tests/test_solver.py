@@ -214,8 +214,11 @@ def prune_conv1_to_half(tmp_path, tiny_data, net):
     return net_path, str(tmp_path / "run" / "pruned.caffemodel")
 
 
-def test_pruned_channels_through_batchnorm_stay_zero_and_compact(tmp_path, tiny_data, capsys):
-    net_path, pruned = prune_conv1_to_half(tmp_path, tiny_data, BN_NET)
+@pytest.mark.parametrize("relu", ['type: "ReLU"', 'type: "Clip" clip_param { min: 0 max: 6 }'])
+def test_pruned_channels_through_batchnorm_stay_zero_and_compact(tmp_path, tiny_data, capsys, relu):
+    """With a ReLU or a ReLU6 (Clip) after the BatchNorm and Scale."""
+    net = BN_NET.replace('name: "relu1" type: "ReLU"', 'name: "relu1" ' + relu)
+    net_path, pruned = prune_conv1_to_half(tmp_path, tiny_data, net)
     # the pruned filters' own biases are the hooks' to hold, not the callback's
     assert ("held at zero in retraining: bn1[0] of 4 pruned channels, scale1[1] of 4 pruned "
             "channels\n") in capsys.readouterr().out
