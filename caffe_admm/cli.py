@@ -11,7 +11,7 @@ Verbs:
   time     per-layer and whole-net forward time, original vs compacted
   report   tables and plots over one or more prune runs
   clean    a copy of a prototxt without a Caffe fork's fields (the SSL fork's) and
-           layers (SENet's Axpy: into stock ones)
+           layers (SENet's Axpy, MobileNet ports' ReLU6 and depthwise: into stock ones)
 """
 
 import argparse
@@ -136,7 +136,8 @@ def build_parser():
     p.add_argument("--out", required=True, help="directory for report.md, summary.json, PNGs")
 
     p = verbs.add_parser("clean", help="copy a prototxt without the fields BVLC Caffe lacks, "
-                         "a fork's layers (SENet's Axpy) rewritten into stock ones",
+                         "a fork's layers (SENet's Axpy, ReLU6, depthwise) rewritten into "
+                         "stock ones",
                          formatter_class=fmt)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="net prototxt (an old format is upgraded too)")

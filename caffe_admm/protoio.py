@@ -206,30 +206,36 @@ def clean(path, out, solver=False):
             stripped = os.path.join(tmp, os.path.basename(path))
             write_text(stripped, message)
             message = read_net(stripped)
-        rewritten = [(layer_line(path, r[0]),) + r for r in stock_layers(message)]
+        rewritten = [(layer_line(path, r[0]),) + r for r in stock_layers(message, path)]
     write_text(out, message)
     return dropped, rewritten
 
 
 # Layers of Caffe forks that stock layers compute: type -> what they become
-FORK_LAYERS = {"Axpy": "Flatten + Scale + Eltwise (SENet's a * X + Y)"}
+_DEPTHWISE = "Convolution with group (MobileNet ports; group = num_output where it is unset)"
+FORK_LAYERS = {"Axpy": "Flatten + Scale + Eltwise (SENet's a * X + Y)",
+               "ReLU6": "Clip from 0 to 6 (MobileNetV2 ports)",
+               "DepthwiseConvolution": _DEPTHWISE, "ConvolutionDepthwise": _DEPTHWISE}
 
 
-def stock_layers(net_param):
+def stock_layers(net_param, path=None):
     """Rewrite, in place, the layers of ``net_param`` of a type in
     :data:`FORK_LAYERS` into the stock layers that compute the same.
 
     SENet's ``Axpy`` (bottoms a, shape (N, C, 1, 1), X and Y, (N, C, H, W);
     top a * X + Y) becomes ``NAME/factor`` (Flatten of a to (N, C)),
     ``NAME/scale`` (Scale of X by it from axis 0) and ``NAME`` (Eltwise SUM
-    with Y), with the Axpy's top and rules. None of them has parameters,
-    so the caffemodel stays as it is.
+    with Y), with the Axpy's top and rules. ``ReLU6`` becomes a Clip from 0
+    to 6, a depthwise convolution layer a Convolution (one filter per input
+    channel, ``group = num_output``, where its ``group`` is unset), each
+    with its name, bottoms, tops, rules and parameters. The weights keep
+    their names and shapes, so the caffemodel stays as it is. ``path``,
+    the file it was read from, is named in errors.
 
     Returns
     -------
     list of (layer name, type, str) : what each rewritten layer became
     """
-    from caffe_admm.backend import caffe_pb2
     names = {l.name for l in net_param.layer} | {t for l in net_param.layer for t in l.top}
 
     def fresh(name):
@@ -240,29 +246,60 @@ def stock_layers(net_param):
 
     rewritten, layers = [], []
     for layer in net_param.layer:
-        if layer.type != "Axpy":
+        if layer.type not in FORK_LAYERS:
             layers.append(layer)
             continue
-        if len(layer.bottom) != 3 or len(layer.top) != 1:
-            raise ProtoError("layer %r (Axpy) has %d bottoms and %d tops; SENet's has 3 (a, X, "
-                             "Y) and 1" % (layer.name, len(layer.bottom), len(layer.top)))
-        a, x, y = layer.bottom
-        factor, scaled = fresh(layer.name + "/factor"), fresh(layer.name + "/scaled")
-        new = [caffe_pb2.LayerParameter(name=factor, type="Flatten", bottom=[a], top=[factor]),
-               caffe_pb2.LayerParameter(name=fresh(layer.name + "/scale"), type="Scale",
-                                        bottom=[x, factor], top=[scaled]),
-               caffe_pb2.LayerParameter(name=layer.name, type="Eltwise", bottom=[scaled, y],
-                                        top=list(layer.top))]
-        new[1].scale_param.axis = 0
-        for n in new:
-            n.include.extend(layer.include)
-            n.exclude.extend(layer.exclude)
+        where = _where(path, layer)
+        new = (_axpy(layer, fresh, where) if layer.type == "Axpy" else
+               _relu6(layer, where) if layer.type == "ReLU6" else _depthwise(layer))
         layers += new
         rewritten.append((layer.name, layer.type, ", ".join("%r (%s)" % (n.name, n.type)
                                                             for n in new)))
     del net_param.layer[:]
     net_param.layer.extend(layers)
     return rewritten
+
+
+def _axpy(layer, fresh, where):
+    from caffe_admm.backend import caffe_pb2
+    if len(layer.bottom) != 3 or len(layer.top) != 1:
+        raise ProtoError("%s (Axpy) has %d bottoms and %d tops; SENet's has 3 (a, X, Y) and "
+                         "1" % (where, len(layer.bottom), len(layer.top)))
+    a, x, y = layer.bottom
+    factor, scaled = fresh(layer.name + "/factor"), fresh(layer.name + "/scaled")
+    new = [caffe_pb2.LayerParameter(name=factor, type="Flatten", bottom=[a], top=[factor]),
+           caffe_pb2.LayerParameter(name=fresh(layer.name + "/scale"), type="Scale",
+                                    bottom=[x, factor], top=[scaled]),
+           caffe_pb2.LayerParameter(name=layer.name, type="Eltwise", bottom=[scaled, y],
+                                    top=list(layer.top))]
+    new[1].scale_param.axis = 0
+    for n in new:
+        n.include.extend(layer.include)
+        n.exclude.extend(layer.exclude)
+    return new
+
+
+def _relu6(layer, where):
+    from caffe_admm.backend import caffe_pb2
+    if layer.relu_param.negative_slope:
+        raise ProtoError("%s (ReLU6) has negative_slope %g; a Clip from 0 to 6 computes ReLU6 "
+                         "only without it" % (where, layer.relu_param.negative_slope))
+    new = caffe_pb2.LayerParameter()
+    new.CopyFrom(layer)
+    new.type = "Clip"
+    new.ClearField("relu_param")
+    new.clip_param.min, new.clip_param.max = 0, 6
+    return [new]
+
+
+def _depthwise(layer):
+    from caffe_admm.backend import caffe_pb2
+    new = caffe_pb2.LayerParameter()
+    new.CopyFrom(layer)
+    new.type = "Convolution"
+    if not new.convolution_param.HasField("group"):
+        new.convolution_param.group = new.convolution_param.num_output
+    return [new]
 
 
 def read_solver(path):

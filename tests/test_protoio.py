@@ -452,3 +452,66 @@ def test_senets_axpy_is_refused_by_name_and_cleaned_into_stock_layers(tmp_path):
     a, x, y = (net.blobs[b].data for b in ("up", "c", "proj"))
     assert a.shape == (2, 4, 1, 1)
     np.testing.assert_allclose(net.blobs["sum"].data, a * x + y, rtol=1e-6)
+
+
+MOBILENET_FORK_NET = """name: "mobilenet"
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 4 dim: 5 dim: 5 } } }
+layer { name: "dw" type: "DepthwiseConvolution" bottom: "x" top: "dw"
+        convolution_param { num_output: 4 group: 4 kernel_size: 3 pad: 1 } }
+layer { name: "relu6" type: "ReLU6" bottom: "dw" top: "dw" }
+layer { name: "dw2" type: "ConvolutionDepthwise" bottom: "dw" top: "dw2"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 bias_term: false } }
+layer { name: "pw" type: "Convolution" bottom: "dw2" top: "pw"
+        convolution_param { num_output: 3 kernel_size: 1 } }
+"""
+
+
+def _depthwise(x, w, b=None):
+    """float64 depthwise 3x3 convolution, padding 1: x (N, C, H, W), w (C, 1, 3, 3)."""
+    h, wd = x.shape[2:]
+    pad = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = sum(w[None, :, 0, ky, kx, None, None] * pad[:, :, ky:ky + h, kx:kx + wd]
+              for ky in range(3) for kx in range(3))
+    return out if b is None else out + b[None, :, None, None]
+
+
+def test_mobilenet_ports_layers_are_cleaned_into_stock_layers(tmp_path):
+    """ReLU6 into a Clip from 0 to 6; a fork's depthwise convolution layer into
+    a Convolution, one filter per input channel where its group is unset."""
+    path = write(tmp_path / "mobilenet.prototxt", MOBILENET_FORK_NET)
+    with pytest.raises(protoio.ProtoError, match=r"mobilenet.prototxt:3: layer 'dw' has type "
+                       r"'DepthwiseConvolution', a Caffe fork's, .* rewrites it into Convolution "
+                       r"with group \(MobileNet ports; group = num_output where it is unset\)"):
+        protoio.read_checked_net(path)
+    out = str(tmp_path / "stock.prototxt")
+    assert protoio.clean(path, out) == ([], [
+        (3, "dw", "DepthwiseConvolution", "'dw' (Convolution)"),
+        (5, "relu6", "ReLU6", "'relu6' (Clip)"),
+        (6, "dw2", "ConvolutionDepthwise", "'dw2' (Convolution)")])
+    stock = protoio.read_net(out)
+    assert [(l.name, l.type, l.convolution_param.group, tuple(l.bottom), tuple(l.top))
+            for l in stock.layer[1:4]] == [("dw", "Convolution", 4, ("x",), ("dw",)),
+                                           ("relu6", "Clip", 1, ("dw",), ("dw",)),
+                                           ("dw2", "Convolution", 4, ("dw",), ("dw2",))]
+    net = caffe.Net(out, caffe.TEST)
+    rng = np.random.default_rng(0)
+    random_params(net, rng)
+    net.params["dw"][0].data[...] *= 8  # past 6 and below 0: both ends of the clip
+    x = net.blobs["x"].data[...] = rng.standard_normal(net.blobs["x"].data.shape)
+    net.forward()
+    dw = _depthwise(x, net.params["dw"][0].data, net.params["dw"][1].data)
+    assert dw.max() > 6 and dw.min() < 0
+    relu6 = np.clip(dw, 0, 6)
+    assert net.params["dw2"][0].data.shape == (4, 1, 3, 3)
+    np.testing.assert_allclose(net.blobs["dw2"].data, _depthwise(relu6, net.params["dw2"][0].data),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_leaky_relu6_is_not_rewritten(tmp_path):
+    path = write(tmp_path / "leaky.prototxt", MOBILENET_FORK_NET.replace(
+        'type: "ReLU6" bottom: "dw" top: "dw"',
+        'type: "ReLU6" bottom: "dw" top: "dw" relu_param { negative_slope: 0.1 }'))
+    with pytest.raises(protoio.ProtoError, match=r"leaky.prototxt:5: layer 'relu6' \(ReLU6\) has "
+                       r"negative_slope "
+                       r"0.1; a Clip from 0 to 6 computes ReLU6 only without it"):
+        protoio.clean(path, str(tmp_path / "stock.prototxt"))
