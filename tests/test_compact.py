@@ -70,7 +70,7 @@ def run_compact(tmp_path, model, **kwargs):
 
 
 @pytest.mark.parametrize("name", ["lenet_deploy", "resnet_mini_deploy", "se_resnet_mini_deploy",
-                                  "concat_deploy"])
+                                  "mobilenet_v2_mini_deploy", "concat_deploy"])
 def test_compacted_outputs_equal_reference(tmp_path, name):
     model = os.path.join(NETS, name + ".prototxt")
     report, weights, out = run_compact(tmp_path, model)

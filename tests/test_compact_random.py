@@ -2,12 +2,12 @@
 equal the masked net's, or is refused with an error naming the layer.
 
 The nets chain random blocks (convolutions with and without padding or
-groups, BatchNorm + Scale, ReLU, Sigmoid, padded max and average pooling,
-residual sums, Concats of two branches, depthwise convolutions, a pooling
-followed by a Deconvolution, squeeze-and-excitation gates, a Slice into
-halves, then their maximum or their Concat swapped) and end in an InnerProduct. Their weights are
-random with 40% of the filters zero, half of those keeping their biases
-(constants to fold), and some input channels zero.
+groups, BatchNorm + Scale, ReLU, ReLU6, Sigmoid, padded max and average
+pooling, residual sums, Concats of two branches, depthwise convolutions, a
+pooling followed by a Deconvolution, squeeze-and-excitation gates, a Slice
+into halves, then their maximum or their Concat swapped) and end in an
+InnerProduct. Their weights are random with 40% of the filters zero, half of
+those keeping their biases (constants to fold), and some input channels zero.
 """
 
 import os
@@ -48,14 +48,18 @@ class _Net:
                         k=3 if pad else 1, pad=pad, group=group, bias=bias)
 
     def after(self, blob):
-        """Optional BatchNorm + Scale, then a ReLU, a Sigmoid, a padded pooling or nothing."""
+        """Optional BatchNorm + Scale, then a ReLU, a ReLU6 (Clip), a Sigmoid, a padded
+        pooling or nothing."""
         if self.rng.random() < 0.4:
             self.add('name: "%(b)s_bn" type: "BatchNorm" bottom: "%(b)s" top: "%(b)s"', b=blob)
             self.add('name: "%(b)s_sc" type: "Scale" bottom: "%(b)s" top: "%(b)s" '
                      'scale_param { bias_term: true }', b=blob)
         r = self.rng.random()
-        if r < 0.6:
+        if r < 0.5:
             self.add('name: "%(b)s_relu" type: "ReLU" bottom: "%(b)s" top: "%(b)s"', b=blob)
+        elif r < 0.6:  # ReLU6
+            self.add('name: "%(b)s_relu6" type: "Clip" bottom: "%(b)s" top: "%(b)s" '
+                     'clip_param { min: 0 max: 6 }', b=blob)
         elif r < 0.7:
             return self.add('name: "%(top)s" type: "Sigmoid" bottom: "%(b)s" top: "%(top)s"',
                             top=self.name("s"), b=blob)
