@@ -92,7 +92,7 @@ def unknown_fields(text, descriptor):
         if tok.TryConsume("}") or tok.TryConsume(">"):
             stack.pop()
             continue
-        line = tok._line + 1
+        line = tok.ParseError("").GetLine()  # the current token's, from 1 (public API)
         name = tok.ConsumeIdentifierOrNumber()
         field = stack[-1].fields_by_name.get(name)
         if field is None:
