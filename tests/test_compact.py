@@ -1068,3 +1068,25 @@ def test_layer_contexts_time_each_layer_in_net_order_and_alone(tmp_path):
             assert set(result[context]) == {"conv2", "ip1"}
             for row in result[context].values():
                 assert 0 < row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+
+
+def test_the_readmes_python_block_runs(tmp_path, monkeypatch, capsys):
+    """README, "From Python": on a LeNet like the one `make demo` prunes (here
+    random weights, half the filters zero)."""
+    import re
+    with open(os.path.join(ROOT, "README.md")) as f:
+        block = re.search(r"### From Python.*?```python\n(.*?)```", f.read(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    os.symlink(NETS, "prototxt")
+    os.makedirs("runs/lenet_mnist_fs_mild")
+    sparse_weights(os.path.join(NETS, "lenet_deploy.prototxt"),
+                   "runs/lenet_mnist_fs_mild/pruned.caffemodel")
+    exec(compile(block, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "'passed': True" in out and "conv1" in out and "batch 64" in out
+    with open("runs/lenet_mnist_fs_mild/compact_py/plan.json") as f:
+        kept = len(json.load(f)["plan"]["layers"]["conv1"]["out"])
+    assert kept <= 10  # of 20, half zero
+    small = caffe.Net("runs/lenet_mnist_fs_mild/compact_py/compact.prototxt", caffe.TEST,
+                      weights="runs/lenet_mnist_fs_mild/compact_py/compact.caffemodel")
+    assert small.params["conv1"][0].data.shape[0] == kept
