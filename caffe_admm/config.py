@@ -72,6 +72,8 @@ class PruneConfig:
     # checkpoint fingerprint, so a run begun under the old default cannot
     # resume under the new one
     changed_defaults: tuple = ()
+    # (layer, why) of the layers global_keep_ratio reaches but does not prune
+    left_out: tuple = ()
 
     def layer(self, name):
         for spec in self.layers:
@@ -164,6 +166,13 @@ def _layer_spec(path, entry, layer, initial_rho):
             raise ConfigError("%s: kind %s does not fit convolution %r with group=%d; use "
                               "FILTER or NON_STRUCTURED" % (_where(path, name, "kind"),
                                                             kind_name, name, group))
+        if kind_name == "FILTER" and _one_filter_per_group(layer) and ratios["filter"] < 1:
+            raise ConfigError(
+                "%s: convolution %r has one filter per group (group = num_output = %d: "
+                "depthwise), and FILTER keeps the same number in every group, so it would "
+                "prune nothing; its channels go with the filters of the layer that feeds it "
+                "(prune that one), or use NON_STRUCTURED" % (
+                    _where(path, name, "kind"), name, group))
     if layer.type == "InnerProduct" and layer.inner_product_param.transpose:
         raise ConfigError("%s: InnerProduct %r has transpose: true (weight stored inputs x "
                           "outputs), which pruning does not support; store it untransposed "
@@ -178,6 +187,12 @@ def _layer_spec(path, entry, layer, initial_rho):
     return LayerSpec(name=name, layer_type=layer.type, group=group, rho=rho,
                      constraints=tuple(Constraint(k, ratios[k]) for k in kinds),
                      lasso_lambda=float(entry.lasso_lambda))
+
+
+def _one_filter_per_group(layer):
+    """A grouped Convolution with one filter in every group (depthwise)."""
+    p = layer.convolution_param
+    return layer.type == "Convolution" and p.group > 1 and p.num_output == p.group
 
 
 def load_config(path, net):
@@ -252,12 +267,18 @@ def load_config(path, net):
                                                               entry.name))
         seen.add(entry.name)
         entries.append(_merged(msg.default, entry))
+    left_out = []
     if msg.HasField("global_keep_ratio"):
         _ratio(path, None, msg, "global_keep_ratio")
         for layer in net.layer:
             if layer.type in PRUNABLE_TYPES and layer.name not in seen:
                 seen.add(layer.name)
                 entry = _merged(msg.default, pb2.LayerPruneParameter(name=layer.name))
+                if entry.kind == pb2.FILTER and _one_filter_per_group(layer):
+                    left_out.append((layer.name, "one filter per group (depthwise): FILTER "
+                                     "prunes nothing there; its channels go with the filters "
+                                     "of the layer that feeds it"))
+                    continue
                 entry.ClearField("prune_ratio")
                 entry.keep_ratio = msg.global_keep_ratio
                 entries.append(entry)
@@ -293,4 +314,5 @@ def load_config(path, net):
         rescale_dual=bool(msg.rho.rescale_dual), prune_stages=msg.prune_stages,
         penalty_pruned_only=bool(msg.penalty_pruned_only) and msg.method == pb2.ADMM,
         changed_defaults=(("penalty_pruned_only",) if msg.method == pb2.ADMM
-                          and not msg.HasField("penalty_pruned_only") else ()))
+                          and not msg.HasField("penalty_pruned_only") else ()),
+        left_out=tuple(left_out))

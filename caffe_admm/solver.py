@@ -562,6 +562,8 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     history = meta["history"] if meta else {"steps": [], "loss": {cfg.method: [], "retrain": []},
                                             "accuracy": {}}
     t0 = time.time()
+    for name, why in cfg.left_out:
+        _log("global_keep_ratio leaves %s unpruned: %s" % (name, why))
     feeds = None
     if cfg.live_inputs_only:
         feeds = liveness.input_feeds(net_param, {n: shapes[n][0] for n in names},
@@ -596,6 +598,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
         "test_iter": test_iter, "accuracy": history["accuracy"],
         "layers": {spec.name: _layer_report(spec, method, weights_now[spec.name])
                    for spec in cfg.layers},
+        "left_out": dict(cfg.left_out),
         "steps": history["steps"], "loss": history["loss"],
         "seconds_this_session": time.time() - t0,
     }

@@ -269,6 +269,38 @@ def test_a_pruned_squeeze_and_excitation_net_compacts_its_gates_too(tmp_path, ti
     assert result["equivalence"]["passed"] and result["warnings"] == []
 
 
+def test_global_filter_pruning_leaves_a_depthwise_convolution_to_follow(tmp_path, tiny_data,
+                                                                         capsys):
+    """conv2 made depthwise: global_keep_ratio prunes conv1 and leaves conv2
+    out (named in the log and the report); compaction cuts conv2's filters
+    and biases with conv1's channels."""
+    net = TINY_NET.replace("num_output: 8 kernel_size: 3 pad: 1\n    weight_filler { type: "
+                           '"xavier" } bias_filler { type: "constant" } } }\nlayer { name: "relu2"',
+                           "num_output: 8 kernel_size: 3 pad: 1 group: 8\n    weight_filler { "
+                           'type: "xavier" } bias_filler { type: "constant" } } }\nlayer { '
+                           'name: "relu2"')
+    assert "group: 8" in net
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=net, max_iter=60)
+    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
+    cfg = write(tmp_path / "admm.prototxt", """
+        rho { initial: 0.05 growth: 2.0 max: 5 }
+        admm_steps: 2 iters_per_step: 20 retrain_iters: 40 snapshot_interval: 20
+        global_keep_ratio: 0.5
+        layer { name: "ip1" keep_ratio: 1 }
+    """)
+    report = solver.prune(solver_path, base["weights"], cfg, str(tmp_path / "run"),
+                          progress=False)
+    assert sorted(report["layers"]) == ["conv1", "ip1"] and list(report["left_out"]) == ["conv2"]
+    assert "global_keep_ratio leaves conv2 unpruned: one filter per group" in capsys.readouterr().out
+    from caffe_admm import compact
+    result = compact.compact(net_path, str(tmp_path / "run" / "pruned.caffemodel"),
+                             str(tmp_path / "compact"))
+    layers = result["plan"]["layers"]
+    assert len(layers["conv1"]["out"]) == 4
+    assert layers["conv2"]["out"] == layers["conv1"]["out"]
+    assert result["equivalence"]["passed"] and result["warnings"] == []
+
+
 def test_divergence_stops_with_a_clear_message(tmp_path, tiny_data, tiny_trained):
     solver_path, _ = write_tiny(tmp_path, tiny_data, lr=1e6)
     with pytest.raises(solver.DivergenceError, match=r"ADMM step 1/20 diverged at iteration \d+: (the weights of layer .* are not finite|.*=nan)"):
