@@ -7,8 +7,10 @@ file, the line and the field.
 """
 
 import dataclasses
+import math
 import os
 
+from caffe_admm.liveness import reader_groups
 from caffe_admm.protoio import ProtoError, layer_line, parse_text
 
 __all__ = ["KIND_NAMES", "PRUNABLE_TYPES", "Constraint", "LayerSpec", "PruneConfig",
@@ -33,13 +35,23 @@ class Constraint:
 
 @dataclasses.dataclass(frozen=True)
 class LayerSpec:
-    """How one layer is pruned: its constraints and initial rho."""
+    """How one layer is pruned: its constraints and initial rho.
+
+    ``group`` is the layer's own ``convolution_param.group``; ``filter_group``
+    the groups filter pruning keeps the same count in: its own, refined by
+    those of the grouped convolutions that read its output
+    (:func:`caffe_admm.liveness.reader_groups`)."""
     name: str
     layer_type: str
     group: int
     constraints: tuple
     rho: float
     lasso_lambda: float = 0.0
+    filter_group: int = None  # None: ``group``
+
+    def __post_init__(self):
+        if self.filter_group is None:
+            object.__setattr__(self, "filter_group", self.group)
 
     @property
     def kind(self):
@@ -130,7 +142,7 @@ def _merged(default, entry):
     return merged
 
 
-def _layer_spec(path, entry, layer, initial_rho):
+def _layer_spec(path, entry, layer, initial_rho, reader_group=1):
     pb2 = _pb2()
     name = entry.name
     kind_name = pb2.SparsityKind.Name(entry.kind)
@@ -184,9 +196,13 @@ def _layer_spec(path, entry, layer, initial_rho):
     if entry.lasso_lambda < 0:
         raise ConfigError("%s: must be >= 0, got %g" % (_where(path, name, "lasso_lambda"),
                                                          entry.lasso_lambda))
+    width = (layer.convolution_param if layer.type == "Convolution"
+             else layer.inner_product_param).num_output
+    filter_group = math.lcm(group, reader_group)
     return LayerSpec(name=name, layer_type=layer.type, group=group, rho=rho,
                      constraints=tuple(Constraint(k, ratios[k]) for k in kinds),
-                     lasso_lambda=float(entry.lasso_lambda))
+                     lasso_lambda=float(entry.lasso_lambda),
+                     filter_group=filter_group if width % filter_group == 0 else group)
 
 
 def _one_filter_per_group(layer):
@@ -286,7 +302,7 @@ def load_config(path, net):
         raise ConfigError("%s: no layer to prune; add `layer { name: ... }` entries or "
                           "global_keep_ratio" % path)
 
-    specs = []
+    specs, readers = [], reader_groups(net)
     for entry in entries:
         layer = layers.get(entry.name)
         if layer is None:
@@ -298,7 +314,7 @@ def load_config(path, net):
             raise ConfigError("%s: layer %r is a %s; only %s layers are pruned"
                               % (_where(path, entry.name, "name"), entry.name, layer.type,
                                  " and ".join(PRUNABLE_TYPES)))
-        specs.append(_layer_spec(path, entry, layer, rho_initial))
+        specs.append(_layer_spec(path, entry, layer, rho_initial, readers.get(entry.name, 1)))
     return PruneConfig(
         path=os.path.abspath(path), layers=tuple(specs),
         rho_growth=float(msg.rho.growth),

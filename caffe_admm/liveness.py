@@ -21,12 +21,15 @@ DenseNet): then each part's channels are those of its own producer, live
 where that one is pruned, all live where it is not pruned.
 """
 
+import math
+
 import numpy as np
 
 from caffe_admm import projections
 from caffe_admm.protoio import maps_zero_to_zero
 
-__all__ = ["ZERO_PRESERVING", "InputFeeds", "input_feeds", "masks_in_net_order"]
+__all__ = ["ZERO_PRESERVING", "InputFeeds", "input_feeds", "masks_in_net_order",
+           "reader_groups"]
 
 # Single-input layers that map an all-zero channel to an all-zero channel in the
 # same place (no added constant; LRN scales a channel by its neighbours' energy,
@@ -178,3 +181,37 @@ def input_feeds(net_param, shapes, groups=None):
             feeds[layer.name] = (sources, n_inputs // channels)
     return InputFeeds(order, feeds, {name: shapes[name] for name in feeds},
                       {name: g for name, g in groups.items() if g > 1})
+
+
+def reader_groups(net_param):
+    """Per layer, the ``group`` of the grouped Convolutions that read its
+    output channels (through the layers that keep each channel in place),
+    where such a reader has more than one input channel per group; several
+    readers: the least common multiple. Filter pruning of the layer keeps
+    the same count in each of these groups, so that compaction can cut
+    every pruned channel and the reader stays a grouped convolution with
+    equal groups (ResNeXt's 1x1 reduction before its grouped 3x3). A
+    depthwise reader (one channel per group) passes channels through and
+    asks for nothing.
+
+    Returns
+    -------
+    dict[str, int] : layer -> group count, for the layers read so only
+    """
+    from caffe_admm.backend import caffe_pb2
+    from caffe_admm.protoio import layer_included, net_state
+    test = net_state(net_param, caffe_pb2.TEST)
+    layers = [l for l in net_param.layer if layer_included(l, test)]
+    everyone = {l.name for l in layers}
+    out = {}
+    for index, layer in enumerate(layers):
+        group = layer.convolution_param.group
+        if layer.type != "Convolution" or group <= 1 or len(layer.bottom) != 1:
+            continue
+        sources = _sources(layers, index, layer.bottom[0], everyone, set())
+        if sources is None or len(sources) != 1:
+            continue
+        producer, channels = sources[0]
+        if channels % group == 0 and channels // group > 1:
+            out[producer] = math.lcm(out.get(producer, 1), group)
+    return out

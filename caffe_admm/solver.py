@@ -564,6 +564,10 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     t0 = time.time()
     for name, why in cfg.left_out:
         _log("global_keep_ratio leaves %s unpruned: %s" % (name, why))
+    for spec in cfg.layers:
+        if spec.filter_group > spec.group and "filter" in spec.kind:
+            _log("%s keeps the same number of filters in each of %d groups, as the grouped "
+                 "convolutions reading it need" % (spec.name, spec.filter_group))
     feeds = None
     if cfg.live_inputs_only:
         feeds = liveness.input_feeds(net_param, {n: shapes[n][0] for n in names},

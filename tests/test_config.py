@@ -53,6 +53,9 @@ def test_global_keep_ratio_covers_unlisted_layers(tmp_path):
     cfg = load_config(path, NET)
     ratios = {s.name: s.constraints[0].keep_ratio for s in cfg.layers}
     assert ratios == pytest.approx({"ip1": 0.1, "conv1": 0.5, "gconv": 0.5})
+    # conv1's filters feed gconv's two groups: its filter pruning keeps as many in each
+    assert {s.name: (s.group, s.filter_group) for s in cfg.layers} == {
+        "ip1": (1, 1), "conv1": (1, 2), "gconv": (2, 2)}
 
 
 DEPTHWISE = text_format.Parse("""

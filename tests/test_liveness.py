@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from caffe_admm import liveness, projections, solver
+from caffe_admm import compact, liveness, projections, solver
 from caffe_admm.admm import ADMMState
 from caffe_admm.backend import caffe_pb2
 from caffe_admm.config import load_config
@@ -90,7 +90,7 @@ def test_a_grouped_consumer_reads_the_inputs_of_its_group():
 def test_a_pruned_grouped_net_keeps_no_dead_inputs(tmp_path, tiny_data):
     from conftest import write_tiny
     assert GROUPED != TINY_NET
-    solver_path, _ = write_tiny(tmp_path, tiny_data, net=GROUPED, max_iter=60)
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=GROUPED, max_iter=60)
     base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
     config = write(tmp_path / "c.prototxt", (CONFIG % {
         "method": "ADMM", "extra": "live_inputs_only: true"}).replace(
@@ -103,6 +103,25 @@ def test_a_pruned_grouped_net_keeps_no_dead_inputs(tmp_path, tiny_data):
     reads = masks["conv2"].any(axis=(2, 3))                       # (8 filters, 4 inputs)
     for g in range(2):
         assert not reads[4 * g:4 * (g + 1), ~conv1_alive[4 * g:4 * (g + 1)]].any()
+    # conv1 keeps as many filters in each of conv2's groups, so every pruned one goes
+    assert conv1_alive[:4].sum() == conv1_alive[4:].sum() == 2
+    result = compact.compact(net_path, str(tmp_path / "run" / "pruned.caffemodel"),
+                             str(tmp_path / "compact"))
+    assert result["plan"]["layers"]["conv1"]["out"] == np.flatnonzero(conv1_alive).tolist()
+    assert result["warnings"] == [] and result["equivalence"]["passed"]
+
+
+def test_reader_groups_are_those_of_grouped_convolutions_with_several_inputs_per_group():
+    """conv1 is read (through ReLU and pooling) by conv2, two groups of 4
+    inputs; conv2 by a depthwise conv3 (one input per group), which asks for
+    nothing."""
+    net = GROUPED.replace('layer { name: "ip1" type: "InnerProduct" bottom: "conv2"', """
+layer { name: "conv3" type: "Convolution" bottom: "conv2" top: "conv3"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 1 group: 8 } }
+layer { name: "ip1" type: "InnerProduct" bottom: "conv3\"""")
+    assert "conv3" in net
+    assert liveness.reader_groups(_net(net)) == {"conv1": 2}
+    assert liveness.reader_groups(_net()) == {}
 
 
 CONCAT = TINY_NET.replace('layer { name: "conv2" type: "Convolution" bottom: "pool1"', """
