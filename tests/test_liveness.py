@@ -87,7 +87,7 @@ def test_a_grouped_consumer_reads_the_inputs_of_its_group():
                                   np.broadcast_to(~dead[:, :, None, None], (8, 4, 3, 3)))
 
 
-def test_a_pruned_grouped_net_keeps_no_dead_inputs(tmp_path, tiny_data):
+def test_a_pruned_grouped_net_keeps_no_dead_inputs(tmp_path, tiny_data, capsys):
     from conftest import write_tiny
     assert GROUPED != TINY_NET
     solver_path, net_path = write_tiny(tmp_path, tiny_data, net=GROUPED, max_iter=60)
@@ -105,6 +105,7 @@ def test_a_pruned_grouped_net_keeps_no_dead_inputs(tmp_path, tiny_data):
         assert not reads[4 * g:4 * (g + 1), ~conv1_alive[4 * g:4 * (g + 1)]].any()
     # conv1 keeps as many filters in each of conv2's groups, so every pruned one goes
     assert conv1_alive[:4].sum() == conv1_alive[4:].sum() == 2
+    assert "conv1 keeps the same number of filters in each of 2 groups" in capsys.readouterr().out
     result = compact.compact(net_path, str(tmp_path / "run" / "pruned.caffemodel"),
                              str(tmp_path / "compact"))
     assert result["plan"]["layers"]["conv1"]["out"] == np.flatnonzero(conv1_alive).tolist()
