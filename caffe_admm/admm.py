@@ -102,7 +102,7 @@ class ADMMState:
             states = []
             for c in spec.constraints:
                 n = projections.num_groups(w.shape, c.kind)
-                group = spec.filter_group if c.kind == "filter" else 1
+                group = spec.group_of(c.kind)
                 keep = projections.keep_count(n, c.keep_ratio, group)
                 states.append(ConstraintState(c.kind, keep, spec.rho, group, np.zeros_like(w),
                                               np.zeros_like(w)))

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import os
 
-from caffe_admm.liveness import reader_groups
+from caffe_admm.liveness import producer_groups, reader_groups
 from caffe_admm.protoio import ProtoError, layer_line, parse_text
 
 __all__ = ["KIND_NAMES", "PRUNABLE_TYPES", "Constraint", "LayerSpec", "PruneConfig",
@@ -40,7 +40,9 @@ class LayerSpec:
     ``group`` is the layer's own ``convolution_param.group``; ``filter_group``
     the groups filter pruning keeps the same count in: its own, refined by
     those of the grouped convolutions that read its output
-    (:func:`caffe_admm.liveness.reader_groups`)."""
+    (:func:`caffe_admm.liveness.reader_groups`); ``channel_group`` those
+    channel pruning keeps the same count in: the groups of the grouped
+    convolution whose output it reads (:func:`caffe_admm.liveness.producer_groups`)."""
     name: str
     layer_type: str
     group: int
@@ -48,10 +50,15 @@ class LayerSpec:
     rho: float
     lasso_lambda: float = 0.0
     filter_group: int = None  # None: ``group``
+    channel_group: int = 1
 
     def __post_init__(self):
         if self.filter_group is None:
             object.__setattr__(self, "filter_group", self.group)
+
+    def group_of(self, kind):
+        """The groups a projection of ``kind`` keeps the same count in."""
+        return {"filter": self.filter_group, "channel": self.channel_group}.get(kind, 1)
 
     @property
     def kind(self):
@@ -142,7 +149,7 @@ def _merged(default, entry):
     return merged
 
 
-def _layer_spec(path, entry, layer, initial_rho, reader_group=1):
+def _layer_spec(path, entry, layer, initial_rho, reader_group=1, producer_group=1):
     pb2 = _pb2()
     name = entry.name
     kind_name = pb2.SparsityKind.Name(entry.kind)
@@ -202,7 +209,8 @@ def _layer_spec(path, entry, layer, initial_rho, reader_group=1):
     return LayerSpec(name=name, layer_type=layer.type, group=group, rho=rho,
                      constraints=tuple(Constraint(k, ratios[k]) for k in kinds),
                      lasso_lambda=float(entry.lasso_lambda),
-                     filter_group=filter_group if width % filter_group == 0 else group)
+                     filter_group=filter_group if width % filter_group == 0 else group,
+                     channel_group=producer_group if group == 1 else 1)
 
 
 def _one_filter_per_group(layer):
@@ -302,7 +310,7 @@ def load_config(path, net):
         raise ConfigError("%s: no layer to prune; add `layer { name: ... }` entries or "
                           "global_keep_ratio" % path)
 
-    specs, readers = [], reader_groups(net)
+    specs, readers, producers = [], reader_groups(net), producer_groups(net)
     for entry in entries:
         layer = layers.get(entry.name)
         if layer is None:
@@ -314,7 +322,8 @@ def load_config(path, net):
             raise ConfigError("%s: layer %r is a %s; only %s layers are pruned"
                               % (_where(path, entry.name, "name"), entry.name, layer.type,
                                  " and ".join(PRUNABLE_TYPES)))
-        specs.append(_layer_spec(path, entry, layer, rho_initial, readers.get(entry.name, 1)))
+        specs.append(_layer_spec(path, entry, layer, rho_initial, readers.get(entry.name, 1),
+                                 producers.get(entry.name, 1)))
     return PruneConfig(
         path=os.path.abspath(path), layers=tuple(specs),
         rho_growth=float(msg.rho.growth),

@@ -29,7 +29,7 @@ from caffe_admm import projections
 from caffe_admm.protoio import maps_zero_to_zero
 
 __all__ = ["ZERO_PRESERVING", "InputFeeds", "input_feeds", "masks_in_net_order",
-           "reader_groups"]
+           "reader_groups", "producer_groups"]
 
 # Single-input layers that map an all-zero channel to an all-zero channel in the
 # same place (no added constant; LRN scales a channel by its neighbours' energy,
@@ -183,6 +183,23 @@ def input_feeds(net_param, shapes, groups=None):
                       {name: g for name, g in groups.items() if g > 1})
 
 
+def _links(net_param):
+    """(consumer, producer, channels): each single-bottom Convolution of the
+    TEST net whose input channels all come from one producer, through the
+    layers that keep each channel in place."""
+    from caffe_admm.backend import caffe_pb2
+    from caffe_admm.protoio import layer_included, net_state
+    test = net_state(net_param, caffe_pb2.TEST)
+    layers = [l for l in net_param.layer if layer_included(l, test)]
+    by_name = {l.name: l for l in layers}
+    for index, layer in enumerate(layers):
+        if layer.type != "Convolution" or len(layer.bottom) != 1:
+            continue
+        sources = _sources(layers, index, layer.bottom[0], by_name, set())
+        if sources is not None and len(sources) == 1:
+            yield layer, by_name[sources[0][0]], sources[0][1]
+
+
 def reader_groups(net_param):
     """Per layer, the ``group`` of the grouped Convolutions that read its
     output channels (through the layers that keep each channel in place),
@@ -198,20 +215,30 @@ def reader_groups(net_param):
     -------
     dict[str, int] : layer -> group count, for the layers read so only
     """
-    from caffe_admm.backend import caffe_pb2
-    from caffe_admm.protoio import layer_included, net_state
-    test = net_state(net_param, caffe_pb2.TEST)
-    layers = [l for l in net_param.layer if layer_included(l, test)]
-    everyone = {l.name for l in layers}
     out = {}
-    for index, layer in enumerate(layers):
-        group = layer.convolution_param.group
-        if layer.type != "Convolution" or group <= 1 or len(layer.bottom) != 1:
-            continue
-        sources = _sources(layers, index, layer.bottom[0], everyone, set())
-        if sources is None or len(sources) != 1:
-            continue
-        producer, channels = sources[0]
-        if channels % group == 0 and channels // group > 1:
-            out[producer] = math.lcm(out.get(producer, 1), group)
+    for reader, producer, channels in _links(net_param):
+        group = reader.convolution_param.group
+        if group > 1 and channels % group == 0 and channels // group > 1:
+            out[producer.name] = math.lcm(out.get(producer.name, 1), group)
+    return out
+
+
+def producer_groups(net_param):
+    """Per Convolution, the ``group`` of the grouped Convolution whose output
+    channels it reads (through the layers that keep each channel in place),
+    where that one has more than one filter per group. Channel pruning of
+    the reader keeps the same count of channels in each of those groups, so
+    that compaction can cut the producer's filters for every pruned channel
+    (ResNeXt's 1x1 expansion after its grouped 3x3). A depthwise producer
+    passes its channels through and asks for nothing.
+
+    Returns
+    -------
+    dict[str, int] : reader -> group count, for the readers of such layers only
+    """
+    out = {}
+    for reader, producer, channels in _links(net_param):
+        p = producer.convolution_param
+        if producer.type == "Convolution" and p.group > 1 and p.num_output // p.group > 1:
+            out[reader.name] = p.group
     return out

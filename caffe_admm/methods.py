@@ -46,7 +46,7 @@ def lasso_penalty(w, kind, lam):
 def _keep_counts(spec, shape, ratio_of=None):
     out = []
     for c in spec.constraints:
-        group = spec.filter_group if c.kind == "filter" else 1
+        group = spec.group_of(c.kind)
         ratio = c.keep_ratio if ratio_of is None else ratio_of(c.keep_ratio)
         out.append((c.kind, projections.keep_count(projections.num_groups(shape, c.kind),
                                                    ratio, group), group))

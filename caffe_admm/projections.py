@@ -21,7 +21,9 @@ with the lower index is kept.
 
 For a grouped convolution (``group`` = g > 1) the filter-wise projection keeps
 the same number of filters in every one of the g groups (the exact projection
-onto that set), so the pruned layer stays a valid grouped convolution.
+onto that set), so the pruned layer stays a valid grouped convolution. The
+same holds for the filters read by, and the channels written by, another
+grouped convolution (``group`` of :func:`group_mask`).
 """
 
 import numpy as np
@@ -108,9 +110,12 @@ def group_mask(w, kind, k, group=1):
     kind : str
     k : int
         Number of groups to keep, 1 <= k <= num_groups; a multiple of ``group``
-        for filter-wise pruning of a grouped convolution.
+        for filter- or channel-wise pruning in groups.
     group : int
-        Caffe's ``convolution_param.group``.
+        Filter- or channel-wise: keep k / group of them in each of ``group``
+        equal runs (a grouped convolution's filters, Caffe's
+        ``convolution_param.group``; or the groups of a grouped convolution
+        that reads the filters' outputs or writes the channels).
 
     Returns
     -------
@@ -124,12 +129,12 @@ def group_mask(w, kind, k, group=1):
     norms = group_norms(w, kind)
     if group == 1:
         return _top_k(norms, k)
-    if kind != "filter":
+    if kind not in ("filter", "channel"):
         raise ValueError("%s-wise sparsity is not supported on grouped convolutions "
                          "(group=%d); use filter-wise or non_structured" % (kind, group))
     if n % group or k % group:
-        raise ValueError("filter-wise pruning of a convolution with group=%d needs F=%d and "
-                         "k=%d to be multiples of %d" % (group, n, k, group))
+        raise ValueError("%s-wise pruning in %d groups needs %d groups and k=%d to be "
+                         "multiples of %d" % (kind, group, n, k, group))
     per = n // group
     return np.concatenate([_top_k(norms[i * per:(i + 1) * per], k // group)
                            for i in range(group)])

@@ -568,6 +568,9 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
         if spec.filter_group > spec.group and "filter" in spec.kind:
             _log("%s keeps the same number of filters in each of %d groups, as the grouped "
                  "convolutions reading it need" % (spec.name, spec.filter_group))
+        if spec.channel_group > 1 and "channel" in spec.kind:
+            _log("%s keeps the same number of input channels in each of the %d groups of the "
+                 "grouped convolution writing them" % (spec.name, spec.channel_group))
     feeds = None
     if cfg.live_inputs_only:
         feeds = liveness.input_feeds(net_param, {n: shapes[n][0] for n in names},

@@ -112,6 +112,32 @@ def test_a_pruned_grouped_net_keeps_no_dead_inputs(tmp_path, tiny_data, capsys):
     assert result["warnings"] == [] and result["equivalence"]["passed"]
 
 
+def test_channel_pruning_after_a_grouped_convolution_keeps_equal_channels_per_group(
+        tmp_path, tiny_data, capsys):
+    """conv3 (1x1) reads the two groups of conv2: channel pruning keeps 2 and
+    2 of its 8 inputs, and compaction cuts conv2's filters for the other 4."""
+    from conftest import write_tiny
+    net = GROUPED.replace('layer { name: "ip1" type: "InnerProduct" bottom: "conv2"', """
+layer { name: "conv3" type: "Convolution" bottom: "conv2" top: "conv3"
+  convolution_param { num_output: 8 kernel_size: 1 weight_filler { type: "xavier" } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "conv3\"""")
+    assert liveness.producer_groups(_net(net)) == {"conv3": 2}
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=net, max_iter=60)
+    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
+    config = write(tmp_path / "c.prototxt", """
+        admm_steps: 4 iters_per_step: 40 retrain_iters: 40 snapshot_interval: 20
+        layer { name: "conv3" kind: CHANNEL keep_ratio: 0.5 }""")
+    solver.prune(solver_path, base["weights"], config, str(tmp_path / "run"), progress=False)
+    assert ("conv3 keeps the same number of input channels in each of the 2 groups"
+            in capsys.readouterr().out)
+    read = np.load(str(tmp_path / "run" / "masks.npz"))["conv3"].any(axis=(0, 2, 3))
+    assert read[:4].sum() == read[4:].sum() == 2
+    result = compact.compact(net_path, str(tmp_path / "run" / "pruned.caffemodel"),
+                             str(tmp_path / "compact"))
+    assert result["plan"]["layers"]["conv2"]["out"] == np.flatnonzero(read).tolist()
+    assert result["warnings"] == [] and result["equivalence"]["passed"]
+
+
 def test_reader_groups_are_those_of_grouped_convolutions_with_several_inputs_per_group():
     """conv1 is read (through ReLU and pooling) by conv2, two groups of 4
     inputs; conv2 by a depthwise conv3 (one input per group), which asks for

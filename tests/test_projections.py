@@ -83,6 +83,10 @@ def test_grouped_convolution_keeps_equal_filters_per_group():
     w[:4] *= 10  # all large filters in group 0
     keep = P.group_mask(w, "filter", 4, group=2)
     assert keep[:4].sum() == 2 and keep[4:].sum() == 2
+    w = rng.standard_normal((3, 8, 3, 3)).astype(np.float32)
+    w[:, 4:] *= 10  # all large channels in group 1
+    keep = P.group_mask(w, "channel", 4, group=2)
+    assert keep[:4].sum() == 2 and keep[4:].sum() == 2
     with pytest.raises(ValueError, match="not supported on grouped convolutions"):
         P.group_mask(w, "shape", 4, group=2)
     with pytest.raises(ValueError, match="multiples of 2"):
