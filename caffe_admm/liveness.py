@@ -186,7 +186,8 @@ def input_feeds(net_param, shapes, groups=None):
 def _links(net_param):
     """(consumer, producer, channels): each single-bottom Convolution of the
     TEST net whose input channels all come from one producer, through the
-    layers that keep each channel in place."""
+    single-input layers of :data:`ZERO_PRESERVING` (which keep each channel
+    in place; BatchNorm and Scale whatever their constants)."""
     from caffe_admm.backend import caffe_pb2
     from caffe_admm.protoio import layer_included, net_state
     test = net_state(net_param, caffe_pb2.TEST)
@@ -202,7 +203,8 @@ def _links(net_param):
 
 def reader_groups(net_param):
     """Per layer, the ``group`` of the grouped Convolutions that read its
-    output channels (through the layers that keep each channel in place),
+    output channels (through ReLU, BatchNorm, pooling and the other
+    :data:`ZERO_PRESERVING` layers),
     where such a reader has more than one input channel per group; several
     readers: the least common multiple. Filter pruning of the layer keeps
     the same count in each of these groups, so that compaction can cut
@@ -225,7 +227,7 @@ def reader_groups(net_param):
 
 def producer_groups(net_param):
     """Per Convolution, the ``group`` of the grouped Convolution whose output
-    channels it reads (through the layers that keep each channel in place),
+    channels it reads (through the :data:`ZERO_PRESERVING` layers),
     where that one has more than one filter per group. Channel pruning of
     the reader keeps the same count of channels in each of those groups, so
     that compaction can cut the producer's filters for every pruned channel

@@ -133,8 +133,8 @@ def group_mask(w, kind, k, group=1):
         raise ValueError("%s-wise sparsity is not supported on grouped convolutions "
                          "(group=%d); use filter-wise or non_structured" % (kind, group))
     if n % group or k % group:
-        raise ValueError("%s-wise pruning in %d groups needs %d groups and k=%d to be "
-                         "multiples of %d" % (kind, group, n, k, group))
+        raise ValueError("%s-wise pruning in %d groups needs the %d %ss and k=%d to be "
+                         "multiples of %d" % (kind, group, n, kind, k, group))
     per = n // group
     return np.concatenate([_top_k(norms[i * per:(i + 1) * per], k // group)
                            for i in range(group)])
