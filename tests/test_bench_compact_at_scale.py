@@ -1,0 +1,22 @@
+"""benchmarks/compact_at_scale.py: generated full-size nets, pruned as pruning
+leaves them, compact exactly and keep no zero filter."""
+
+import json
+
+from conftest import load_benchmark
+
+
+def test_generated_nets_compact_exactly_with_no_zero_filter_kept(tmp_path, capsys):
+    bench = load_benchmark("compact_at_scale")
+    out = tmp_path / "scale.json"
+    bench.main(["--nets", "mobilenet_v2", "resnext50", "--size", "32", "--out", str(out)])
+    rows = {r["net"]: r for r in json.load(open(str(out)))}
+    # ResNeXt's reductions keep as many filters in each group of their grouped
+    # readers, so compaction cuts them all; MobileNetV2's depthwise layers follow
+    assert all(r["passed"] and r["warnings"] == [] for r in rows.values())
+    # conv and fc weights: torchvision's 3,504,872 parameters less BatchNorm's 34,112 and
+    # the fc bias
+    assert rows["mobilenet_v2"]["params"] == 3469760
+    assert rows["resnext50"]["params"] / rows["resnext50"]["compact_params"] > 1.8
+    assert rows["mobilenet_v2"]["flops"] / rows["mobilenet_v2"]["compact_flops"] > 2.4
+    assert "resnext50" in capsys.readouterr().out
