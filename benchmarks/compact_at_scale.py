@@ -4,11 +4,11 @@ The nets are generated here as deploy prototxt (no downloads): ResNet-50,
 SE-ResNet-50 (Scale gates), ResNeXt-50 (32x4d), MobileNetV2 (ReLU6 as Clip)
 and DenseNet-121, at 1x3xSxS. Random weights (standard normal x 0.05;
 BatchNorm variances positive), then every Convolution and InnerProduct but
-the classifier, the depthwise convolutions and the SE gates' own layers
-loses ``1 - keep`` of its filters by the filter projection, as pruning does
-it: the same number in every group of the layer and of the grouped
-convolutions reading it (``liveness.reader_groups``), the pruned filters'
-biases and the constants on their channels zeroed
+the classifier and the SE gates' own layers loses ``1 - keep`` of its
+filters as pruning does it: a config with ``global_keep_ratio`` (which
+leaves the depthwise convolutions out), its filter projection (the same
+number in every group of the layer and of the grouped convolutions reading
+it), the pruned filters' biases and the constants on their channels zeroed
 (``compact.dead_channel_constants``). Then ``compact.compact`` runs as the
 command does, its equivalence check included. The table gives parameters
 and FLOPs before and after, the compaction's seconds, its largest
@@ -22,7 +22,6 @@ Sizes, time and equivalence only; no accuracy.
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -33,8 +32,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from caffe_admm import compact, liveness, projections, protoio  # noqa: E402
+from caffe_admm import compact, methods, protoio  # noqa: E402
 from caffe_admm.backend import caffe  # noqa: E402
+from caffe_admm.config import load_config  # noqa: E402
+from caffe_admm.masks import filter_mask  # noqa: E402
 
 
 class _Proto:
@@ -165,33 +166,34 @@ NETS = {"resnet50": resnet50, "se_resnet50": lambda size: resnet50(size, se=True
 
 def prune_weights(model, path, keep, seed=0):
     """Random weights, filter-pruned to ``keep`` as ``caffe-admm prune``
-    leaves them (see the module docstring). Returns the pruned layer count."""
+    leaves them: the config's own projections (method MAGNITUDE in one
+    round: the filters of largest norm, here random), then the pruned
+    filters' biases and the constants on their channels zeroed. Returns
+    the pruned layer count."""
     rng = np.random.default_rng(seed)
     net_param = protoio.read_net(model)
     net = caffe.Net(model, caffe.TEST)
-    layers = {l.name: l for l in net_param.layer}
-    readers = liveness.reader_groups(net_param)
-    masks = {}
+    types = {l.name: l.type for l in net_param.layer}
     for name, blobs in net.params.items():
         for b in blobs:
             b.data[...] = rng.standard_normal(b.data.shape) * 0.05
-        layer = layers[name]
-        if layer.type == "BatchNorm":
+        if types[name] == "BatchNorm":
             blobs[1].data[...] = np.abs(blobs[1].data) + 0.5
             blobs[2].data[...] = 1
-        if layer.type not in ("Convolution", "InnerProduct") or name == "fc" or "/se_" in name:
-            continue
-        w = blobs[0].data
-        own = layer.convolution_param.group if layer.type == "Convolution" else 1
-        if own > 1 and own == w.shape[0]:
-            continue  # depthwise: its channels go with its producer's filters
-        group = math.lcm(own, readers.get(name, 1))
-        group = group if w.shape[0] % group == 0 else own
-        k = projections.keep_count(w.shape[0], keep, group)
-        masks[name] = projections.support(w, "filter", k, group)
-        w[~masks[name]] = 0
-        if len(blobs) > 1:
-            blobs[1].data[~masks[name].reshape(w.shape[0], -1).any(axis=1)] = 0
+    config = os.path.join(os.path.dirname(path), "prune.prototxt")
+    with open(config, "w") as f:  # the classifier and the SE gates' layers unpruned
+        f.write("method: MAGNITUDE admm_steps: 1 global_keep_ratio: %r\n" % keep + "".join(
+            'layer { name: "%s" keep_ratio: 1 }\n' % n for n in net.params
+            if n == "fc" or "/se_" in n))
+    cfg = load_config(config, net_param)
+    weights = {spec.name: net.params[spec.name][0].data for spec in cfg.layers}
+    method = methods.make_method(cfg)
+    method.start(weights)
+    masks = {n: m for n, m in method.final_masks(weights).items() if not m.all()}
+    for name, mask in masks.items():
+        weights[name][~mask] = 0
+        if len(net.params[name]) > 1:
+            net.params[name][1].data[~filter_mask(mask)] = 0
     for name, index, channels in compact.dead_channel_constants(net, net_param, masks):
         net.params[name][index].data[channels] = 0
     net.save(path)
