@@ -15,7 +15,6 @@ writes JSON.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -31,6 +30,8 @@ from caffe_admm.backend import caffe  # noqa: E402
 from caffe_admm.config import load_config  # noqa: E402
 from caffe_admm.layers import HOOK_PREFIX  # noqa: E402
 from caffe_admm.solver import _hook_layers, _set_hooks, _write_solver, add_hooks  # noqa: E402
+
+from benchmarks._common import write_json  # noqa: E402
 
 
 def hook_share(net, iters):
@@ -132,10 +133,7 @@ def main():
     print("direct: the hook layers take %.3f of %.3f ms of an ADMM forward+backward "
           "(%.1f%%): ADMM / plain = %.3f" % (h["hook_ms"], h["total_ms"], 100 * h["share"],
                                             h["ratio"]))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print("wrote", args.out)
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

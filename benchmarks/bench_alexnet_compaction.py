@@ -49,6 +49,8 @@ import numpy as np  # noqa: E402
 from caffe_admm import compact, projections, timing  # noqa: E402
 from caffe_admm.backend import caffe  # noqa: E402
 
+from benchmarks._common import write_json  # noqa: E402
+
 KEEP = {"conv1": 0.30, "conv2": 0.25, "conv3": 0.25, "conv4": 0.25, "conv5": 0.25}
 # issue #4's target: per layer, the measured speed-up is at least 0.8 of the
 # FLOP reduction, for filter/channel pruning
@@ -233,10 +235,7 @@ def summarize(args, report, result, conv_params, conv_nonzero):
     print("conv weights: %d -> %d kept (%.1fx); LRN deviation (max |prob diff|) %.3g"
           % (conv_params, conv_nonzero, conv_params / conv_nonzero,
              report["equivalence"]["max_abs_diff"]))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(summary, f, indent=1)
-    print("wrote", args.out)
+    write_json(args.out, summary)
 
 
 if __name__ == "__main__":

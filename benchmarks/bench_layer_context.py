@@ -35,6 +35,8 @@ from caffe_admm import timing  # noqa: E402
 from caffe_admm.caffetime import (blas_lines, cpu_conv_engine, cpu_conv_line,  # noqa: E402
                                   cpu_threads, cpu_threads_line, loaded_blas_info)
 
+from benchmarks._common import write_json  # noqa: E402
+
 CONTEXTS = (("in_net", "in the net"), ("alone", "alone"))
 
 
@@ -111,10 +113,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     result = measure(args.plan_dir, args.batch, args.rounds, args.iterations)
     print(format_table(result))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print("wrote", args.out)
+    write_json(args.out, result)
     return 0
 
 

@@ -19,7 +19,6 @@ reads ``data/``; ``make data`` makes it).
 """
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -30,6 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from caffe_admm.caffetime import find_caffe, rotate, time_log  # noqa: E402
+
+from benchmarks._common import write_json  # noqa: E402
 
 _PASS = re.compile(r"\]\s+(\S+)\s+(forward|backward): ([0-9.eE+-]+) ms\.")
 # caffe time times the passes in microseconds, but its "Average Forward-Backward"
@@ -137,14 +138,11 @@ def main(argv=None):
                                                res["forward_backward_ms"]),
                   file=sys.stderr, flush=True)
     summary = summarise(runs, names)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"model": args.model, "caffe": caffe, "settings": envs, "order": names,
-                   "rounds": args.rounds, "iterations": args.iterations,
-                   "nproc": os.cpu_count(), "elapsed_s": time.time() - start,
-                   "runs": runs, "summary": summary}, f, indent=1)
     print(format_table(summary, names))
-    print("wrote %s" % args.out)
+    write_json(args.out, {"model": args.model, "caffe": caffe, "settings": envs, "order": names,
+                          "rounds": args.rounds, "iterations": args.iterations,
+                          "nproc": os.cpu_count(), "elapsed_s": time.time() - start,
+                          "runs": runs, "summary": summary})
     return 0
 
 

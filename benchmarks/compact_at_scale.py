@@ -21,10 +21,8 @@ Sizes, time and equivalence only; no accuracy.
 """
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -36,6 +34,8 @@ from caffe_admm import compact, methods, protoio  # noqa: E402
 from caffe_admm.backend import caffe  # noqa: E402
 from caffe_admm.config import load_config  # noqa: E402
 from caffe_admm.masks import filter_mask  # noqa: E402
+
+from benchmarks._common import random_weights, rows_of  # noqa: E402
 
 
 class _Proto:
@@ -170,16 +170,9 @@ def prune_weights(model, path, keep, seed=0):
     round: the filters of largest norm, here random), then the pruned
     filters' biases and the constants on their channels zeroed. Returns
     the pruned layer count."""
-    rng = np.random.default_rng(seed)
     net_param = protoio.read_net(model)
     net = caffe.Net(model, caffe.TEST)
-    types = {l.name: l.type for l in net_param.layer}
-    for name, blobs in net.params.items():
-        for b in blobs:
-            b.data[...] = rng.standard_normal(b.data.shape) * 0.05
-        if types[name] == "BatchNorm":
-            blobs[1].data[...] = np.abs(blobs[1].data) + 0.5
-            blobs[2].data[...] = 1
+    random_weights(net, np.random.default_rng(seed), 0.05)
     config = os.path.join(os.path.dirname(path), "prune.prototxt")
     with open(config, "w") as f:  # the classifier and the SE gates' layers unpruned
         f.write("method: MAGNITUDE admm_steps: 1 global_keep_ratio: %r\n" % keep + "".join(
@@ -240,16 +233,8 @@ def main(argv=None):
                                                       "compact_at_scale.json"))
     args = parser.parse_args(argv)
     caffe.set_mode_cpu()
-    rows = []
-    for name in args.nets:
-        with tempfile.TemporaryDirectory() as tmp:
-            rows.append(measure(name, args.size, args.keep, tmp))
-        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
-    print(format_table(rows))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(rows, f, indent=1)
-    print("wrote", args.out)
+    rows_of(args.nets, lambda name, tmp: measure(name, args.size, args.keep, tmp),
+            format_table, args.out)
 
 
 if __name__ == "__main__":

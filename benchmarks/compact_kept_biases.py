@@ -25,10 +25,8 @@ only, no accuracy.
 """
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -38,6 +36,8 @@ sys.path.insert(0, ROOT)
 from caffe_admm import compact, protoio  # noqa: E402
 from caffe_admm.backend import caffe  # noqa: E402
 
+from benchmarks._common import random_weights, rows_of  # noqa: E402
+
 
 def sparse_weights(model, path, zero_biases, seed=0, dead=0.5):
     """Random weights, ``dead`` of the filters of each conv/fc layer (but the
@@ -46,17 +46,15 @@ def sparse_weights(model, path, zero_biases, seed=0, dead=0.5):
     net = caffe.Net(model, caffe.TEST)
     types = dict(zip(net._layer_names, [l.type for l in net.layers]))
     last_fc = [n for n in net.params if types[n] == "InnerProduct"][-1:]
-    for name, blobs in net.params.items():
-        for b in blobs:
-            b.data[...] = rng.standard_normal(b.data.shape) * 0.05
-        if types[name] == "BatchNorm":
-            blobs[1].data[...] = np.abs(blobs[1].data) + 0.5
-            blobs[2].data[...] = 1
-        if types[name] in ("Convolution", "InnerProduct") and name not in last_fc:
+
+    def prune(name, kind, blobs):
+        if kind in ("Convolution", "InnerProduct") and name not in last_fc:
             gone = rng.random(blobs[0].data.shape[0]) < dead
             blobs[0].data[gone] = 0
             if zero_biases and len(blobs) > 1:
                 blobs[1].data[gone] = 0
+
+    random_weights(net, rng, 0.05, then=prune)
     net.save(path)
 
 
@@ -113,16 +111,7 @@ def main(argv=None):
                                                       "compact_kept_biases.json"))
     args = parser.parse_args(argv)
     caffe.set_mode_cpu()
-    rows = []
-    for model in args.models:
-        with tempfile.TemporaryDirectory() as tmp:
-            rows.append(measure(model, tmp))
-        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
-    print(format_table(rows))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(rows, f, indent=1)
-    print("wrote", args.out)
+    rows_of(args.models, measure, format_table, args.out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""What the benchmark scripts share: random weights, the per-item loop, the JSON record.
+
+The scripts import it as ``benchmarks._common`` (the repository root is on
+``sys.path`` in each of them).
+"""
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from caffe_admm.protoio import atomic_write
+
+
+def random_weights(net, rng, scale=1.0, then=None):
+    """Fill every parameter blob of ``net`` with standard normal x ``scale``;
+    BatchNorm variances made positive (|v| + 0.5) and its scale factor 1.
+    ``then(name, type, blobs)``, if given, runs after each layer's fill (so
+    that what it draws from ``rng`` comes in the same order as before)."""
+    types = dict(zip(net._layer_names, [l.type for l in net.layers]))
+    for name, blobs in net.params.items():
+        for b in blobs:
+            b.data[...] = rng.standard_normal(b.data.shape) * scale
+        if types[name] == "BatchNorm":
+            blobs[1].data[...] = np.abs(blobs[1].data) + 0.5
+            blobs[2].data[...] = 1
+        if then is not None:
+            then(name, types[name], blobs)
+
+
+def write_json(path, obj):
+    """Write a result as JSON (its folder made, the file written atomically)
+    and say where."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=1)
+    print("wrote", path)
+
+
+def rows_of(items, measure, format_table, out):
+    """``measure(item, tmp)`` for each item, each in a temporary folder; its
+    table row printed as it comes, then the whole table; the rows written
+    to ``out`` as JSON. Returns the rows."""
+    rows = []
+    for item in items:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(measure(item, tmp))
+        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    print(format_table(rows))
+    write_json(out, rows)
+    return rows
