@@ -58,35 +58,34 @@ def test_global_keep_ratio_covers_unlisted_layers(tmp_path):
         "ip1": (1, 1), "conv1": (1, 2), "gconv": (2, 2)}
 
 
-DEPTHWISE = text_format.Parse("""
-name: "D"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 dim: 8 dim: 8 } } }
-layer { name: "pw" type: "Convolution" bottom: "data" top: "pw"
-        convolution_param { num_output: 8 kernel_size: 1 } }
-layer { name: "dw" type: "Convolution" bottom: "pw" top: "dw"
-        convolution_param { num_output: 8 kernel_size: 3 group: 8 } }
-""", caffe_pb2.NetParameter())
+def depthwise():
+    """NET with gconv made depthwise (group 8: one filter per group)."""
+    net = caffe_pb2.NetParameter()
+    net.CopyFrom(NET)
+    net.layer[2].convolution_param.group = 8
+    return net
 
 
 def test_filter_pruning_of_a_depthwise_convolution_is_refused_or_left_out(tmp_path):
     """One filter per group: FILTER keeps one in each, so it would prune
     nothing. Listed, that is an error; reached by global_keep_ratio, the layer
     is left out and named."""
-    path = write(tmp_path / "c.prototxt", 'layer { name: "pw" keep_ratio: 0.5 }\n'
-                 'layer { name: "dw" keep_ratio: 0.5 }')
-    with pytest.raises(ConfigError, match=r"c\.prototxt:2: layer 'dw', field kind: convolution "
-                       r"'dw' has one filter per group \(group = num_output = 8: depthwise\)"):
-        load_config(path, DEPTHWISE)
-    for body in ('layer { name: "dw" keep_ratio: 1 }', 'layer { name: "dw" kind: NON_STRUCTURED '
-                 'keep_ratio: 0.5 }'):
+    net = depthwise()
+    path = write(tmp_path / "c.prototxt", 'layer { name: "conv1" keep_ratio: 0.5 }\n'
+                 'layer { name: "gconv" keep_ratio: 0.5 }')
+    with pytest.raises(ConfigError, match=r"c\.prototxt:2: layer 'gconv', field kind: convolution "
+                       r"'gconv' has one filter per group \(group = num_output = 8: depthwise\)"):
+        load_config(path, net)
+    for body in ('layer { name: "gconv" keep_ratio: 1 }', 'layer { name: "gconv" kind: '
+                 'NON_STRUCTURED keep_ratio: 0.5 }'):
         assert [s.name for s in load_config(write(tmp_path / "c.prototxt", body),
-                                            DEPTHWISE).layers] == ["dw"]
-    cfg = load_config(write(tmp_path / "c.prototxt", "global_keep_ratio: 0.5"), DEPTHWISE)
-    assert [s.name for s in cfg.layers] == ["pw"]
-    assert [name for name, _ in cfg.left_out] == ["dw"]
+                                            net).layers] == ["gconv"]
+    cfg = load_config(write(tmp_path / "c.prototxt", "global_keep_ratio: 0.5"), net)
+    assert [s.name for s in cfg.layers] == ["conv1", "ip1"]
+    assert [name for name, _ in cfg.left_out] == ["gconv"]
     cfg = load_config(write(tmp_path / "c.prototxt", "default { kind: NON_STRUCTURED }\n"
-                            "global_keep_ratio: 0.5"), DEPTHWISE)
-    assert [s.name for s in cfg.layers] == ["pw", "dw"] and cfg.left_out == ()
+                            "global_keep_ratio: 0.5"), net)
+    assert [s.name for s in cfg.layers] == ["conv1", "gconv", "ip1"] and cfg.left_out == ()
 
 
 def test_syntax_error_names_file_line_and_field(tmp_path):

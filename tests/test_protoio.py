@@ -430,17 +430,25 @@ layer { name: "head" type: "Convolution" bottom: "sum" top: "head"
 """
 
 
+def refused_then_cleaned(path, refusal, rewritten):
+    """The net check refuses ``path`` (message matching ``refusal``); `clean`
+    rewrites the layers ``rewritten`` lists, and leaves out no field.
+    Returns the cleaned prototxt's path."""
+    with pytest.raises(protoio.ProtoError, match=refusal):
+        protoio.read_checked_net(path)
+    out = os.path.join(os.path.dirname(path), "stock.prototxt")
+    assert protoio.clean(path, out) == ([], rewritten)
+    return out
+
+
 def test_senets_axpy_is_refused_by_name_and_cleaned_into_stock_layers(tmp_path):
     """SENet's Axpy (a * X + Y): Caffe aborts on it; `clean` writes Flatten,
     Scale and Eltwise, which compute it, with its rules."""
-    path = write(tmp_path / "se.prototxt", SE_AXPY_NET)
-    with pytest.raises(protoio.ProtoError, match=r"se.prototxt:14: layer 'sum' has type 'Axpy', a "
-                       r"Caffe fork's, .*`caffe-admm clean --model .*se.prototxt --out NEW` "
-                       r"rewrites it into Flatten \+ Scale \+ Eltwise"):
-        protoio.read_checked_net(path)
-    out = str(tmp_path / "stock.prototxt")
-    assert protoio.clean(path, out) == ([], [
-        (14, "sum", "Axpy", "'sum/factor' (Flatten), 'sum/scale' (Scale), 'sum' (Eltwise)")])
+    out = refused_then_cleaned(
+        write(tmp_path / "se.prototxt", SE_AXPY_NET),
+        r"se.prototxt:14: layer 'sum' has type 'Axpy', a Caffe fork's, .*`caffe-admm clean "
+        r"--model .*se.prototxt --out NEW` rewrites it into Flatten \+ Scale \+ Eltwise",
+        [(14, "sum", "Axpy", "'sum/factor' (Flatten), 'sum/scale' (Scale), 'sum' (Eltwise)")])
     stock = protoio.read_net(out)
     assert [(l.name, l.include[0].phase) for l in stock.layer if l.include] == [
         ("sum/factor", caffe_pb2.TEST), ("sum/scale", caffe_pb2.TEST), ("sum", caffe_pb2.TEST)]
@@ -478,16 +486,14 @@ def _depthwise(x, w, b=None):
 def test_mobilenet_ports_layers_are_cleaned_into_stock_layers(tmp_path):
     """ReLU6 into a Clip from 0 to 6; a fork's depthwise convolution layer into
     a Convolution, one filter per input channel where its group is unset."""
-    path = write(tmp_path / "mobilenet.prototxt", MOBILENET_FORK_NET)
-    with pytest.raises(protoio.ProtoError, match=r"mobilenet.prototxt:3: layer 'dw' has type "
-                       r"'DepthwiseConvolution', a Caffe fork's, .* rewrites it into Convolution "
-                       r"with group \(MobileNet ports; group = num_output where it is unset\)"):
-        protoio.read_checked_net(path)
-    out = str(tmp_path / "stock.prototxt")
-    assert protoio.clean(path, out) == ([], [
-        (3, "dw", "DepthwiseConvolution", "'dw' (Convolution)"),
-        (5, "relu6", "ReLU6", "'relu6' (Clip)"),
-        (6, "dw2", "ConvolutionDepthwise", "'dw2' (Convolution)")])
+    out = refused_then_cleaned(
+        write(tmp_path / "mobilenet.prototxt", MOBILENET_FORK_NET),
+        r"mobilenet.prototxt:3: layer 'dw' has type 'DepthwiseConvolution', a Caffe fork's, .* "
+        r"rewrites it into Convolution with group \(MobileNet ports; group = num_output where "
+        r"it is unset\)",
+        [(3, "dw", "DepthwiseConvolution", "'dw' (Convolution)"),
+         (5, "relu6", "ReLU6", "'relu6' (Clip)"),
+         (6, "dw2", "ConvolutionDepthwise", "'dw2' (Convolution)")])
     stock = protoio.read_net(out)
     assert [(l.name, l.type, l.convolution_param.group, tuple(l.bottom), tuple(l.top))
             for l in stock.layer[1:4]] == [("dw", "Convolution", 4, ("x",), ("dw",)),
