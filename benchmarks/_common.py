@@ -40,13 +40,14 @@ def write_json(path, obj):
 
 def rows_of(items, measure, format_table, out):
     """``measure(item, tmp)`` for each item, each in a temporary folder; its
-    table row printed as it comes, then the whole table; the rows written
-    to ``out`` as JSON. Returns the rows."""
+    table lines (``format_table`` of it alone, less the header) printed as
+    it comes, then the whole table; the rows written to ``out`` as JSON.
+    Returns the rows."""
     rows = []
     for item in items:
         with tempfile.TemporaryDirectory() as tmp:
             rows.append(measure(item, tmp))
-        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+        print("\n".join(format_table(rows[-1:]).splitlines()[1:]), flush=True)
     print(format_table(rows))
     write_json(out, rows)
     return rows

@@ -30,7 +30,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from caffe_admm import compact, methods, protoio  # noqa: E402
+from caffe_admm import compact, methods, protoio, timing  # noqa: E402
 from caffe_admm.backend import caffe  # noqa: E402
 from caffe_admm.config import load_config  # noqa: E402
 from caffe_admm.masks import filter_mask  # noqa: E402
@@ -193,7 +193,25 @@ def prune_weights(model, path, keep, seed=0):
     return len(masks)
 
 
-def measure(name, size, keep, tmp):
+def timing_summary(result, types, target=0.8):
+    """Per batch size of :func:`caffe_admm.timing.compare`'s result: the whole
+    net's speed-up, and over the Convolution and InnerProduct layers whose
+    FLOPs fell, how many reach ``target`` x their FLOP reduction (issue #4's
+    target, ratio of the medians), the lowest ratio and which layer.
+    ``types``: layer name -> type."""
+    out = {}
+    for batch, data in result["batches"].items():
+        ratios = {name: r["speedup"] / r["flop_reduction"] for name, r in data["layers"].items()
+                  if r["flop_reduction"] > 1.01 and types[name] in ("Convolution", "InnerProduct")}
+        low = min(ratios, key=ratios.get)
+        out[int(batch)] = {"net_speedup": data["net"]["speedup"], "layers": len(ratios),
+                           "met": sum(v >= target for v in ratios.values()),
+                           "median_of_flop": float(np.median(list(ratios.values()))),
+                           "lowest": [low, ratios[low]]}
+    return out
+
+
+def measure(name, size, keep, tmp, batches=(), repeats=5):
     model = os.path.join(tmp, name + ".prototxt")
     with open(model, "w") as f:
         f.write(NETS[name](size))
@@ -203,12 +221,19 @@ def measure(name, size, keep, tmp):
     report = compact.compact(model, weights, os.path.join(tmp, "out"))
     seconds = time.time() - start
     total, eq = report["total"], report["equivalence"]
-    return {"net": name, "size": size, "keep": keep, "pruned_layers": pruned,
+    timed = {}
+    if batches:
+        out = os.path.join(tmp, "out")
+        result = timing.compare(model, weights, os.path.join(out, "compact.prototxt"),
+                                os.path.join(out, "compact.caffemodel"), batches, repeats)
+        types = {l.name: l.type for l in protoio.read_net(model).layer}
+        timed = {"timing": result, "timing_summary": timing_summary(result, types)}
+    return dict({"net": name, "size": size, "keep": keep, "pruned_layers": pruned,
             "params": total["params"], "compact_params": total["compact_params"],
             "flops": total["flops"], "compact_flops": total["compact_flops"],
             "seconds": seconds, "max_abs_diff": eq["max_abs_diff"],
             "output_scale": eq["output_scale"], "passed": eq["passed"],
-            "warnings": report["warnings"]}
+            "warnings": report["warnings"]}, **timed)
 
 
 def format_table(rows):
@@ -220,6 +245,11 @@ def format_table(rows):
             r["net"], r["params"], r["compact_params"], r["params"] / r["compact_params"],
             r["flops"], r["compact_flops"], r["flops"] / r["compact_flops"], r["seconds"],
             r["max_abs_diff"], len(r["warnings"]), "" if r["passed"] else " (over the tolerance)"))
+        for batch, t in sorted(r.get("timing_summary", {}).items()):
+            lines.append("  batch %d: whole net %.2fx faster; %d of %d pruned conv/fc layers at "
+                         ">= 0.8 of their FLOP reduction (median %.2f, lowest %s %.2f)" % (
+                             batch, t["net_speedup"], t["met"], t["layers"],
+                             t["median_of_flop"], *t["lowest"]))
     return "\n".join(lines)
 
 
@@ -229,12 +259,15 @@ def main(argv=None):
     parser.add_argument("--nets", nargs="+", choices=sorted(NETS), default=list(NETS))
     parser.add_argument("--size", type=int, default=224, help="input height and width")
     parser.add_argument("--keep", type=float, default=0.5, help="filters kept per pruned layer")
+    parser.add_argument("--time", type=int, nargs="+", default=(), metavar="BATCH",
+                        help="also time both nets (pycaffe, per layer) at these batch sizes")
+    parser.add_argument("--repeats", type=int, default=5, help="timing repeats")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                       "compact_at_scale.json"))
     args = parser.parse_args(argv)
     caffe.set_mode_cpu()
-    rows_of(args.nets, lambda name, tmp: measure(name, args.size, args.keep, tmp),
-            format_table, args.out)
+    rows_of(args.nets, lambda name, tmp: measure(name, args.size, args.keep, tmp, args.time,
+                                                 args.repeats), format_table, args.out)
 
 
 if __name__ == "__main__":
