@@ -502,7 +502,11 @@ def _layer_report(spec, method, w):
     stats = sparsity_stats(w)
     out = {"kind": spec.kind, "method": method.name,
            "target_keep": {c.kind: c.keep_ratio for c in spec.constraints},
-           "target_groups_kept": method.target_groups(spec.name)}
+           "target_groups_kept": method.target_groups(spec.name),
+           # the groups each kind keeps the same count in (its own, or its grouped
+           # readers' or producer's), where there are several
+           "equal_in_groups": {c.kind: spec.group_of(c.kind) for c in spec.constraints
+                               if spec.group_of(c.kind) > 1}}
     if method.name == "admm":
         out["rho_initial"] = spec.rho
         out["rho_final"] = [c.rho for c in method.state.constraints[spec.name]]

@@ -96,7 +96,11 @@ def test_a_pruned_grouped_net_keeps_no_dead_inputs(tmp_path, tiny_data, capsys):
         "method": "ADMM", "extra": "live_inputs_only: true"}).replace(
         "kind: FILTER_SHAPE filter_keep_ratio: 0.5 shape_keep_ratio: 0.25",
         "kind: FILTER keep_ratio: 0.5"))
-    solver.prune(solver_path, base["weights"], config, str(tmp_path / "run"), progress=False)
+    report = solver.prune(solver_path, base["weights"], config, str(tmp_path / "run"),
+                          progress=False)
+    assert report["layers"]["conv1"]["equal_in_groups"] == {"filter": 2}
+    assert report["layers"]["conv2"]["equal_in_groups"] == {"filter": 2}  # its own
+    assert report["layers"]["ip1"]["equal_in_groups"] == {}
     masks = np.load(str(tmp_path / "run" / "masks.npz"))
     conv1_alive = masks["conv1"].reshape(8, -1).any(axis=1)
     assert conv1_alive.sum() == 4
