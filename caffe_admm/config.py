@@ -10,7 +10,7 @@ import dataclasses
 import math
 import os
 
-from caffe_admm.liveness import producer_groups, reader_groups
+from caffe_admm.liveness import group_neighbours
 from caffe_admm.protoio import ProtoError, layer_line, parse_text
 
 __all__ = ["KIND_NAMES", "PRUNABLE_TYPES", "Constraint", "LayerSpec", "PruneConfig",
@@ -39,10 +39,9 @@ class LayerSpec:
 
     ``group`` is the layer's own ``convolution_param.group``; ``filter_group``
     the groups filter pruning keeps the same count in: its own, refined by
-    those of the grouped convolutions that read its output
-    (:func:`caffe_admm.liveness.reader_groups`); ``channel_group`` those
-    channel pruning keeps the same count in: the groups of the grouped
-    convolution whose output it reads (:func:`caffe_admm.liveness.producer_groups`)."""
+    those of the grouped convolutions that read its output; ``channel_group``
+    those channel pruning keeps the same count in: the groups of the grouped
+    convolution whose output it reads (:func:`caffe_admm.liveness.group_neighbours`)."""
     name: str
     layer_type: str
     group: int
@@ -210,7 +209,7 @@ def _layer_spec(path, entry, layer, initial_rho, reader_group=1, producer_group=
                      constraints=tuple(Constraint(k, ratios[k]) for k in kinds),
                      lasso_lambda=float(entry.lasso_lambda),
                      filter_group=filter_group if width % filter_group == 0 else group,
-                     channel_group=producer_group if group == 1 else 1)
+                     channel_group=producer_group)
 
 
 def _one_filter_per_group(layer):
@@ -310,7 +309,7 @@ def load_config(path, net):
         raise ConfigError("%s: no layer to prune; add `layer { name: ... }` entries or "
                           "global_keep_ratio" % path)
 
-    specs, readers, producers = [], reader_groups(net), producer_groups(net)
+    specs, (readers, producers) = [], group_neighbours(net)
     for entry in entries:
         layer = layers.get(entry.name)
         if layer is None:

@@ -29,7 +29,7 @@ from caffe_admm import projections
 from caffe_admm.protoio import maps_zero_to_zero
 
 __all__ = ["ZERO_PRESERVING", "InputFeeds", "input_feeds", "masks_in_net_order",
-           "reader_groups", "producer_groups"]
+           "group_neighbours"]
 
 # Single-input layers that map an all-zero channel to an all-zero channel in the
 # same place (no added constant; LRN scales a channel by its neighbours' energy,
@@ -201,46 +201,36 @@ def _links(net_param):
             yield layer, by_name[sources[0][0]], sources[0][1]
 
 
-def reader_groups(net_param):
-    """Per layer, the ``group`` of the grouped Convolutions that read its
-    output channels (through ReLU, BatchNorm, pooling and the other
-    :data:`ZERO_PRESERVING` layers),
-    where such a reader has more than one input channel per group; several
-    readers: the least common multiple. Filter pruning of the layer keeps
-    the same count in each of these groups, so that compaction can cut
-    every pruned channel and the reader stays a grouped convolution with
-    equal groups (ResNeXt's 1x1 reduction before its grouped 3x3). A
-    depthwise reader (one channel per group) passes channels through and
-    asks for nothing.
+def group_neighbours(net_param):
+    """The groups that pruning keeps equal counts in, beside grouped
+    Convolutions (through ReLU, BatchNorm, pooling and the other
+    :data:`ZERO_PRESERVING` layers), so that compaction can cut every pruned
+    channel and the grouped convolution keeps equal groups.
 
     Returns
     -------
-    dict[str, int] : layer -> group count, for the layers read so only
+    readers : dict[str, int]
+        Per layer whose output channels grouped Convolutions read with more
+        than one channel per group, their ``group`` (several: the least
+        common multiple); its filter pruning keeps the same count in each
+        (ResNeXt's 1x1 reduction before its grouped 3x3).
+    producers : dict[str, int]
+        Per ungrouped Convolution reading the output of a grouped
+        Convolution with more than one filter per group, that one's
+        ``group``; its channel
+        pruning keeps the same count of input channels in each (ResNeXt's
+        1x1 expansion after the grouped 3x3).
+
+    A depthwise convolution (one channel per group) passes channels through
+    and asks for nothing either way.
     """
-    out = {}
+    readers, producers = {}, {}
     for reader, producer, channels in _links(net_param):
         group = reader.convolution_param.group
         if group > 1 and channels % group == 0 and channels // group > 1:
-            out[producer.name] = math.lcm(out.get(producer.name, 1), group)
-    return out
-
-
-def producer_groups(net_param):
-    """Per Convolution, the ``group`` of the grouped Convolution whose output
-    channels it reads (through the :data:`ZERO_PRESERVING` layers),
-    where that one has more than one filter per group. Channel pruning of
-    the reader keeps the same count of channels in each of those groups, so
-    that compaction can cut the producer's filters for every pruned channel
-    (ResNeXt's 1x1 expansion after its grouped 3x3). A depthwise producer
-    passes its channels through and asks for nothing.
-
-    Returns
-    -------
-    dict[str, int] : reader -> group count, for the readers of such layers only
-    """
-    out = {}
-    for reader, producer, channels in _links(net_param):
+            readers[producer.name] = math.lcm(readers.get(producer.name, 1), group)
         p = producer.convolution_param
-        if producer.type == "Convolution" and p.group > 1 and p.num_output // p.group > 1:
-            out[reader.name] = p.group
-    return out
+        if (group == 1 and producer.type == "Convolution" and p.group > 1
+                and p.num_output // p.group > 1):
+            producers[reader.name] = p.group
+    return readers, producers

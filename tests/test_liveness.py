@@ -125,7 +125,7 @@ def test_channel_pruning_after_a_grouped_convolution_keeps_equal_channels_per_gr
 layer { name: "conv3" type: "Convolution" bottom: "conv2" top: "conv3"
   convolution_param { num_output: 8 kernel_size: 1 weight_filler { type: "xavier" } } }
 layer { name: "ip1" type: "InnerProduct" bottom: "conv3\"""")
-    assert liveness.producer_groups(_net(net)) == {"conv3": 2}
+    assert liveness.group_neighbours(_net(net)) == ({"conv1": 2}, {"conv3": 2})
     solver_path, net_path = write_tiny(tmp_path, tiny_data, net=net, max_iter=60)
     base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
     config = write(tmp_path / "c.prototxt", """
@@ -142,7 +142,7 @@ layer { name: "ip1" type: "InnerProduct" bottom: "conv3\"""")
     assert result["warnings"] == [] and result["equivalence"]["passed"]
 
 
-def test_reader_groups_are_those_of_grouped_convolutions_with_several_inputs_per_group():
+def test_group_neighbours_are_those_of_grouped_convolutions_with_several_inputs_per_group():
     """conv1 is read (through ReLU and pooling) by conv2, two groups of 4
     inputs; conv2 by a depthwise conv3 (one input per group), which asks for
     nothing."""
@@ -151,8 +151,8 @@ layer { name: "conv3" type: "Convolution" bottom: "conv2" top: "conv3"
   convolution_param { num_output: 8 kernel_size: 3 pad: 1 group: 8 } }
 layer { name: "ip1" type: "InnerProduct" bottom: "conv3\"""")
     assert "conv3" in net
-    assert liveness.reader_groups(_net(net)) == {"conv1": 2}
-    assert liveness.reader_groups(_net()) == {}
+    assert liveness.group_neighbours(_net(net)) == ({"conv1": 2}, {})
+    assert liveness.group_neighbours(_net()) == ({}, {})
 
 
 CONCAT = TINY_NET.replace('layer { name: "conv2" type: "Convolution" bottom: "pool1"', """
