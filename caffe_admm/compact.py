@@ -1036,12 +1036,14 @@ def _kept_zero_reason(space, count, producers, folding):
     elif space.zero_kept and folding is None:
         why = ("%s map their zero channels to constants that later layers read; prune those "
                "layers' inputs on them too to remove them" % ", ".join(space.zero_kept))
-    else:  # the only other reason: _balance
+    else:  # _balance, or _keep_one
         grouped = sorted(set([p for p, group, _ in _writers(space) if group > 1]
                              + [r for r, kind, detail, _, _ in space.readers
                                 if kind == "conv" and detail > 1]))
         why = ("every group of the grouped convolutions %s keeps the same number of channels"
-               % ", ".join(grouped))
+               % ", ".join(grouped) if grouped else
+               "all the channels of a blob (a Slice's part, say) would go, and each keeps one: "
+               "Caffe aborts on a layer with no inputs")
     return "%d zero filter%s of %s kept: %s" % (count, "" if count == 1 else "s", producers, why)
 
 

@@ -450,6 +450,20 @@ def test_channels_read_whole_keep_their_zero_filters(tmp_path, tail, reader):
     assert report["equivalence"]["passed"] and report["equivalence"]["max_abs_diff"] == 0
 
 
+def test_a_slice_part_with_only_zero_filters_keeps_one_and_says_why(tmp_path):
+    """conv1's filters 3-5 are zero: its Slice's second part would be empty."""
+    tail = ('layer { name: "sl" type: "Slice" bottom: "conv1" top: "a" top: "b" '
+            'slice_param { slice_point: 3 } }\n'
+            'layer { name: "cat" type: "Concat" bottom: "b" bottom: "a" top: "cat" }\n'
+            + CONV2 % "cat")
+    report = small_net(tmp_path, tail, zero_filters=(3, 4, 5))
+    assert report["plan"]["layers"]["conv1"]["out"] == [0, 1, 2, 3]
+    assert report["warnings"] == [
+        "1 zero filter of conv1 kept: all the channels of a blob (a Slice's part, say) would go, "
+        "and each keeps one: Caffe aborts on a layer with no inputs"]
+    assert report["equivalence"]["passed"] and report["equivalence"]["max_abs_diff"] == 0
+
+
 def test_per_channel_normalisation_and_spatial_tiles_pass_channels(tmp_path):
     """MVN without across_channels normalises each channel alone (a zero one
     stays zero), a Tile along an axis after the channels repeats each in place;
