@@ -962,7 +962,10 @@ def dead_channel_constants(net, net_param, masks):
     bias held at zero) is zero up to the per-channel layers on it: a
     BatchNorm mean, a Scale/Bias offset, a depthwise bias make it a constant
     that compaction cannot cut. Pruning zeroes these entries and holds them
-    at zero in retraining, as it does the filters' biases.
+    at zero in retraining, as it does the filters' biases. Where a Sigmoid
+    (or another layer that maps 0 to a constant) is on the channel too, it
+    is then that layer's one constant, which readers can take (folding),
+    not one that a padded depthwise convolution makes differ by position.
 
     Parameters
     ----------
@@ -981,8 +984,8 @@ def dead_channel_constants(net, net_param, masks):
     params = {name: [b.data for b in blobs] for name, blobs in net.params.items()}
     out = []
     for s in _roots(blob_space):
-        if s.fixed or s.zero_kept or not s.producers:
-            continue  # read whole, or through a layer that makes zero non-zero: stays
+        if s.fixed or not s.producers:
+            continue  # read whole: stays
         dead = np.ones(s.size, bool)
         for producer, _, offset in s.producers:
             if producer not in masks:

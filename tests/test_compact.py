@@ -450,6 +450,35 @@ def test_channels_read_whole_keep_their_zero_filters(tmp_path, tail, reader):
     assert report["equivalence"]["passed"] and report["equivalence"]["max_abs_diff"] == 0
 
 
+def test_pruning_zeroes_the_constants_before_a_sigmoid_so_its_channels_fold(tmp_path):
+    """conv1 -> BatchNorm -> a padded depthwise conv with biases -> Sigmoid ->
+    conv2: with the BatchNorm means and depthwise biases of the pruned
+    channels zeroed, each is sigmoid(0) everywhere, which conv2's biases take;
+    left as they are, the padding makes them differ by position."""
+    tail = ('layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }\n'
+            'layer { name: "dw" type: "Convolution" bottom: "conv1" top: "dw" '
+            'convolution_param { num_output: 6 group: 6 kernel_size: 3 pad: 1 } }\n'
+            'layer { name: "sig" type: "Sigmoid" bottom: "dw" top: "dw" }\n'
+            + CONV2.replace("kernel_size: 3 pad: 1", "kernel_size: 1") % "dw")
+    model = write(tmp_path / "n.prototxt", SMALL_HEAD + tail)
+    mask = np.ones((6, 3, 3, 3), bool)
+    mask[[1, 3]] = False
+    net = caffe.Net(model, caffe.TEST)
+    dead = compact.dead_channel_constants(net, protoio.read_net(model), {"conv1": mask})
+    assert [(name, index, list(channels)) for name, index, channels in dead] == [
+        ("bn1", 0, [1, 3]), ("dw", 1, [1, 3])]
+    report = small_net(tmp_path, tail)
+    assert report["plan"]["layers"]["conv1"]["out"] == list(range(6))  # constants kept
+    net = caffe.Net(model, caffe.TEST, weights=str(tmp_path / "n.caffemodel"))
+    for name, index, channels in dead:
+        net.params[name][index].data[channels] = 0
+    net.save(str(tmp_path / "n.caffemodel"))
+    report = compact.compact(model, str(tmp_path / "n.caffemodel"), str(tmp_path / "out2"))
+    assert report["plan"]["layers"]["conv1"]["out"] == [0, 2, 4, 5]
+    assert report["plan"]["layers"]["conv2"]["fold"]["inputs"] == [1, 3]
+    assert report["warnings"] == [] and report["equivalence"]["passed"]
+
+
 def test_a_slice_part_with_only_zero_filters_keeps_one_and_says_why(tmp_path):
     """conv1's filters 3-5 are zero: its Slice's second part would be empty."""
     tail = ('layer { name: "sl" type: "Slice" bottom: "conv1" top: "a" top: "b" '
