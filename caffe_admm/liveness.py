@@ -36,7 +36,7 @@ __all__ = ["ZERO_PRESERVING", "InputFeeds", "input_feeds", "masks_in_net_order",
 # which leaves zero at zero; a pruned channel's BatchNorm mean and Scale/Bias
 # offset are held at zero, unless an Eltwise partner still writes the channel);
 # also a Clip, Threshold, Power or Log whose parameters map 0 to 0
-# (protoio.maps_zero_to_zero: ReLU6, say).
+# (protoio.maps_zero_to_zero: ReLU6, say), and an SE gate's Scale along x.
 ZERO_PRESERVING = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Swish", "Dropout", "Pooling", "LRN",
                    "Flatten", "Split", "BatchNorm", "Scale", "Bias"}
 CONSTANTS = {"BatchNorm", "Scale", "Bias"}  # zero-preserving for pruned channels only
@@ -61,12 +61,22 @@ def _sources(layers, index, blob, pruned, summed):
         if layer.type == "Concat" and _channel_concat(layer):
             parts = [_sources(layers, writer, b, pruned, summed) for b in layer.bottom]
             return None if None in parts else tuple(p for part in parts for p in part)
+        if _gate(layer):  # x times a factor per sample and channel: a zero x stays zero
+            index, blob = writer, layer.bottom[0]
+            continue
         if (layer.type not in ZERO_PRESERVING and not maps_zero_to_zero(layer)
                 or len(layer.bottom) != 1):
             return None
         if layer.type in CONSTANTS and {layer.bottom[0], *layer.top} & summed:
             return None
         index, blob = writer, layer.bottom[0]
+
+
+def _gate(layer):
+    """A squeeze-and-excitation gate: a Scale of its first bottom by its second
+    from axis 0, with no bias."""
+    return (layer.type == "Scale" and len(layer.bottom) == 2 and layer.scale_param.axis == 0
+            and not layer.scale_param.bias_term)
 
 
 def _channel_concat(layer):

@@ -55,6 +55,12 @@ def test_feeds_follow_element_wise_layers_that_map_zero_to_zero(layer):
     assert liveness.input_feeds(_net(net), SHAPES).feeds["conv2"] == ((("conv1", 8),), 1)
 
 
+def test_feeds_follow_a_squeeze_and_excitation_gate_along_its_input():
+    """conv2 reads conv1's channels scaled by a gate: a zero channel stays zero."""
+    from test_solver import SE_NET
+    assert liveness.input_feeds(_net(SE_NET), SHAPES).feeds["conv2"] == ((("conv1", 8),), 1)
+
+
 def test_no_feed_through_layers_that_add_a_constant_or_mix_channels():
     for layer in ('layer { name: "sig" type: "Sigmoid" bottom: "pool1" top: "pool1" }',
                   'layer { name: "c" type: "Clip" bottom: "pool1" top: "pool1" '
