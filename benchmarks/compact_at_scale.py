@@ -217,23 +217,23 @@ def measure(name, size, keep, tmp, batches=(), repeats=5):
         f.write(NETS[name](size))
     weights = os.path.join(tmp, name + ".caffemodel")
     pruned = prune_weights(model, weights, keep)
+    out = os.path.join(tmp, "out")
     start = time.time()
-    report = compact.compact(model, weights, os.path.join(tmp, "out"))
+    report = compact.compact(model, weights, out)
     seconds = time.time() - start
     total, eq = report["total"], report["equivalence"]
-    timed = {}
+    row = {"net": name, "size": size, "keep": keep, "pruned_layers": pruned,
+           "params": total["params"], "compact_params": total["compact_params"],
+           "flops": total["flops"], "compact_flops": total["compact_flops"],
+           "seconds": seconds, "max_abs_diff": eq["max_abs_diff"],
+           "output_scale": eq["output_scale"], "passed": eq["passed"],
+           "warnings": report["warnings"]}
     if batches:
-        out = os.path.join(tmp, "out")
         result = timing.compare(model, weights, os.path.join(out, "compact.prototxt"),
                                 os.path.join(out, "compact.caffemodel"), batches, repeats)
         types = {l.name: l.type for l in protoio.read_net(model).layer}
-        timed = {"timing": result, "timing_summary": timing_summary(result, types)}
-    return dict({"net": name, "size": size, "keep": keep, "pruned_layers": pruned,
-            "params": total["params"], "compact_params": total["compact_params"],
-            "flops": total["flops"], "compact_flops": total["compact_flops"],
-            "seconds": seconds, "max_abs_diff": eq["max_abs_diff"],
-            "output_scale": eq["output_scale"], "passed": eq["passed"],
-            "warnings": report["warnings"]}, **timed)
+        row.update(timing=result, timing_summary=timing_summary(result, types))
+    return row
 
 
 def format_table(rows):
