@@ -24,12 +24,19 @@ the same number of filters in every one of the g groups (the exact projection
 onto that set), so the pruned layer stays a valid grouped convolution. The
 same holds for the filters read by, and the channels written by, another
 grouped convolution (``group`` of :func:`group_mask`).
+
+Layers whose outputs an Eltwise sums (a residual stream's writers) can be
+pruned *coupled*: one set of k filter indices for all of them, so that
+compaction can cut the stream's channels. The exact projection of the tuple
+(W_1, ..., W_m) onto "every W_j zero outside the same k rows" keeps the k rows
+of largest joint norm sqrt(sum_j ||row of W_j||^2) (:func:`joint_group_mask`):
+the distance is the sum over the layers of what each loses.
 """
 
 import numpy as np
 
 __all__ = ["KINDS", "as_4d", "num_groups", "keep_count", "group_norms",
-           "group_mask", "expand", "support", "project"]
+           "group_mask", "joint_group_mask", "expand", "support", "project"]
 
 KINDS = ("filter", "channel", "shape", "non_structured")
 
@@ -121,12 +128,16 @@ def group_mask(w, kind, k, group=1):
     -------
     keep : ndarray of bool, shape (num_groups(w.shape, kind),)
     """
-    n = num_groups(np.shape(w), kind)
+    return _grouped_top_k(group_norms(w, kind), kind, k, group)
+
+
+def _grouped_top_k(norms, kind, k, group):
+    """:func:`group_mask` from the groups' norms."""
+    n = norms.shape[0]
     if kind == "non_structured":
         group = 1  # element-wise sets ignore grouping
     if not 1 <= k <= n:
         raise ValueError("cannot keep %d of %d %s groups" % (k, n, kind))
-    norms = group_norms(w, kind)
     if group == 1:
         return _top_k(norms, k)
     if kind not in ("filter", "channel"):
@@ -138,6 +149,39 @@ def group_mask(w, kind, k, group=1):
     per = n // group
     return np.concatenate([_top_k(norms[i * per:(i + 1) * per], k // group)
                            for i in range(group)])
+
+
+def joint_group_mask(ws, kind, k, group=1, alloweds=None):
+    """Which groups of ``kind`` the joint projection of several weights keeps:
+    the same k for all of them, those of largest joint norm (the square root
+    of the sum of the squared norms over the weights).
+
+    Parameters
+    ----------
+    ws : sequence of ndarray, each (F, C_j, kh_j, kw_j) or (F, K_j)
+        For ``kind`` "filter", the same F; the other sizes may differ.
+    kind, k, group
+        As in :func:`group_mask`.
+    alloweds : sequence of (ndarray of bool or None), optional
+        Per weight, as ``allowed`` in :func:`support`: the norms are taken
+        inside it.
+
+    Returns
+    -------
+    keep : ndarray of bool, shape (num_groups(ws[0].shape, kind),)
+    """
+    alloweds = alloweds or [None] * len(ws)
+    squared = None
+    for w, allowed in zip(ws, alloweds):
+        if allowed is not None:
+            w = np.where(allowed, w, np.zeros((), dtype=np.asarray(w).dtype))
+        norms = group_norms(w, kind) ** 2
+        if squared is not None and norms.shape != squared.shape:
+            raise ValueError("joint %s-wise pruning needs the same number of %ss in every "
+                             "weight, got %d and %d" % (kind, kind, squared.shape[0],
+                                                        norms.shape[0]))
+        squared = norms if squared is None else squared + norms
+    return _grouped_top_k(np.sqrt(squared), kind, k, group)
 
 
 def expand(values, shape, kind):
@@ -165,25 +209,32 @@ def expand(values, shape, kind):
     return np.array(full).reshape(shape)
 
 
-def support(w, kind, k, group=1, allowed=None):
+def support(w, kind, k, group=1, allowed=None, chosen=None):
     """Boolean mask, shaped like ``w``, of the weights the projection keeps.
 
     ``allowed`` (bool, shaped like ``w``) restricts the set to weights that are
     zero outside it: the groups are ranked by their norm inside ``allowed``.
+    ``chosen`` (bool, one per group of ``kind``) gives the kept groups instead
+    of ranking them: a joint projection's (:func:`joint_group_mask`).
     """
+    if chosen is not None:
+        full = expand(chosen, np.shape(w), kind)
+        return full if allowed is None else full & allowed
     if allowed is None:
         return expand(group_mask(w, kind, k, group), np.shape(w), kind)
     w = np.where(allowed, w, np.zeros((), dtype=np.asarray(w).dtype))
     return expand(group_mask(w, kind, k, group), np.shape(w), kind) & allowed
 
 
-def project(w, kind, k, group=1, allowed=None):
+def project(w, kind, k, group=1, allowed=None, chosen=None):
     """Euclidean projection of ``w`` onto "at most k non-zero groups of ``kind``"
-    (and zero outside ``allowed``, when given).
+    (and zero outside ``allowed``, when given); onto the groups ``chosen``
+    (as in :func:`support`), when given.
 
     Returns
     -------
     z : ndarray, same shape and dtype as ``w``
     """
     w = np.asarray(w)
-    return np.where(support(w, kind, k, group, allowed), w, np.zeros((), dtype=w.dtype))
+    return np.where(support(w, kind, k, group, allowed, chosen), w,
+                    np.zeros((), dtype=w.dtype))

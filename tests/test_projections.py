@@ -93,6 +93,40 @@ def test_grouped_convolution_keeps_equal_filters_per_group():
         P.group_mask(w, "filter", 3, group=2)
 
 
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_joint_projection_keeps_the_same_filters_and_is_optimal_against_brute_force(k):
+    """Two weights with the same 5 filters and other inputs: the joint
+    projection onto "the same k filters in both" is the pair's closest point."""
+    rng = np.random.default_rng(3)
+    ws = [rng.standard_normal((5, 2, 3, 3)), rng.standard_normal((5, 7))]
+    ws[1][0] *= 6  # filter 0 is small in the first, large in the second
+    keep = P.joint_group_mask(ws, "filter", k)
+    assert keep.sum() == k
+    best = min(sum(np.sum((w - _apply(w, "filter", np.isin(np.arange(5), kept))) ** 2)
+                   for w in ws) for kept in itertools.combinations(range(5), k))
+    got = sum(np.sum((w - P.project(w, "filter", k, chosen=keep)) ** 2) for w in ws)
+    assert got == pytest.approx(best, rel=1e-12)
+    np.testing.assert_array_equal(P.joint_group_mask(ws[:1], "filter", k),
+                                  P.group_mask(ws[0], "filter", k))
+
+
+def test_joint_projection_in_groups_inside_allowed_and_errors():
+    rng = np.random.default_rng(4)
+    ws = [rng.standard_normal((8, 3)), rng.standard_normal((8, 2, 1, 1))]
+    ws[0][:4] *= 10  # the large filters all in group 0
+    keep = P.joint_group_mask(ws, "filter", 4, group=2)
+    assert keep[:4].sum() == keep[4:].sum() == 2
+    allowed = np.ones((8, 3), bool)
+    allowed[:, 0] = False  # the first weight's norms taken without its input 0
+    ws[0][7, 0] = 1e3
+    assert not P.joint_group_mask(ws, "filter", 1, alloweds=[allowed, None])[7]
+    assert P.joint_group_mask(ws, "filter", 1)[7]
+    with pytest.raises(ValueError, match="same number of filters in every weight, got 8 and 6"):
+        P.joint_group_mask([ws[0], ws[1][:6]], "filter", 2)
+    with pytest.raises(ValueError, match="cannot keep 9 of 8 filter groups"):
+        P.joint_group_mask(ws, "filter", 9)
+
+
 def test_keep_count_bounds_and_errors():
     assert P.keep_count(10, 1.0) == 10
     assert P.keep_count(10, 0.01) == 1
