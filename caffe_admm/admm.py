@@ -13,7 +13,10 @@ the state is updated by
     rho_ij <- min(rho_ij * growth, max)  (schedule)
     U_ij <- U_ij * rho_old / rho_new     (only with rescale_dual)
 
-and the primal residual ||W_i - Z_ij|| / ||W_i|| is recorded;
+and the primal residual ||W_i - Z_ij|| / ||W_i|| is recorded. The writers of a
+residual stream (config ``couple_sums``) take their filter Z-steps jointly:
+one set of filters for all of them, the exact projection of the tuple
+(:func:`caffe_admm.projections.joint_group_mask`);
 :meth:`ADMMState.restart` begins a new problem (a stage of ``prune_stages``)
 with U = 0 and every Z_ij = W_i on the joint support. This module is
 pure numpy: weights go in and out as ``dict[str, ndarray]`` keyed by layer name.
@@ -60,11 +63,15 @@ class ConstraintState:
         n = projections.num_groups(self.u.shape, self.kind)
         return projections.keep_count(n, (n - (n - self.keep) * frac) / float(n), self.group)
 
-    def support(self, w, allowed=None, frac=None):
+    def support(self, w, allowed=None, frac=None, chosen=None):
         """Where Proj(w) onto :meth:`count_at` ``(frac)`` groups (None: the
-        target ``keep``) is non-zero."""
-        keep = self.keep if frac is None else self.count_at(frac)
-        return projections.support(w, self.kind, keep, self.group, allowed)
+        target ``keep``) is non-zero; the groups ``chosen``, where given (a
+        joint projection's)."""
+        return projections.support(w, self.kind, self.count(frac), self.group, allowed, chosen)
+
+    def count(self, frac=None):
+        """:meth:`count_at` ``(frac)``; None: the target ``keep``."""
+        return self.keep if frac is None else self.count_at(frac)
 
 
 class ADMMState:
@@ -76,14 +83,18 @@ class ADMMState:
         Per layer name, its constraints.
     step : int
         Number of completed Z/U updates.
+    coupled : tuple of tuple of str
+        The residual streams' writers whose filter constraints are projected
+        jointly (:attr:`caffe_admm.config.PruneConfig.coupled`).
     """
 
-    def __init__(self, constraints, step=0):
+    def __init__(self, constraints, step=0, coupled=()):
         self.constraints = constraints
         self.step = int(step)
+        self.coupled = tuple(coupled)
 
     @classmethod
-    def initial(cls, specs, weights, frac=1.0, feeds=None):
+    def initial(cls, specs, weights, frac=1.0, feeds=None, coupled=()):
         """Z = Proj(W), U = 0 for every constraint of every spec.
 
         Parameters
@@ -94,6 +105,8 @@ class ADMMState:
             Project onto :meth:`ConstraintState.count_at` ``(frac)`` groups (1: the target).
         feeds : caffe_admm.liveness.InputFeeds, optional
             Project every layer onto its live inputs only (config ``live_inputs_only``).
+        coupled : tuple of tuple of str
+            Writers whose filters are projected jointly.
         """
         targets = {spec.name: np.asarray(weights[spec.name], dtype=np.float32) for spec in specs}
         constraints = {}
@@ -107,23 +120,38 @@ class ADMMState:
                 states.append(ConstraintState(c.kind, keep, spec.rho, group, np.zeros_like(w),
                                               np.zeros_like(w)))
             constraints[spec.name] = states
-        state = cls(constraints)
+        state = cls(constraints, coupled=coupled)
         state._z_step(targets, frac, feeds)
         return state
+
+    def _supports(self, value, frac, feeds, set_z=False):
+        """Per layer, in net order, the intersection of the supports of its
+        constraints' projections of ``value(name, c)``; a coupled stream's
+        filters chosen jointly. With ``set_z``, each Z_j becomes its projection."""
+        def filter_state(name):
+            return next(c for c in self.constraints[name] if c.kind == "filter")
+
+        def choose(writers, alloweds):
+            states = [filter_state(n) for n in writers]
+            return projections.joint_group_mask(
+                [value(n, c) for n, c in zip(writers, states)], "filter",
+                states[0].count(frac), states[0].group, alloweds)
+
+        def mask_of(name, allowed, chosen):
+            mask = np.ones(self.constraints[name][0].u.shape, dtype=np.bool_)
+            for c in self.constraints[name]:
+                v = value(name, c)
+                keep = c.support(v, allowed, frac, chosen if c.kind == "filter" else None)
+                if set_z:
+                    c.z = np.where(keep, v, np.zeros((), dtype=v.dtype))
+                mask &= keep
+            return mask
+        return masks_in_net_order(self.constraints, feeds, mask_of, self.coupled, choose)
 
     def _z_step(self, targets, frac, feeds):
         """Z_j <- Proj_j(targets[layer] + U_j), layers in net order; returns
         the supports, intersected over each layer's constraints."""
-        def z_step(name, allowed):
-            x = targets[name]
-            mask = np.ones(x.shape, dtype=np.bool_)
-            for c in self.constraints[name]:
-                v = x + c.u
-                keep = c.support(v, allowed, frac)
-                c.z = np.where(keep, v, np.zeros((), dtype=v.dtype))
-                mask &= keep
-            return mask
-        return masks_in_net_order(self.constraints, feeds, z_step)
+        return self._supports(lambda name, c: targets[name] + c.u, frac, feeds, set_z=True)
 
     def penalty(self, name, w):
         """Value and gradient of sum_j rho_j/2 ||W - Z_j + U_j||^2 for one layer.
@@ -208,19 +236,13 @@ class ADMMState:
         The support of Proj(W) for every constraint (onto ``count_at(frac)``
         groups; None: the target), intersected across the constraints of a layer
         (FILTER_SHAPE keeps kept filters x kept columns); with ``feeds``, on
-        live inputs only.
+        live inputs only; a coupled stream's filters chosen jointly.
 
         Returns
         -------
         masks : dict[str, ndarray of bool], shapes of the weights
         """
-        def mask_of(name, allowed):
-            w = np.asarray(weights[name])
-            mask = np.ones(w.shape, dtype=np.bool_)
-            for c in self.constraints[name]:
-                mask &= c.support(w, allowed, frac)
-            return mask
-        return masks_in_net_order(self.constraints, feeds, mask_of)
+        return self._supports(lambda name, c: np.asarray(weights[name]), frac, feeds)
 
     def to_arrays(self):
         """Flatten into a dict of arrays for ``np.savez``."""
@@ -238,8 +260,8 @@ class ADMMState:
         return out
 
     @classmethod
-    def from_arrays(cls, arrays):
-        """Inverse of :meth:`to_arrays`."""
+    def from_arrays(cls, arrays, coupled=()):
+        """Inverse of :meth:`to_arrays` (``coupled`` comes from the config)."""
         constraints = {}
         names = [k[len("layers/"):-len("/count")] for k in arrays
                  if k.startswith("layers/") and k.endswith("/count")]
@@ -252,4 +274,4 @@ class ADMMState:
                     float(arrays[key + "rho"]), int(arrays[key + "group"]),
                     np.array(arrays[key + "z"]), np.array(arrays[key + "u"])))
             constraints[name] = states
-        return cls(constraints, step=int(arrays["step"]))
+        return cls(constraints, step=int(arrays["step"]), coupled=coupled)

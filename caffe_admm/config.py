@@ -10,7 +10,7 @@ import dataclasses
 import math
 import os
 
-from caffe_admm.liveness import group_neighbours
+from caffe_admm.liveness import group_neighbours, sum_writers
 from caffe_admm.protoio import ProtoError, layer_line, parse_text
 
 __all__ = ["KIND_NAMES", "PRUNABLE_TYPES", "Constraint", "LayerSpec", "PruneConfig",
@@ -92,6 +92,10 @@ class PruneConfig:
     changed_defaults: tuple = ()
     # (layer, why) of the layers global_keep_ratio reaches but does not prune
     left_out: tuple = ()
+    # the writers of each residual stream that keep the same filters (couple_sums)
+    coupled: tuple = ()
+    # (writers, why) of the streams with a filter-pruned writer left uncoupled
+    uncoupled: tuple = ()
 
     def layer(self, name):
         for spec in self.layers:
@@ -323,6 +327,12 @@ def load_config(path, net):
                                  " and ".join(PRUNABLE_TYPES)))
         specs.append(_layer_spec(path, entry, layer, rho_initial, readers.get(entry.name, 1),
                                  producers.get(entry.name, 1)))
+    coupled, uncoupled = (), ()
+    if msg.couple_sums:
+        specs, coupled, uncoupled = _couple(specs, sum_writers(net))
+    changed = ["couple_sums"] if coupled and not msg.HasField("couple_sums") else []
+    if msg.method == pb2.ADMM and not msg.HasField("penalty_pruned_only"):
+        changed.insert(0, "penalty_pruned_only")
     return PruneConfig(
         path=os.path.abspath(path), layers=tuple(specs),
         rho_growth=float(msg.rho.growth),
@@ -337,6 +347,42 @@ def load_config(path, net):
         live_inputs_only=bool(msg.live_inputs_only),
         rescale_dual=bool(msg.rho.rescale_dual), prune_stages=msg.prune_stages,
         penalty_pruned_only=bool(msg.penalty_pruned_only) and msg.method == pb2.ADMM,
-        changed_defaults=(("penalty_pruned_only",) if msg.method == pb2.ADMM
-                          and not msg.HasField("penalty_pruned_only") else ()),
-        left_out=tuple(left_out))
+        changed_defaults=tuple(changed), left_out=tuple(left_out), coupled=coupled,
+        uncoupled=uncoupled)
+
+
+def _filter_ratio(spec):
+    return next((c.keep_ratio for c in spec.constraints if c.kind == "filter"), None)
+
+
+def _couple(specs, streams):
+    """Couple the filter pruning of each stream's writers (``couple_sums``).
+
+    Returns the specs (a coupled writer's ``filter_group`` the least common
+    multiple of theirs), the coupled streams and (writers, why) of the
+    streams with a filter-pruned writer that stay uncoupled.
+    """
+    by_name = {spec.name: spec for spec in specs}
+    coupled, uncoupled = [], []
+    for names, other in streams:
+        pruned = [n for n in names if n in by_name and _filter_ratio(by_name[n]) is not None]
+        if not pruned or len(names) < 2 and not other:
+            continue
+        ratios = {n: _filter_ratio(by_name[n]) for n in pruned}
+        if other:
+            why = "some of its channels come from %s, which pruning cannot zero" % other
+        elif len(pruned) < len(names):
+            why = "%s %s not filter-pruned" % (
+                ", ".join(n for n in names if n not in pruned),
+                "is" if len(names) - len(pruned) == 1 else "are")
+        elif len(set(ratios.values())) > 1:
+            why = "the filter keep ratios differ (%s)" % ", ".join(
+                "%s %g" % kv for kv in ratios.items())
+        else:  # each filter_group divides the stream's width, so their lcm does
+            coupled.append(names)
+            group = math.lcm(*(by_name[n].filter_group for n in names))
+            for n in names:
+                by_name[n] = dataclasses.replace(by_name[n], filter_group=group)
+            continue
+        uncoupled.append((names, why))
+    return [by_name[spec.name] for spec in specs], tuple(coupled), tuple(uncoupled)

@@ -29,7 +29,7 @@ from caffe_admm import projections
 from caffe_admm.protoio import maps_zero_to_zero
 
 __all__ = ["ZERO_PRESERVING", "InputFeeds", "input_feeds", "masks_in_net_order",
-           "group_neighbours"]
+           "group_neighbours", "sum_writers"]
 
 # Single-input layers that map an all-zero channel to an all-zero channel in the
 # same place (no added constant; LRN scales a channel by its neighbours' energy,
@@ -138,19 +138,35 @@ class InputFeeds:
             for name, (sources, per) in self.feeds.items()) or "none"
 
 
-def masks_in_net_order(names, feeds, mask_of):
-    """``mask_of(name, allowed)`` for every layer in ``names``, producers first.
+def masks_in_net_order(names, feeds, mask_of, coupled=(), choose=None):
+    """``mask_of(name, allowed, chosen)`` for every layer in ``names``, producers first.
 
     ``allowed`` is the layer's live-input mask from ``feeds`` and the masks of
     its producer (None without ``feeds``, or for a layer without a pruned
-    producer). Returns the masks as a dict in the order of ``names``.
+    producer). The layers of each tuple in ``coupled`` (a residual stream's
+    writers) are decided together, at the last of them:
+    ``choose(writers, alloweds)`` gives their joint filter selection, passed
+    to each as ``chosen`` (None for the other layers). Returns the masks as a
+    dict in the order of ``names``.
     """
     names = list(names)
     order = names if feeds is None else (
         [n for n in feeds.order if n in names] + [n for n in names if n not in feeds.order])
+    stream_of = {n: writers for writers in coupled for n in writers}
+    last = {writers: max(writers, key=order.index) for writers in coupled}
     masks = {}
+
+    def allowed(name):
+        return None if feeds is None else feeds.allowed(name, masks)
     for name in order:
-        masks[name] = mask_of(name, None if feeds is None else feeds.allowed(name, masks))
+        writers = stream_of.get(name)
+        if writers is None:
+            masks[name] = mask_of(name, allowed(name), None)
+        elif name == last[writers]:
+            alloweds = [allowed(n) for n in writers]
+            chosen = choose(writers, alloweds)
+            for n, a in zip(writers, alloweds):
+                masks[n] = mask_of(n, a, chosen)
     return {name: masks[name] for name in names}
 
 
@@ -244,3 +260,63 @@ def group_neighbours(net_param):
                 and p.num_output // p.group > 1):
             producers[reader.name] = p.group
     return readers, producers
+
+
+def _writers_of(layers, index, blob):
+    """The layers that write the channels of ``blob`` (read by
+    ``layers[index]``): Convolutions and InnerProducts found walking back
+    through the single-input layers of :data:`ZERO_PRESERVING` (BatchNorm and
+    Scale whatever their constants), SE gates along their input and into
+    every bottom of an Eltwise. Returns (names, other): ``other`` is the
+    first layer met that writes the channels otherwise (a Concat, a Sigmoid,
+    the net's input), or None."""
+    writer = next((i for i in range(index - 1, -1, -1) if blob in layers[i].top), None)
+    if writer is None or not layers[writer].bottom:
+        return set(), "the net input %r" % blob
+    layer = layers[writer]
+    if layer.type in ("Convolution", "InnerProduct"):
+        return {layer.name}, None
+    if layer.type == "Eltwise":
+        names, other = set(), None
+        for b in layer.bottom:
+            found, why = _writers_of(layers, writer, b)
+            names |= found
+            other = other or why
+        return names, other
+    if _gate(layer) or (layer.type in ZERO_PRESERVING or maps_zero_to_zero(layer)) \
+            and len(layer.bottom) == 1:
+        return _writers_of(layers, writer, layer.bottom[0])
+    return set(), "%s %r" % (layer.type, layer.name)
+
+
+def sum_writers(net_param):
+    """The residual streams of a net: the layers whose outputs Eltwise layers
+    add (multiply, take the maximum of) channel by channel.
+
+    A channel of a stream is zero for every input only where every writer's
+    filter for it is zero, so compaction cuts it only then. Streams that
+    share a writer (the sums of one ResNet stage, whose output the next sum
+    reads) are one.
+
+    Returns
+    -------
+    list of (tuple of str, str or None)
+        Per stream, its writers in net order and, where some of its channels
+        come from another layer (the net input, a Concat, a Sigmoid: which
+        pruning cannot zero), the first such layer; None otherwise.
+    """
+    from caffe_admm.backend import caffe_pb2
+    from caffe_admm.protoio import layer_included, net_state
+    test = net_state(net_param, caffe_pb2.TEST)
+    layers = [l for l in net_param.layer if layer_included(l, test)]
+    streams = []  # [names, other], merged where they share a writer
+    for index, layer in enumerate(layers):
+        if layer.type != "Eltwise":
+            continue
+        names, other = _writers_of(layers, index + 1, layer.top[0])
+        for stream in [s for s in streams if s[0] & names]:
+            streams.remove(stream)
+            names, other = names | stream[0], other or stream[1]
+        streams.append((names, other))
+    order = {l.name: i for i, l in enumerate(layers)}
+    return [(tuple(sorted(names, key=order.get)), other) for names, other in streams]

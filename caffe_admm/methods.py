@@ -10,6 +10,8 @@ masks of the hard prune; masked retraining follows for all alike.
   group-Lasso subgradient lambda W_g / ||W_g|| (0 where W_g = 0); the hard
   prune keeps the groups of largest norm at the config's keep ratio (matched
   sparsity), or drops the groups under ``ssl_threshold`` x the largest norm.
+  The Lasso groups are each layer's own; the hard prune of a coupled
+  stream's writers (config ``couple_sums``) ranks their filters jointly.
 * :class:`MagnitudeMethod`: iterative pruning (Han et al., NIPS 2015): before
   each block the weights are pruned to a keep ratio that falls linearly from
   1 to the target, by group norm (structured) or magnitude; the block trains
@@ -53,19 +55,30 @@ def _keep_counts(spec, shape, ratio_of=None):
     return out
 
 
-def _support(w, counts, allowed=None):
+def _support(w, counts, allowed=None, chosen=None):
     mask = np.ones(np.shape(w), dtype=np.bool_)
     for kind, k, group in counts:
-        mask &= projections.support(w, kind, k, group, allowed)
+        mask &= projections.support(w, kind, k, group, allowed,
+                                    chosen if kind == "filter" else None)
     return mask
 
 
 def _supports(cfg, weights, feeds, counts_of):
     """Per layer, the intersection of its constraints' supports, in net order;
-    on live inputs only when ``feeds`` (config ``live_inputs_only``) is given."""
+    on live inputs only when ``feeds`` (config ``live_inputs_only``) is given;
+    the filters of a coupled stream's writers (config ``couple_sums``) chosen
+    by their joint norm."""
     specs = {spec.name: spec for spec in cfg.layers}
-    return masks_in_net_order(specs, feeds, lambda name, allowed: _support(
-        weights[name], counts_of(specs[name], np.shape(weights[name])), allowed))
+
+    def counts(name):
+        return counts_of(specs[name], np.shape(weights[name]))
+
+    def choose(writers, alloweds):
+        _, k, group = next(t for t in counts(writers[0]) if t[0] == "filter")
+        return projections.joint_group_mask([weights[n] for n in writers], "filter", k, group,
+                                            alloweds)
+    return masks_in_net_order(specs, feeds, lambda name, allowed, chosen: _support(
+        weights[name], counts(name), allowed, chosen), cfg.coupled, choose)
 
 
 class ADMMMethod:
@@ -105,7 +118,8 @@ class ADMMMethod:
 
     def start(self, weights):
         self.masks = {}
-        self.state = ADMMState.initial(self.cfg.layers, weights, self._frac(0), self.feeds)
+        self.state = ADMMState.initial(self.cfg.layers, weights, self._frac(0), self.feeds,
+                                       self.cfg.coupled)
 
     def hook_terms(self, name):
         states = self.state.constraints[name]
@@ -165,7 +179,8 @@ class ADMMMethod:
 
     @classmethod
     def from_arrays(cls, cfg, arrays, feeds=None):
-        return cls(cfg, ADMMState.from_arrays(arrays), feeds, _masks_from_arrays(arrays))
+        return cls(cfg, ADMMState.from_arrays(arrays, cfg.coupled), feeds,
+                   _masks_from_arrays(arrays))
 
 
 def _masks_from_arrays(arrays):
@@ -213,12 +228,19 @@ class SSLMethod:
     def final_masks(self, weights):
         if self.cfg.ssl_threshold is None:
             return _supports(self.cfg, weights, self.feeds, _keep_counts)
+        joint = {}  # a coupled stream's writers: the filters' joint norms
+        for writers in self.cfg.coupled:
+            norms = np.sqrt(sum(projections.group_norms(weights[n], "filter") ** 2
+                                for n in writers))
+            joint.update({n: norms for n in writers})
         masks = {}
         for spec in self.cfg.layers:
             w = weights[spec.name]
             mask = np.ones(w.shape, dtype=np.bool_)
             for c in spec.constraints:
                 norms = projections.group_norms(w, c.kind)
+                if c.kind == "filter":
+                    norms = joint.get(spec.name, norms)
                 keep = norms >= self.cfg.ssl_threshold * norms.max()
                 mask &= projections.expand(keep, w.shape, c.kind)
             masks[spec.name] = mask

@@ -575,6 +575,12 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
         if spec.channel_group > 1 and "channel" in spec.kind:
             _log("%s keeps the same number of input channels in each of the %d groups of the "
                  "grouped convolution writing them" % (spec.name, spec.channel_group))
+    for writers in cfg.coupled:
+        _log("residual stream of %s: the same filters kept in all (couple_sums)"
+             % ", ".join(writers))
+    for writers, why in cfg.uncoupled:
+        _log("residual stream of %s: not coupled, so compaction keeps most of its channels: "
+             "%s" % (", ".join(writers), why))
     feeds = None
     if cfg.live_inputs_only:
         feeds = liveness.input_feeds(net_param, {n: shapes[n][0] for n in names},
@@ -610,6 +616,8 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
         "layers": {spec.name: _layer_report(spec, method, weights_now[spec.name])
                    for spec in cfg.layers},
         "left_out": dict(cfg.left_out),
+        "coupled": [list(writers) for writers in cfg.coupled],
+        "uncoupled": [{"writers": list(writers), "why": why} for writers, why in cfg.uncoupled],
         "steps": history["steps"], "loss": history["loss"],
         "seconds_this_session": time.time() - t0,
     }

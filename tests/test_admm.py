@@ -117,7 +117,7 @@ def test_progressive_admm_projects_onto_a_shrinking_then_the_target_support():
     cfg = types.SimpleNamespace(layers=[spec("conv", ["filter"], keep=0.25)], progressive=True,
                                 admm_steps=4, progressive_steps=3, rho_growth=1.0, rho_max=1.0,
                                 rescale_dual=False, prune_stages=1,
-                                penalty_pruned_only=False)
+                                penalty_pruned_only=False, coupled=())
     method = ADMMMethod(cfg)
     method.start(weights)
 
@@ -144,7 +144,7 @@ def test_prune_stages_hard_prune_between_stages_and_restart_admm():
     cfg = types.SimpleNamespace(layers=[spec("conv", ["filter"], keep=0.25, rho=0.1)],
                                 progressive=False, admm_steps=4, progressive_steps=4,
                                 rho_growth=2.0, rho_max=1.0, rescale_dual=False, prune_stages=2,
-                                penalty_pruned_only=False)
+                                penalty_pruned_only=False, coupled=())
     method = ADMMMethod(cfg)
     method.start(weights)  # blocks 0-1: stage 0, onto 5 of 8 filters; blocks 2-3: the target, 2
     c = method.state.constraints["conv"][0]
@@ -179,7 +179,7 @@ def test_penalty_pruned_only_limits_each_term_to_its_zeroed_groups():
     weights = {"conv": rng.standard_normal((6, 4, 3, 3)).astype(np.float32)}
     cfg = types.SimpleNamespace(layers=[spec("conv", ["filter", "shape"])], progressive=False,
                                 admm_steps=2, rho_growth=1.0, rho_max=1.0, rescale_dual=False,
-                                prune_stages=1, penalty_pruned_only=True)
+                                prune_stages=1, penalty_pruned_only=True, coupled=())
     method = ADMMMethod(cfg)
     method.start(weights)
     terms = method.hook_terms("conv")["penalty"]
@@ -227,3 +227,39 @@ def test_without_rescale_dual_u_is_not_scaled(state_and_weights):
     state.update(weights, growth=4.0)
     assert c.rho == pytest.approx(0.4)
     np.testing.assert_allclose(c.u, u_before + weights["ip"] - c.z, rtol=1e-6)
+
+
+def test_coupled_writers_z_steps_and_hard_prune_keep_the_same_filters():
+    """a and b write one stream (6 filters, keep 3); a FILTER_SHAPE, b FILTER.
+    Their filter Zs keep the 3 filters of largest joint norm, in the Z-step,
+    after an update, at the hard prune and after a checkpoint; a's shape
+    constraint is its own."""
+    from caffe_admm import projections
+    rng = np.random.default_rng(5)
+    weights = {"a": rng.standard_normal((6, 4, 3, 3)).astype(np.float32),
+               "b": rng.standard_normal((6, 10)).astype(np.float32)}
+    weights["a"][[0, 1]] *= 4  # large in a alone; b's filters 4 and 5 large in b alone
+    weights["b"][[4, 5]] *= 9
+    specs = [spec("a", ["filter", "shape"]), spec("b", ["filter"])]
+    state = ADMMState.initial(specs, weights, coupled=[("a", "b")])
+
+    def filters(name, where):
+        return projections.group_norms(where, "filter") > 0
+    joint = projections.joint_group_mask([weights["a"], weights["b"]], "filter", 3)
+    for name in ("a", "b"):
+        np.testing.assert_array_equal(filters(name, state.constraints[name][0].z), joint)
+    alone = ADMMState.initial(specs, weights)  # uncoupled: each its own 3
+    assert not np.array_equal(filters("a", alone.constraints["a"][0].z),
+                              filters("b", alone.constraints["b"][0].z))
+    shape = state.constraints["a"][1]
+    np.testing.assert_array_equal(shape.z, projections.project(weights["a"], "shape", 18))
+    moved = {n: w + 0.5 * rng.standard_normal(w.shape).astype(np.float32)
+             for n, w in weights.items()}
+    state.update(moved)
+    zs = [filters(n, state.constraints[n][0].z) for n in ("a", "b")]
+    assert np.array_equal(*zs) and zs[0].sum() == 3
+    masks = ADMMState.from_arrays(state.to_arrays(), [("a", "b")]).hard_prune_masks(moved)
+    kept = [m.reshape(6, -1).any(axis=1) for m in masks.values()]
+    np.testing.assert_array_equal(kept[0], kept[1])
+    np.testing.assert_array_equal(kept[0], projections.joint_group_mask(
+        [moved["a"], moved["b"]], "filter", 3))

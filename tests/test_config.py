@@ -190,3 +190,36 @@ def test_a_transposed_inner_product_is_refused_by_name(tmp_path):
             load_config(path, net)
     net.layer[-1].inner_product_param.transpose = False
     assert [s.name for s in load_config(path, net).layers] == ["conv1", "gconv", "ip1"]
+
+
+def test_the_writers_of_a_residual_stream_are_coupled_where_they_can_be(tmp_path):
+    """test_liveness.STREAMS: proj, c2 and c3 write one stream; conv_a's
+    stream has the net input in it, c4's a Sigmoid's output."""
+    from test_liveness import STREAMS
+    net = text_format.Parse(STREAMS, caffe_pb2.NetParameter())
+
+    def cfg(body):
+        return load_config(write(tmp_path / "c.prototxt", "global_keep_ratio: 0.5\n" + body), net)
+    full = cfg("")
+    assert full.coupled == (("proj", "c2", "c3"),)
+    assert full.uncoupled == (
+        (("conv_a",), "some of its channels come from the net input 'data', which pruning "
+                      "cannot zero"),
+        (("c4",), "some of its channels come from Sigmoid 'sig', which pruning cannot zero"))
+    # a new default: a run begun before it does not resume under it
+    assert full.changed_defaults == ("penalty_pruned_only", "couple_sums")
+    off = cfg("couple_sums: false")
+    assert off.coupled == off.uncoupled == () and off.changed_defaults == ("penalty_pruned_only",)
+    assert cfg("couple_sums: true").changed_defaults == ("penalty_pruned_only",)
+    assert cfg('layer { name: "c3" keep_ratio: 0.25 }').uncoupled[1] == (
+        ("proj", "c2", "c3"), "the filter keep ratios differ (proj 0.5, c2 0.5, c3 0.25)")
+    assert cfg('layer { name: "c2" kind: CHANNEL keep_ratio: 0.5 }').uncoupled[1] == (
+        ("proj", "c2", "c3"), "c2 is not filter-pruned")
+    listed = load_config(write(tmp_path / "c.prototxt", 'layer { name: "c1" keep_ratio: 0.5 }'),
+                         net)
+    assert listed.coupled == listed.uncoupled == ()  # no writer pruned: nothing to say
+    # a grouped writer: the others keep the same count in each of its groups too
+    next(l for l in net.layer if l.name == "c3").convolution_param.group = 2
+    grouped = cfg("")
+    assert {s.name: s.filter_group for s in grouped.layers if s.name in ("proj", "c2", "c3")} == {
+        "proj": 2, "c2": 2, "c3": 2}

@@ -322,3 +322,67 @@ def test_no_compacted_size_no_dead_input_count(capsys):
     totals = {"nonzero": 10, "compacted_nonzero": None, "compacted_compression": None}
     solver._note_dead_inputs(totals, False)
     assert totals["dead_input_weights"] is None and capsys.readouterr().out == ""
+
+
+STREAMS = """
+name: "Streams"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 dim: 8 dim: 8 } } }
+layer { name: "conv_a" type: "Convolution" bottom: "data" top: "conv_a"
+  convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "sum1" type: "Eltwise" bottom: "data" bottom: "conv_a" top: "sum1" }
+layer { name: "proj" type: "Convolution" bottom: "sum1" top: "proj"
+  convolution_param { num_output: 6 kernel_size: 1 } }
+layer { name: "bn" type: "BatchNorm" bottom: "proj" top: "proj" }
+layer { name: "c1" type: "Convolution" bottom: "sum1" top: "c1"
+  convolution_param { num_output: 6 kernel_size: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "c1" top: "c1" }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2"
+  convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
+layer { name: "sum2" type: "Eltwise" bottom: "proj" bottom: "c2" top: "sum2" }
+layer { name: "relu2" type: "ReLU" bottom: "sum2" top: "sum2" }
+layer { name: "c3" type: "Convolution" bottom: "sum2" top: "c3"
+  convolution_param { num_output: 6 kernel_size: 1 } }
+layer { name: "clip" type: "Clip" bottom: "c3" top: "c3" clip_param { min: 0 max: 6 } }
+layer { name: "sum3" type: "Eltwise" bottom: "sum2" bottom: "c3" top: "sum3" }
+layer { name: "sig" type: "Sigmoid" bottom: "sum3" top: "sig" }
+layer { name: "c4" type: "Convolution" bottom: "sig" top: "c4"
+  convolution_param { num_output: 6 kernel_size: 1 } }
+layer { name: "sum4" type: "Eltwise" bottom: "sig" bottom: "c4" top: "sum4" }
+"""
+
+
+def test_sum_writers_are_the_streams_writers_through_zero_preserving_layers_and_sums():
+    """sum2 and sum3 make one stream (sum3 adds to sum2's output), written by
+    proj (through BatchNorm), c2 and c3 (through a ReLU6); the other two
+    streams have channels pruning cannot zero: the net input, a Sigmoid's."""
+    assert liveness.sum_writers(_net(STREAMS)) == [
+        (("conv_a",), "the net input 'data'"), (("proj", "c2", "c3"), None),
+        (("c4",), "Sigmoid 'sig'")]
+    assert liveness.sum_writers(_net()) == []
+    import os
+    from caffe_admm.protoio import read_net
+    from conftest import ROOT
+    for name in ("resnet_mini", "se_resnet_mini"):  # the stem's conv1 and each block's conv2
+        net = read_net(os.path.join(ROOT, "prototxt", name + "_deploy.prototxt"))
+        assert liveness.sum_writers(net) == [(("conv1", "a_conv2", "b_conv2"), None)]
+
+
+def test_coupled_writers_are_decided_together_at_the_last_of_them():
+    """masks_in_net_order: conv1 and ip1 coupled, conv2 between them; the
+    pair's choice sees both their live-input masks, and each gets it."""
+    feeds = liveness.input_feeds(_net(), SHAPES)
+    calls = []
+
+    def choose(writers, alloweds):
+        calls.append(("choose", writers, [a is None for a in alloweds]))
+        return "chosen"
+
+    def mask_of(name, allowed, chosen):
+        calls.append((name, chosen))
+        return np.ones(SHAPES[name], bool)
+    masks = liveness.masks_in_net_order(["ip1", "conv2", "conv1"], feeds, mask_of,
+                                        [("conv1", "ip1")], choose)
+    assert list(masks) == ["ip1", "conv2", "conv1"]
+    # conv1 reads the data (no pruned producer), ip1 reads conv2's outputs
+    assert calls == [("conv2", None), ("choose", ("conv1", "ip1"), [True, False]),
+                     ("conv1", "chosen"), ("ip1", "chosen")]

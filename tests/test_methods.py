@@ -133,3 +133,35 @@ def test_run_with_masks_in_its_first_phase_resumes_to_the_same_weights(
     for name in a.params:
         for x, y in zip(a.params[name], b.params[name]):
             np.testing.assert_array_equal(x.data, y.data)
+
+
+@pytest.mark.parametrize("method, extra", [("MAGNITUDE", ""), ("SSL", ""),
+                                           ("SSL", "ssl_threshold: 0.5"), ("ADMM", "")])
+def test_every_method_prunes_a_streams_writers_to_the_same_filters(tmp_path, method, extra):
+    """test_liveness.STREAMS' proj, c2 and c3 keep the same 3 of their 6
+    filters, those of largest joint norm (SSL's threshold: joint norms over
+    0.5 x the largest), though each alone would keep others."""
+    from google.protobuf import text_format
+    from caffe_admm.backend import caffe_pb2
+    from caffe_admm.config import load_config
+    from test_liveness import STREAMS
+    net = text_format.Parse(STREAMS, caffe_pb2.NetParameter())
+    config = load_config(write(tmp_path / "c.prototxt", "method: %s admm_steps: 1 %s\n"
+                               "default { kind: FILTER } global_keep_ratio: 0.5" % (method, extra)),
+                         net)
+    rng = np.random.default_rng(6)
+    shapes = {"conv_a": (4, 4, 1, 1), "proj": (6, 4, 1, 1), "c1": (6, 4, 1, 1),
+              "c2": (6, 6, 3, 3), "c3": (6, 6, 1, 1), "c4": (6, 6, 1, 1)}
+    weights = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    for name, big in (("proj", [0, 1]), ("c2", [2, 3]), ("c3", [4, 5])):
+        weights[name][big] *= 3  # alone, each would keep its own two and one more
+    method = methods.make_method(config)
+    method.start(weights)
+    masks = method.final_masks(weights)
+    kept = {n: masks[n].reshape(6, -1).any(axis=1) for n in ("proj", "c2", "c3")}
+    norms = np.sqrt(sum(projections.group_norms(weights[n], "filter") ** 2 for n in kept))
+    expected = (norms >= 0.5 * norms.max() if "threshold" in extra
+                else np.isin(np.arange(6), np.argsort(-norms)[:3]))
+    for k in kept.values():
+        np.testing.assert_array_equal(k, expected)
+    assert 0 < expected.sum() < 6

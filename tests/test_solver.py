@@ -428,3 +428,50 @@ def test_retrain_solver_sets_the_retraining_schedule(tmp_path, tiny_data, tiny_t
     assert used.type == "Adam" and abs(used.base_lr - 0.00125) < 1e-9
     first = read_solver(str(tmp_path / "run" / "admm_solver.prototxt"))
     assert first.type == "SGD" and abs(first.base_lr - 0.05) < 1e-9
+
+
+RESIDUAL_NET = BN_NET.replace(
+    'layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }\n'
+    'layer { name: "ip1" type: "InnerProduct" bottom: "conv2" top: "ip1"',
+    'layer { name: "bn2" type: "BatchNorm" bottom: "conv2" top: "conv2" }\n'
+    'layer { name: "scale2" type: "Scale" bottom: "conv2" top: "conv2" '
+    'scale_param { bias_term: true } }\n'
+    'layer { name: "sum" type: "Eltwise" bottom: "pool1" bottom: "conv2" top: "sum" }\n'
+    'layer { name: "relu2" type: "ReLU" bottom: "sum" top: "sum" }\n'
+    'layer { name: "ip1" type: "InnerProduct" bottom: "sum" top: "ip1"')
+
+
+@pytest.mark.parametrize("couple", [True, False])
+def test_a_residual_streams_writers_keep_the_same_filters_and_compaction_cuts_the_stream(
+        tmp_path, tiny_data, capsys, couple):
+    """conv1 (through BatchNorm, ReLU, pooling) and conv2 (through BatchNorm)
+    write one sum. Pruned to half their filters with ``couple_sums`` (the
+    default), both keep the same 4 and compaction cuts the other 4 channels
+    of the stream; each on its own, they differ and the stream keeps more."""
+    assert 'name: "sum"' in RESIDUAL_NET
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=RESIDUAL_NET, max_iter=60)
+    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
+    cfg = write(tmp_path / "admm.prototxt", """
+        rho { initial: 0.05 growth: 2.0 max: 5 }
+        admm_steps: 2 iters_per_step: 20 retrain_iters: 40 snapshot_interval: 20
+        global_keep_ratio: 0.5
+        layer { name: "ip1" keep_ratio: 1 }
+    """ + ("" if couple else "couple_sums: false"))
+    report = solver.prune(solver_path, base["weights"], cfg, str(tmp_path / "run"),
+                          progress=False)
+    out = capsys.readouterr().out
+    assert report["coupled"] == ([["conv1", "conv2"]] if couple else [])
+    assert report["uncoupled"] == []
+    assert ("residual stream of conv1, conv2: the same filters kept in all" in out) == couple
+    pruned = str(tmp_path / "run" / "pruned.caffemodel")
+    net = caffe.Net(net_path, caffe.TEST, weights=pruned)
+    kept = {n: np.abs(net.params[n][0].data).reshape(8, -1).any(axis=1) for n in ("conv1", "conv2")}
+    assert kept["conv1"].sum() == kept["conv2"].sum() == 4
+    assert np.array_equal(kept["conv1"], kept["conv2"]) == couple
+    from caffe_admm import compact
+    result = compact.compact(net_path, pruned, str(tmp_path / "compact"))
+    layers = result["plan"]["layers"]
+    assert layers["conv1"]["out"] == layers["conv2"]["out"]  # one space
+    either = np.flatnonzero(kept["conv1"] | kept["conv2"]).tolist()
+    assert layers["conv1"]["out"] == either and (len(either) == 4) == couple
+    assert result["equivalence"]["passed"] and result["warnings"] == []
