@@ -8,14 +8,15 @@ the classifier and the SE gates' own layers loses ``1 - keep`` of its
 filters as pruning does it: a config with ``global_keep_ratio`` (which
 leaves the depthwise convolutions out), its filter projection (the same
 number in every group of the layer and of the grouped convolutions reading
-it), the pruned filters' biases and the constants on their channels zeroed
-(``compact.dead_channel_constants``). Then ``compact.compact`` runs as the
+it; the writers of each residual stream the same filters, unless
+``--no-couple``), the pruned filters' biases and the constants on their
+channels zeroed (``compact.dead_channel_constants``). Then ``compact.compact`` runs as the
 command does, its equivalence check included. The table gives parameters
 and FLOPs before and after, the compaction's seconds, its largest
 difference from the masked net and the zero filters it kept (warnings)::
 
     .venv/bin/python benchmarks/compact_at_scale.py [--nets resnet50 ...] \\
-        [--size 224] [--keep 0.5] [--out benchmarks/results/compact_at_scale.json]
+        [--size 224] [--keep 0.5] [--no-couple] [--out benchmarks/results/compact_at_scale.json]
 
 Sizes, time and equivalence only; no accuracy.
 """
@@ -164,18 +165,20 @@ NETS = {"resnet50": resnet50, "se_resnet50": lambda size: resnet50(size, se=True
         "mobilenet_v2": mobilenet_v2, "densenet121": densenet121}
 
 
-def prune_weights(model, path, keep, seed=0):
+def prune_weights(model, path, keep, seed=0, couple=True):
     """Random weights, filter-pruned to ``keep`` as ``caffe-admm prune``
     leaves them: the config's own projections (method MAGNITUDE in one
-    round: the filters of largest norm, here random), then the pruned
-    filters' biases and the constants on their channels zeroed. Returns
-    the pruned layer count."""
+    round: the filters of largest norm, here random; with ``couple``, the
+    config's default ``couple_sums``, a residual stream's writers by their
+    joint norm), then the pruned filters' biases and the constants on their
+    channels zeroed. Returns the pruned layer count."""
     net_param = protoio.read_net(model)
     net = caffe.Net(model, caffe.TEST)
     random_weights(net, np.random.default_rng(seed), 0.05)
     config = os.path.join(os.path.dirname(path), "prune.prototxt")
     with open(config, "w") as f:  # the classifier and the SE gates' layers unpruned
-        f.write("method: MAGNITUDE admm_steps: 1 global_keep_ratio: %r\n" % keep + "".join(
+        f.write("method: MAGNITUDE admm_steps: 1 global_keep_ratio: %r couple_sums: %s\n"
+                % (keep, str(couple).lower()) + "".join(
             'layer { name: "%s" keep_ratio: 1 }\n' % n for n in net.params
             if n == "fc" or "/se_" in n))
     cfg = load_config(config, net_param)
@@ -211,18 +214,19 @@ def timing_summary(result, types, target=0.8):
     return out
 
 
-def measure(name, size, keep, tmp, batches=(), repeats=5):
+def measure(name, size, keep, tmp, batches=(), repeats=5, couple=True):
     model = os.path.join(tmp, name + ".prototxt")
     with open(model, "w") as f:
         f.write(NETS[name](size))
     weights = os.path.join(tmp, name + ".caffemodel")
-    pruned = prune_weights(model, weights, keep)
+    pruned = prune_weights(model, weights, keep, couple=couple)
     out = os.path.join(tmp, "out")
     start = time.time()
     report = compact.compact(model, weights, out)
     seconds = time.time() - start
     total, eq = report["total"], report["equivalence"]
-    row = {"net": name, "size": size, "keep": keep, "pruned_layers": pruned,
+    row = {"net": name, "size": size, "keep": keep, "couple_sums": couple,
+           "pruned_layers": pruned,
            "params": total["params"], "compact_params": total["compact_params"],
            "flops": total["flops"], "compact_flops": total["compact_flops"],
            "seconds": seconds, "max_abs_diff": eq["max_abs_diff"],
@@ -262,12 +266,16 @@ def main(argv=None):
     parser.add_argument("--time", type=int, nargs="+", default=(), metavar="BATCH",
                         help="also time both nets (pycaffe, per layer) at these batch sizes")
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats")
+    parser.add_argument("--no-couple", dest="couple", action="store_false",
+                        help="prune each residual stream's writers on its own "
+                             "(config couple_sums: false)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                       "compact_at_scale.json"))
     args = parser.parse_args(argv)
     caffe.set_mode_cpu()
     rows_of(args.nets, lambda name, tmp: measure(name, args.size, args.keep, tmp, args.time,
-                                                 args.repeats), format_table, args.out)
+                                                 args.repeats, args.couple),
+            format_table, args.out)
 
 
 if __name__ == "__main__":
