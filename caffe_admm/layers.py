@@ -33,6 +33,7 @@ import json
 import numpy as np
 
 from caffe_admm.backend import caffe
+from caffe_admm.masks import filter_mask
 from caffe_admm.methods import lasso_penalty
 
 __all__ = ["WeightHook", "NonFiniteWeights", "HOOK_PREFIX"]
@@ -59,7 +60,10 @@ class WeightHook(caffe.Layer):
         SSL's group Lasso, lambda * sum_g ||W_g||, groups of ``kind``
         (see :mod:`caffe_admm.projections`).
     mask : ndarray, shape of the weight, 1 = kept, or None
-    bias_mask : ndarray, shape of the bias, or None
+    bias_mask : ndarray, shape of the bias, or None (always, for a layer
+        without a bias: ``bias_term: false``)
+
+    Set both with :meth:`set_mask`.
     """
 
     def setup(self, bottom, top):
@@ -80,6 +84,14 @@ class WeightHook(caffe.Layer):
         self.mask = None
         self.bias_mask = None
         self._lasso_grad = None
+
+    def set_mask(self, mask):
+        """Mask the weights with ``mask`` (bool or 0/1, shape of the weight;
+        None: no mask) and the biases of its fully pruned filters, if the
+        layer has biases."""
+        self.mask = None if mask is None else np.asarray(mask, dtype=np.float32)
+        self.bias_mask = (None if mask is None or len(self.blobs) < 2
+                          else filter_mask(mask).astype(np.float32))
 
     @property
     def penalty(self):

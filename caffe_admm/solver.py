@@ -649,9 +649,7 @@ def _set_hooks(hooks, method):
         terms = method.hook_terms(name)
         hook.penalty = terms.get("penalty", [])
         hook.lasso = terms.get("lasso", [])
-        mask = terms.get("mask")
-        hook.mask = None if mask is None else mask.astype(np.float32)
-        hook.bias_mask = None if mask is None else filter_mask(mask).astype(np.float32)
+        hook.set_mask(terms.get("mask"))
 
 
 def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ckpt, meta,
@@ -789,8 +787,7 @@ def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, sn
     for name, hook in hooks.items():
         hook.penalty = []
         hook.lasso = []
-        hook.mask = masks[name].astype(np.float32)
-        hook.bias_mask = filter_mask(masks[name]).astype(np.float32)
+        hook.set_mask(masks[name])
     _apply_masks(solver.net, masks)
     # BatchNorm means, Scale/Bias offsets on pruned channels: zero, and held
     # there (their gradients zeroed before every update), so the channels

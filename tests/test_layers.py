@@ -78,10 +78,10 @@ def test_mask_zeroes_weights_in_forward_and_gradient_in_backward(hooked_net):
     net, hook, _ = hooked_net
     w = net.params["conv"][0].data
     w[...] = 1.0
-    mask = np.zeros(SHAPE, np.float32)
-    mask[:2] = 1
-    hook.mask = mask
-    hook.bias_mask = np.array([1, 1, 0, 0], np.float32)
+    mask = np.zeros(SHAPE, bool)
+    mask[:2] = True
+    hook.set_mask(mask)
+    np.testing.assert_array_equal(hook.bias_mask, [1, 1, 0, 0])
     net.params["conv"][1].data[...] = 2.0
     net.forward()
     assert np.all(w[2:] == 0) and np.all(w[:2] == 1)
@@ -92,6 +92,30 @@ def test_mask_zeroes_weights_in_forward_and_gradient_in_backward(hooked_net):
     assert np.all(net.params["conv"][0].diff[2:] == 0)
     assert np.all(net.params["conv"][0].diff[:2] == 5.0)
     np.testing.assert_array_equal(net.params["conv"][1].diff, [5, 5, 0, 0])
+
+
+def test_a_mask_on_a_layer_without_bias_masks_the_weights_alone(tmp_path):
+    """bias_term: false (ResNets' convolutions): the hook holds one blob."""
+    net_param = text_format.Parse(NET.replace("kernel_size: 3", "kernel_size: 3 bias_term: false")
+                                  .replace(" param { lr_mult: 2 decay_mult: 0 }", ""),
+                                  caffe_pb2.NetParameter())
+    path = str(tmp_path / "hooked.prototxt")
+    protoio.write_text(path, add_hooks(net_param, {"conv": [SHAPE]}))
+    net = caffe.Net(path, caffe.TRAIN)
+    hook = _hook_layers(net)["conv"]
+    assert len(hook.blobs) == 1 and len(net.params["conv"]) == 1
+    mask = np.zeros(SHAPE, bool)
+    mask[1] = True
+    hook.set_mask(mask)
+    assert hook.bias_mask is None
+    net.params["conv"][0].data[...] = 1.0
+    net.forward()
+    net.params["conv"][0].diff[...] = 5.0
+    net.backward()
+    np.testing.assert_array_equal(net.params["conv"][0].data, mask)
+    np.testing.assert_array_equal(net.params["conv"][0].diff, 5.0 * mask)
+    hook.set_mask(None)
+    assert hook.mask is None and hook.bias_mask is None
 
 
 def test_bad_param_str_is_a_clear_error(tmp_path):
