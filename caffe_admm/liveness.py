@@ -262,31 +262,28 @@ def group_neighbours(net_param):
     return readers, producers
 
 
-def _writers_of(layers, index, blob):
+def _writers_of(layers, index, blob, sums):
     """The layers that write the channels of ``blob`` (read by
     ``layers[index]``): Convolutions and InnerProducts found walking back
     through the single-input layers of :data:`ZERO_PRESERVING` (BatchNorm and
-    Scale whatever their constants), SE gates along their input and into
-    every bottom of an Eltwise. Returns (names, other): ``other`` is the
-    first layer met that writes the channels otherwise (a Concat, a Sigmoid,
-    the net's input), or None."""
-    writer = next((i for i in range(index - 1, -1, -1) if blob in layers[i].top), None)
-    if writer is None or not layers[writer].bottom:
-        return set(), "the net input %r" % blob
-    layer = layers[writer]
-    if layer.type in ("Convolution", "InnerProduct"):
-        return {layer.name}, None
-    if layer.type == "Eltwise":
-        names, other = set(), None
-        for b in layer.bottom:
-            found, why = _writers_of(layers, writer, b)
-            names |= found
-            other = other or why
-        return names, other
-    if _gate(layer) or (layer.type in ZERO_PRESERVING or maps_zero_to_zero(layer)) \
-            and len(layer.bottom) == 1:
-        return _writers_of(layers, writer, layer.bottom[0])
-    return set(), "%s %r" % (layer.type, layer.name)
+    Scale whatever their constants) and SE gates along their input; at an
+    Eltwise, the writers of all its bottoms, from ``sums`` (per Eltwise index,
+    already walked: the net's sums are walked in order). Returns (names,
+    other): ``other`` is the first layer met that writes the channels
+    otherwise (a Concat, a Sigmoid, the net's input), or None."""
+    while True:
+        writer = next((i for i in range(index - 1, -1, -1) if blob in layers[i].top), None)
+        if writer is None or not layers[writer].bottom:
+            return set(), "the net input %r" % blob
+        layer = layers[writer]
+        if layer.type in ("Convolution", "InnerProduct"):
+            return {layer.name}, None
+        if layer.type == "Eltwise":
+            return sums[writer]
+        if not (_gate(layer) or (layer.type in ZERO_PRESERVING or maps_zero_to_zero(layer))
+                and len(layer.bottom) == 1):
+            return set(), "%s %r" % (layer.type, layer.name)
+        index, blob = writer, layer.bottom[0]
 
 
 def sum_writers(net_param):
@@ -309,11 +306,16 @@ def sum_writers(net_param):
     from caffe_admm.protoio import layer_included, net_state
     test = net_state(net_param, caffe_pb2.TEST)
     layers = [l for l in net_param.layer if layer_included(l, test)]
-    streams = []  # [names, other], merged where they share a writer
+    streams = []  # (names, other), merged where they share a writer
+    sums = {}  # Eltwise index -> the writers of all its bottoms
     for index, layer in enumerate(layers):
         if layer.type != "Eltwise":
             continue
-        names, other = _writers_of(layers, index + 1, layer.top[0])
+        names, other = set(), None
+        for b in layer.bottom:
+            found, why = _writers_of(layers, index, b, sums)
+            names, other = names | found, other or why
+        sums[index] = names, other
         for stream in [s for s in streams if s[0] & names]:
             streams.remove(stream)
             names, other = names | stream[0], other or stream[1]

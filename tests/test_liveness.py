@@ -367,6 +367,22 @@ def test_sum_writers_are_the_streams_writers_through_zero_preserving_layers_and_
         assert liveness.sum_writers(net) == [(("conv1", "a_conv2", "b_conv2"), None)]
 
 
+def test_a_stream_of_a_thousand_sums_is_one_stream():
+    """Deeper than Python's recursion limit (a pre-activation ResNet-1001 has
+    333 blocks to a stage): each sum's walk stops at the sum before it."""
+    blocks = 1200
+    text = STREAMS.split('layer { name: "conv_a"')[0] + "".join(
+        'layer { name: "c%d" type: "Convolution" bottom: "s%d" top: "c%d" '
+        'convolution_param { num_output: 4 kernel_size: 1 } }\n'
+        'layer { name: "s%d" type: "Eltwise" bottom: "s%d" bottom: "c%d" top: "s%d" }\n'
+        % (i, i - 1, i, i, i - 1, i, i) for i in range(1, blocks + 1))
+    text = text.replace('"s0"', '"c0"').replace(
+        'layer { name: "c1"', 'layer { name: "c0" type: "Convolution" bottom: "data" top: "c0" '
+        'convolution_param { num_output: 4 kernel_size: 1 } }\nlayer { name: "c1"', 1)
+    [(writers, other)] = liveness.sum_writers(_net(text))
+    assert writers == tuple("c%d" % i for i in range(blocks + 1)) and other is None
+
+
 def test_coupled_writers_are_decided_together_at_the_last_of_them():
     """masks_in_net_order: conv1 and ip1 coupled, conv2 between them; the
     pair's choice sees both their live-input masks, and each gets it."""
