@@ -269,6 +269,23 @@ def test_a_pruned_squeeze_and_excitation_net_compacts_its_gates_too(tmp_path, ti
     assert result["equivalence"]["passed"] and result["warnings"] == []
 
 
+def prune_globally_to_half(tmp_path, tiny_data, net, extra=""):
+    """Train ``net`` (TINY_NET's data) briefly, prune every Convolution to half
+    its filters (``global_keep_ratio``, ip1 kept; config lines ``extra``):
+    (report, net path, pruned caffemodel path)."""
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=net, max_iter=60)
+    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
+    cfg = write(tmp_path / "admm.prototxt", """
+        rho { initial: 0.05 growth: 2.0 max: 5 }
+        admm_steps: 2 iters_per_step: 20 retrain_iters: 40 snapshot_interval: 20
+        global_keep_ratio: 0.5
+        layer { name: "ip1" keep_ratio: 1 }
+    """ + extra)
+    report = solver.prune(solver_path, base["weights"], cfg, str(tmp_path / "run"),
+                          progress=False)
+    return report, net_path, str(tmp_path / "run" / "pruned.caffemodel")
+
+
 def test_global_filter_pruning_leaves_a_depthwise_convolution_to_follow(tmp_path, tiny_data,
                                                                          capsys):
     """conv2 made depthwise: global_keep_ratio prunes conv1 and leaves conv2
@@ -280,21 +297,11 @@ def test_global_filter_pruning_leaves_a_depthwise_convolution_to_follow(tmp_path
                            'type: "xavier" } bias_filler { type: "constant" } } }\nlayer { '
                            'name: "relu2"')
     assert "group: 8" in net
-    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=net, max_iter=60)
-    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
-    cfg = write(tmp_path / "admm.prototxt", """
-        rho { initial: 0.05 growth: 2.0 max: 5 }
-        admm_steps: 2 iters_per_step: 20 retrain_iters: 40 snapshot_interval: 20
-        global_keep_ratio: 0.5
-        layer { name: "ip1" keep_ratio: 1 }
-    """)
-    report = solver.prune(solver_path, base["weights"], cfg, str(tmp_path / "run"),
-                          progress=False)
+    report, net_path, pruned = prune_globally_to_half(tmp_path, tiny_data, net)
     assert sorted(report["layers"]) == ["conv1", "ip1"] and list(report["left_out"]) == ["conv2"]
     assert "global_keep_ratio leaves conv2 unpruned: one filter per group" in capsys.readouterr().out
     from caffe_admm import compact
-    result = compact.compact(net_path, str(tmp_path / "run" / "pruned.caffemodel"),
-                             str(tmp_path / "compact"))
+    result = compact.compact(net_path, pruned, str(tmp_path / "compact"))
     layers = result["plan"]["layers"]
     assert len(layers["conv1"]["out"]) == 4
     assert layers["conv2"]["out"] == layers["conv1"]["out"]
@@ -449,21 +456,12 @@ def test_a_residual_streams_writers_keep_the_same_filters_and_compaction_cuts_th
     default), both keep the same 4 and compaction cuts the other 4 channels
     of the stream; each on its own, they differ and the stream keeps more."""
     assert 'name: "sum"' in RESIDUAL_NET
-    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=RESIDUAL_NET, max_iter=60)
-    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
-    cfg = write(tmp_path / "admm.prototxt", """
-        rho { initial: 0.05 growth: 2.0 max: 5 }
-        admm_steps: 2 iters_per_step: 20 retrain_iters: 40 snapshot_interval: 20
-        global_keep_ratio: 0.5
-        layer { name: "ip1" keep_ratio: 1 }
-    """ + ("" if couple else "couple_sums: false"))
-    report = solver.prune(solver_path, base["weights"], cfg, str(tmp_path / "run"),
-                          progress=False)
+    report, net_path, pruned = prune_globally_to_half(tmp_path, tiny_data, RESIDUAL_NET,
+                                                      "" if couple else "couple_sums: false")
     out = capsys.readouterr().out
     assert report["coupled"] == ([["conv1", "conv2"]] if couple else [])
     assert report["uncoupled"] == []
     assert ("residual stream of conv1, conv2: the same filters kept in all" in out) == couple
-    pruned = str(tmp_path / "run" / "pruned.caffemodel")
     net = caffe.Net(net_path, caffe.TEST, weights=pruned)
     kept = {n: np.abs(net.params[n][0].data).reshape(8, -1).any(axis=1) for n in ("conv1", "conv2")}
     assert kept["conv1"].sum() == kept["conv2"].sum() == 4
