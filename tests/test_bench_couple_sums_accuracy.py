@@ -1,0 +1,36 @@
+"""benchmarks/couple_sums_accuracy.py: a small ResNet pruned with and without
+couple_sums, compacted and scored."""
+
+import json
+
+from conftest import load_benchmark
+
+
+def test_coupled_runs_compact_further_and_every_run_is_exact(tmp_path, tiny_data, capsys):
+    """The net's convolutions have no biases (bias_term: false), as in ResNets:
+    pruning them end to end once failed in the hooks (test_layers)."""
+    bench = load_benchmark("couple_sums_accuracy")
+    out = tmp_path / "c.json"
+    rows = bench.main(["--train", tiny_data["train"], "--test", tiny_data["test"],
+                       "--test-iter", "1", "--keep", "0.5", "--methods", "MAGNITUDE",
+                       "--baseline-iters", "40", "--steps", "2", "--iters", "10",
+                       "--retrain", "20", "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert json.load(open(str(out)))["rows"] == rows
+    coupled, each = rows
+    assert (coupled["run"], each["run"]) == ("magnitude_keep0.5_coupled", "magnitude_keep0.5_each")
+    assert coupled["coupled"] == [["conv1", "a2"], ["b2", "b_proj"]] and each["coupled"] == []
+    # the same keep ratio; coupled, compaction also cuts half of each stream
+    assert coupled["params"] == each["params"]
+    assert coupled["compact_params"] < each["compact_params"]
+    assert coupled["compact_flops"] < each["compact_flops"]
+    assert all(r["passed"] and r["warnings"] == [] for r in rows)
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert "baseline accuracy" in capsys.readouterr().out
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    bench = load_benchmark("couple_sums_accuracy")
+    import pytest
+    with pytest.raises(SystemExit):
+        bench.main(["--train", str(tmp_path / "none"), "--out", str(tmp_path / "c.json")])
+    assert "run `make data`" in capsys.readouterr().err
