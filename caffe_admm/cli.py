@@ -75,6 +75,9 @@ def build_parser():
     p.add_argument("--masks", help="masks.npz (default: keep the non-zero weights of every "
                                    "Convolution/InnerProduct layer)")
     p.add_argument("--iters", type=int, help="iterations (default: the solver's max_iter)")
+    p.add_argument("--bn-batches", type=int, default=100,
+                   help="then recompute the BatchNorm statistics over this many training "
+                        "batches (0: keep Caffe's moving averages)")
     p.add_argument("--restart", action="store_true", help="discard checkpoints in --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p = verbs.add_parser("compact", help="write a smaller net without the pruned channels",
@@ -242,7 +245,8 @@ def _run(args):
         print("wrote %s/compact.prototxt, compact.caffemodel, plan.json" % args.out)
     elif args.verb == "retrain":
         report = solver.retrain(args.solver, args.weights, args.out, masks_path=args.masks,
-                                iters=args.iters, progress=not args.quiet, restart=args.restart)
+                                iters=args.iters, progress=not args.quiet, restart=args.restart,
+                                bn_batches=args.bn_batches)
         print("accuracy: %s" % report["accuracy"])
     return 0
 

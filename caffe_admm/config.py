@@ -96,6 +96,8 @@ class PruneConfig:
     coupled: tuple = ()
     # (writers, why) of the streams with a filter-pruned writer left uncoupled
     uncoupled: tuple = ()
+    # training batches over which BatchNorm statistics are recomputed (0: not)
+    bn_batches: int = 100
 
     def layer(self, name):
         for spec in self.layers:
@@ -348,7 +350,7 @@ def load_config(path, net):
         rescale_dual=bool(msg.rho.rescale_dual), prune_stages=msg.prune_stages,
         penalty_pruned_only=bool(msg.penalty_pruned_only) and msg.method == pb2.ADMM,
         changed_defaults=tuple(changed), left_out=tuple(left_out), coupled=coupled,
-        uncoupled=uncoupled)
+        uncoupled=uncoupled, bn_batches=msg.bn_recalibration_batches)
 
 
 def _filter_ratio(spec):

@@ -597,7 +597,8 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
         hard = os.path.join(out_dir, "%s.caffemodel" % cfg.method)
         solver = _retrain_phase(retrain_param, hooked_path, out_dir, hard, masks,
                                 cfg.retrain_iters, cfg.snapshot_interval, test_iter, ckpt, meta,
-                                history, progress, state=method, net_param=net_param)
+                                history, progress, state=method, net_param=net_param,
+                                bn_batches=cfg.bn_batches)
     weights_now = _weights(solver.net, names)
     report = {
         "method": cfg.method,
@@ -611,7 +612,8 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
                      "prune_stages": cfg.prune_stages,
                      "penalty_pruned_only": cfg.penalty_pruned_only,
                      "ssl_threshold": cfg.ssl_threshold,
-                     "retrain_solver": cfg.retrain_solver},
+                     "retrain_solver": cfg.retrain_solver,
+                     "bn_recalibration_batches": cfg.bn_batches},
         "test_iter": test_iter, "accuracy": history["accuracy"],
         "layers": {spec.name: _layer_report(spec, method, weights_now[spec.name])
                    for spec in cfg.layers},
@@ -693,7 +695,9 @@ def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ck
     masks = method.final_masks(_weights(solver.net, names))
     _apply_masks(solver.net, masks)
     net_param = protoio.read_net(hooked_path)
-    _zero_constants(solver.net, _dead_constants(solver, net_param, masks))
+    constants = _dead_constants(solver, net_param, masks)
+    _zero_constants(solver.net, constants)
+    _recalibrate(solver, net_param, cfg.bn_batches, constants)
     history["accuracy"]["after_hard_prune"] = _evaluate(solver, test_iter)
     _log("after %s: %s; after hard prune: %s" % (
         cfg.method, _fmt_scores(history["accuracy"]["after_" + cfg.method]),
@@ -773,8 +777,56 @@ def _strip_hooks(net_param):
     return net
 
 
+def recalibrate_batchnorm(net, names, batches):
+    """Recompute the running statistics of the BatchNorm layers ``names`` of
+    a TRAIN-phase ``net`` at its current weights.
+
+    Each of ``batches`` forward passes (no backward) normalises by the
+    batch's own statistics and, with the layers' blobs zeroed before it,
+    leaves them in the blobs as Caffe accumulates them (the variance times
+    m / (m - 1)); the blobs end as their mean, with the scale factor 1.
+    Layers that share these blobs (the TEST net's) see the new statistics.
+    """
+    sums = {n: [np.zeros(net.params[n][i].data.shape) for i in (0, 1)] for n in names}
+    for _ in range(batches):
+        for n in names:
+            for blob in net.params[n]:
+                blob.data[...] = 0
+        net.forward()
+        for n in names:
+            for i in (0, 1):
+                sums[n][i] += net.params[n][i].data / net.params[n][2].data[0]
+    for n in names:
+        for i in (0, 1):
+            net.params[n][i].data[...] = sums[n][i] / batches
+        net.params[n][2].data[...] = 1
+
+
+def _batchnorms(net_param):
+    """The BatchNorm layers of the TRAIN net that update their statistics
+    (not ``use_global_stats: true``)."""
+    train = protoio.net_state(net_param, caffe_pb2.TRAIN)
+    return [l.name for l in net_param.layer if l.type == "BatchNorm"
+            and protoio.layer_included(l, train) and not (
+                l.batch_norm_param.HasField("use_global_stats")
+                and l.batch_norm_param.use_global_stats)]
+
+
+def _recalibrate(solver, net_param, batches, constants=()):
+    """:func:`recalibrate_batchnorm` on the solver's net, logged; the
+    constants held at zero (``constants``) zeroed again."""
+    names = _batchnorms(net_param)
+    if not names or not batches:
+        return
+    _log("BatchNorm statistics recomputed over %d training batches: %s"
+         % (batches, ", ".join(names)))
+    recalibrate_batchnorm(solver.net, names, batches)
+    _zero_constants(solver.net, constants)
+
+
 def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, snapshot_interval,
-                   test_iter, ckpt, meta, history, progress, state=None, net_param=None):
+                   test_iter, ckpt, meta, history, progress, state=None, net_param=None,
+                   bn_batches=0):
     sp_path = _write_solver(solver_param, hooked_path, out_dir, "retrain", test_iter)
     solver = caffe.get_solver(sp_path)
     if meta is None:
@@ -809,6 +861,7 @@ def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, sn
         history["loss"]["retrain"].extend((it, out.get("loss")) for it, out in samples)
     _apply_masks(solver.net, masks)
     _zero_constants(solver.net, constants)
+    _recalibrate(solver, protoio.read_net(hooked_path), bn_batches, constants)
     history["accuracy"]["after_retrain"] = _evaluate(solver, test_iter)
     _log("after masked retraining: %s" % _fmt_scores(history["accuracy"]["after_retrain"]))
     net_param = net_param or _strip_hooks(protoio.read_net(hooked_path))
@@ -818,12 +871,17 @@ def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, sn
 
 
 def retrain(solver_path, weights, out_dir, masks_path=None, iters=None, progress=True,
-            restart=False):
+            restart=False, bn_batches=100):
     """Masked retraining alone: pruned weights (zeros, or ``masks_path``) stay 0.
 
     Without ``masks_path`` every Convolution and InnerProduct weight that is
-    exactly zero in ``weights`` is held at zero.
+    exactly zero in ``weights`` is held at zero. After it, the BatchNorm
+    statistics are recomputed over ``bn_batches`` training batches (config
+    ``bn_recalibration_batches``; 0: not).
     """
+    if bn_batches < 0:
+        raise RunError("the BatchNorm recalibration needs 0 or more batches, got %d"
+                       % bn_batches)
     solver_param = protoio.read_solver(solver_path)
     protoio.check_solver(solver_param, solver_path)
     net_path = protoio.resolve_solver_net(solver_path, solver_param)
@@ -859,11 +917,11 @@ def retrain(solver_path, weights, out_dir, masks_path=None, iters=None, progress
     with _Interrupt():
         solver = _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters,
                                 max(1, solver_param.snapshot or 1000), test_iter, ckpt, meta,
-                                history, progress, net_param=net_param)
+                                history, progress, net_param=net_param, bn_batches=bn_batches)
     save_masks(os.path.join(out_dir, "masks.npz"), masks)
     layers = {n: sparsity_stats(solver.net.params[n][0].data) for n in masks}
     report = {"accuracy": history["accuracy"], "layers": layers, "loss": history["loss"],
-              "iterations": iters}
+              "iterations": iters, "bn_recalibration_batches": bn_batches}
     with protoio.atomic_write(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     return report

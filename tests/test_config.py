@@ -223,3 +223,10 @@ def test_the_writers_of_a_residual_stream_are_coupled_where_they_can_be(tmp_path
     grouped = cfg("")
     assert {s.name: s.filter_group for s in grouped.layers if s.name in ("proj", "c2", "c3")} == {
         "proj": 2, "c2": 2, "c3": 2}
+
+
+def test_batchnorm_recalibration_defaults_to_100_batches(tmp_path):
+    body = 'layer { name: "conv1" keep_ratio: 0.5 }\n'
+    assert load_config(write(tmp_path / "c.prototxt", body), NET).bn_batches == 100
+    off = load_config(write(tmp_path / "c.prototxt", body + "bn_recalibration_batches: 0"), NET)
+    assert off.bn_batches == 0

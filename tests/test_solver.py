@@ -7,9 +7,10 @@ import sys
 
 import numpy as np
 import pytest
+from google.protobuf import text_format
 
 from caffe_admm import layers, solver
-from caffe_admm.backend import caffe
+from caffe_admm.backend import caffe, caffe_pb2
 from caffe_admm.masks import load_masks
 from caffe_admm.protoio import ProtoError
 
@@ -220,9 +221,13 @@ def test_pruned_channels_through_batchnorm_stay_zero_and_compact(tmp_path, tiny_
     net = BN_NET.replace('name: "relu1" type: "ReLU"', 'name: "relu1" ' + relu)
     net_path, pruned = prune_conv1_to_half(tmp_path, tiny_data, net)
     # the pruned filters' own biases are the hooks' to hold, not the callback's
+    out = capsys.readouterr().out
     assert ("held at zero in retraining: bn1[0] of 4 pruned channels, scale1[1] of 4 pruned "
-            "channels\n") in capsys.readouterr().out
+            "channels\n") in out
+    # after the hard prune and after retraining (config bn_recalibration_batches)
+    assert out.count("BatchNorm statistics recomputed over 100 training batches: bn1\n") == 2
     net = caffe.Net(net_path, caffe.TEST, weights=pruned)
+    assert net.params["bn1"][2].data[0] == 1
     dead = ~np.abs(net.params["conv1"][0].data).reshape(8, -1).any(axis=1)
     assert dead.sum() == 4
     assert not net.params["conv1"][1].data[dead].any()
@@ -473,3 +478,40 @@ def test_a_residual_streams_writers_keep_the_same_filters_and_compaction_cuts_th
     either = np.flatnonzero(kept["conv1"] | kept["conv2"]).tolist()
     assert layers["conv1"]["out"] == either and (len(either) == 4) == couple
     assert result["equivalence"]["passed"] and result["warnings"] == []
+
+
+def test_recalibrated_batchnorm_statistics_are_the_mean_of_the_batch_statistics(tmp_path,
+                                                                                 tiny_data):
+    """Over 3 training batches: the mean of each batch's channel means and
+    variances (times m / (m - 1), as Caffe keeps them) of bn1's input."""
+    _, net_path = write_tiny(tmp_path, tiny_data, net=BN_NET)
+    recalibrated = caffe.Net(net_path, caffe.TRAIN)
+    fresh = caffe.Net(net_path, caffe.TRAIN)
+    for name in recalibrated.params:
+        for a, b in zip(recalibrated.params[name], fresh.params[name]):
+            b.data[...] = a.data
+    recalibrated.params["bn1"][0].data[...] = 7  # stale statistics, replaced
+    solver.recalibrate_batchnorm(recalibrated, ["bn1"], 3)
+    means, variances = [], []
+    for _ in range(3):
+        x = fresh.forward(end="conv1")["conv1"].astype(np.float64)  # before bn1 (in place)
+        m = x.size // x.shape[1]
+        means.append(x.mean(axis=(0, 2, 3)))
+        variances.append(x.var(axis=(0, 2, 3)) * m / (m - 1))
+    bn = recalibrated.params["bn1"]
+    np.testing.assert_allclose(bn[0].data, np.mean(means, axis=0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bn[1].data, np.mean(variances, axis=0), rtol=1e-4, atol=1e-6)
+    assert bn[2].data[0] == 1
+    frozen = text_format.Parse(BN_NET.replace(
+        'type: "BatchNorm" bottom: "conv1" top: "conv1" }',
+        'type: "BatchNorm" bottom: "conv1" top: "conv1" '
+        'batch_norm_param { use_global_stats: true } }') % tiny_data, caffe_pb2.NetParameter())
+    assert solver._batchnorms(frozen) == []  # frozen statistics: left as they are
+    assert solver._batchnorms(text_format.Parse(BN_NET % tiny_data,
+                                                caffe_pb2.NetParameter())) == ["bn1"]
+
+
+def test_a_negative_batchnorm_recalibration_is_refused(tmp_path):
+    with pytest.raises(solver.RunError, match="0 or more batches, got -1"):
+        solver.retrain(str(tmp_path / "s.prototxt"), str(tmp_path / "w"), str(tmp_path / "o"),
+                       bn_batches=-1)
