@@ -631,7 +631,8 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     report["pruned_layers_total"] = {"params": total, "nonzero": kept,
                                      "compression": total / max(kept, 1)}
     report["pruned_layers_total"].update(_compacted_total(solver, net_param, names, total))
-    _note_dead_inputs(report["pruned_layers_total"], cfg.live_inputs_only)
+    _note_dead_inputs(report["pruned_layers_total"], cfg.live_inputs_only,
+                      any(c.kind != "filter" for spec in cfg.layers for c in spec.constraints))
     all_params, _ = _net_arrays(solver.net, net_param)
     n_all = sum(b[0].size for b in all_params.values())
     n_zero = sum(int((b[0] == 0).sum()) for b in all_params.values())
@@ -723,18 +724,21 @@ def _compacted_total(solver, net_param, names, total):
     return {"compacted_nonzero": kept, "compacted_compression": total / max(kept, 1)}
 
 
-def _note_dead_inputs(totals, live_inputs_only, threshold=0.01):
+def _note_dead_inputs(totals, live_inputs_only, input_kinds=True, threshold=0.01):
     """Record the kept weights that compaction cuts (``dead_input_weights``: on
     inputs whose producer filters are pruned, or in filters no consumer reads)
-    and, where they are more than ``threshold`` of the kept ones and the run did
-    not use ``live_inputs_only``, say so: the keep budget went partly to weights
-    that carry no signal, and the compacted net is smaller than asked."""
+    and, where they are more than ``threshold`` of the kept ones, the run did
+    not use ``live_inputs_only`` and some layer's kind counts its budget in
+    inputs (``input_kinds``: channel, shape or single weights), say so: the
+    keep budget went partly to weights that carry no signal, and the
+    compacted net is smaller than asked. (A filter's budget is its filters:
+    that its readers keep weights on its pruned channels costs none.)"""
     if totals.get("compacted_nonzero") is None:
         totals["dead_input_weights"] = None
         return
     dead = totals["nonzero"] - totals["compacted_nonzero"]
     totals["dead_input_weights"] = dead
-    if not live_inputs_only and dead > threshold * totals["nonzero"]:
+    if input_kinds and not live_inputs_only and dead > threshold * totals["nonzero"]:
         _log("note: compaction cuts %d of the %d kept weights (%.1f%%), the ones on channels "
              "whose producer filters are pruned and in filters that no kept weight reads: the "
              "pruned layers keep 1 in %.1f of their weights, not 1 in %.1f as the masks say. "

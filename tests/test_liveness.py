@@ -316,6 +316,9 @@ def test_runs_that_spend_budget_on_dead_inputs_say_so(capsys, live, compacted, n
     out = capsys.readouterr().out
     assert ("compaction cuts 100 of the 1000 kept weights (10.0%)" in out) == noted
     assert ("live_inputs_only: true" in out) == noted
+    # filters alone: their budget is filters, so nothing to say
+    solver._note_dead_inputs(totals, live, input_kinds=False)
+    assert totals["dead_input_weights"] == 1000 - compacted and capsys.readouterr().out == ""
 
 
 def test_no_compacted_size_no_dead_input_count(capsys):
