@@ -35,7 +35,8 @@ from caffe_admm.masks import (apply_masks, filter_mask, load_masks, masks_from_z
                               sparsity_stats)
 from caffe_admm.progress import Progress
 
-__all__ = ["DivergenceError", "RunError", "train", "prune", "retrain", "evaluate_net"]
+__all__ = ["DivergenceError", "RunError", "train", "prune", "retrain", "evaluate_net",
+           "recalibrate_batchnorm"]
 
 SOURCE_TYPES = protoio.DATA_TYPES + ("Python",)  # a Python layer may read data too
 
@@ -822,8 +823,8 @@ def _recalibrate(solver, net_param, batches, constants=()):
     names = _batchnorms(net_param)
     if not names or not batches:
         return
-    _log("BatchNorm statistics recomputed over %d training batches: %s"
-         % (batches, ", ".join(names)))
+    _log("BatchNorm statistics recomputed over %d training batches (%d layer%s)"
+         % (batches, len(names), "s" if len(names) > 1 else ""))
     recalibrate_batchnorm(solver.net, names, batches)
     _zero_constants(solver.net, constants)
 
