@@ -41,6 +41,7 @@ from benchmarks._common import write_json  # noqa: E402
 from caffe_admm import compact, solver  # noqa: E402
 from caffe_admm.protoio import atomic_write  # noqa: E402
 
+
 def _conv(name, bottom, out, k, stride=1, relu=True):
     """A Convolution without bias, its BatchNorm and Scale, and a ReLU.
 
@@ -64,6 +65,7 @@ layer { name: "%(n)s/scale" type: "Scale" bottom: "%(n)s" top: "%(n)s"
 
 
 def _sum(name, a, b):
+    """An Eltwise sum of ``a`` and ``b`` and a ReLU on it."""
     return ('layer { name: "%s" type: "Eltwise" bottom: "%s" bottom: "%s" top: "%s" }\n'
             'layer { name: "%s/relu" type: "ReLU" bottom: "%s" top: "%s" }\n'
             % (name, a, b, name, name, name, name))
@@ -123,7 +125,7 @@ bn_recalibration_batches: %(bn_batches)d
 
 
 def _write(path, text):
-    with atomic_write(path, "w") as f:  # whole, for another seed's run reading it
+    with atomic_write(path, "w") as f:  # whole: a run with another --bn-batches may read it
         f.write(text)
     return path
 
@@ -131,14 +133,14 @@ def _write(path, text):
 def prepare(out, train, test, seed, baseline_iters, lr, test_iter):
     """The net and solvers in ``out``, and the baseline trained there
     (resumed, or returned, if done). Returns (solver path, net path,
-    baseline weights, baseline result)."""
+    baseline weights)."""
     os.makedirs(out, exist_ok=True)
     net = _write(os.path.join(out, "resnet_mnist_train_test.prototxt"), net_text(train, test))
     sp = _write(os.path.join(out, "solver.prototxt"),
                 SOLVER % {"net": net, "test_iter": test_iter, "lr": lr, "iters": baseline_iters,
                           "dir": out, "seed": seed})
     base = solver.train(sp, os.path.join(out, "baseline"), progress=False)
-    return sp, net, base["weights"], base
+    return sp, net, base["weights"]
 
 
 def run(sp, net, weights, out, method, keep, couple, steps, iters, retrain, test_iter,
@@ -207,7 +209,7 @@ def main(argv=None):
         if not os.path.isdir(path):
             parser.error("no LMDB %s; run `make data` (MNIST) or pass --train/--test" % path)
     work = os.path.abspath(os.path.join(args.work, "seed%d" % args.seed))
-    sp, net, weights, base = prepare(work, args.train, args.test, args.seed,
+    sp, net, weights = prepare(work, args.train, args.test, args.seed,
                                      args.baseline_iters, args.lr, args.test_iter)
     baseline = solver.evaluate(net, weights, args.test_iter)[0]["accuracy"]
     print("baseline accuracy %.4f" % baseline, flush=True)
