@@ -230,8 +230,7 @@ class SSLMethod:
             return _supports(self.cfg, weights, self.feeds, _keep_counts)
         joint = {}  # a coupled stream's writers: the filters' joint norms
         for writers in self.cfg.coupled:
-            norms = np.sqrt(sum(projections.group_norms(weights[n], "filter") ** 2
-                                for n in writers))
+            norms = projections.joint_group_norms([weights[n] for n in writers], "filter")
             joint.update({n: norms for n in writers})
         masks = {}
         for spec in self.cfg.layers:

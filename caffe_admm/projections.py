@@ -36,7 +36,8 @@ the distance is the sum over the layers of what each loses.
 import numpy as np
 
 __all__ = ["KINDS", "as_4d", "num_groups", "keep_count", "group_norms",
-           "group_mask", "joint_group_mask", "expand", "support", "project"]
+           "group_mask", "joint_group_norms", "joint_group_mask", "expand", "support",
+           "project"]
 
 KINDS = ("filter", "channel", "shape", "non_structured")
 
@@ -151,24 +152,21 @@ def _grouped_top_k(norms, kind, k, group):
                            for i in range(group)])
 
 
-def joint_group_mask(ws, kind, k, group=1, alloweds=None):
-    """Which groups of ``kind`` the joint projection of several weights keeps:
-    the same k for all of them, those of largest joint norm (the square root
-    of the sum of the squared norms over the weights).
+def joint_group_norms(ws, kind, alloweds=None):
+    """The joint norm of every group of ``kind`` over several weights: the
+    square root of the sum of its squared norms in each.
 
     Parameters
     ----------
     ws : sequence of ndarray, each (F, C_j, kh_j, kw_j) or (F, K_j)
         For ``kind`` "filter", the same F; the other sizes may differ.
-    kind, k, group
-        As in :func:`group_mask`.
     alloweds : sequence of (ndarray of bool or None), optional
         Per weight, as ``allowed`` in :func:`support`: the norms are taken
         inside it.
 
     Returns
     -------
-    keep : ndarray of bool, shape (num_groups(ws[0].shape, kind),)
+    norms : ndarray, shape (num_groups(ws[0].shape, kind),), float64
     """
     alloweds = alloweds or [None] * len(ws)
     squared = None
@@ -181,7 +179,21 @@ def joint_group_mask(ws, kind, k, group=1, alloweds=None):
                              "weight, got %d and %d" % (kind, kind, squared.shape[0],
                                                         norms.shape[0]))
         squared = norms if squared is None else squared + norms
-    return _grouped_top_k(np.sqrt(squared), kind, k, group)
+    return np.sqrt(squared)
+
+
+def joint_group_mask(ws, kind, k, group=1, alloweds=None):
+    """Which groups of ``kind`` the joint projection of several weights keeps:
+    the same k for all of them, those of largest :func:`joint_group_norms`.
+
+    ``kind``, ``k`` and ``group`` are as in :func:`group_mask`; ``ws`` and
+    ``alloweds`` as in :func:`joint_group_norms`.
+
+    Returns
+    -------
+    keep : ndarray of bool, shape (num_groups(ws[0].shape, kind),)
+    """
+    return _grouped_top_k(joint_group_norms(ws, kind, alloweds), kind, k, group)
 
 
 def expand(values, shape, kind):

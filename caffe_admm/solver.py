@@ -849,7 +849,8 @@ def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, sn
     # BatchNorm means, Scale/Bias offsets on pruned channels: zero, and held
     # there (their gradients zeroed before every update), so the channels
     # stay exactly zero and compaction cuts them
-    constants = _dead_constants(solver, protoio.read_net(hooked_path), masks)
+    hooked = protoio.read_net(hooked_path)
+    constants = _dead_constants(solver, hooked, masks)
     _zero_constants(solver.net, constants)
     if constants:
         solver.add_callback(lambda: None,
@@ -866,10 +867,10 @@ def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, sn
         history["loss"]["retrain"].extend((it, out.get("loss")) for it, out in samples)
     _apply_masks(solver.net, masks)
     _zero_constants(solver.net, constants)
-    _recalibrate(solver, protoio.read_net(hooked_path), bn_batches, constants)
+    _recalibrate(solver, hooked, bn_batches, constants)
     history["accuracy"]["after_retrain"] = _evaluate(solver, test_iter)
     _log("after masked retraining: %s" % _fmt_scores(history["accuracy"]["after_retrain"]))
-    net_param = net_param or _strip_hooks(protoio.read_net(hooked_path))
+    net_param = net_param or _strip_hooks(hooked)
     save_weights(os.path.join(out_dir, "pruned.caffemodel"), solver.net, net_param)
     protoio.write_text(os.path.join(out_dir, "train_test.prototxt"), net_param)
     return solver
