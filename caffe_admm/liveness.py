@@ -19,6 +19,11 @@ inputs that can carry signal. Layers are handled in net order, so P's new
 support is known when L is projected. L may read a Concat (Inception,
 DenseNet): then each part's channels are those of its own producer, live
 where that one is pruned, all live where it is not pruned.
+
+The same walks through the zero-preserving layers find the groups that
+pruning keeps equal beside grouped convolutions (:func:`group_neighbours`)
+and the writers of each residual stream, which keep the same filters
+(:func:`sum_writers`, config ``couple_sums``).
 """
 
 import math
