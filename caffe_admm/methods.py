@@ -237,9 +237,8 @@ class SSLMethod:
             w = weights[spec.name]
             mask = np.ones(w.shape, dtype=np.bool_)
             for c in spec.constraints:
-                norms = projections.group_norms(w, c.kind)
-                if c.kind == "filter":
-                    norms = joint.get(spec.name, norms)
+                norms = (joint[spec.name] if c.kind == "filter" and spec.name in joint
+                         else projections.group_norms(w, c.kind))
                 keep = norms >= self.cfg.ssl_threshold * norms.max()
                 mask &= projections.expand(keep, w.shape, c.kind)
             masks[spec.name] = mask
