@@ -693,10 +693,13 @@ def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ck
         history["steps"].append(dict(log, step=method.round, iter=solver.iter))
         _log("%s %d/%d: %s" % (label, method.round, cfg.admm_steps, method.describe(log)))
         checkpoint()
+    # the moving averages lag the weights that ADMM/SSL/pruning changed: the
+    # accuracy before the hard prune too is measured with recomputed ones
+    net_param = protoio.read_net(hooked_path)
+    _recalibrate(solver, net_param, cfg.bn_batches)
     history["accuracy"]["after_" + cfg.method] = _evaluate(solver, test_iter)
     masks = method.final_masks(_weights(solver.net, names))
     _apply_masks(solver.net, masks)
-    net_param = protoio.read_net(hooked_path)
     constants = _dead_constants(solver, net_param, masks)
     _zero_constants(solver.net, constants)
     _recalibrate(solver, net_param, cfg.bn_batches, constants)

@@ -224,8 +224,11 @@ def test_pruned_channels_through_batchnorm_stay_zero_and_compact(tmp_path, tiny_
     out = capsys.readouterr().out
     assert ("held at zero in retraining: bn1[0] of 4 pruned channels, scale1[1] of 4 pruned "
             "channels\n") in out
-    # after the hard prune and after retraining (config bn_recalibration_batches)
-    assert out.count("BatchNorm statistics recomputed over 100 training batches (1 layer)\n") == 2
+    # before and after the hard prune, and after retraining (config
+    # bn_recalibration_batches), each before the accuracy is measured
+    line = "BatchNorm statistics recomputed over 100 training batches (1 layer)\n"
+    assert out.count(line) == 3
+    assert out.index(line) < out.index("after admm: ")
     net = caffe.Net(net_path, caffe.TEST, weights=pruned)
     assert net.params["bn1"][2].data[0] == 1
     dead = ~np.abs(net.params["conv1"][0].data).reshape(8, -1).any(axis=1)
