@@ -34,7 +34,7 @@ import numpy as np
 
 from caffe_admm.backend import caffe
 from caffe_admm.masks import filter_mask
-from caffe_admm.methods import lasso_penalty
+from caffe_admm.methods import joint_lasso_penalty, lasso_penalty
 
 __all__ = ["WeightHook", "NonFiniteWeights", "HOOK_PREFIX"]
 
@@ -56,9 +56,13 @@ class WeightHook(caffe.Layer):
     penalty : list of (rho, z, u) or (rho, z, u, where), or empty
         z, u : ndarray, shape of the weight; ``where`` (same shape, 0/1)
         limits the term to some weights: rho/2 ||where * (W - Z + U)||^2
-    lasso : list of (lambda, kind) or empty
+    lasso : list of (lambda, kind, partners) or empty
         SSL's group Lasso, lambda * sum_g ||W_g||, groups of ``kind``
-        (see :mod:`caffe_admm.projections`).
+        (see :mod:`caffe_admm.projections`). ``partners``: empty, or the
+        (WeightHook, lambda) of the other writers of a coupled stream, whose
+        filters join this layer's in each group
+        (:func:`caffe_admm.methods.joint_lasso_penalty`); each writer's top
+        carries an equal share of the joint term's value.
     mask : ndarray, shape of the weight, 1 = kept, or None
     bias_mask : ndarray, shape of the bias, or None (always, for a layer
         without a bias: ``bias_term: false``)
@@ -142,8 +146,13 @@ class WeightHook(caffe.Layer):
                 quad = float(np.dot(flat * self._rho_sum.ravel(), flat))
             value = max(0.5 * quad - float(np.dot(flat, self._b.ravel())) + self._k, 0.0)
         self._lasso_grad = None
-        for lam, kind in self.lasso:
-            v, g = lasso_penalty(w, kind, lam)
+        for lam, kind, partners in self.lasso:
+            if partners:
+                v, g = joint_lasso_penalty([w] + [h.blobs[0].data for h, _ in partners],
+                                           [lam] + [l for _, l in partners])
+                v /= 1 + len(partners)
+            else:
+                v, g = lasso_penalty(w, kind, lam)
             value += v
             self._lasso_grad = g if self._lasso_grad is None else self._lasso_grad + g
         top[0].data[...] = value

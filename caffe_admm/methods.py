@@ -10,8 +10,10 @@ masks of the hard prune; masked retraining follows for all alike.
   group-Lasso subgradient lambda W_g / ||W_g|| (0 where W_g = 0); the hard
   prune keeps the groups of largest norm at the config's keep ratio (matched
   sparsity), or drops the groups under ``ssl_threshold`` x the largest norm.
-  The Lasso groups are each layer's own; the hard prune of a coupled
-  stream's writers (config ``couple_sums``) ranks their filters jointly.
+  A coupled stream's writers (config ``couple_sums``) keep the same
+  filters, so their filters' Lasso groups are joint (one group per stream
+  channel, across all the writers: :func:`joint_lasso_penalty`) and the
+  hard prune ranks them by joint norm.
 * :class:`MagnitudeMethod`: iterative pruning (Han et al., NIPS 2015): before
   each block the weights are pruned to a keep ratio that falls linearly from
   1 to the target, by group norm (structured) or magnitude; the block trains
@@ -28,7 +30,8 @@ from caffe_admm import projections
 from caffe_admm.admm import ADMMState
 from caffe_admm.liveness import masks_in_net_order
 
-__all__ = ["ADMMMethod", "SSLMethod", "MagnitudeMethod", "make_method", "lasso_penalty"]
+__all__ = ["ADMMMethod", "SSLMethod", "MagnitudeMethod", "make_method", "lasso_penalty",
+           "joint_lasso_penalty"]
 
 
 def lasso_penalty(w, kind, lam):
@@ -43,6 +46,27 @@ def lasso_penalty(w, kind, lam):
     safe = np.where(norms > 0, norms, 1.0)
     scale = np.where(norms > 0, lam / safe, 0.0)
     return lam * float(norms.sum()), (projections.expand(scale, np.shape(w), kind) * w)
+
+
+def joint_lasso_penalty(ws, lams, own=0):
+    """The group Lasso of the filters of several weights taken together (the
+    writers of a coupled stream), one group per filter index f:
+
+        sum_f ||(lam_1 W_1,f, ..., lam_n W_n,f)||_2
+
+    (for equal lambdas, lam times the joint filter norms), and its subgradient
+    with respect to ``ws[own]``: lam_own^2 W_own,f / that norm (0 where it is 0).
+
+    Returns
+    -------
+    value : float
+    grad : ndarray, shape of ``ws[own]``
+    """
+    norms = projections.joint_group_norms([lam * w for lam, w in zip(lams, ws)], "filter")
+    safe = np.where(norms > 0, norms, 1.0)
+    scale = np.where(norms > 0, lams[own] ** 2 / safe, 0.0)
+    w = ws[own]
+    return float(norms.sum()), projections.expand(scale, np.shape(w), "filter") * w
 
 
 def _keep_counts(spec, shape, ratio_of=None):
@@ -196,6 +220,7 @@ class SSLMethod:
         self.cfg = cfg
         self._round = int(round_)
         self.feeds = feeds
+        self._stream = {n: writers for writers in cfg.coupled for n in writers}
 
     @property
     def round(self):
@@ -205,17 +230,30 @@ class SSLMethod:
         self._round = 0
 
     def hook_terms(self, name):
+        """Per constraint (lambda, kind, partners): ``partners``, the (layer,
+        lambda) of the other writers of a coupled stream whose filters share
+        this layer's Lasso groups (:func:`joint_lasso_penalty`); else empty."""
         spec = self.cfg.layer(name)
-        return {"lasso": [(spec.lasso_lambda, c.kind) for c in spec.constraints]}
+        partners = tuple((n, self.cfg.layer(n).lasso_lambda)
+                         for n in self._stream.get(name, ()) if n != name)
+        return {"lasso": [(spec.lasso_lambda, c.kind, partners if c.kind == "filter" else ())
+                          for c in spec.constraints]}
+
+    def _norms(self, weights, name, kind):
+        """The group norms of ``kind`` in layer ``name``: for the filters of a
+        coupled stream's writer, their joint norms over the stream."""
+        if kind == "filter" and name in self._stream:
+            return projections.joint_group_norms([weights[n] for n in self._stream[name]],
+                                                 "filter")
+        return projections.group_norms(weights[name], kind)
 
     def end_round(self, weights):
         self._round += 1
         log = {}
         for spec in self.cfg.layers:
-            w = weights[spec.name]
             entry = {}
             for c in spec.constraints:
-                norms = projections.group_norms(w, c.kind)
+                norms = self._norms(weights, spec.name, c.kind)
                 entry[c.kind] = float((norms < 1e-3 * max(norms.max(), 1e-12)).mean())
             log[spec.name] = entry
         return {"small_group_fraction": log}
@@ -228,17 +266,12 @@ class SSLMethod:
     def final_masks(self, weights):
         if self.cfg.ssl_threshold is None:
             return _supports(self.cfg, weights, self.feeds, _keep_counts)
-        joint = {}  # a coupled stream's writers: the filters' joint norms
-        for writers in self.cfg.coupled:
-            norms = projections.joint_group_norms([weights[n] for n in writers], "filter")
-            joint.update({n: norms for n in writers})
         masks = {}
         for spec in self.cfg.layers:
             w = weights[spec.name]
             mask = np.ones(w.shape, dtype=np.bool_)
             for c in spec.constraints:
-                norms = (joint[spec.name] if c.kind == "filter" and spec.name in joint
-                         else projections.group_norms(w, c.kind))
+                norms = self._norms(weights, spec.name, c.kind)
                 keep = norms >= self.cfg.ssl_threshold * norms.max()
                 mask &= projections.expand(keep, w.shape, c.kind)
             masks[spec.name] = mask

@@ -652,7 +652,8 @@ def _set_hooks(hooks, method):
     for name, hook in hooks.items():
         terms = method.hook_terms(name)
         hook.penalty = terms.get("penalty", [])
-        hook.lasso = terms.get("lasso", [])
+        hook.lasso = [(lam, kind, tuple((hooks[n], l) for n, l in partners))
+                      for lam, kind, partners in terms.get("lasso", [])]
         hook.set_mask(terms.get("mask"))
 
 

@@ -34,6 +34,96 @@ def test_group_lasso_gradient_matches_finite_difference(kind):
         assert grad[idx] == pytest.approx(numeric, rel=1e-5, abs=1e-7)
 
 
+def test_joint_group_lasso_gradient_matches_finite_difference():
+    """The filters of a conv and an InnerProduct weight in one Lasso group
+    each, with different lambdas; filter 1 zero in both."""
+    rng = np.random.default_rng(2)
+    ws = [rng.standard_normal((4, 3, 2, 2)), rng.standard_normal((4, 5))]
+    ws[0][1] = ws[1][1] = 0
+    lams = [0.3, 0.7]
+    scaled = np.sqrt(sum((lam * projections.group_norms(w, "filter")) ** 2
+                         for lam, w in zip(lams, ws)))
+    eps = 1e-6
+    for own in (0, 1):
+        value, grad = methods.joint_lasso_penalty(ws, lams, own)
+        assert value == pytest.approx(scaled.sum())
+        assert grad.shape == ws[own].shape and not grad[1].any()
+        for idx in zip(*np.nonzero(ws[own])):
+            wp, wm = [w.copy() for w in ws], [w.copy() for w in ws]
+            wp[own][idx] += eps
+            wm[own][idx] -= eps
+            numeric = (methods.joint_lasso_penalty(wp, lams)[0]
+                       - methods.joint_lasso_penalty(wm, lams)[0]) / (2 * eps)
+            assert grad[idx] == pytest.approx(numeric, rel=1e-5, abs=1e-7)
+    # equal lambdas: lambda times the joint norms; one weight: the layer's own Lasso
+    value, _ = methods.joint_lasso_penalty(ws, [0.3, 0.3], 1)
+    assert value == pytest.approx(0.3 * projections.joint_group_norms(ws, "filter").sum())
+    value, grad = methods.joint_lasso_penalty(ws[:1], [0.3])
+    alone = methods.lasso_penalty(ws[0], "filter", 0.3)
+    assert value == pytest.approx(alone[0])
+    np.testing.assert_allclose(grad, alone[1])
+
+
+SUM_NET = """
+name: "stream"
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 5 } } }
+layer { name: "a" type: "Convolution" bottom: "x" top: "a"
+        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "xavier" } } }
+layer { name: "b" type: "Convolution" bottom: "x" top: "b"
+        convolution_param { num_output: 4 kernel_size: 1 stride: 2 bias_term: false
+          weight_filler { type: "xavier" } } }
+layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" }
+"""
+
+
+def test_ssl_hooks_of_a_coupled_streams_writers_share_their_filter_groups(tmp_path):
+    """a and b write one sum: SSL's hooks add the joint Lasso's subgradient
+    to each (computed from both weights) and half its value each; with
+    ``couple_sums: false``, each its own."""
+    from google.protobuf import text_format
+    from caffe_admm import protoio
+    from caffe_admm.backend import caffe_pb2
+    from caffe_admm.config import load_config
+    net_param = text_format.Parse(SUM_NET, caffe_pb2.NetParameter())
+    path = str(tmp_path / "h.prototxt")
+    protoio.write_text(path, solver.add_hooks(net_param, {"a": [(4, 3, 3, 3), (4,)],
+                                                          "b": [(4, 3, 1, 1)]}))
+    net = caffe.Net(path, caffe.TRAIN)
+    hooks = solver._hook_layers(net)
+    rng = np.random.default_rng(3)
+    for name in "ab":
+        net.params[name][0].data[...] = rng.standard_normal(net.params[name][0].data.shape)
+    w = {n: net.params[n][0].data.copy() for n in "ab"}
+    for couple, lam_b in ((True, 0.25), (True, 0.0625), (False, 0.0625)):
+        config = load_config(write(tmp_path / "c.prototxt", """
+            method: SSL admm_steps: 1
+            default { kind: FILTER keep_ratio: 0.5 lasso_lambda: 0.25 }
+            layer { name: "a" } layer { name: "b" lasso_lambda: %g } %s""" % (
+            lam_b, "" if couple else "couple_sums: false")), net_param)
+        assert config.coupled == ((("a", "b"),) if couple else ())
+        method = methods.make_method(config)
+        assert method.hook_terms("a")["lasso"] == [(0.25, "filter", (("b", lam_b),) if couple
+                                                    else ())]
+        solver._set_hooks(hooks, method)
+        out = net.forward()
+        for name in "ab":
+            net.params[name][0].diff[...] = 0
+        net.backward()
+        lams = {"a": 0.25, "b": lam_b}
+        for own, other in ("ab", "ba"):
+            if couple:
+                value, grad = methods.joint_lasso_penalty([w[own], w[other]],
+                                                          [lams[own], lams[other]])
+                value /= 2
+            else:
+                value, grad = methods.lasso_penalty(w[own], "filter", lams[own])
+            assert out[layers.HOOK_PREFIX + own].item() == pytest.approx(value, rel=1e-5)
+            np.testing.assert_allclose(net.params[own][0].diff, grad, rtol=1e-5, atol=1e-7)
+    # the joint gradient differs from each layer's own
+    assert not np.allclose(methods.joint_lasso_penalty([w["a"], w["b"]], [0.25, 0.25])[1],
+                           methods.lasso_penalty(w["a"], "filter", 0.25)[1])
+
+
 def test_hook_injects_the_group_lasso_subgradient(tmp_path):
     from test_layers import NET, SHAPE
     from google.protobuf import text_format
@@ -48,7 +138,7 @@ def test_hook_injects_the_group_lasso_subgradient(tmp_path):
     w = net.params["conv"][0].data
     w[...] = np.random.default_rng(1).standard_normal(SHAPE)
     w[2] = 0
-    hook.lasso = [(0.2, "filter"), (0.05, "shape")]
+    hook.lasso = [(0.2, "filter", ()), (0.05, "shape", ())]
     out = net.forward()
     net.params["conv"][0].diff[...] = 0
     net.backward()
