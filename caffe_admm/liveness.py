@@ -20,6 +20,12 @@ support is known when L is projected. L may read a Concat (Inception,
 DenseNet): then each part's channels are those of its own producer, live
 where that one is pruned, all live where it is not pruned.
 
+A coupled residual stream (config ``couple_sums``) is a producer too: its
+writers keep the same filters, so a channel of each of its sums is dead
+where their joint choice drops the filter. The choice is made at the
+stream's first writer, before any layer reads the stream, from the live
+inputs of its writers known then.
+
 The same walks through the zero-preserving layers find the groups that
 pruning keeps equal beside grouped convolutions (:func:`group_neighbours`)
 and the writers of each residual stream, which keep the same filters
@@ -47,24 +53,37 @@ ZERO_PRESERVING = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Swish", "Dropout",
 CONSTANTS = {"BatchNorm", "Scale", "Bias"}  # zero-preserving for pruned channels only
 
 
-def _sources(layers, index, blob, pruned, summed):
+def _width(layer):
+    return (layer.convolution_param if layer.type == "Convolution"
+            else layer.inner_product_param).num_output
+
+
+def _sources(layers, index, blob, pruned, summed, streams=None):
     """Where the channels of ``blob``, read by ``layers[index]``, come from:
-    ((pruned layer, or None for another, channels), ...) in channel order,
-    walking back through zero-preserving layers and into Concats; None
-    where that is not known. ``summed``: the blobs Eltwise layers read; the
-    run keeps a BatchNorm's or Scale's constants on a channel an Eltwise
-    partner writes, so the walk stops at one on such a blob."""
+    ((pruned layer, a coupled stream's writers (tuple), or None for another,
+    channels), ...) in channel order, walking back through zero-preserving
+    layers and into Concats; None where that is not known. ``summed``: the
+    blobs Eltwise layers read; the run keeps a BatchNorm's or Scale's
+    constants on a channel an Eltwise partner writes, so a walk through one
+    on such a blob ends unknown, unless it ends at a coupled stream, whose
+    pruned channels every writer drops. ``streams``: per Eltwise index whose
+    writers are all a coupled stream's, (the stream's writers, its width)."""
+    streams = streams or {}
+    coupled = {n for writers, _ in streams.values() for n in writers}
+    through_sum = False  # past a BatchNorm or Scale on a summed blob
     while True:
         writer = next((i for i in range(index - 1, -1, -1) if blob in layers[i].top), None)
         if writer is None:
             return None
         layer = layers[writer]
         if layer.type in ("Convolution", "InnerProduct"):
-            width = (layer.convolution_param if layer.type == "Convolution"
-                     else layer.inner_product_param).num_output
-            return ((layer.name if layer.name in pruned else None, width),)
-        if layer.type == "Concat" and _channel_concat(layer):
-            parts = [_sources(layers, writer, b, pruned, summed) for b in layer.bottom]
+            if through_sum and layer.name not in coupled:
+                return None
+            return ((layer.name if layer.name in pruned else None, _width(layer)),)
+        if layer.type == "Eltwise":
+            return (streams[writer],) if writer in streams else None
+        if layer.type == "Concat" and _channel_concat(layer) and not through_sum:
+            parts = [_sources(layers, writer, b, pruned, summed, streams) for b in layer.bottom]
             return None if None in parts else tuple(p for part in parts for p in part)
         if _gate(layer):  # x times a factor per sample and channel: a zero x stays zero
             index, blob = writer, layer.bottom[0]
@@ -73,7 +92,7 @@ def _sources(layers, index, blob, pruned, summed):
                 or len(layer.bottom) != 1):
             return None
         if layer.type in CONSTANTS and {layer.bottom[0], *layer.top} & summed:
-            return None
+            through_sum = True
         index, blob = writer, layer.bottom[0]
 
 
@@ -101,8 +120,10 @@ class InputFeeds:
     feeds : dict[str, (tuple, int)]
         Consumer -> (sources, inputs per channel). ``sources``: ((producer, or
         None for a layer not pruned, its channels), ...) in order, one unless
-        the consumer reads a Concat; in the (F, C, kh, kw) view of the
-        consumer's weight, input c reads channel c // per of them all.
+        the consumer reads a Concat; a producer is a pruned layer's name or
+        a coupled stream's writers (tuple of names). In the (F, C, kh, kw)
+        view of the consumer's weight, input c reads channel c // per of
+        them all.
     shapes : dict[str, tuple]
         Weight shape of every consumer.
     groups : dict[str, int], optional
@@ -117,18 +138,30 @@ class InputFeeds:
         self.shapes = dict(shapes)
         self.groups = {name: g for name, g in (groups or {}).items() if name in self.feeds}
 
-    def allowed(self, name, supports):
+    def allowed(self, name, supports, chosen=None):
         """Boolean mask, shaped like the weight of ``name``, of its live inputs.
 
-        ``supports`` holds the masks already decided for producers; None when
-        ``name`` has no pruned producer (or none is decided yet).
+        ``supports`` holds the masks already decided for producers;
+        ``chosen``, the filters kept by the coupled streams decided (per
+        writers tuple, one bool per filter). None when ``name`` has no
+        pruned producer (or none is decided yet).
         """
-        if name not in self.feeds or not any(p in supports for p, _ in self.feeds[name][0]):
+        chosen = chosen or {}
+
+        def alive_of(p, n):
+            if isinstance(p, tuple):
+                return chosen.get(p)
+            if p in supports:
+                return projections.as_4d(supports[p]).reshape(n, -1).any(axis=1)
+            return None
+        if name not in self.feeds:
             return None
         sources, per = self.feeds[name]
-        alive = np.concatenate([
-            projections.as_4d(supports[p]).reshape(n, -1).any(axis=1) if p in supports
-            else np.ones(n, dtype=bool) for p, n in sources])
+        parts = [alive_of(p, n) for p, n in sources]
+        if all(a is None for a in parts):
+            return None
+        alive = np.concatenate([np.ones(n, dtype=bool) if a is None else np.asarray(a, bool)
+                                for a, (_, n) in zip(parts, sources)])
         shape = self.shapes[name]
         f, c, kh, kw = projections.as_4d(np.empty(shape, dtype=np.bool_)).shape
         group = self.groups.get(name, 1)
@@ -136,8 +169,12 @@ class InputFeeds:
         return np.broadcast_to(live[:, :, None, None], (f, c, kh, kw)).reshape(shape)
 
     def describe(self):
+        def label(p, n):
+            if isinstance(p, tuple):
+                return "the stream of %s" % ", ".join(p)
+            return p or "%d channels not pruned" % n
         return ", ".join("%s <- %s%s%s" % (
-            name, " + ".join(p or "%d channels not pruned" % n for p, n in sources),
+            name, " + ".join(label(p, n) for p, n in sources),
             " (%d inputs per channel)" % per if per > 1 else "",
             " (group %d)" % self.groups[name] if name in self.groups else "")
             for name, (sources, per) in self.feeds.items()) or "none"
@@ -149,33 +186,31 @@ def masks_in_net_order(names, feeds, mask_of, coupled=(), choose=None):
     ``allowed`` is the layer's live-input mask from ``feeds`` and the masks of
     its producer (None without ``feeds``, or for a layer without a pruned
     producer). The layers of each tuple in ``coupled`` (a residual stream's
-    writers) are decided together, at the last of them:
-    ``choose(writers, alloweds)`` gives their joint filter selection, passed
-    to each as ``chosen`` (None for the other layers). Returns the masks as a
+    writers) keep the same filters, chosen at the first of them, before any
+    layer reads the stream: ``choose(writers, alloweds)`` gives the joint
+    selection (one bool per filter) from the live-input masks known then,
+    and each writer's ``mask_of`` gets it as ``chosen``, at its own turn and
+    with its own live inputs then (None for the other layers). The stream's
+    readers take its dropped filters as dead inputs. Returns the masks as a
     dict in the order of ``names``.
     """
     names = list(names)
     order = names if feeds is None else (
         [n for n in feeds.order if n in names] + [n for n in names if n not in feeds.order])
     stream_of = {n: writers for writers in coupled for n in writers}
-    last = {writers: max(writers, key=order.index) for writers in coupled}
-    masks = {}
+    masks, chosen = {}, {}
 
     def allowed(name):
-        return None if feeds is None else feeds.allowed(name, masks)
+        return None if feeds is None else feeds.allowed(name, masks, chosen)
     for name in order:
         writers = stream_of.get(name)
-        if writers is None:
-            masks[name] = mask_of(name, allowed(name), None)
-        elif name == last[writers]:
-            alloweds = [allowed(n) for n in writers]
-            chosen = choose(writers, alloweds)
-            for n, a in zip(writers, alloweds):
-                masks[n] = mask_of(n, a, chosen)
+        if writers is not None and writers not in chosen:
+            chosen[writers] = choose(writers, [allowed(n) for n in writers])
+        masks[name] = mask_of(name, allowed(name), None if writers is None else chosen[writers])
     return {name: masks[name] for name in names}
 
 
-def input_feeds(net_param, shapes, groups=None):
+def input_feeds(net_param, shapes, groups=None, coupled=()):
     """The producer links between the pruned layers of a net.
 
     Parameters
@@ -186,6 +221,9 @@ def input_feeds(net_param, shapes, groups=None):
     groups : dict[str, int], optional
         ``convolution_param.group`` per layer: a grouped consumer's filters
         read their group's channels.
+    coupled : sequence of tuple of str
+        The writers of the coupled residual streams (``sum_writers``' order):
+        the layers that read their sums get them as producers.
 
     Returns
     -------
@@ -199,10 +237,16 @@ def input_feeds(net_param, shapes, groups=None):
     order = [l.name for l in layers if l.name in shapes]
     feeds = {}
     summed = {b for l in layers if l.type == "Eltwise" for b in l.bottom}
+    by_name = {l.name: l for l in layers}
+    streams = {}
+    for index, (names, other) in _sums(layers)[0].items():
+        stream = next((w for w in coupled if names <= set(w)), None)
+        if other is None and stream is not None:
+            streams[index] = (tuple(stream), _width(by_name[stream[0]]))
     for index, layer in enumerate(layers):
         if layer.name not in shapes or len(layer.bottom) != 1:
             continue
-        sources = _sources(layers, index, layer.bottom[0], shapes, summed)
+        sources = _sources(layers, index, layer.bottom[0], shapes, summed, streams)
         if sources is None or all(p is None for p, _ in sources):
             continue
         channels = sum(n for _, n in sources)
@@ -311,8 +355,17 @@ def sum_writers(net_param):
     from caffe_admm.protoio import layer_included, net_state
     test = net_state(net_param, caffe_pb2.TEST)
     layers = [l for l in net_param.layer if layer_included(l, test)]
-    streams = []  # (names, other), merged where they share a writer
-    sums = {}  # Eltwise index -> the writers of all its bottoms
+    streams = _sums(layers)[1]
+    order = {l.name: i for i, l in enumerate(layers)}
+    return [(tuple(sorted(names, key=order.get)), other) for names, other in streams]
+
+
+def _sums(layers):
+    """Per Eltwise index, (the writers of all its bottoms, the first other
+    layer writing its channels or None); and the streams: (writers, other),
+    merged where they share a writer."""
+    streams = []
+    sums = {}
     for index, layer in enumerate(layers):
         if layer.type != "Eltwise":
             continue
@@ -325,5 +378,4 @@ def sum_writers(net_param):
             streams.remove(stream)
             names, other = names | stream[0], other or stream[1]
         streams.append((names, other))
-    order = {l.name: i for i, l in enumerate(layers)}
-    return [(tuple(sorted(names, key=order.get)), other) for names, other in streams]
+    return sums, streams

@@ -585,7 +585,8 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     feeds = None
     if cfg.live_inputs_only:
         feeds = liveness.input_feeds(net_param, {n: shapes[n][0] for n in names},
-                                     {spec.name: spec.group for spec in cfg.layers})
+                                     {spec.name: spec.group for spec in cfg.layers},
+                                     cfg.coupled)
         _log("live inputs only: %s" % feeds.describe())
     with _Interrupt():
         if meta is None or meta["phase"] == cfg.method:

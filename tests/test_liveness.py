@@ -386,9 +386,10 @@ def test_a_stream_of_a_thousand_sums_is_one_stream():
     assert writers == tuple("c%d" % i for i in range(blocks + 1)) and other is None
 
 
-def test_coupled_writers_are_decided_together_at_the_last_of_them():
+def test_coupled_writers_are_decided_together_at_the_first_of_them():
     """masks_in_net_order: conv1 and ip1 coupled, conv2 between them; the
-    pair's choice sees both their live-input masks, and each gets it."""
+    pair's choice is made at conv1, before conv2 (which reads conv1) and ip1,
+    and each gets it at its own turn."""
     feeds = liveness.input_feeds(_net(), SHAPES)
     calls = []
 
@@ -397,11 +398,76 @@ def test_coupled_writers_are_decided_together_at_the_last_of_them():
         return "chosen"
 
     def mask_of(name, allowed, chosen):
-        calls.append((name, chosen))
+        calls.append((name, chosen, allowed is None))
         return np.ones(SHAPES[name], bool)
     masks = liveness.masks_in_net_order(["ip1", "conv2", "conv1"], feeds, mask_of,
                                         [("conv1", "ip1")], choose)
     assert list(masks) == ["ip1", "conv2", "conv1"]
-    # conv1 reads the data (no pruned producer), ip1 reads conv2's outputs
-    assert calls == [("conv2", None), ("choose", ("conv1", "ip1"), [True, False]),
-                     ("conv1", "chosen"), ("ip1", "chosen")]
+    # conv1 reads the data (no pruned producer); conv2 reads conv1, ip1 conv2
+    assert calls == [("choose", ("conv1", "ip1"), [True, True]), ("conv1", "chosen", True),
+                     ("conv2", None, False), ("ip1", "chosen", False)]
+
+
+STREAM_READERS = STREAMS + """
+layer { name: "c5" type: "Convolution" bottom: "proj" top: "c5"
+  convolution_param { num_output: 6 kernel_size: 1 } }
+"""
+STREAM_SHAPES = {"proj": (6, 4, 1, 1), "c1": (6, 4, 1, 1), "c2": (6, 6, 3, 3),
+                 "c3": (6, 6, 1, 1), "c5": (6, 6, 1, 1)}
+
+
+def test_the_readers_of_a_coupled_stream_have_it_as_producer():
+    """c3 reads sum2 (through a ReLU), c5 proj's output through a BatchNorm
+    on a summed blob: with proj, c2, c3 coupled, their channels are dead
+    where the stream's filters are dropped; uncoupled, nothing is known."""
+    stream = ("proj", "c2", "c3")
+    feeds = liveness.input_feeds(_net(STREAM_READERS), STREAM_SHAPES, coupled=[stream])
+    assert feeds.feeds == {"c2": ((("c1", 6),), 1), "c3": (((stream, 6),), 1),
+                           "c5": ((("proj", 6),), 1)}
+    assert feeds.describe() == "c2 <- c1, c3 <- the stream of proj, c2, c3, c5 <- proj"
+    assert liveness.input_feeds(_net(STREAM_READERS), STREAM_SHAPES).feeds == {
+        "c2": ((("c1", 6),), 1)}
+    chosen = np.array([True, False, True, True, False, False])
+    allowed = {}
+
+    def mask_of(name, a, chosen_filters):
+        allowed[name] = a
+        mask = np.ones(STREAM_SHAPES[name], bool)
+        return mask if chosen_filters is None else projections.expand(
+            chosen_filters, mask.shape, "filter")
+    liveness.masks_in_net_order(list(STREAM_SHAPES), feeds, mask_of, [stream],
+                                lambda writers, alloweds: chosen)
+    assert allowed["proj"] is None and allowed["c1"] is None and allowed["c2"].all()
+    for name in ("c3", "c5"):
+        np.testing.assert_array_equal(allowed[name].reshape(6, 6), np.tile(chosen, (6, 1)))
+
+
+@pytest.mark.parametrize("method", ["ADMM", "MAGNITUDE", "SSL"])
+def test_a_pruned_residual_net_keeps_no_weights_on_the_dropped_channels_of_its_stream(
+        tmp_path, tiny_data, method):
+    """test_solver.RESIDUAL_NET: conv1 and conv2 write one sum, which ip1
+    reads. Coupled, they keep the same 4 filters, and ip1's whole budget (a
+    fifth of its weights) goes to the stream's 4 live channels: compaction
+    cuts none of the kept weights."""
+    from conftest import write_tiny
+    from test_solver import RESIDUAL_NET
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=RESIDUAL_NET, max_iter=60)
+    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
+    config = write(tmp_path / "c.prototxt", """
+        method: %s live_inputs_only: true
+        rho { initial: 0.05 growth: 2.0 max: 5 }
+        admm_steps: 2 iters_per_step: 20 retrain_iters: 40 snapshot_interval: 20
+        default { lasso_lambda: 0.01 }
+        layer { name: "conv1" kind: FILTER keep_ratio: 0.5 }
+        layer { name: "conv2" kind: FILTER keep_ratio: 0.5 }
+        layer { name: "ip1" kind: NON_STRUCTURED keep_ratio: 0.2 }""" % method)
+    report = solver.prune(solver_path, base["weights"], config, str(tmp_path / "run"),
+                          progress=False)
+    assert report["coupled"] == [["conv1", "conv2"]]
+    masks = np.load(str(tmp_path / "run" / "masks.npz"))
+    alive = masks["conv1"].reshape(8, -1).any(axis=1)
+    assert alive.sum() == 4
+    np.testing.assert_array_equal(masks["conv2"].reshape(8, -1).any(axis=1), alive)
+    assert not masks["ip1"][:, np.repeat(~alive, 16)].any()
+    assert masks["ip1"].sum() == round(0.2 * masks["ip1"].size)
+    assert report["pruned_layers_total"]["dead_input_weights"] == 0
