@@ -15,14 +15,19 @@ the same budget for all (``--steps`` x ``--iters``, then ``--retrain``
 masked iterations, then the BatchNorm statistics recomputed over
 ``--bn-batches`` training batches: the config's default, 100; 0 keeps
 Caffe's moving averages; runs with another count than 100 are named
-``..._bnN``). Each pruned net is compacted (``compact.compact``, its
+``..._bnN``). ``--kind FILTER_SHAPE`` prunes shape columns too, at the same
+ratio (runs named ``..._fs``); ``--live-inputs`` sets ``live_inputs_only``
+(``..._live``), where the budget of a layer reading a coupled stream
+goes to its live channels. Each pruned net is compacted (``compact.compact``, its
 equivalence check included) and its test accuracy measured over the
 whole test set. The table gives, per run, the accuracy after retraining, the
-weights and FLOPs of the compacted net against the dense one, and the
-zero filters compaction kept::
+weights and FLOPs of the compacted net against the dense one, the kept
+weights compaction cut (on dead inputs: ``dead``), and the zero filters
+compaction kept::
 
     .venv/bin/python benchmarks/couple_sums_accuracy.py [--keep 0.5 0.25] \\
         [--methods ADMM MAGNITUDE] [--seed 1] [--bn-batches 100] \\
+        [--kind FILTER] [--live-inputs] \\
         [--out benchmarks/results/couple_sums.json]
 
 One seed per invocation; a run's accuracy differs from seed to seed by
@@ -111,7 +116,7 @@ random_seed: %(seed)d
 """
 
 CONFIG = """method: %(method)s
-default { kind: FILTER }
+default { kind: %(kind)s }
 global_keep_ratio: %(keep)r
 layer { name: "fc" keep_ratio: 1 }
 rho { initial: 0.01 growth: 2.0 max: 1 }
@@ -144,22 +149,28 @@ def prepare(out, train, test, seed, baseline_iters, lr, test_iter):
 
 
 def run(sp, net, weights, out, method, keep, couple, steps, iters, retrain, test_iter,
-        bn_batches=100):
+        bn_batches=100, kind="FILTER", live=False):
     """One pruning run and its compaction: a row of the table."""
-    name = "%s_keep%g_%s%s" % (method.lower(), keep, "coupled" if couple else "each",
-                               "" if bn_batches == 100 else "_bn%d" % bn_batches)
+    name = "%s_keep%g_%s%s%s%s" % (method.lower(), keep, "coupled" if couple else "each",
+                                   "" if bn_batches == 100 else "_bn%d" % bn_batches,
+                                   "" if kind == "FILTER" else "_fs", "_live" if live else "")
+    extra = [] if couple else ["couple_sums: false"]
+    if live:
+        extra.append("live_inputs_only: true")
     run_dir = os.path.join(out, name)
     os.makedirs(run_dir, exist_ok=True)
     config = _write(os.path.join(run_dir, "config.prototxt"), CONFIG % {
         "method": method, "keep": keep, "steps": steps, "iters": iters, "retrain": retrain,
-        "bn_batches": bn_batches, "extra": "" if couple else "couple_sums: false"})
+        "bn_batches": bn_batches, "kind": kind, "extra": "\n".join(extra)})
     report = solver.prune(sp, weights, config, run_dir, progress=False)
     pruned = os.path.join(run_dir, "pruned.caffemodel")
     result = compact.compact(net, pruned, os.path.join(run_dir, "compact"))
     total, eq = result["total"], result["equivalence"]
     scores, _ = solver.evaluate(net, pruned, test_iter)
+    totals = report["pruned_layers_total"]
     return {"run": name, "method": method, "keep": keep, "couple_sums": couple,
-            "bn_recalibration_batches": bn_batches,
+            "bn_recalibration_batches": bn_batches, "kind": kind, "live_inputs_only": live,
+            "kept_weights": totals["nonzero"], "dead_input_weights": totals["dead_input_weights"],
             "coupled": report["coupled"], "accuracy": scores["accuracy"],
             "accuracy_after_hard_prune": report["accuracy"]["after_hard_prune"]["accuracy"],
             "params": total["params"], "compact_params": total["compact_params"],
@@ -170,14 +181,14 @@ def run(sp, net, weights, out, method, keep, couple, steps, iters, retrain, test
 
 def format_table(baseline, rows):
     lines = ["baseline accuracy %.4f" % baseline,
-             "%-28s %9s %10s %10s %8s %12s %8s %9s" % (
-                 "run", "accuracy", "params", "compacted", "ratio", "FLOPs ratio", "passed",
-                 "warnings")]
+             "%-36s %9s %10s %10s %8s %12s %6s %8s %9s" % (
+                 "run", "accuracy", "params", "compacted", "ratio", "FLOPs ratio", "dead",
+                 "passed", "warnings")]
     for r in rows:
-        lines.append("%-28s %9.4f %10d %10d %7.2fx %11.2fx %8s %9d" % (
+        lines.append("%-36s %9.4f %10d %10d %7.2fx %11.2fx %6s %8s %9d" % (
             r["run"], r["accuracy"], r["params"], r["compact_params"],
-            r["params"] / r["compact_params"], r["flops"] / r["compact_flops"], r["passed"],
-            len(r["warnings"])))
+            r["params"] / r["compact_params"], r["flops"] / r["compact_flops"],
+            r["dead_input_weights"], r["passed"], len(r["warnings"])))
     return "\n".join(lines)
 
 
@@ -200,6 +211,11 @@ def main(argv=None):
     parser.add_argument("--retrain", type=int, default=600)
     parser.add_argument("--bn-batches", type=int, default=100,
                         help="config bn_recalibration_batches (0: Caffe's moving averages)")
+    parser.add_argument("--kind", default="FILTER", choices=["FILTER", "FILTER_SHAPE"],
+                        help="the convolutions' kind; FILTER_SHAPE keeps the same ratio of "
+                             "shape columns as of filters")
+    parser.add_argument("--live-inputs", action="store_true",
+                        help="config live_inputs_only: true")
     parser.add_argument("--work", default=os.path.join(ROOT, "runs", "couple_sums"),
                         help="where the nets, the baseline and the runs go (resumable)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
@@ -218,13 +234,14 @@ def main(argv=None):
         for keep in args.keep:
             for couple in (True, False):
                 rows.append(run(sp, net, weights, work, method, keep, couple, args.steps,
-                                args.iters, args.retrain, args.test_iter, args.bn_batches))
+                                args.iters, args.retrain, args.test_iter, args.bn_batches,
+                                args.kind, args.live_inputs))
                 print(format_table(baseline, rows[-1:]).splitlines()[-1], flush=True)
     print(format_table(baseline, rows))
     write_json(args.out, {"seed": args.seed, "baseline_accuracy": baseline,
                           "settings": {k: getattr(args, k) for k in (
                               "baseline_iters", "lr", "steps", "iters", "retrain",
-                              "bn_batches", "test_iter")},
+                              "bn_batches", "test_iter", "kind", "live_inputs")},
                           "rows": rows})
     return rows
 

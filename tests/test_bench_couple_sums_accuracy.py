@@ -28,6 +28,24 @@ def test_coupled_runs_compact_further_and_every_run_is_exact(tmp_path, tiny_data
     assert "baseline accuracy" in capsys.readouterr().out
 
 
+def test_with_live_inputs_only_a_coupled_run_keeps_no_weight_on_a_dead_input(tmp_path, tiny_data):
+    """FILTER_SHAPE: b1 and b_proj read the first stream, a1 the stem's
+    output (through a BatchNorm on a summed blob); with the streams coupled
+    their columns are chosen among the live channels, so compaction cuts no
+    kept weight."""
+    bench = load_benchmark("couple_sums_accuracy")
+    rows = bench.main(["--train", tiny_data["train"], "--test", tiny_data["test"],
+                       "--test-iter", "1", "--keep", "0.5", "--methods", "MAGNITUDE",
+                       "--baseline-iters", "40", "--steps", "2", "--iters", "10",
+                       "--retrain", "20", "--kind", "FILTER_SHAPE", "--live-inputs",
+                       "--work", str(tmp_path / "work"), "--out", str(tmp_path / "c.json")])
+    coupled, each = rows
+    assert coupled["run"] == "magnitude_keep0.5_coupled_fs_live"
+    assert coupled["kind"] == "FILTER_SHAPE" and coupled["live_inputs_only"]
+    assert coupled["dead_input_weights"] == 0 and coupled["kept_weights"] > 0
+    assert all(r["passed"] and r["warnings"] == [] for r in rows)
+
+
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     bench = load_benchmark("couple_sums_accuracy")
     import pytest
