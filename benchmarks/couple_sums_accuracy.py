@@ -15,10 +15,11 @@ the same budget for all (``--steps`` x ``--iters``, then ``--retrain``
 masked iterations, then the BatchNorm statistics recomputed over
 ``--bn-batches`` training batches: the config's default, 100; 0 keeps
 Caffe's moving averages; runs with another count than 100 are named
-``..._bnN``). ``--kind FILTER_SHAPE`` prunes shape columns too, at the same
-ratio (runs named ``..._fs``); ``--live-inputs`` sets ``live_inputs_only``
-(``..._live``), where the budget of a layer reading a coupled stream
-goes to its live channels. Each pruned net is compacted (``compact.compact``, its
+``..._bnN``). SSL's Lasso has ``--lasso-lambda`` (0.005, as in
+``compare_methods.py``). ``--kind FILTER_SHAPE`` prunes shape columns
+too, at the same ratio (runs named ``..._fs``); ``--live-inputs`` sets
+``live_inputs_only`` (``..._live``), where the budget of a layer reading
+a coupled stream goes to its live channels. Each pruned net is compacted (``compact.compact``, its
 equivalence check included) and its test accuracy measured over the
 whole test set. The table gives, per run, the accuracy after retraining, the
 weights and FLOPs of the compacted net against the dense one, the kept
@@ -116,7 +117,7 @@ random_seed: %(seed)d
 """
 
 CONFIG = """method: %(method)s
-default { kind: %(kind)s }
+default { kind: %(kind)s lasso_lambda: %(lasso)g }
 global_keep_ratio: %(keep)r
 layer { name: "fc" keep_ratio: 1 }
 rho { initial: 0.01 growth: 2.0 max: 1 }
@@ -149,7 +150,7 @@ def prepare(out, train, test, seed, baseline_iters, lr, test_iter):
 
 
 def run(sp, net, weights, out, method, keep, couple, steps, iters, retrain, test_iter,
-        bn_batches=100, kind="FILTER", live=False):
+        bn_batches=100, kind="FILTER", live=False, lasso=0.005):
     """One pruning run and its compaction: a row of the table."""
     name = "%s_keep%g_%s%s%s%s" % (method.lower(), keep, "coupled" if couple else "each",
                                    "" if bn_batches == 100 else "_bn%d" % bn_batches,
@@ -161,7 +162,7 @@ def run(sp, net, weights, out, method, keep, couple, steps, iters, retrain, test
     os.makedirs(run_dir, exist_ok=True)
     config = _write(os.path.join(run_dir, "config.prototxt"), CONFIG % {
         "method": method, "keep": keep, "steps": steps, "iters": iters, "retrain": retrain,
-        "bn_batches": bn_batches, "kind": kind, "extra": "\n".join(extra)})
+        "bn_batches": bn_batches, "kind": kind, "lasso": lasso, "extra": "\n".join(extra)})
     report = solver.prune(sp, weights, config, run_dir, progress=False)
     pruned = os.path.join(run_dir, "pruned.caffemodel")
     result = compact.compact(net, pruned, os.path.join(run_dir, "compact"))
@@ -214,6 +215,8 @@ def main(argv=None):
     parser.add_argument("--kind", default="FILTER", choices=["FILTER", "FILTER_SHAPE"],
                         help="the convolutions' kind; FILTER_SHAPE keeps the same ratio of "
                              "shape columns as of filters")
+    parser.add_argument("--lasso-lambda", type=float, default=0.005,
+                        help="SSL's lasso_lambda (benchmarks/compare_methods.py's)")
     parser.add_argument("--live-inputs", action="store_true",
                         help="config live_inputs_only: true")
     parser.add_argument("--work", default=os.path.join(ROOT, "runs", "couple_sums"),
@@ -235,13 +238,14 @@ def main(argv=None):
             for couple in (True, False):
                 rows.append(run(sp, net, weights, work, method, keep, couple, args.steps,
                                 args.iters, args.retrain, args.test_iter, args.bn_batches,
-                                args.kind, args.live_inputs))
+                                args.kind, args.live_inputs, args.lasso_lambda))
                 print(format_table(baseline, rows[-1:]).splitlines()[-1], flush=True)
     print(format_table(baseline, rows))
     write_json(args.out, {"seed": args.seed, "baseline_accuracy": baseline,
                           "settings": {k: getattr(args, k) for k in (
                               "baseline_iters", "lr", "steps", "iters", "retrain",
-                              "bn_batches", "test_iter", "kind", "live_inputs")},
+                              "bn_batches", "test_iter", "kind", "live_inputs",
+                              "lasso_lambda")},
                           "rows": rows})
     return rows
 
