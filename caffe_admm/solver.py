@@ -16,6 +16,8 @@ has no randomness besides the data order (no Dropout or random crops: Caffe
 does not save its random generator's state).
 """
 
+import functools
+import glob
 import hashlib
 import json
 import math
@@ -36,7 +38,7 @@ from caffe_admm.masks import (apply_masks, filter_mask, load_masks, masks_from_z
 from caffe_admm.progress import Progress
 
 __all__ = ["DivergenceError", "RunError", "train", "prune", "retrain", "evaluate_net",
-           "recalibrate_batchnorm"]
+           "recalibrate_batchnorm", "code_digest"]
 
 SOURCE_TYPES = protoio.DATA_TYPES + ("Python",)  # a Python layer may read data too
 
@@ -289,6 +291,10 @@ class _Checkpoints:
             raise RunError("%s holds a run with other inputs (solver, net, weights or config); "
                            "use another --out, or --restart to discard it%s"
                            % (self.meta_path, self.hint))
+        if meta["phase"] != "done" and meta.get("code", code_digest()) != code_digest():
+            _log("warning: resuming a run that other caffe-admm code began (sources %s, now "
+                 "%s): what it computes after the interruption may differ from before it; "
+                 "--restart runs it whole under this code" % (meta["code"], code_digest()))
         return meta
 
     def save(self, solver, phase, history, state=None, extra=None):
@@ -297,7 +303,8 @@ class _Checkpoints:
         solver.snapshot()  # Caffe writes <prefix>_iter_<it>.caffemodel/.solverstate
         prefix = "%s_iter_%d" % (os.path.join(self.dir, phase), it)
         meta = {"fingerprint": self.fingerprint, "phase": phase, "iter": it,
-                "solverstate": prefix + ".solverstate", "history": history}
+                "solverstate": prefix + ".solverstate", "history": history,
+                "code": code_digest()}
         meta.update(extra or {})
         if state is not None:
             meta["method_state"] = prefix + ".state.npz"
@@ -331,6 +338,19 @@ def _mark_done(ckpt):
     os.makedirs(ckpt.dir, exist_ok=True)
     with protoio.atomic_write(ckpt.meta_path, "w") as f:
         json.dump(meta, f, indent=1)
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest():
+    """A digest of this package's sources (its modules and ``admm.proto``),
+    kept in checkpoints: a run resumed under other code says so."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for name in sorted(glob.glob("*.py", root_dir=root) + ["proto/admm.proto"]):
+        h.update(name.encode() + b"\0")
+        with open(os.path.join(root, name), "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()[:12]
 
 
 def _fingerprint(*paths, extra=""):
@@ -623,7 +643,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
         "coupled": [list(writers) for writers in cfg.coupled],
         "uncoupled": [{"writers": list(writers), "why": why} for writers, why in cfg.uncoupled],
         "steps": history["steps"], "loss": history["loss"],
-        "seconds_this_session": time.time() - t0,
+        "seconds_this_session": time.time() - t0, "code": code_digest(),
     }
     if cfg.method == "admm":
         for name, entry in report["layers"].items():

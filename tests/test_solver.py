@@ -128,7 +128,8 @@ class _InterruptAt:
 
 
 @pytest.mark.parametrize("interrupt_at", [75, 205])  # ADMM phase (4 x 40), retraining
-def test_resume_gives_the_same_weights(tmp_path, tiny_trained, monkeypatch, interrupt_at):
+def test_resume_gives_the_same_weights(tmp_path, tiny_trained, monkeypatch, interrupt_at,
+                                       capsys):
     cfg = config(tmp_path, steps=4, retrain=80)
     args = (tiny_trained["solver"], tiny_trained["weights"], cfg)
     straight = solver.prune(*args, str(tmp_path / "straight"), progress=False)
@@ -149,6 +150,29 @@ def test_resume_gives_the_same_weights(tmp_path, tiny_trained, monkeypatch, inte
             np.testing.assert_array_equal(x.data, y.data)
     assert resumed["steps"] == straight["steps"]
     assert resumed["accuracy"] == straight["accuracy"]
+    out = capsys.readouterr().out
+    assert "resuming" in out and "other caffe-admm code" not in out
+    assert meta["code"] == resumed["code"] == solver.code_digest()
+
+
+def test_a_run_resumed_under_other_code_says_so(tmp_path, tiny_trained, monkeypatch, capsys):
+    cfg = config(tmp_path, steps=4, retrain=80)
+    args = (tiny_trained["solver"], tiny_trained["weights"], cfg, str(tmp_path / "run"))
+    with monkeypatch.context() as m:
+        _InterruptAt(m, 75)
+        with pytest.raises(KeyboardInterrupt):
+            solver.prune(*args, progress=False)
+    meta_path = tmp_path / "run" / "checkpoints" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["code"] = "0123456789ab"
+    meta_path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    report = solver.prune(*args, progress=False)
+    assert ("warning: resuming a run that other caffe-admm code began (sources 0123456789ab, "
+            "now %s)" % solver.code_digest()) in capsys.readouterr().out
+    assert report["code"] == solver.code_digest()
+    solver.prune(*args, progress=False)  # done: no warning
+    assert "warning" not in capsys.readouterr().out
 
 
 def test_an_interrupted_baseline_training_resumes_to_the_same_weights(tmp_path, tiny_data,
