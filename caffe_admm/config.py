@@ -218,6 +218,24 @@ def _layer_spec(path, entry, layer, initial_rho, reader_group=1, producer_group=
                      channel_group=producer_group)
 
 
+def _left_out(layer, kind):
+    """Why ``global_keep_ratio`` leaves ``layer`` out under ``kind``, or None:
+    a depthwise convolution, which FILTER would not prune; a grouped one, which
+    takes FILTER and NON_STRUCTURED only."""
+    pb2 = _pb2()
+    group = layer.convolution_param.group if layer.type == "Convolution" else 1
+    if kind == pb2.NON_STRUCTURED or group == 1:
+        return None
+    dw = _one_filter_per_group(layer)
+    if kind == pb2.FILTER:
+        return ("one filter per group (depthwise): FILTER prunes nothing there; its channels "
+                "go with the filters of the layer that feeds it") if dw else None
+    return "kind %s does not fit a grouped convolution (group=%d)%s" % (
+        pb2.SparsityKind.Name(kind), group,
+        "; its channels go with the filters of the layer that feeds it" if dw else
+        "; a `layer` entry with kind FILTER or NON_STRUCTURED prunes it")
+
+
 def _one_filter_per_group(layer):
     """A grouped Convolution with one filter in every group (depthwise)."""
     p = layer.convolution_param
@@ -303,10 +321,9 @@ def load_config(path, net):
             if layer.type in PRUNABLE_TYPES and layer.name not in seen:
                 seen.add(layer.name)
                 entry = _merged(msg.default, pb2.LayerPruneParameter(name=layer.name))
-                if entry.kind == pb2.FILTER and _one_filter_per_group(layer):
-                    left_out.append((layer.name, "one filter per group (depthwise): FILTER "
-                                     "prunes nothing there; its channels go with the filters "
-                                     "of the layer that feeds it"))
+                why = _left_out(layer, entry.kind)
+                if why:
+                    left_out.append((layer.name, why))
                     continue
                 entry.ClearField("prune_ratio")
                 entry.keep_ratio = msg.global_keep_ratio

@@ -88,6 +88,29 @@ def test_filter_pruning_of_a_depthwise_convolution_is_refused_or_left_out(tmp_pa
     assert [s.name for s in cfg.layers] == ["conv1", "gconv", "ip1"] and cfg.left_out == ()
 
 
+@pytest.mark.parametrize("group", [2, 8])
+def test_global_keep_ratio_leaves_out_grouped_convolutions_a_kind_does_not_fit(tmp_path, group):
+    """FILTER_SHAPE, listed for a grouped convolution, is an error; reached by
+    global_keep_ratio, the layer is left out and named (ResNeXt's grouped
+    3x3s, MobileNetV2's depthwise ones), and an entry with FILTER prunes it."""
+    net = depthwise()
+    net.layer[2].convolution_param.group = group
+    with pytest.raises(ConfigError, match="kind FILTER_SHAPE does not fit convolution 'gconv'"):
+        load_config(write(tmp_path / "c.prototxt", 'layer { name: "gconv" kind: FILTER_SHAPE '
+                          'keep_ratio: 0.5 }'), net)
+    cfg = load_config(write(tmp_path / "c.prototxt", "default { kind: FILTER_SHAPE }\n"
+                            "global_keep_ratio: 0.5"), net)
+    assert [s.name for s in cfg.layers] == ["conv1", "ip1"]
+    [(name, why)] = cfg.left_out
+    assert name == "gconv" and why.startswith(
+        "kind FILTER_SHAPE does not fit a grouped convolution (group=%d); " % group)
+    if group == 2:
+        cfg = load_config(write(tmp_path / "c.prototxt", "default { kind: FILTER_SHAPE }\n"
+                                "global_keep_ratio: 0.5\n"
+                                'layer { name: "gconv" kind: FILTER keep_ratio: 0.5 }'), net)
+        assert [s.name for s in cfg.layers] == ["gconv", "conv1", "ip1"] and cfg.left_out == ()
+
+
 def test_syntax_error_names_file_line_and_field(tmp_path):
     path = write(tmp_path / "c.prototxt", """
         default { kind: FILTER }
