@@ -4,7 +4,8 @@ When layer P loses a filter (and, at the hard prune, its bias), the matching
 output channel is exactly zero, and stays zero through ReLU, pooling and the
 other layers in :data:`ZERO_PRESERVING`: BatchNorm, Scale and Bias too, whose
 entries for that channel the run zeroes and holds at zero with the bias
-(``compact.dead_channel_constants``). A pruned consumer L that reads it
+(``compact.dead_channel_constants``), and a depthwise convolution left
+unpruned (its bias too). A pruned consumer L that reads it
 (the next Convolution, or an InnerProduct after a flatten: a block of H*W
 columns per channel) gains nothing from weights on that channel, and
 compaction cuts them out anyway. Yet a column or channel projection that
@@ -76,6 +77,12 @@ def _sources(layers, index, blob, pruned, summed, streams=None):
         if writer is None:
             return None
         layer = layers[writer]
+        if _depthwise(layer) and layer.name not in pruned and not through_sum:
+            # channel c from input channel c alone; the run holds its bias
+            # at zero on a dead channel (compact.dead_channel_constants)
+            inner = _sources(layers, writer, layer.bottom[0], pruned, summed, streams)
+            if inner is not None and sum(n for _, n in inner) == _width(layer):
+                return inner
         if layer.type in ("Convolution", "InnerProduct"):
             if through_sum and layer.name not in coupled:
                 return None
@@ -94,6 +101,13 @@ def _sources(layers, index, blob, pruned, summed, streams=None):
         if layer.type in CONSTANTS and {layer.bottom[0], *layer.top} & summed:
             through_sum = True
         index, blob = writer, layer.bottom[0]
+
+
+def _depthwise(layer):
+    """A Convolution with one filter per group, reading one bottom."""
+    p = layer.convolution_param
+    return (layer.type == "Convolution" and p.group > 1 and p.num_output == p.group
+            and len(layer.bottom) == 1)
 
 
 def _gate(layer):
@@ -171,7 +185,8 @@ class InputFeeds:
     def describe(self):
         def label(p, n):
             if isinstance(p, tuple):
-                return "the stream of %s" % ", ".join(p)
+                return "the stream of %s%s" % (p[0], " and %d more" % (len(p) - 1)
+                                               if len(p) > 1 else "")
             return p or "%d channels not pruned" % n
         return ", ".join("%s <- %s%s%s" % (
             name, " + ".join(label(p, n) for p, n in sources),

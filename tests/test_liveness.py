@@ -424,7 +424,7 @@ def test_the_readers_of_a_coupled_stream_have_it_as_producer():
     feeds = liveness.input_feeds(_net(STREAM_READERS), STREAM_SHAPES, coupled=[stream])
     assert feeds.feeds == {"c2": ((("c1", 6),), 1), "c3": (((stream, 6),), 1),
                            "c5": ((("proj", 6),), 1)}
-    assert feeds.describe() == "c2 <- c1, c3 <- the stream of proj, c2, c3, c5 <- proj"
+    assert feeds.describe() == "c2 <- c1, c3 <- the stream of proj and 2 more, c5 <- proj"
     assert liveness.input_feeds(_net(STREAM_READERS), STREAM_SHAPES).feeds == {
         "c2": ((("c1", 6),), 1)}
     chosen = np.array([True, False, True, True, False, False])
@@ -470,4 +470,52 @@ def test_a_pruned_residual_net_keeps_no_weights_on_the_dropped_channels_of_its_s
     np.testing.assert_array_equal(masks["conv2"].reshape(8, -1).any(axis=1), alive)
     assert not masks["ip1"][:, np.repeat(~alive, 16)].any()
     assert masks["ip1"].sum() == round(0.2 * masks["ip1"].size)
+    assert report["pruned_layers_total"]["dead_input_weights"] == 0
+
+
+def _with_depthwise(output=8):
+    """TINY_NET with a 3x3 depthwise convolution (group 8) between pool1 and conv2."""
+    return TINY_NET.replace(
+        'layer { name: "conv2" type: "Convolution" bottom: "pool1"',
+        'layer { name: "dw" type: "Convolution" bottom: "pool1" top: "dw"\n'
+        '  convolution_param { num_output: %d group: 8 kernel_size: 3 pad: 1\n'
+        '    weight_filler { type: "xavier" } bias_filler { type: "constant" value: 0.1 } } }\n'
+        'layer { name: "conv2" type: "Convolution" bottom: "dw"' % output)
+
+
+def test_feeds_follow_a_depthwise_convolution_left_unpruned():
+    """Channel c of the depthwise output reads conv1's channel c alone (its
+    bias held at zero there): conv2 reads conv1. Pruned itself, dw is conv2's
+    producer; with two filters per group it mixes nothing but is no longer
+    one to one, so nothing is known."""
+    assert liveness.input_feeds(_net(_with_depthwise()), SHAPES).feeds["conv2"] == (
+        (("conv1", 8),), 1)
+    shapes = dict(SHAPES, dw=(8, 1, 3, 3))
+    assert liveness.input_feeds(_net(_with_depthwise()), shapes).feeds["conv2"] == (
+        (("dw", 8),), 1)
+    assert "conv2" not in liveness.input_feeds(_net(_with_depthwise(16)),
+                                               dict(SHAPES, conv2=(8, 16, 3, 3))).feeds
+
+
+def test_a_pruned_net_keeps_no_dead_inputs_through_a_depthwise_convolution(tmp_path, tiny_data):
+    """MobileNet's pattern: conv1 pruned, the depthwise dw left out by
+    global_keep_ratio (its bias on conv1's pruned channels held at zero),
+    conv2's columns chosen among the live channels: compaction cuts no kept
+    weight."""
+    from conftest import write_tiny
+    solver_path, _ = write_tiny(tmp_path, tiny_data, net=_with_depthwise(), max_iter=60)
+    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
+    config = write(tmp_path / "c.prototxt", """
+        method: ADMM live_inputs_only: true
+        rho { initial: 0.05 growth: 2.0 max: 5 }
+        admm_steps: 2 iters_per_step: 20 retrain_iters: 40 snapshot_interval: 20
+        default { kind: FILTER_SHAPE } global_keep_ratio: 0.5""")
+    report = solver.prune(solver_path, base["weights"], config, str(tmp_path / "run"),
+                          progress=False)
+    assert report["left_out"] == {"dw": "kind FILTER_SHAPE does not fit a grouped convolution "
+                                        "(group=8); its channels go with the filters of the "
+                                        "layer that feeds it"}
+    masks = np.load(str(tmp_path / "run" / "masks.npz"))
+    alive = masks["conv1"].reshape(8, -1).any(axis=1)
+    assert alive.sum() == 4 and not masks["conv2"][:, ~alive].any()
     assert report["pruned_layers_total"]["dead_input_weights"] == 0
