@@ -266,16 +266,27 @@ class SSLMethod:
     def final_masks(self, weights):
         if self.cfg.ssl_threshold is None:
             return _supports(self.cfg, weights, self.feeds, _keep_counts)
-        masks = {}
-        for spec in self.cfg.layers:
-            w = weights[spec.name]
-            mask = np.ones(w.shape, dtype=np.bool_)
-            for c in spec.constraints:
-                norms = self._norms(weights, spec.name, c.kind)
-                keep = norms >= self.cfg.ssl_threshold * norms.max()
+
+        def over(norms):
+            return norms >= self.cfg.ssl_threshold * norms.max()
+
+        def mask_of(name, allowed, chosen):
+            """The groups over the threshold, norms taken on the live inputs."""
+            w = weights[name]
+            if allowed is not None:
+                w = np.where(allowed, w, np.zeros((), dtype=w.dtype))
+            mask = np.ones(w.shape, dtype=np.bool_) if allowed is None else allowed.copy()
+            for c in self.cfg.layer(name).constraints:
+                keep = (chosen if c.kind == "filter" and chosen is not None
+                        else over(projections.group_norms(w, c.kind)))
                 mask &= projections.expand(keep, w.shape, c.kind)
-            masks[spec.name] = mask
-        return masks
+            return mask
+
+        def choose(writers, alloweds):
+            return over(projections.joint_group_norms([weights[n] for n in writers], "filter",
+                                                      alloweds))
+        return masks_in_net_order([spec.name for spec in self.cfg.layers], self.feeds, mask_of,
+                                  self.cfg.coupled, choose)
 
     def target_groups(self, name):
         return None

@@ -202,6 +202,28 @@ def test_allowed_marks_the_inputs_of_dead_producer_filters():
     assert feeds.allowed("conv2", {"conv2": conv2}) is None
 
 
+def test_ssl_threshold_keeps_no_dead_inputs(tmp_path):
+    """SSL's hard prune by threshold: conv1 keeps the 4 filters of large
+    norm; with live_inputs_only conv2 and ip1 keep nothing on the channels
+    they no longer get (norms taken on the live inputs), without it they do."""
+    rng = np.random.default_rng(4)
+    weights = {n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()}
+    weights["conv1"][:4] *= 10
+    masks = {}
+    for extra in ("", "live_inputs_only: true"):
+        cfg = load_config(write(tmp_path / "c.prototxt", CONFIG % {
+            "method": "SSL", "extra": extra + " ssl_threshold: 0.3"}), _net())
+        feeds = liveness.input_feeds(_net(), SHAPES) if cfg.live_inputs_only else None
+        masks[extra] = solver.make_method(cfg, feeds=feeds).final_masks(weights)
+    for m in masks.values():
+        np.testing.assert_array_equal(m["conv1"].reshape(8, -1).any(axis=1), [True] * 4 + [False] * 4)
+    live = masks["live_inputs_only: true"]
+    assert not live["conv2"][:, 4:].any() and live["conv2"][:, :4].any()
+    assert masks[""]["conv2"][:, 4:].any()
+    conv2_alive = live["conv2"].reshape(8, -1).any(axis=1)
+    assert not live["ip1"][:, np.repeat(~conv2_alive, 16)].any()
+
+
 @pytest.mark.parametrize("kind", ["filter", "channel", "shape"])
 def test_restricted_projection_is_exact(kind):
     rng = np.random.default_rng(3)
