@@ -185,15 +185,29 @@ def prune_weights(model, path, keep, seed=0, couple=True):
     weights = {spec.name: net.params[spec.name][0].data for spec in cfg.layers}
     method = methods.make_method(cfg)
     method.start(weights)
-    masks = {n: m for n, m in method.final_masks(weights).items() if not m.all()}
+    masks = prune_as_the_run_does(net, net_param, method.final_masks(weights))
+    net.save(path)
+    return len(masks)
+
+
+def prune_as_the_run_does(net, net_param, masks):
+    """Zero what ``masks`` prune in ``net``, the pruned filters' biases and
+    the constants on their channels, as the hard prune does; returns the
+    masks that prune something."""
+    masks = {n: m for n, m in masks.items() if not m.all()}
     for name, mask in masks.items():
-        weights[name][~mask] = 0
+        net.params[name][0].data[~mask] = 0
         if len(net.params[name]) > 1:
             net.params[name][1].data[~filter_mask(mask)] = 0
     for name, index, channels in compact.dead_channel_constants(net, net_param, masks):
         net.params[name][index].data[channels] = 0
-    net.save(path)
-    return len(masks)
+    return masks
+
+
+def net_arguments(parser):
+    """The --nets and --size arguments of the scripts on these nets."""
+    parser.add_argument("--nets", nargs="+", choices=sorted(NETS), default=list(NETS))
+    parser.add_argument("--size", type=int, default=224, help="input height and width")
 
 
 def timing_summary(result, types, target=0.8):
@@ -260,8 +274,7 @@ def format_table(rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nets", nargs="+", choices=sorted(NETS), default=list(NETS))
-    parser.add_argument("--size", type=int, default=224, help="input height and width")
+    net_arguments(parser)
     parser.add_argument("--keep", type=float, default=0.5, help="filters kept per pruned layer")
     parser.add_argument("--time", type=int, nargs="+", default=(), metavar="BATCH",
                         help="also time both nets (pycaffe, per layer) at these batch sizes")

@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks._common import random_weights, rows_of  # noqa: E402
-from benchmarks.compact_at_scale import NETS  # noqa: E402
+from benchmarks.compact_at_scale import NETS, net_arguments, prune_as_the_run_does  # noqa: E402
 from caffe_admm import compact, liveness, methods, protoio  # noqa: E402
 from caffe_admm.backend import caffe  # noqa: E402
 from caffe_admm.config import load_config  # noqa: E402
@@ -74,13 +74,7 @@ def kept_weights(model, tmp, keep, live, seed=0):
                                      cfg.coupled)
     method = methods.make_method(cfg, feeds=feeds)
     method.start(weights)
-    masks = {n: m for n, m in method.final_masks(weights).items() if not m.all()}
-    for name, mask in masks.items():
-        weights[name][~mask] = 0
-        if len(net.params[name]) > 1:
-            net.params[name][1].data[~mask.reshape(mask.shape[0], -1).any(axis=1)] = 0
-    for name, index, channels in compact.dead_channel_constants(net, net_param, masks):
-        net.params[name][index].data[channels] = 0
+    masks = prune_as_the_run_does(net, net_param, method.final_masks(weights))
     names = sorted(set(masks) | {"fc"} & set(weights))
     kept = sum(int(np.count_nonzero(weights[n])) for n in names)
     return kept, sum(compact.surviving_weights(net, net_param, names).values())
@@ -112,8 +106,7 @@ def format_table(rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nets", nargs="+", choices=sorted(NETS), default=list(NETS))
-    parser.add_argument("--size", type=int, default=224, help="input height and width")
+    net_arguments(parser)
     parser.add_argument("--keep", type=float, default=0.5,
                         help="filters and shape columns kept per pruned layer")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
