@@ -5,7 +5,11 @@ output channel is exactly zero, and stays zero through ReLU, pooling and the
 other layers in :data:`ZERO_PRESERVING`: BatchNorm, Scale and Bias too, whose
 entries for that channel the run zeroes and holds at zero with the bias
 (``compact.dead_channel_constants``), and a depthwise convolution left
-unpruned (its bias too). A pruned consumer L that reads it
+unpruned (its bias too). The run zeroes those constants only where the
+channel is dead in its whole channel space (compaction's): not where an
+Eltwise partner still writes it, nor where some layer reads the space
+whole; there a walk through them knows nothing (:class:`_Spaces`). A
+pruned consumer L that reads it
 (the next Convolution, or an InnerProduct after a flatten: a block of H*W
 columns per channel) gains nothing from weights on that channel, and
 compaction cuts them out anyway. Yet a column or channel projection that
@@ -46,7 +50,7 @@ __all__ = ["ZERO_PRESERVING", "InputFeeds", "input_feeds", "masks_in_net_order",
 # Single-input layers that map an all-zero channel to an all-zero channel in the
 # same place (no added constant; LRN scales a channel by its neighbours' energy,
 # which leaves zero at zero; a pruned channel's BatchNorm mean and Scale/Bias
-# offset are held at zero, unless an Eltwise partner still writes the channel);
+# offset are held at zero where its channel space is dead: see _sources);
 # also a Clip, Threshold, Power or Log whose parameters map 0 to 0
 # (protoio.maps_zero_to_zero: ReLU6, say), and an SE gate's Scale along x.
 ZERO_PRESERVING = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Swish", "Dropout", "Pooling", "LRN",
@@ -59,38 +63,52 @@ def _width(layer):
             else layer.inner_product_param).num_output
 
 
-def _sources(layers, index, blob, pruned, summed, streams=None):
+def _sources(layers, index, blob, pruned, spaces=None, streams=None, constants=False):
     """Where the channels of ``blob``, read by ``layers[index]``, come from:
     ((pruned layer, a coupled stream's writers (tuple), or None for another,
     channels), ...) in channel order, walking back through zero-preserving
-    layers and into Concats; None where that is not known. ``summed``: the
-    blobs Eltwise layers read; the run keeps a BatchNorm's or Scale's
-    constants on a channel an Eltwise partner writes, so a walk through one
-    on such a blob ends unknown, unless it ends at a coupled stream, whose
-    pruned channels every writer drops. ``streams``: per Eltwise index whose
-    writers are all a coupled stream's, (the stream's writers, its width)."""
+    layers and into Concats; None where that is not known.
+
+    ``spaces`` (:class:`_Spaces`): the run zeroes the constants on a pruned
+    channel (a BatchNorm's, a Scale's, a depthwise bias) only where its
+    channel space is dead, so where the walk passes one (``constants``) in a
+    space that an Eltwise partner also writes (unless the walk ends at a
+    coupled stream, whose writers all drop the channel) or that a layer
+    reads whole, the producer's pruned channels may carry them: it counts
+    as not pruned (a coupled stream in a space read whole: unknown).
+    ``streams``: per Eltwise index whose writers are all a coupled
+    stream's, (the stream's writers, its width)."""
     streams = streams or {}
-    coupled = {n for writers, _ in streams.values() for n in writers}
-    through_sum = False  # past a BatchNorm or Scale on a summed blob
+    stream_of = {n: writers for writers, _ in streams.values() for n in writers}
+    whole = spaces is not None and spaces.whole(blob)
+    # the coupled stream whose writers are all that write this space, if any
+    sole = None if spaces is None else spaces.stream(blob, {
+        layers[i].top[0]: writers for i, (writers, _) in streams.items()})
     while True:
         writer = next((i for i in range(index - 1, -1, -1) if blob in layers[i].top), None)
         if writer is None:
             return None
         layer = layers[writer]
-        if _depthwise(layer) and layer.name not in pruned and not through_sum:
-            # channel c from input channel c alone; the run holds its bias
-            # at zero on a dead channel (compact.dead_channel_constants)
-            inner = _sources(layers, writer, layer.bottom[0], pruned, summed, streams)
+        if _depthwise(layer) and layer.name not in pruned:
+            # channel c from input channel c alone, plus its bias
+            inner = _sources(layers, writer, layer.bottom[0], pruned, spaces, streams,
+                             constants or layer.convolution_param.bias_term)
             if inner is not None and sum(n for _, n in inner) == _width(layer):
                 return inner
         if layer.type in ("Convolution", "InnerProduct"):
-            if through_sum and layer.name not in coupled:
-                return None
-            return ((layer.name if layer.name in pruned else None, _width(layer)),)
+            name = layer.name if layer.name in pruned else None
+            if name and constants and (whole or spaces is not None and spaces.summed(blob)
+                                       and stream_of.get(name, ()) != sole):
+                name = None
+            return ((name, _width(layer)),)
         if layer.type == "Eltwise":
-            return (streams[writer],) if writer in streams else None
-        if layer.type == "Concat" and _channel_concat(layer) and not through_sum:
-            parts = [_sources(layers, writer, b, pruned, summed, streams) for b in layer.bottom]
+            # the constants on the writers' side of the sum are not on this
+            # walk: the stream must be all that writes the space
+            ok = writer in streams and not whole and streams[writer][0] == sole
+            return (streams[writer],) if ok else None
+        if layer.type == "Concat" and _channel_concat(layer):
+            parts = [_sources(layers, writer, b, pruned, spaces, streams, constants)
+                     for b in layer.bottom]
             return None if None in parts else tuple(p for part in parts for p in part)
         if _gate(layer):  # x times a factor per sample and channel: a zero x stays zero
             index, blob = writer, layer.bottom[0]
@@ -98,9 +116,75 @@ def _sources(layers, index, blob, pruned, summed, streams=None):
         if (layer.type not in ZERO_PRESERVING and not maps_zero_to_zero(layer)
                 or len(layer.bottom) != 1):
             return None
-        if layer.type in CONSTANTS and {layer.bottom[0], *layer.top} & summed:
-            through_sum = True
+        constants = constants or layer.type in CONSTANTS
         index, blob = writer, layer.bottom[0]
+
+
+# Layers that keep each channel in place (mapping 0 to a constant, some):
+# compaction's spaces run through them
+_ALONG = ZERO_PRESERVING | {"Sigmoid", "Power", "Exp", "Log", "BNLL", "Threshold", "Clip"}
+
+
+class _Spaces:
+    """The channel spaces of a net's blobs, coarsely as compaction builds them
+    (``compact._build_graph``): blobs joined through the layers that keep
+    channels in place, depthwise convolutions, SE gates along their input,
+    Eltwise layers and Concats. Per space: whether an Eltwise adds into it,
+    and whether a layer reads it whole (a Softmax, a Reshape, a Slice, a
+    net output...), where compaction keeps every channel and zeroes no
+    constant."""
+
+    def __init__(self, layers):
+        self.parent = {}
+        sums, wholes, read = [], [], set()
+        for layer in layers:
+            read.update(layer.bottom)
+            if not layer.bottom:
+                continue
+            if layer.type in ("Convolution", "Deconvolution", "InnerProduct"):
+                if _depthwise(layer):
+                    self._join(layer.bottom[0], *layer.top)
+                continue
+            if _gate(layer):
+                self._join(layer.bottom[0], *layer.top)
+            elif layer.type == "Eltwise":
+                self._join(*layer.bottom, *layer.top)
+                sums.append(layer.top[0])
+            elif layer.type == "Concat" and _channel_concat(layer):
+                self._join(*layer.bottom, *layer.top)
+            elif layer.type in _ALONG and len(layer.bottom) == 1:
+                self._join(layer.bottom[0], *layer.top)
+            else:
+                wholes.extend(layer.bottom)
+        wholes.extend(t for layer in layers for t in layer.top if t not in read)  # outputs
+        self._sums = {}
+        for top in sums:
+            self._sums.setdefault(self._root(top), set()).add(top)
+        self._whole = {self._root(b) for b in wholes}
+
+    def _root(self, blob):
+        while self.parent.get(blob, blob) != blob:
+            blob = self.parent[blob]
+        return blob
+
+    def _join(self, *blobs):
+        roots = [self._root(b) for b in blobs]
+        for r in roots[1:]:
+            if r != roots[0]:
+                self.parent[r] = roots[0]
+
+    def summed(self, blob):
+        return self._root(blob) in self._sums
+
+    def stream(self, blob, stream_of_sum):
+        """The coupled stream (writers) whose sums are all the sums in
+        ``blob``'s space (``stream_of_sum``: per coupled sum's top, its
+        stream), or None."""
+        found = {stream_of_sum.get(top) for top in self._sums.get(self._root(blob), ())}
+        return found.pop() if len(found) == 1 else None
+
+    def whole(self, blob):
+        return self._root(blob) in self._whole
 
 
 def _depthwise(layer):
@@ -251,7 +335,7 @@ def input_feeds(net_param, shapes, groups=None, coupled=()):
     layers = [l for l in net_param.layer if layer_included(l, test)]
     order = [l.name for l in layers if l.name in shapes]
     feeds = {}
-    summed = {b for l in layers if l.type == "Eltwise" for b in l.bottom}
+    spaces = _Spaces(layers)
     by_name = {l.name: l for l in layers}
     streams = {}
     for index, (names, other) in _sums(layers)[0].items():
@@ -261,7 +345,7 @@ def input_feeds(net_param, shapes, groups=None, coupled=()):
     for index, layer in enumerate(layers):
         if layer.name not in shapes or len(layer.bottom) != 1:
             continue
-        sources = _sources(layers, index, layer.bottom[0], shapes, summed, streams)
+        sources = _sources(layers, index, layer.bottom[0], shapes, spaces, streams)
         if sources is None or all(p is None for p, _ in sources):
             continue
         channels = sum(n for _, n in sources)
@@ -286,7 +370,7 @@ def _links(net_param):
     for index, layer in enumerate(layers):
         if layer.type != "Convolution" or len(layer.bottom) != 1:
             continue
-        sources = _sources(layers, index, layer.bottom[0], by_name, set())
+        sources = _sources(layers, index, layer.bottom[0], by_name)
         if sources is not None and len(sources) == 1:
             yield layer, by_name[sources[0][0]], sources[0][1]
 

@@ -430,10 +430,13 @@ def test_coupled_writers_are_decided_together_at_the_first_of_them():
                      ("conv2", None, False), ("ip1", "chosen", False)]
 
 
-STREAM_READERS = STREAMS + """
-layer { name: "c5" type: "Convolution" bottom: "proj" top: "c5"
+C5 = """layer { name: "c5" type: "Convolution" bottom: "proj" top: "c5"
   convolution_param { num_output: 6 kernel_size: 1 } }
 """
+C6 = """layer { name: "c6" type: "Convolution" bottom: "%s" top: "c6"
+  convolution_param { num_output: 6 kernel_size: 1 } }
+"""
+STREAM_READERS = STREAMS.split('layer { name: "sig"')[0] + C5 + C6 % "sum3"
 STREAM_SHAPES = {"proj": (6, 4, 1, 1), "c1": (6, 4, 1, 1), "c2": (6, 6, 3, 3),
                  "c3": (6, 6, 1, 1), "c5": (6, 6, 1, 1)}
 
@@ -441,7 +444,8 @@ STREAM_SHAPES = {"proj": (6, 4, 1, 1), "c1": (6, 4, 1, 1), "c2": (6, 6, 3, 3),
 def test_the_readers_of_a_coupled_stream_have_it_as_producer():
     """c3 reads sum2 (through a ReLU), c5 proj's output through a BatchNorm
     on a summed blob: with proj, c2, c3 coupled, their channels are dead
-    where the stream's filters are dropped; uncoupled, nothing is known."""
+    where the stream's filters are dropped; uncoupled, nothing is known
+    (c6 reads sum3, so that no layer reads the stream's space whole)."""
     stream = ("proj", "c2", "c3")
     feeds = liveness.input_feeds(_net(STREAM_READERS), STREAM_SHAPES, coupled=[stream])
     assert feeds.feeds == {"c2": ((("c1", 6),), 1), "c3": (((stream, 6),), 1),
@@ -449,6 +453,12 @@ def test_the_readers_of_a_coupled_stream_have_it_as_producer():
     assert feeds.describe() == "c2 <- c1, c3 <- the stream of proj and 2 more, c5 <- proj"
     assert liveness.input_feeds(_net(STREAM_READERS), STREAM_SHAPES).feeds == {
         "c2": ((("c1", 6),), 1)}
+    # the run zeroes the constants on a channel only where all that writes
+    # its space drops it: not where sum3 is a net output (read whole), nor
+    # where a Sigmoid joins the space to sum4, which c4 writes too (STREAMS)
+    for text in (STREAMS.split('layer { name: "sig"')[0] + C5, STREAMS + C5 + C6 % "sum4"):
+        assert liveness.input_feeds(_net(text), STREAM_SHAPES, coupled=[stream]).feeds == {
+            "c2": ((("c1", 6),), 1)}
     chosen = np.array([True, False, True, True, False, False])
     allowed = {}
 
