@@ -81,9 +81,7 @@ def _sources(layers, index, blob, pruned, spaces=None, streams=None, constants=F
     streams = streams or {}
     stream_of = {n: writers for writers, _ in streams.values() for n in writers}
     whole = spaces is not None and spaces.whole(blob)
-    # the coupled stream whose writers are all that write this space, if any
-    sole = None if spaces is None else spaces.stream(blob, {
-        layers[i].top[0]: writers for i, (writers, _) in streams.items()})
+    sole = None if spaces is None else spaces.stream(blob)
     while True:
         writer = next((i for i in range(index - 1, -1, -1) if blob in layers[i].top), None)
         if writer is None:
@@ -130,11 +128,12 @@ class _Spaces:
     (``compact._build_graph``): blobs joined through the layers that keep
     channels in place, depthwise convolutions, SE gates along their input,
     Eltwise layers and Concats. Per space: whether an Eltwise adds into it,
-    and whether a layer reads it whole (a Softmax, a Reshape, a Slice, a
-    net output...), where compaction keeps every channel and zeroes no
-    constant."""
+    the coupled stream whose sums are all its sums (``stream_of_sum``: per
+    coupled sum's top, its writers), and whether a layer reads it whole (a
+    Softmax, a Reshape, a Slice, a net output...), where compaction keeps
+    every channel and zeroes no constant."""
 
-    def __init__(self, layers):
+    def __init__(self, layers, stream_of_sum=None):
         self.parent = {}
         sums, wholes, read = [], [], set()
         for layer in layers:
@@ -157,9 +156,10 @@ class _Spaces:
             else:
                 wholes.extend(layer.bottom)
         wholes.extend(t for layer in layers for t in layer.top if t not in read)  # outputs
-        self._sums = {}
+        found = {}
         for top in sums:
-            self._sums.setdefault(self._root(top), set()).add(top)
+            found.setdefault(self._root(top), set()).add((stream_of_sum or {}).get(top))
+        self._sole = {root: s.pop() if len(s) == 1 else None for root, s in found.items()}
         self._whole = {self._root(b) for b in wholes}
 
     def _root(self, blob):
@@ -174,14 +174,12 @@ class _Spaces:
                 self.parent[r] = roots[0]
 
     def summed(self, blob):
-        return self._root(blob) in self._sums
+        return self._root(blob) in self._sole
 
-    def stream(self, blob, stream_of_sum):
+    def stream(self, blob):
         """The coupled stream (writers) whose sums are all the sums in
-        ``blob``'s space (``stream_of_sum``: per coupled sum's top, its
-        stream), or None."""
-        found = {stream_of_sum.get(top) for top in self._sums.get(self._root(blob), ())}
-        return found.pop() if len(found) == 1 else None
+        ``blob``'s space, or None."""
+        return self._sole.get(self._root(blob))
 
     def whole(self, blob):
         return self._root(blob) in self._whole
@@ -335,13 +333,13 @@ def input_feeds(net_param, shapes, groups=None, coupled=()):
     layers = [l for l in net_param.layer if layer_included(l, test)]
     order = [l.name for l in layers if l.name in shapes]
     feeds = {}
-    spaces = _Spaces(layers)
     by_name = {l.name: l for l in layers}
     streams = {}
     for index, (names, other) in _sums(layers)[0].items():
         stream = next((w for w in coupled if names <= set(w)), None)
         if other is None and stream is not None:
             streams[index] = (tuple(stream), _width(by_name[stream[0]]))
+    spaces = _Spaces(layers, {layers[i].top[0]: w for i, (w, _) in streams.items()})
     for index, layer in enumerate(layers):
         if layer.name not in shapes or len(layer.bottom) != 1:
             continue
