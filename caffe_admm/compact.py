@@ -74,9 +74,7 @@ CONV_TYPES = ("Convolution", "Deconvolution")
 # Layers that pass channels through unchanged and map 0 to 0.
 PASS_THROUGH = {"ReLU", "PReLU", "TanH", "AbsVal", "ELU", "Swish", "Dropout", "Pooling", "LRN",
                 "BatchNorm", "Scale", "Bias", "Split"}
-# Layers that work on each value alone but may map 0 to a non-zero constant
-# (passed through where their parameters map 0 to 0: protoio.maps_zero_to_zero).
-ELEMENTWISE = {"Sigmoid", "Power", "Exp", "Log", "BNLL", "Threshold", "Clip"}
+ELEMENTWISE = protoio.ELEMENTWISE  # each value alone, 0 maybe to a constant
 # Layers with one blob entry per channel, sliced with their channels.
 PER_CHANNEL = {"BatchNorm": (0, 1), "Scale": (0, 1), "Bias": (0,), "PReLU": (0,)}
 # Layers that read every channel of their bottoms and start new spaces.

@@ -42,7 +42,7 @@ import math
 import numpy as np
 
 from caffe_admm import projections
-from caffe_admm.protoio import maps_zero_to_zero
+from caffe_admm.protoio import ELEMENTWISE, maps_zero_to_zero
 
 __all__ = ["ZERO_PRESERVING", "InputFeeds", "input_feeds", "masks_in_net_order",
            "group_neighbours", "sum_writers"]
@@ -120,7 +120,7 @@ def _sources(layers, index, blob, pruned, spaces=None, streams=None, constants=F
 
 # Layers that keep each channel in place (mapping 0 to a constant, some):
 # compaction's spaces run through them
-_ALONG = ZERO_PRESERVING | {"Sigmoid", "Power", "Exp", "Log", "BNLL", "Threshold", "Clip"}
+_ALONG = ZERO_PRESERVING | ELEMENTWISE
 
 
 class _Spaces:

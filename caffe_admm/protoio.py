@@ -16,7 +16,7 @@ from google.protobuf import text_format
 __all__ = ["ProtoError", "parse_text", "unknown_fields", "read_without_unknown", "clean",
            "FORK_LAYERS", "stock_layers",
            "read_net", "read_solver", "read_caffemodel",
-           "DATA_TYPES", "SOLVER_TYPES", "LR_POLICIES", "maps_zero_to_zero", "field_line",
+           "DATA_TYPES", "SOLVER_TYPES", "LR_POLICIES", "ELEMENTWISE", "maps_zero_to_zero", "field_line",
            "check_solver", "write_text", "write_binary", "atomic_write", "resolve_solver_net",
            "layer_line", "net_state", "layer_included", "check_bottoms", "check_sources",
            "check_layer_types", "check_net", "read_checked_net", "blob_shape",
@@ -340,6 +340,9 @@ def write_binary(path, message):
 DATA_TYPES = ("Input", "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData", "WindowData")
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+# Layers that work on each value alone but may map 0 to a non-zero constant
+# (0 to 0 where their parameters say so: maps_zero_to_zero)
+ELEMENTWISE = frozenset({"Sigmoid", "Power", "Exp", "Log", "BNLL", "Threshold", "Clip"})
 
 
 def maps_zero_to_zero(layer):
