@@ -345,12 +345,8 @@ def code_digest():
     """A digest of this package's sources (its modules and ``admm.proto``),
     kept in checkpoints: a run resumed under other code says so."""
     root = os.path.dirname(os.path.abspath(__file__))
-    h = hashlib.sha256()
-    for name in sorted(glob.glob("*.py", root_dir=root) + ["proto/admm.proto"]):
-        h.update(name.encode() + b"\0")
-        with open(os.path.join(root, name), "rb") as f:
-            h.update(hashlib.sha256(f.read()).digest())
-    return h.hexdigest()[:12]
+    names = sorted(glob.glob("*.py", root_dir=root) + ["proto/admm.proto"])
+    return _fingerprint(*(os.path.join(root, n) for n in names), extra=" ".join(names))[:12]
 
 
 def _fingerprint(*paths, extra=""):
