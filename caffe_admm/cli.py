@@ -64,9 +64,15 @@ def build_parser():
     p.add_argument("--solver", required=True, help="solver prototxt (its net is pruned)")
     p.add_argument("--weights", required=True, help="trained caffemodel to prune")
     p.add_argument("--config", required=True, help="pruning config (caffe_admm/proto/admm.proto)")
-    p.add_argument("--out", required=True, help="run directory (resumed if it holds a checkpoint)")
+    p.add_argument("--out", help="run directory (resumed if it holds a checkpoint); required "
+                                 "unless --check")
     p.add_argument("--restart", action="store_true", help="discard checkpoints in --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--check", action="store_true",
+                   help="train nothing, write nothing: check the inputs, prune the weights "
+                        "once to the config's targets and show what compaction would make "
+                        "of them (seconds)")
+    p.add_argument("--json", help="with --check: also write its report here")
 
     p = verbs.add_parser("retrain", help="masked retraining alone", formatter_class=fmt)
     p.add_argument("--solver", required=True, help="solver prototxt")
@@ -213,7 +219,19 @@ def _run(args):
         scores, iters = solver.evaluate(args.model, args.weights, args.iters)
         print("%s over %d batches: %s" % (args.weights, iters,
                                           ", ".join("%s %.4f" % kv for kv in sorted(scores.items()))))
+    elif args.verb == "prune" and args.check:
+        report = solver.check(args.solver, args.weights, args.config)
+        _print_check(report)
+        if args.json:
+            from caffe_admm.protoio import atomic_write
+            with atomic_write(args.json, "w") as f:
+                json.dump(report, f, indent=1)
+        return 1 if report["compaction_error"] else 0
     elif args.verb == "prune":
+        if not args.out:
+            raise ValueError("prune needs --out (the run directory), unless --check")
+        if args.json:
+            raise ValueError("--json goes with --check (a run writes report.json in --out)")
         report = solver.prune(args.solver, args.weights, args.config, args.out,
                               progress=not args.quiet, restart=args.restart)
         _print_summary(report)
@@ -299,6 +317,31 @@ def _print_summary(report):
                                                             t["compression"]))
     for phase, scores in report["accuracy"].items():
         print("%-18s %s" % (phase, ", ".join("%s %.4f" % kv for kv in sorted(scores.items()))))
+
+
+def _print_check(report):
+    print("%-12s %-14s %9s %9s %-16s %-16s %8s" % ("layer", "kind", "filters", "columns",
+                                                   "weight", "compacted", "FLOP red"))
+    for name, e in report["layers"].items():
+        counts = ("%d/%d" % (e["filters_kept"], e["filters"]),
+                  "%d/%d" % (e["shapes_kept"], e["shapes"])) if "filters" in e else ("-", "-")
+        print("%-12s %-14s %9s %9s %-16s %-16s %8s" % (
+            name, e["kind"] or "-", counts[0], counts[1], "x".join(map(str, e["weight_shape"])),
+            "x".join(map(str, e["compact_shape"])) if "compact_shape" in e else "?",
+            "%.2fx" % e["flop_reduction"] if "flop_reduction" in e else "?"))
+    t = report["total"]
+    print("pruned layers: %d of %d weights kept (%.1fx)" % (
+        t["pruned_nonzero"], t["pruned_params"], t["pruned_params"] / max(t["pruned_nonzero"], 1)))
+    if report["compaction_error"]:
+        print("compaction would refuse this net: %s" % report["compaction_error"])
+    else:
+        print("compacted: params %d -> %d (%.2fx), FLOPs/image %d -> %d (%.2fx)" % (
+            t["params"], t["compact_params"], t["params"] / max(t["compact_params"], 1),
+            t["flops"], t["compact_flops"], t["flops"] / max(t["compact_flops"], 1)))
+    for w in report["warnings"]:
+        print("warning:", w)
+    for c in report["caveats"]:
+        print("estimate:", c)
 
 
 def main(argv=None):

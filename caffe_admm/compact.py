@@ -65,8 +65,8 @@ from caffe_admm.timing import layer_costs
 
 __all__ = ["CompactionError", "plan_compaction", "apply_plan", "reference_params",
            "compact_shapes", "check_equivalence", "compact", "dropped_constants",
-           "dead_channel_constants", "surviving_weights", "layer_inputs", "conv_groups",
-           "KNOWN_TYPES"]
+           "dead_channel_constants", "surviving_weights", "compacted_costs", "layer_inputs",
+           "conv_groups", "KNOWN_TYPES"]
 
 # Layers with filters: weights (outputs, inputs / group, ...), a Deconvolution's
 # (inputs, outputs / group, ...)
@@ -1197,6 +1197,45 @@ def surviving_weights(net, net_param, names):
     """
     ref = reference_params(net, plan_compaction(net, net_param))
     return {name: int(np.count_nonzero(ref[name][0])) for name in names}
+
+
+def compacted_costs(net, net_param, inputs=None):
+    """What compaction would make of each Convolution, Deconvolution and
+    InnerProduct layer of a masked live TEST-phase net, without writing or
+    building the compacted net: the plan and blobs of :func:`compact`
+    (``inputs`` as :func:`plan_compaction` takes them), with each layer's
+    FLOPs scaled by its weight's shrinkage (compaction changes channels, not
+    positions).
+
+    Returns
+    -------
+    layers : dict[str, dict]
+        ``weight_shape``, ``compact_shape``, ``params``, ``compact_params``,
+        ``compact_nonzero`` (the weights the masks keep that compaction keeps
+        too), ``flops``, ``compact_flops`` (per image), ``flop_reduction``,
+        ``kept_out`` and ``kept_in``, as :func:`compact`'s report has them.
+    plan : dict
+        :func:`plan_compaction`'s.
+
+    Raises
+    ------
+    CompactionError
+        if the net holds a layer compaction does not support.
+    """
+    plan = plan_compaction(net, net_param, inputs=inputs)
+    _, params = apply_plan(net_param, reference_params(net, plan), plan, conv_groups(net))
+    layers = {}
+    for name, s in layer_costs(net).items():
+        w = params[name][0]
+        flops = s["flops"] * w.size // max(s["params"], 1)
+        layers[name] = {"weight_shape": s["weight_shape"], "compact_shape": list(w.shape),
+                        "params": s["params"], "compact_params": int(w.size),
+                        "compact_nonzero": int(np.count_nonzero(w)),
+                        "flops": s["flops"], "compact_flops": int(flops),
+                        "flop_reduction": s["flops"] / max(flops, 1),
+                        "kept_out": plan["layers"].get(name, {}).get("out"),
+                        "kept_in": plan["layers"].get(name, {}).get("in")}
+    return layers, plan
 
 
 def _group(net, name):

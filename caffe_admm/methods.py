@@ -30,8 +30,8 @@ from caffe_admm import projections
 from caffe_admm.admm import ADMMState
 from caffe_admm.liveness import masks_in_net_order
 
-__all__ = ["ADMMMethod", "SSLMethod", "MagnitudeMethod", "make_method", "lasso_penalty",
-           "joint_lasso_penalty"]
+__all__ = ["ADMMMethod", "SSLMethod", "MagnitudeMethod", "make_method", "target_masks",
+           "lasso_penalty", "joint_lasso_penalty"]
 
 
 def lasso_penalty(w, kind, lam):
@@ -353,6 +353,19 @@ class MagnitudeMethod:
     @classmethod
     def from_arrays(cls, cfg, arrays, feeds=None):
         return cls(cfg, int(arrays["round"]), _masks_from_arrays(arrays), feeds)
+
+
+def target_masks(cfg, weights, feeds=None):
+    """The masks at the config's keep ratios, chosen by ``weights``: what a
+    hard prune at the target keeps (ADMM's, magnitude pruning's last round,
+    SSL's without ``ssl_threshold``), in net order, live inputs only where
+    ``feeds`` is given, a coupled stream by joint norm.
+
+    Returns
+    -------
+    dict[str, ndarray of bool], each the shape of ``weights[name]``
+    """
+    return _supports(cfg, weights, feeds, _keep_counts)
 
 
 def make_method(cfg, arrays=None, feeds=None):

@@ -16,6 +16,7 @@ has no randomness besides the data order (no Dropout or random crops: Caffe
 does not save its random generator's state).
 """
 
+import collections
 import functools
 import glob
 import hashlib
@@ -32,12 +33,12 @@ from caffe_admm import compact, liveness, protoio
 from caffe_admm.backend import caffe, caffe_pb2
 from caffe_admm.config import PRUNABLE_TYPES, load_config
 from caffe_admm.layers import HOOK_PREFIX, NonFiniteWeights
-from caffe_admm.methods import make_method
+from caffe_admm.methods import make_method, target_masks
 from caffe_admm.masks import (apply_masks, filter_mask, load_masks, masks_from_zeros, save_masks,
                               sparsity_stats)
 from caffe_admm.progress import Progress
 
-__all__ = ["DivergenceError", "RunError", "train", "prune", "retrain", "evaluate_net",
+__all__ = ["DivergenceError", "RunError", "train", "prune", "check", "retrain", "evaluate_net",
            "recalibrate_batchnorm", "code_digest"]
 
 SOURCE_TYPES = protoio.DATA_TYPES + ("Python",)  # a Python layer may read data too
@@ -533,17 +534,16 @@ def _layer_report(spec, method, w):
     return out
 
 
-def prune(solver_path, weights, config_path, out_dir, progress=True, restart=False):
-    """StructADMM: ADMM training, hard prune, masked retraining.
+class _Inputs(collections.namedtuple("_Inputs", "solver_param net_path net_param cfg shapes "
+                                                 "names test_iter retrain_param files")):
+    """What a prune run reads, checked (:func:`_read_inputs`)."""
 
-    Writes into ``out_dir``: ``pruned.caffemodel`` with the net it goes with
-    (``train_test.prototxt``), ``masks.npz``, ``admm.caffemodel`` (hard-pruned
-    before retraining) and ``report.json``; checkpoints in ``checkpoints/``.
 
-    Returns
-    -------
-    report : dict
-    """
+def _read_inputs(solver_path, weights, config_path):
+    """Read and check what ``prune`` takes, before anything is written: the
+    solver (and the config's retrain solver), its net, the config against the
+    net, the weights against the net. Raises RunError / ProtoError /
+    FileNotFoundError naming what is wrong."""
     solver_param = protoio.read_solver(solver_path)
     protoio.check_solver(solver_param, solver_path)
     net_path = protoio.resolve_solver_net(solver_path, solver_param)
@@ -556,33 +556,20 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     if missing:
         raise RunError("layers %s have no weights in the TEST-phase net" % missing)
     test_iter = _test_iters(solver_param, cfg.test_iter)
-
-    out_dir = os.path.abspath(out_dir)
-    if restart and os.path.isdir(os.path.join(out_dir, "checkpoints")):
-        shutil.rmtree(os.path.join(out_dir, "checkpoints"))
-    os.makedirs(out_dir, exist_ok=True)
-    inputs, retrain_param = [solver_path, net_path, weights, config_path], solver_param
+    files, retrain_param = [solver_path, net_path, weights, config_path], solver_param
     if cfg.retrain_solver:
         retrain_param = protoio.read_solver(cfg.retrain_solver)
         protoio.check_solver(retrain_param, cfg.retrain_solver)
-        inputs.append(cfg.retrain_solver)
-    ckpt = _Checkpoints(
-        out_dir, _fingerprint(*inputs, extra=" ".join(cfg.changed_defaults)),
-        hint="".join(". If the run began before the default of %s changed (README, "
-                     "The pruning config), that is the difference: the config leaves it "
-                     "unset" % f for f in cfg.changed_defaults))
-    meta = ckpt.load()
-    if meta and meta["phase"] == "done":
-        _log("%s: run already complete" % out_dir)
-        with open(os.path.join(out_dir, "report.json")) as f:
-            return json.load(f)
+        files.append(cfg.retrain_solver)
+    return _Inputs(solver_param, net_path, net_param, cfg, shapes, names, test_iter,
+                   retrain_param, files)
 
-    hooked = add_hooks(net_param, {n: shapes[n] for n in names})
-    hooked_path = os.path.join(out_dir, "hooked_train_test.prototxt")
-    protoio.write_text(hooked_path, hooked)
-    history = meta["history"] if meta else {"steps": [], "loss": {cfg.method: [], "retrain": []},
-                                            "accuracy": {}}
-    t0 = time.time()
+
+def _announce(run):
+    """Log what the config makes of the net (layers left out, groups, coupled
+    streams, live inputs); returns the :class:`liveness.InputFeeds` of
+    ``live_inputs_only``, or None."""
+    cfg = run.cfg
     for name, why in cfg.left_out:
         _log("global_keep_ratio leaves %s unpruned: %s" % (name, why))
     for spec in cfg.layers:
@@ -598,12 +585,51 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     for writers, why in cfg.uncoupled:
         _log("residual stream of %s: not coupled, so compaction keeps most of its channels: "
              "%s" % (", ".join(writers), why))
-    feeds = None
-    if cfg.live_inputs_only:
-        feeds = liveness.input_feeds(net_param, {n: shapes[n][0] for n in names},
-                                     {spec.name: spec.group for spec in cfg.layers},
-                                     cfg.coupled)
-        _log("live inputs only: %s" % feeds.describe())
+    if not cfg.live_inputs_only:
+        return None
+    feeds = liveness.input_feeds(run.net_param, {n: run.shapes[n][0] for n in run.names},
+                                 {spec.name: spec.group for spec in cfg.layers}, cfg.coupled)
+    _log("live inputs only: %s" % feeds.describe())
+    return feeds
+
+
+def prune(solver_path, weights, config_path, out_dir, progress=True, restart=False):
+    """StructADMM: ADMM training, hard prune, masked retraining.
+
+    Writes into ``out_dir``: ``pruned.caffemodel`` with the net it goes with
+    (``train_test.prototxt``), ``masks.npz``, ``admm.caffemodel`` (hard-pruned
+    before retraining) and ``report.json``; checkpoints in ``checkpoints/``.
+
+    Returns
+    -------
+    report : dict
+    """
+    run = _read_inputs(solver_path, weights, config_path)
+    solver_param, net_path, net_param, cfg = run.solver_param, run.net_path, run.net_param, run.cfg
+    shapes, names, test_iter = run.shapes, run.names, run.test_iter
+
+    out_dir = os.path.abspath(out_dir)
+    if restart and os.path.isdir(os.path.join(out_dir, "checkpoints")):
+        shutil.rmtree(os.path.join(out_dir, "checkpoints"))
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt = _Checkpoints(
+        out_dir, _fingerprint(*run.files, extra=" ".join(cfg.changed_defaults)),
+        hint="".join(". If the run began before the default of %s changed (README, "
+                     "The pruning config), that is the difference: the config leaves it "
+                     "unset" % f for f in cfg.changed_defaults))
+    meta = ckpt.load()
+    if meta and meta["phase"] == "done":
+        _log("%s: run already complete" % out_dir)
+        with open(os.path.join(out_dir, "report.json")) as f:
+            return json.load(f)
+
+    hooked = add_hooks(net_param, {n: shapes[n] for n in names})
+    hooked_path = os.path.join(out_dir, "hooked_train_test.prototxt")
+    protoio.write_text(hooked_path, hooked)
+    history = meta["history"] if meta else {"steps": [], "loss": {cfg.method: [], "retrain": []},
+                                            "accuracy": {}}
+    t0 = time.time()
+    feeds = _announce(run)
     with _Interrupt():
         if meta is None or meta["phase"] == cfg.method:
             method, masks = _first_phase(cfg, solver_param, hooked_path, out_dir, weights,
@@ -613,7 +639,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
             method = make_method(cfg, dict(np.load(meta["method_state"])), feeds)
             masks = load_masks(os.path.join(out_dir, "masks.npz"))
         hard = os.path.join(out_dir, "%s.caffemodel" % cfg.method)
-        solver = _retrain_phase(retrain_param, hooked_path, out_dir, hard, masks,
+        solver = _retrain_phase(run.retrain_param, hooked_path, out_dir, hard, masks,
                                 cfg.retrain_iters, cfg.snapshot_interval, test_iter, ckpt, meta,
                                 history, progress, state=method, net_param=net_param,
                                 bn_batches=cfg.bn_batches)
@@ -659,6 +685,90 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     with protoio.atomic_write(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     _mark_done(ckpt)
+    return report
+
+
+def check(solver_path, weights, config_path):
+    """What ``prune`` would make of these inputs, in seconds, without training
+    and without writing anything.
+
+    Reads and checks the inputs as a run does (and logs what the config makes
+    of the net), then prunes ``weights`` once to the config's targets, the
+    hard prune a run ends its first phase with (:func:`methods.target_masks`),
+    and plans the compaction of the result as ``caffe-admm compact`` would.
+    The counts of kept filters, columns and channels in the pruned layers are
+    the config's; which ones are kept, and so what compaction cuts beyond them
+    (residual channels where the writers' choices differ, inputs of pruned
+    producers), the run decides by its trained weights, so the compacted size
+    is an estimate.
+
+    Returns
+    -------
+    report : dict
+        ``layers``: per Convolution/Deconvolution/InnerProduct layer, its
+        ``kind`` (None where unpruned), ``target_keep``, the mask's
+        :func:`masks.sparsity_stats`, and the compacted ``compact_shape``,
+        ``compact_params``, ``compact_flops`` and ``flop_reduction`` (as
+        ``caffe-admm compact`` reports them); ``total``; ``compaction_error``
+        (None, or why compaction would refuse the net); ``warnings`` and
+        ``notes`` of the plan; ``left_out``, ``coupled``, ``uncoupled``;
+        ``caveats``: what the estimate does not know.
+    """
+    run = _read_inputs(solver_path, weights, config_path)
+    cfg, net_param = run.cfg, run.net_param
+    add_hooks(net_param, {n: run.shapes[n] for n in run.names})  # its refusals too
+    feeds = _announce(run)
+    net = caffe.Net(run.net_path, caffe.TEST, weights=weights)
+    masks = target_masks(cfg, {n: w.copy() for n, w in _weights(net, run.names).items()}, feeds)
+    _apply_masks(net, masks)
+    caveats = ["which filters, columns or channels are kept is chosen here by the starting "
+               "weights; the run chooses by its trained ones, so what compaction cuts beyond "
+               "the config's counts can differ"]
+    if cfg.method == "ssl" and cfg.ssl_threshold is not None:
+        caveats.append("ssl_threshold: the run's hard prune keeps the groups over %g of each "
+                       "layer's largest norm after the Lasso, however many; shown here are the "
+                       "keep ratios" % cfg.ssl_threshold)
+    specs = {spec.name: spec for spec in cfg.layers}
+    report = {"method": cfg.method, "solver": os.path.abspath(solver_path),
+              "net": os.path.abspath(run.net_path), "weights": os.path.abspath(weights),
+              "config": cfg.path, "left_out": dict(cfg.left_out),
+              "coupled": [list(writers) for writers in cfg.coupled],
+              "uncoupled": [{"writers": list(writers), "why": why}
+                            for writers, why in cfg.uncoupled],
+              "caveats": caveats, "compaction_error": None, "warnings": [], "notes": []}
+    try:
+        _zero_constants(net, compact.dead_channel_constants(net, net_param, masks))
+        costs, plan = compact.compacted_costs(net, net_param, compact.layer_inputs(net))
+    except compact.CompactionError as exc:
+        report["compaction_error"] = str(exc)
+        costs = {name: {"weight_shape": list(shape[0]), "params": int(np.prod(shape[0]))}
+                 for name, shape in run.shapes.items() if name in specs}
+    else:
+        report["warnings"], report["notes"] = plan["warnings"], plan["notes"]
+    layers = {}
+    for name, cost in costs.items():
+        spec = specs.get(name)
+        entry = {"kind": spec.kind if spec else None,
+                 "target_keep": {c.kind: c.keep_ratio for c in spec.constraints} if spec else None}
+        entry.update(sparsity_stats(masks[name]) if name in masks else {})
+        entry.update(cost)
+        layers[name] = entry
+    report["layers"] = layers
+    pruned = [layers[n] for n in run.names]
+    report["total"] = {"pruned_params": sum(e["params"] for e in pruned),
+                       "pruned_nonzero": sum(e["nonzero"] for e in pruned)}
+    if report["compaction_error"] is None:
+        report["total"].update({k: sum(e[k] for e in layers.values())
+                                for k in ("params", "compact_params", "flops", "compact_flops")})
+        totals = {"params": report["total"]["pruned_params"],
+                  "nonzero": report["total"]["pruned_nonzero"],
+                  "compacted_nonzero": sum(e["compact_nonzero"] for e in pruned)}
+        totals["compression"] = totals["params"] / max(totals["nonzero"], 1)
+        totals["compacted_compression"] = totals["params"] / max(totals["compacted_nonzero"], 1)
+        _note_dead_inputs(totals, cfg.live_inputs_only,
+                          any(c.kind != "filter" for spec in cfg.layers for c in spec.constraints))
+        report["total"]["pruned_compacted_nonzero"] = totals["compacted_nonzero"]
+        report["total"]["dead_input_weights"] = totals["dead_input_weights"]
     return report
 
 

@@ -1,5 +1,6 @@
 """The caffe-admm command line: verbs wired to the library, exit codes, messages."""
 
+import json
 import os
 import subprocess
 
@@ -30,6 +31,14 @@ def test_prune_compact_report_from_the_command_line(tmp_path, tiny_trained):
         layer { name: "conv2" kind: FILTER keep_ratio: 0.5 }
     """)
     out = str(tmp_path / "run")
+    # --check first: in seconds, nothing written but its --json, the compacted
+    # net the run then gets (filter counts fix the shapes here)
+    res = run("prune", "--check", "--solver", tiny_trained["solver"], "--weights",
+              tiny_trained["weights"], "--config", config, "--json", str(tmp_path / "check.json"))
+    assert res.returncode == 0, res.stderr
+    assert "conv1        filter               4/8       9/9 8x1x3x3          4x1x3x3" in res.stdout
+    assert "compacted: params 1160 -> 436 (2.66x)" in res.stdout
+    assert sorted(os.listdir(tmp_path)) == ["c.prototxt", "check.json"]
     res = run("prune", "--solver", tiny_trained["solver"], "--weights", tiny_trained["weights"],
               "--config", config, "--out", out, "--quiet")
     assert res.returncode == 0, res.stderr
@@ -38,6 +47,13 @@ def test_prune_compact_report_from_the_command_line(tmp_path, tiny_trained):
               os.path.join(out, "pruned.caffemodel"), "--out", os.path.join(out, "compact"))
     assert res.returncode == 0, res.stderr
     assert "conv1      8x1x3x3            4x1x3x3" in res.stdout
+    with open(tmp_path / "check.json") as f:
+        check = json.load(f)
+    with open(os.path.join(out, "compact", "plan.json")) as f:
+        plan = json.load(f)
+    for key in ("compact_shape", "compact_params", "compact_flops"):
+        assert {n: l[key] for n, l in check["layers"].items()} == \
+            {n: l[key] for n, l in plan["layers"].items()}
     res = run("test", "--model", os.path.join(out, "compact", "compact.prototxt"),
               "--weights", os.path.join(out, "compact", "compact.caffemodel"))
     assert res.returncode == 0 and "accuracy" in res.stdout, res.stderr
@@ -56,6 +72,30 @@ def test_bad_config_exits_2_naming_file_and_line(tmp_path, tiny_trained):
     assert res.returncode == 2
     assert "bad.prototxt:3: layer 'conv7', field name: no layer 'conv7'" in res.stderr
     assert not os.path.exists(tmp_path / "run")   # nothing started
+
+
+def test_prune_check_names_a_net_compaction_refuses_and_exits_1(tmp_path, tiny_data):
+    from conftest import TINY_NET, write_tiny
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=TINY_NET.replace(
+        "inner_product_param { num_output: 4",
+        "inner_product_param { num_output: 4 transpose: true"))
+    weights = str(tmp_path / "w.caffemodel")
+    caffe.Net(net_path, caffe.TEST).save(weights)
+    config = write(tmp_path / "c.prototxt", 'layer { name: "conv1" kind: FILTER keep_ratio: 0.5 }')
+    res = run("prune", "--check", "--solver", solver_path, "--weights", weights,
+              "--config", config)
+    assert res.returncode == 1, res.stderr
+    assert ("compaction would refuse this net: layer 'ip1': InnerProduct with transpose: true"
+            in res.stdout)
+    assert "conv1        filter               4/8       9/9 8x1x3x3          ?" in res.stdout
+    # and the run's own arguments are still required without --check
+    res = run("prune", "--solver", solver_path, "--weights", weights, "--config", config)
+    assert res.returncode == 2 and "prune needs --out (the run directory), unless --check" \
+        in res.stderr
+    res = run("prune", "--solver", solver_path, "--weights", weights, "--config", config,
+              "--out", str(tmp_path / "r"), "--json", str(tmp_path / "j.json"))
+    assert res.returncode == 2 and "--json goes with --check" in res.stderr
+    assert not os.path.exists(tmp_path / "r") and not os.path.exists(tmp_path / "j.json")
 
 
 def test_compact_refusal_exits_2(tmp_path):

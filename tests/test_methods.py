@@ -190,6 +190,36 @@ def test_matched_sparsity_is_exact(tmp_path, tiny_trained, method, extra):
         assert report["steps"][1]["kept"]["conv1"] == pytest.approx(0.75)
 
 
+@pytest.mark.parametrize("method, extra", [
+    ("ADMM", ""), ("ADMM", "prune_stages: 2"), ("SSL", ""),
+    ("ADMM", "live_inputs_only: true")])
+def test_target_masks_are_the_hard_prune_of_unchanged_weights(tmp_path, tiny_trained, method,
+                                                              extra):
+    """What ``prune --check`` shows: the hard prune of a run whose weights
+    did not move, mask for mask (ADMM's from Z, SSL's by group norm)."""
+    from caffe_admm import liveness
+    from caffe_admm.config import load_config
+    from caffe_admm.protoio import read_net
+    net_param = read_net(tiny_trained["net"])
+    config = load_config(cfg(tmp_path, method, extra), net_param)
+    net = caffe.Net(tiny_trained["net"], caffe.TEST, weights=tiny_trained["weights"])
+    weights = {s.name: net.params[s.name][0].data.copy() for s in config.layers}
+    feeds = None
+    if config.live_inputs_only:
+        feeds = liveness.input_feeds(net_param, {n: w.shape for n, w in weights.items()},
+                                     {s.name: s.group for s in config.layers}, config.coupled)
+    run = methods.make_method(config, feeds=feeds)
+    run.start(weights)
+    expected, got = run.final_masks(weights), methods.target_masks(config, weights, feeds)
+    assert sorted(got) == sorted(expected) == ["conv1", "conv2", "ip1"]
+    for name in got:
+        assert np.array_equal(got[name], expected[name]), name
+    assert got["ip1"].sum() == round(0.2 * got["ip1"].size)
+    if feeds is not None:  # ip1 keeps nothing on conv2's pruned channels
+        dead = ~got["conv2"].reshape(8, -1).any(axis=1)
+        assert not got["ip1"].reshape(4, 8, -1)[:, dead].any()
+
+
 def test_ssl_threshold_zeroes_small_groups_exactly(tmp_path, tiny_trained):
     config = cfg(tmp_path, "SSL", "ssl_threshold: 0.3")
     solver.prune(tiny_trained["solver"], tiny_trained["weights"], config,

@@ -507,6 +507,55 @@ def test_a_residual_streams_writers_keep_the_same_filters_and_compaction_cuts_th
     assert result["equivalence"]["passed"] and result["warnings"] == []
 
 
+def test_check_predicts_a_streams_cut_from_the_starting_weights_and_writes_nothing(
+        tmp_path, tiny_data, capsys):
+    """``prune --check`` on RESIDUAL_NET, conv1 and conv2 at half their
+    filters, with weights whose filter norms the test sets: coupled, the
+    stream keeps the 4 filters of largest joint norm; each on its own, the
+    union of each writer's 4 largest; ip1 reads what the stream keeps."""
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=RESIDUAL_NET)
+    net = caffe.Net(net_path, caffe.TEST)
+    rng = np.random.default_rng(3)
+    scales = {"conv1": np.array([8, 7, 6, 5, 1, 1, 1, 1.]),
+              "conv2": np.array([1, 1, 1, 1, 8, 7, 6, 5.5])}
+    for name, scale in scales.items():
+        w = net.params[name][0].data
+        w[...] = rng.standard_normal(w.shape)
+        w *= (scale / np.sqrt((w ** 2).sum(axis=(1, 2, 3))))[:, None, None, None]
+    weights = str(tmp_path / "start.caffemodel")
+    net.save(weights)
+    joint = np.sort(np.argsort(-np.hypot(scales["conv1"], scales["conv2"]))[:4])
+    assert joint.tolist() == [0, 1, 4, 5]
+    for extra, kept in (("", 4), ("couple_sums: false", 8)):
+        config = write(tmp_path / "c.prototxt", "global_keep_ratio: 0.5\n"
+                       'layer { name: "ip1" keep_ratio: 1 }\n' + extra)
+        report = solver.check(solver_path, weights, config)
+        layers = report["layers"]
+        assert report["coupled"] == ([["conv1", "conv2"]] if not extra else [])
+        assert layers["conv1"]["filters_kept"] == layers["conv2"]["filters_kept"] == 4
+        assert layers["conv1"]["compact_shape"] == [kept, 1, 3, 3]
+        assert layers["conv2"]["compact_shape"] == [kept, kept, 3, 3]  # reads conv1's too
+        assert layers["ip1"]["compact_shape"] == [4, kept * 16]
+        assert layers["ip1"]["target_keep"] == {"filter": 1}
+        assert layers["ip1"]["flop_reduction"] == 8 / kept
+        assert report["total"]["compact_params"] == kept * 9 + kept * kept * 9 + 4 * kept * 16
+        assert report["compaction_error"] is None and report["warnings"] == []
+        # kept by the masks, cut by compaction: conv2's weights on conv1's
+        # cut channels and ip1's on the stream's (none where nothing is cut)
+        assert report["total"]["pruned_nonzero"] == 36 + 288 + 512
+        assert report["total"]["dead_input_weights"] == (144 + 256 if not extra else 0)
+        if not extra:  # which 4: those of largest joint norm
+            assert layers["conv1"]["kept_out"] == layers["conv2"]["kept_out"] == joint.tolist()
+    out = capsys.readouterr().out
+    assert "residual stream of conv1, conv2: the same filters kept in all" in out
+    assert sorted(os.listdir(tmp_path)) == ["c.prototxt", "start.caffemodel",
+                                            "tiny_solver.prototxt", "tiny_train_test.prototxt"]
+    # an SSL threshold is not predictable from the starting weights: said so
+    config = write(tmp_path / "c.prototxt", "method: SSL ssl_threshold: 0.3\n"
+                   'layer { name: "conv1" kind: FILTER keep_ratio: 0.5 }\n')
+    assert any("ssl_threshold" in c for c in solver.check(solver_path, weights, config)["caveats"])
+
+
 def test_recalibrated_batchnorm_statistics_are_the_mean_of_the_batch_statistics(tmp_path,
                                                                                  tiny_data):
     """Over 3 training batches: the mean of each batch's channel means and
