@@ -28,7 +28,7 @@ compaction kept::
 
     .venv/bin/python benchmarks/couple_sums_accuracy.py [--keep 0.5 0.25] \\
         [--methods ADMM MAGNITUDE] [--seed 1] [--bn-batches 100] \\
-        [--kind FILTER] [--live-inputs] \\
+        [--kind FILTER] [--live-inputs] [--couple both] \\
         [--out benchmarks/results/couple_sums.json]
 
 One seed per invocation; a run's accuracy differs from seed to seed by
@@ -219,6 +219,9 @@ def main(argv=None):
                         help="SSL's lasso_lambda (benchmarks/compare_methods.py's)")
     parser.add_argument("--live-inputs", action="store_true",
                         help="config live_inputs_only: true")
+    parser.add_argument("--couple", default="both", choices=["both", "coupled", "each"],
+                        help="run the config's default (coupled), couple_sums: false "
+                             "(each), or both")
     parser.add_argument("--work", default=os.path.join(ROOT, "runs", "couple_sums"),
                         help="where the nets, the baseline and the runs go (resumable)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
@@ -235,7 +238,8 @@ def main(argv=None):
     rows = []
     for method in args.methods:
         for keep in args.keep:
-            for couple in (True, False):
+            for couple in {"both": (True, False), "coupled": (True,),
+                           "each": (False,)}[args.couple]:
                 rows.append(run(sp, net, weights, work, method, keep, couple, args.steps,
                                 args.iters, args.retrain, args.test_iter, args.bn_batches,
                                 args.kind, args.live_inputs, args.lasso_lambda))
@@ -245,7 +249,7 @@ def main(argv=None):
                           "settings": {k: getattr(args, k) for k in (
                               "baseline_iters", "lr", "steps", "iters", "retrain",
                               "bn_batches", "test_iter", "kind", "live_inputs",
-                              "lasso_lambda")},
+                              "lasso_lambda", "couple")},
                           "rows": rows})
     return rows
 

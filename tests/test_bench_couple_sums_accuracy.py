@@ -38,12 +38,13 @@ def test_with_live_inputs_only_a_coupled_run_keeps_no_weight_on_a_dead_input(tmp
                        "--test-iter", "1", "--keep", "0.5", "--methods", "MAGNITUDE",
                        "--baseline-iters", "40", "--steps", "2", "--iters", "10",
                        "--retrain", "20", "--kind", "FILTER_SHAPE", "--live-inputs",
+                       "--couple", "coupled",
                        "--work", str(tmp_path / "work"), "--out", str(tmp_path / "c.json")])
-    coupled, each = rows
+    coupled, = rows  # --couple coupled: no run with couple_sums: false
     assert coupled["run"] == "magnitude_keep0.5_coupled_fs_live"
     assert coupled["kind"] == "FILTER_SHAPE" and coupled["live_inputs_only"]
     assert coupled["dead_input_weights"] == 0 and coupled["kept_weights"] > 0
-    assert all(r["passed"] and r["warnings"] == [] for r in rows)
+    assert coupled["passed"] and coupled["warnings"] == []
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
