@@ -41,18 +41,15 @@ from caffe_admm.config import load_config  # noqa: E402
 
 
 def config_text(net_param, keep, live):
-    """The pruning config: FILTER_SHAPE by default, FILTER for the grouped
-    convolutions (depthwise ones are left out by ``global_keep_ratio``)."""
+    """The pruning config: FILTER_SHAPE by default (``global_keep_ratio``
+    prunes the grouped convolutions by filter and leaves the depthwise ones
+    out), the classifier and the SE gates' layers kept."""
     lines = ["method: MAGNITUDE admm_steps: 1 live_inputs_only: %s" % str(live).lower(),
              "default { kind: FILTER_SHAPE } global_keep_ratio: %r" % keep]
     for layer in net_param.layer:
-        p = layer.convolution_param
-        if layer.type not in ("Convolution", "InnerProduct"):
-            continue
-        if layer.name == "fc" or "/se_" in layer.name:
+        if layer.type in ("Convolution", "InnerProduct") and (
+                layer.name == "fc" or "/se_" in layer.name):
             lines.append('layer { name: "%s" keep_ratio: 1 }' % layer.name)
-        elif layer.type == "Convolution" and 1 < p.group < p.num_output:
-            lines.append('layer { name: "%s" kind: FILTER keep_ratio: %r }' % (layer.name, keep))
     return "\n".join(lines) + "\n"
 
 

@@ -13,13 +13,16 @@ import os
 from caffe_admm.liveness import group_neighbours, sum_writers
 from caffe_admm.protoio import ProtoError, layer_line, parse_text
 
-__all__ = ["KIND_NAMES", "PRUNABLE_TYPES", "Constraint", "LayerSpec", "PruneConfig",
-           "load_config", "parse_settings", "ConfigError"]
+__all__ = ["KIND_NAMES", "PRUNABLE_TYPES", "GROUPED_FILTERS_ONLY", "Constraint", "LayerSpec",
+           "PruneConfig", "load_config", "parse_settings", "ConfigError"]
 
 # proto enum name -> projection kinds (FILTER_SHAPE is two constraints).
 KIND_NAMES = {"FILTER": ("filter",), "CHANNEL": ("channel",), "SHAPE": ("shape",),
               "NON_STRUCTURED": ("non_structured",), "FILTER_SHAPE": ("filter", "shape")}
 PRUNABLE_TYPES = ("Convolution", "InnerProduct")
+# in PruneConfig.changed_defaults: global_keep_ratio with FILTER_SHAPE prunes
+# grouped convolutions' filters (it left them out before)
+GROUPED_FILTERS_ONLY = "global_keep_ratio on grouped convolutions"
 
 
 class ConfigError(ProtoError):
@@ -92,6 +95,9 @@ class PruneConfig:
     changed_defaults: tuple = ()
     # (layer, why) of the layers global_keep_ratio reaches but does not prune
     left_out: tuple = ()
+    # (layer, why) of the grouped convolutions global_keep_ratio prunes by
+    # filter where the default kind (FILTER_SHAPE) does not fit them
+    filters_only: tuple = ()
     # the writers of each residual stream that keep the same filters (couple_sums)
     coupled: tuple = ()
     # (writers, why) of the streams with a filter-pruned writer left uncoupled
@@ -221,19 +227,32 @@ def _layer_spec(path, entry, layer, initial_rho, reader_group=1, producer_group=
 def _left_out(layer, kind):
     """Why ``global_keep_ratio`` leaves ``layer`` out under ``kind``, or None:
     a depthwise convolution, which FILTER would not prune; a grouped one, which
-    takes FILTER and NON_STRUCTURED only."""
+    takes FILTER and NON_STRUCTURED only, under a kind without filters
+    (FILTER_SHAPE: see :func:`_filters_only`)."""
     pb2 = _pb2()
     group = layer.convolution_param.group if layer.type == "Convolution" else 1
     if kind == pb2.NON_STRUCTURED or group == 1:
         return None
     dw = _one_filter_per_group(layer)
-    if kind == pb2.FILTER:
+    if kind == pb2.FILTER or (kind == pb2.FILTER_SHAPE and not dw):
         return ("one filter per group (depthwise): FILTER prunes nothing there; its channels "
                 "go with the filters of the layer that feeds it") if dw else None
     return "kind %s does not fit a grouped convolution (group=%d)%s" % (
         pb2.SparsityKind.Name(kind), group,
         "; its channels go with the filters of the layer that feeds it" if dw else
         "; a `layer` entry with kind FILTER or NON_STRUCTURED prunes it")
+
+
+def _filters_only(layer, kind):
+    """Why ``global_keep_ratio`` prunes ``layer`` by its filters alone under
+    ``kind``, or None: a grouped convolution (not depthwise) under
+    FILTER_SHAPE, whose shape part it does not take."""
+    pb2 = _pb2()
+    if (kind != pb2.FILTER_SHAPE or layer.type != "Convolution"
+            or layer.convolution_param.group == 1 or _one_filter_per_group(layer)):
+        return None
+    return ("kind FILTER_SHAPE does not fit a grouped convolution (group=%d): its filters "
+            "pruned (FILTER), not its columns" % layer.convolution_param.group)
 
 
 def _one_filter_per_group(layer):
@@ -314,7 +333,7 @@ def load_config(path, net):
                                                               entry.name))
         seen.add(entry.name)
         entries.append(_merged(msg.default, entry))
-    left_out = []
+    left_out, filters_only = [], []
     if msg.HasField("global_keep_ratio"):
         _ratio(path, None, msg, "global_keep_ratio")
         for layer in net.layer:
@@ -325,8 +344,15 @@ def load_config(path, net):
                 if why:
                     left_out.append((layer.name, why))
                     continue
+                keep = msg.global_keep_ratio
+                why = _filters_only(layer, entry.kind)
+                if why:  # at the filter ratio the other layers get
+                    filters_only.append((layer.name, why))
+                    if entry.HasField("filter_keep_ratio"):
+                        keep = entry.filter_keep_ratio
+                    entry.kind = pb2.FILTER
                 entry.ClearField("prune_ratio")
-                entry.keep_ratio = msg.global_keep_ratio
+                entry.keep_ratio = keep
                 entries.append(entry)
     if not entries:
         raise ConfigError("%s: no layer to prune; add `layer { name: ... }` entries or "
@@ -350,6 +376,8 @@ def load_config(path, net):
     if msg.couple_sums:
         specs, coupled, uncoupled = _couple(specs, sum_writers(net))
     changed = ["couple_sums"] if coupled and not msg.HasField("couple_sums") else []
+    if filters_only:  # such layers were left out before
+        changed.append(GROUPED_FILTERS_ONLY)
     if msg.method == pb2.ADMM and not msg.HasField("penalty_pruned_only"):
         changed.insert(0, "penalty_pruned_only")
     return PruneConfig(
@@ -366,7 +394,8 @@ def load_config(path, net):
         live_inputs_only=bool(msg.live_inputs_only),
         rescale_dual=bool(msg.rho.rescale_dual), prune_stages=msg.prune_stages,
         penalty_pruned_only=bool(msg.penalty_pruned_only) and msg.method == pb2.ADMM,
-        changed_defaults=tuple(changed), left_out=tuple(left_out), coupled=coupled,
+        changed_defaults=tuple(changed), left_out=tuple(left_out),
+        filters_only=tuple(filters_only), coupled=coupled,
         uncoupled=uncoupled, bn_batches=msg.bn_recalibration_batches)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from caffe_admm import compact, liveness, protoio
 from caffe_admm.backend import caffe, caffe_pb2
-from caffe_admm.config import PRUNABLE_TYPES, load_config
+from caffe_admm.config import GROUPED_FILTERS_ONLY, PRUNABLE_TYPES, load_config
 from caffe_admm.layers import HOOK_PREFIX, NonFiniteWeights
 from caffe_admm.methods import make_method, target_masks
 from caffe_admm.masks import (apply_masks, filter_mask, load_masks, masks_from_zeros, save_masks,
@@ -572,6 +572,8 @@ def _announce(run):
     cfg = run.cfg
     for name, why in cfg.left_out:
         _log("global_keep_ratio leaves %s unpruned: %s" % (name, why))
+    for name, why in cfg.filters_only:
+        _log("global_keep_ratio prunes %s by filter: %s" % (name, why))
     for spec in cfg.layers:
         if spec.filter_group > spec.group and "filter" in spec.kind:
             _log("%s keeps the same number of filters in each of %d groups, as the grouped "
@@ -591,6 +593,16 @@ def _announce(run):
                                  {spec.name: spec.group for spec in cfg.layers}, cfg.coupled)
     _log("live inputs only: %s" % feeds.describe())
     return feeds
+
+
+def _changed_hint(entry):
+    """What a refused resume says of one of ``PruneConfig.changed_defaults``."""
+    if entry == GROUPED_FILTERS_ONLY:
+        return (". If the run began when global_keep_ratio left out the grouped convolutions "
+                "that FILTER_SHAPE does not fit (README, The pruning config), that is the "
+                "difference: it now prunes their filters")
+    return (". If the run began before the default of %s changed (README, The pruning "
+            "config), that is the difference: the config leaves it unset" % entry)
 
 
 def prune(solver_path, weights, config_path, out_dir, progress=True, restart=False):
@@ -614,9 +626,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     os.makedirs(out_dir, exist_ok=True)
     ckpt = _Checkpoints(
         out_dir, _fingerprint(*run.files, extra=" ".join(cfg.changed_defaults)),
-        hint="".join(". If the run began before the default of %s changed (README, "
-                     "The pruning config), that is the difference: the config leaves it "
-                     "unset" % f for f in cfg.changed_defaults))
+        hint="".join(_changed_hint(f) for f in cfg.changed_defaults))
     meta = ckpt.load()
     if meta and meta["phase"] == "done":
         _log("%s: run already complete" % out_dir)
@@ -661,7 +671,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
         "test_iter": test_iter, "accuracy": history["accuracy"],
         "layers": {spec.name: _layer_report(spec, method, weights_now[spec.name])
                    for spec in cfg.layers},
-        "left_out": dict(cfg.left_out),
+        "left_out": dict(cfg.left_out), "filters_only": dict(cfg.filters_only),
         "coupled": [list(writers) for writers in cfg.coupled],
         "uncoupled": [{"writers": list(writers), "why": why} for writers, why in cfg.uncoupled],
         "steps": history["steps"], "loss": history["loss"],
@@ -711,7 +721,8 @@ def check(solver_path, weights, config_path):
         ``compact_params``, ``compact_flops`` and ``flop_reduction`` (as
         ``caffe-admm compact`` reports them); ``total``; ``compaction_error``
         (None, or why compaction would refuse the net); ``warnings`` and
-        ``notes`` of the plan; ``left_out``, ``coupled``, ``uncoupled``;
+        ``notes`` of the plan; ``left_out``, ``filters_only``, ``coupled``,
+        ``uncoupled``;
         ``caveats``: what the estimate does not know.
     """
     run = _read_inputs(solver_path, weights, config_path)
@@ -732,6 +743,7 @@ def check(solver_path, weights, config_path):
     report = {"method": cfg.method, "solver": os.path.abspath(solver_path),
               "net": os.path.abspath(run.net_path), "weights": os.path.abspath(weights),
               "config": cfg.path, "left_out": dict(cfg.left_out),
+              "filters_only": dict(cfg.filters_only),
               "coupled": [list(writers) for writers in cfg.coupled],
               "uncoupled": [{"writers": list(writers), "why": why}
                             for writers, why in cfg.uncoupled],

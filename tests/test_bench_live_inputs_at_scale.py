@@ -24,9 +24,18 @@ def test_live_inputs_only_leaves_compaction_nothing_to_cut(tmp_path, capsys):
 def test_the_config_prunes_grouped_convolutions_by_filter_and_leaves_the_classifier(tmp_path):
     bench = load_benchmark("live_inputs_at_scale")
     from caffe_admm import protoio
+    from caffe_admm.config import Constraint, load_config
     path = tmp_path / "n.prototxt"
     path.write_text(bench.NETS["resnext50"](32))
-    text = bench.config_text(protoio.read_net(str(path)), 0.5, True)
+    net_param = protoio.read_net(str(path))
+    text = bench.config_text(net_param, 0.5, True)
     assert "live_inputs_only: true" in text and "default { kind: FILTER_SHAPE }" in text
-    assert 'layer { name: "res2_1/3x3" kind: FILTER keep_ratio: 0.5 }' in text
     assert 'layer { name: "fc" keep_ratio: 1 }' in text
+    config = tmp_path / "c.prototxt"
+    config.write_text(text)
+    cfg = load_config(str(config), net_param)
+    # global_keep_ratio's own choice for the grouped 3x3s
+    assert cfg.layer("res2_1/3x3").constraints == (Constraint("filter", 0.5),)
+    assert "res2_1/3x3" in dict(cfg.filters_only) and cfg.left_out == ()
+    assert cfg.layer("res2_1/reduce").constraints == (Constraint("filter", 0.5),
+                                                      Constraint("shape", 0.5))

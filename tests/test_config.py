@@ -4,7 +4,7 @@ import pytest
 from google.protobuf import text_format
 
 from caffe_admm.backend import caffe_pb2
-from caffe_admm.config import ConfigError, load_config, parse_settings
+from caffe_admm.config import Constraint, ConfigError, load_config, parse_settings
 from caffe_admm.protoio import ProtoError
 
 from conftest import write
@@ -89,26 +89,47 @@ def test_filter_pruning_of_a_depthwise_convolution_is_refused_or_left_out(tmp_pa
 
 
 @pytest.mark.parametrize("group", [2, 8])
-def test_global_keep_ratio_leaves_out_grouped_convolutions_a_kind_does_not_fit(tmp_path, group):
-    """FILTER_SHAPE, listed for a grouped convolution, is an error; reached by
-    global_keep_ratio, the layer is left out and named (ResNeXt's grouped
-    3x3s, MobileNetV2's depthwise ones), and an entry with FILTER prunes it."""
+def test_global_keep_ratio_prunes_grouped_convolutions_by_filter_where_the_kind_does_not_fit(
+        tmp_path, group):
+    """FILTER_SHAPE, listed for a grouped convolution, is an error. Reached by
+    global_keep_ratio, a grouped convolution (ResNeXt's 3x3s) is pruned by
+    filter at the others' filter ratio, and named; a depthwise one
+    (MobileNetV2's) is left out, its channels going with its producer's
+    filters. SHAPE has no filter part: both are left out."""
     net = depthwise()
     net.layer[2].convolution_param.group = group
     with pytest.raises(ConfigError, match="kind FILTER_SHAPE does not fit convolution 'gconv'"):
         load_config(write(tmp_path / "c.prototxt", 'layer { name: "gconv" kind: FILTER_SHAPE '
                           'keep_ratio: 0.5 }'), net)
-    cfg = load_config(write(tmp_path / "c.prototxt", "default { kind: FILTER_SHAPE }\n"
+    cfg = load_config(write(tmp_path / "c.prototxt", "default { kind: FILTER_SHAPE "
+                            "filter_keep_ratio: 0.25 shape_keep_ratio: 0.75 }\n"
                             "global_keep_ratio: 0.5"), net)
-    assert [s.name for s in cfg.layers] == ["conv1", "ip1"]
-    [(name, why)] = cfg.left_out
-    assert name == "gconv" and why.startswith(
-        "kind FILTER_SHAPE does not fit a grouped convolution (group=%d); " % group)
     if group == 2:
-        cfg = load_config(write(tmp_path / "c.prototxt", "default { kind: FILTER_SHAPE }\n"
-                                "global_keep_ratio: 0.5\n"
-                                'layer { name: "gconv" kind: FILTER keep_ratio: 0.5 }'), net)
-        assert [s.name for s in cfg.layers] == ["gconv", "conv1", "ip1"] and cfg.left_out == ()
+        assert [s.name for s in cfg.layers] == ["conv1", "gconv", "ip1"] and cfg.left_out == ()
+        gconv = cfg.layer("gconv")
+        assert gconv.constraints == (Constraint("filter", 0.25),) and gconv.filter_group == 2
+        assert cfg.layer("conv1").constraints == (Constraint("filter", 0.25),
+                                                  Constraint("shape", 0.75))
+        assert cfg.filters_only == (("gconv", "kind FILTER_SHAPE does not fit a grouped "
+                                     "convolution (group=2): its filters pruned (FILTER), not "
+                                     "its columns"),)
+        assert cfg.changed_defaults[-1] == "global_keep_ratio on grouped convolutions"
+    else:
+        assert [s.name for s in cfg.layers] == ["conv1", "ip1"] and cfg.filters_only == ()
+        [(name, why)] = cfg.left_out
+        assert name == "gconv" and why.startswith(
+            "kind FILTER_SHAPE does not fit a grouped convolution (group=8); its channels go "
+            "with the filters of the layer that feeds it")
+        assert "global_keep_ratio on grouped convolutions" not in cfg.changed_defaults
+    cfg = load_config(write(tmp_path / "c.prototxt", "default { kind: SHAPE }\n"
+                            "global_keep_ratio: 0.5"), net)
+    assert [name for name, _ in cfg.left_out] == ["gconv"] and cfg.filters_only == ()
+    # a layer entry of its own is the user's
+    cfg = load_config(write(tmp_path / "c.prototxt", "default { kind: FILTER_SHAPE }\n"
+                            "global_keep_ratio: 0.5\n"
+                            'layer { name: "gconv" kind: NON_STRUCTURED keep_ratio: 0.5 }'), net)
+    assert cfg.layers[0].constraints == (Constraint("non_structured", 0.5),)
+    assert cfg.left_out == cfg.filters_only == ()
 
 
 def test_syntax_error_names_file_line_and_field(tmp_path):

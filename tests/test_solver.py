@@ -340,6 +340,51 @@ def test_global_filter_pruning_leaves_a_depthwise_convolution_to_follow(tmp_path
     assert result["equivalence"]["passed"] and result["warnings"] == []
 
 
+def test_global_filter_shape_pruning_prunes_a_grouped_convolutions_filters(tmp_path, tiny_data,
+                                                                           capsys):
+    """conv2 made grouped (group 2), the default kind FILTER_SHAPE, which it
+    does not take: global_keep_ratio prunes its filters, 2 in each group,
+    and says so; compaction cuts them. A run begun when such a layer was
+    left out does not resume under this (its hint says why)."""
+    net = TINY_NET.replace("num_output: 8 kernel_size: 3 pad: 1\n    weight_filler { type: "
+                           '"xavier" } bias_filler { type: "constant" } } }\nlayer { name: "relu2"',
+                           "num_output: 8 kernel_size: 3 pad: 1 group: 2\n    weight_filler { "
+                           'type: "xavier" } bias_filler { type: "constant" } } }\nlayer { '
+                           'name: "relu2"')
+    assert "group: 2" in net
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=net, max_iter=60)
+    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)
+    cfg = write(tmp_path / "admm.prototxt", """
+        rho { initial: 0.05 growth: 2.0 max: 5 }
+        admm_steps: 2 iters_per_step: 20 retrain_iters: 40 snapshot_interval: 20
+        default { kind: FILTER_SHAPE } global_keep_ratio: 0.5
+        layer { name: "ip1" keep_ratio: 1 }
+    """)
+    run = tmp_path / "run"
+    report = solver.prune(solver_path, base["weights"], cfg, str(run), progress=False)
+    assert report["left_out"] == {} and list(report["filters_only"]) == ["conv2"]
+    assert report["layers"]["conv2"]["kind"] == "filter"
+    assert report["layers"]["conv1"]["kind"] == "filter_shape"
+    assert ("global_keep_ratio prunes conv2 by filter: kind FILTER_SHAPE does not fit a grouped "
+            "convolution (group=2)") in capsys.readouterr().out
+    pruned = caffe.Net(net_path, caffe.TEST, weights=str(run / "pruned.caffemodel"))
+    kept = np.abs(pruned.params["conv2"][0].data).reshape(2, 4, -1).any(axis=2)
+    assert kept.sum(axis=1).tolist() == [2, 2]
+    from caffe_admm import compact
+    result = compact.compact(net_path, str(run / "pruned.caffemodel"), str(tmp_path / "compact"))
+    assert result["layers"]["conv2"]["compact_shape"][0] == 4
+    assert result["equivalence"]["passed"]
+    # what versions that left conv2 out fingerprinted
+    meta_path = run / "checkpoints" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["fingerprint"] = solver._fingerprint(solver_path, net_path, base["weights"], cfg,
+                                              extra="penalty_pruned_only")
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(solver.RunError, match="when global_keep_ratio left out the grouped "
+                                              "convolutions that FILTER_SHAPE does not fit"):
+        solver.prune(solver_path, base["weights"], cfg, str(run), progress=False)
+
+
 def test_divergence_stops_with_a_clear_message(tmp_path, tiny_data, tiny_trained):
     solver_path, _ = write_tiny(tmp_path, tiny_data, lr=1e6)
     with pytest.raises(solver.DivergenceError, match=r"ADMM step 1/20 diverged at iteration \d+: (the weights of layer .* are not finite|.*=nan)"):
