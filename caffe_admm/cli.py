@@ -352,7 +352,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("caffe-admm: interrupted; %s" % (
             "the run resumes from its last checkpoint when started again with the same --out"
-            if args.verb in ("train", "prune", "retrain") else
+            if args.verb in ("train", "prune", "retrain") and not getattr(args, "check", False)
+            else
             "nothing was left half-written (every output is written whole, then renamed)"),
             file=sys.stderr)
         return 130

@@ -135,6 +135,10 @@ def test_ctrl_c_says_what_happens_next(monkeypatch, capsys):
     assert "nothing was left half-written" in capsys.readouterr().err
     assert cli.main(["train", "--solver", "s", "--out", "o"]) == 130
     assert "resumes from its last checkpoint" in capsys.readouterr().err
+    monkeypatch.setattr(solver, "check", interrupted)  # writes nothing: nothing to resume
+    assert cli.main(["prune", "--check", "--solver", "s", "--weights", "w",
+                     "--config", "c"]) == 130
+    assert "nothing was left half-written" in capsys.readouterr().err
 
 
 def test_data_refuses_to_overwrite(tmp_path):
