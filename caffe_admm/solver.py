@@ -809,6 +809,11 @@ def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ck
         method.start(_weights(solver.net, names))
         history["accuracy"]["baseline"] = _evaluate(solver, test_iter)
         _log("baseline: %s" % _fmt_scores(history["accuracy"]["baseline"]))
+        scores = _recalibrated_baseline(hooked_path, out_dir, weights, cfg.bn_batches, test_iter)
+        if scores is not None:
+            history["accuracy"]["baseline_recalibrated"] = scores
+            _log("baseline with its BatchNorm statistics recomputed over %d training batches, "
+                 "as the pruned nets are measured: %s" % (cfg.bn_batches, _fmt_scores(scores)))
     else:
         solver.restore(meta["solverstate"])
         method = make_method(cfg, dict(np.load(meta["method_state"])), feeds)
@@ -970,6 +975,31 @@ def _recalibrate(solver, net_param, batches, constants=()):
          % (batches, len(names), "s" if len(names) > 1 else ""))
     recalibrate_batchnorm(solver.net, names, batches)
     _zero_constants(solver.net, constants)
+
+
+def _recalibrated_baseline(hooked_path, out_dir, weights, batches, test_iter):
+    """The TEST scores of ``weights`` with the BatchNorm statistics recomputed
+    over ``batches`` training batches (:func:`recalibrate_batchnorm`), as a
+    run measures its pruned nets; None where the net has no BatchNorm that
+    Caffe updates, or ``batches`` is 0. On nets of their own: the run's
+    solver, its data and the weights it starts from stay as they are."""
+    net_param = _strip_hooks(protoio.read_net(hooked_path))
+    names = _batchnorms(net_param)
+    if not names or not batches:
+        return None
+    path = os.path.join(out_dir, ".recalibration.prototxt")
+    protoio.write_text(path, net_param)
+    try:
+        train = caffe.Net(path, caffe.TRAIN, weights=weights)
+        test = caffe.Net(path, caffe.TEST, weights=weights)
+    finally:
+        os.unlink(path)
+    recalibrate_batchnorm(train, names, batches)
+    for name in names:
+        if name in test.params:
+            for mine, theirs in zip(test.params[name], train.params[name]):
+                mine.data[...] = theirs.data
+    return evaluate_net(test, test_iter)
 
 
 def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, snapshot_interval,

@@ -45,6 +45,24 @@ def test_report_tables_and_plots(tmp_path, runs):
         assert len(json.load(f)) == 3
 
 
+def test_a_recalibrated_baseline_is_the_one_the_table_compares_with(tmp_path, runs):
+    import shutil
+    run = str(tmp_path / "bn_run")
+    shutil.copytree(runs[0], run)
+    with open(os.path.join(run, "report.json")) as f:
+        data = json.load(f)
+    data["accuracy"]["baseline"] = {"accuracy": 0.5}
+    data["accuracy"]["baseline_recalibrated"] = {"accuracy": 0.75}
+    with open(os.path.join(run, "report.json"), "w") as f:
+        json.dump(data, f)
+    rows = report.summarize([report.load_run(p) for p in (runs[0], run)])
+    assert [r["baseline_recalibrated"] for r in rows] == [False, True]
+    assert rows[1]["baseline_accuracy"] == 0.75
+    md = report.markdown([], rows)
+    assert "| bn_run | admm | 75.00% * |" in md
+    assert "\\* with the BatchNorm statistics recomputed" in md
+
+
 def test_missing_unfinished_and_corrupt_runs_fail_clearly(tmp_path, runs):
     with pytest.raises(report.ReportError, match="not a directory"):
         report.load_run(str(tmp_path / "nope"))

@@ -269,6 +269,31 @@ def test_pruned_channels_through_batchnorm_stay_zero_and_compact(tmp_path, tiny_
     assert result["warnings"] == []
 
 
+def test_the_baseline_of_a_batchnorm_net_is_also_scored_as_the_pruned_nets_are(tmp_path,
+                                                                               tiny_data):
+    """After 60 iterations Caffe's moving averages (fraction 0.999) still
+    weigh the first batches: the run scores the baseline as the caffemodel
+    holds it, and also with the statistics recomputed over 100 training
+    batches, as it scores the pruned nets (the number to compare them with).
+    A net without BatchNorm gets no second score."""
+    net_path, _ = prune_conv1_to_half(tmp_path, tiny_data, BN_NET)
+    with open(tmp_path / "run" / "report.json") as f:
+        accuracy = json.load(f)["accuracy"]
+    assert list(accuracy) == ["baseline", "baseline_recalibrated", "after_admm",
+                              "after_hard_prune", "after_retrain"]
+    weights = str(tmp_path / "base" / "baseline.caffemodel")
+    train = caffe.Net(net_path, caffe.TRAIN, weights=weights)
+    test = caffe.Net(net_path, caffe.TEST, weights=weights)
+    assert solver.evaluate_net(test, 4) == pytest.approx(accuracy["baseline"], rel=1e-6)
+    solver.recalibrate_batchnorm(train, ["bn1"], 100)
+    for mine, theirs in zip(test.params["bn1"], train.params["bn1"]):
+        mine.data[...] = theirs.data
+    recalibrated = solver.evaluate_net(test, 4)
+    assert recalibrated == pytest.approx(accuracy["baseline_recalibrated"], rel=1e-6)
+    assert recalibrated["loss"] != pytest.approx(accuracy["baseline"]["loss"], rel=1e-3)
+    assert not os.path.exists(tmp_path / "run" / ".recalibration.prototxt")
+
+
 SE_NET = BN_NET.replace(
     'layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"',
     """layer { name: "squeeze" type: "Pooling" bottom: "conv1" top: "squeeze"
