@@ -211,9 +211,12 @@ def _run(args):
     if args.verb == "train":
         result = solver.train(args.solver, args.out, weights=args.weights, iters=args.iters,
                               progress=not args.quiet, restart=args.restart)
-        print("trained %d iterations in %.0f s; test: %s; weights: %s" % (
+        print("trained %d iterations in %.0f s; test: %s%s; weights: %s" % (
             result["iterations"], result["seconds"],
             ", ".join("%s %.4f" % kv for kv in sorted(result["test"].items())),
+            "" if "test_recalibrated" not in result else
+            " (BatchNorm statistics recomputed: %s)" % ", ".join(
+                "%s %.4f" % kv for kv in sorted(result["test_recalibrated"].items())),
             result["weights"]))
     elif args.verb == "test":
         scores, iters = solver.evaluate(args.model, args.weights, args.iters)

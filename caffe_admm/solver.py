@@ -42,6 +42,7 @@ __all__ = ["DivergenceError", "RunError", "train", "prune", "check", "retrain", 
            "recalibrate_batchnorm", "code_digest"]
 
 SOURCE_TYPES = protoio.DATA_TYPES + ("Python",)  # a Python layer may read data too
+BN_BATCHES = 100  # the config's bn_recalibration_batches default, for `train`'s second score
 
 
 class RunError(ValueError):
@@ -473,6 +474,12 @@ def train(solver_path, out_dir, weights=None, iters=None, progress=True, restart
               "iterations": iters, "seconds": history["seconds"], "test": scores,
               "test_iter": test_iter, "weights": os.path.abspath(model),
               "loss": history["loss"]}
+    recalibrated = _recalibrated_baseline(net_path, out_dir, model, BN_BATCHES, test_iter)
+    if recalibrated is not None:
+        result["test_recalibrated"] = recalibrated
+        _log("with its BatchNorm statistics recomputed over %d training batches (as "
+             "`caffe-admm prune` scores nets; the caffemodel keeps Caffe's moving averages): "
+             "%s" % (BN_BATCHES, _fmt_scores(recalibrated)))
     with protoio.atomic_write(os.path.join(out_dir, "train.json"), "w") as f:
         json.dump(result, f, indent=1)
     _mark_done(ckpt)
@@ -977,13 +984,14 @@ def _recalibrate(solver, net_param, batches, constants=()):
     _zero_constants(solver.net, constants)
 
 
-def _recalibrated_baseline(hooked_path, out_dir, weights, batches, test_iter):
+def _recalibrated_baseline(net_path, out_dir, weights, batches, test_iter):
     """The TEST scores of ``weights`` with the BatchNorm statistics recomputed
     over ``batches`` training batches (:func:`recalibrate_batchnorm`), as a
     run measures its pruned nets; None where the net has no BatchNorm that
-    Caffe updates, or ``batches`` is 0. On nets of their own: the run's
-    solver, its data and the weights it starts from stay as they are."""
-    net_param = _strip_hooks(protoio.read_net(hooked_path))
+    Caffe updates, or ``batches`` is 0. On nets of their own (``net_path``,
+    its hooks left out): the run's solver, its data and the weights it
+    starts from stay as they are."""
+    net_param = _strip_hooks(protoio.read_net(net_path))
     names = _batchnorms(net_param)
     if not names or not batches:
         return None

@@ -274,8 +274,8 @@ def test_the_baseline_of_a_batchnorm_net_is_also_scored_as_the_pruned_nets_are(t
     """After 60 iterations Caffe's moving averages (fraction 0.999) still
     weigh the first batches: the run scores the baseline as the caffemodel
     holds it, and also with the statistics recomputed over 100 training
-    batches, as it scores the pruned nets (the number to compare them with).
-    A net without BatchNorm gets no second score."""
+    batches, as it scores the pruned nets (the number to compare them with);
+    `train` reports both. A net without BatchNorm gets no second score."""
     net_path, _ = prune_conv1_to_half(tmp_path, tiny_data, BN_NET)
     with open(tmp_path / "run" / "report.json") as f:
         accuracy = json.load(f)["accuracy"]
@@ -292,6 +292,12 @@ def test_the_baseline_of_a_batchnorm_net_is_also_scored_as_the_pruned_nets_are(t
     assert recalibrated == pytest.approx(accuracy["baseline_recalibrated"], rel=1e-6)
     assert recalibrated["loss"] != pytest.approx(accuracy["baseline"]["loss"], rel=1e-3)
     assert not os.path.exists(tmp_path / "run" / ".recalibration.prototxt")
+    # `train` gives both scores too (its caffemodel as Caffe keeps it)
+    with open(tmp_path / "base" / "train.json") as f:
+        trained = json.load(f)
+    assert trained["test"] == pytest.approx(accuracy["baseline"], rel=1e-6)
+    assert trained["test_recalibrated"] == pytest.approx(accuracy["baseline_recalibrated"],
+                                                         rel=1e-6)
 
 
 SE_NET = BN_NET.replace(
