@@ -69,6 +69,8 @@ PRUNED := runs/lenet_mnist_fs_mild
 PRUNE_CONFIG := prototxt/lenet_admm_filter_shape_mild.prototxt
 
 $(PRUNED)/pruned.caffemodel: runs/lenet_mnist/baseline.caffemodel $(PRUNE_CONFIG) solvers/lenet_finetune_solver.prototxt
+	$(CLI) prune --check --solver solvers/lenet_solver.prototxt \
+	    --weights runs/lenet_mnist/baseline.caffemodel --config $(PRUNE_CONFIG)
 	$(CLI) prune --solver solvers/lenet_solver.prototxt \
 	    --weights runs/lenet_mnist/baseline.caffemodel \
 	    --config $(PRUNE_CONFIG) --out $(PRUNED)
