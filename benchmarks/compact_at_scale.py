@@ -31,10 +31,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from caffe_admm import compact, methods, protoio, timing  # noqa: E402
+from caffe_admm import compact, methods, protoio, solver, timing  # noqa: E402
 from caffe_admm.backend import caffe  # noqa: E402
 from caffe_admm.config import load_config  # noqa: E402
-from caffe_admm.masks import filter_mask  # noqa: E402
 
 from benchmarks._common import random_weights, rows_of  # noqa: E402
 
@@ -195,12 +194,7 @@ def prune_as_the_run_does(net, net_param, masks):
     the constants on their channels, as the hard prune does; returns the
     masks that prune something."""
     masks = {n: m for n, m in masks.items() if not m.all()}
-    for name, mask in masks.items():
-        net.params[name][0].data[~mask] = 0
-        if len(net.params[name]) > 1:
-            net.params[name][1].data[~filter_mask(mask)] = 0
-    for name, index, channels in compact.dead_channel_constants(net, net_param, masks):
-        net.params[name][index].data[channels] = 0
+    solver.hard_prune(net, net_param, masks)
     return masks
 
 

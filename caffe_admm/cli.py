@@ -5,6 +5,8 @@ Verbs:
   lmdb     write any images + labels (IDX files or .npy arrays) as a Caffe LMDB
   train    train a net with its Caffe solver (baseline)
   test     evaluate a net's TEST phase with given weights
+  sensitivity
+           each layer pruned alone to several keep ratios, the net scored
   prune    ADMM structured pruning, hard prune and masked retraining
   retrain  masked retraining alone (pruned weights stay exactly zero)
   compact  cut pruned filters/channels out: a smaller prototxt + caffemodel
@@ -58,6 +60,20 @@ def build_parser():
     p.add_argument("--model", required=True, help="net prototxt with a TEST-phase data layer")
     p.add_argument("--weights", required=True, help="caffemodel")
     p.add_argument("--iters", type=int, help="batches (default: one pass over the test LMDB)")
+
+    p = verbs.add_parser("sensitivity", help="each layer pruned alone, in one shot, the net "
+                         "scored: which layers take pruning", formatter_class=fmt)
+    p.add_argument("--model", required=True, help="net prototxt with a TEST-phase data layer")
+    p.add_argument("--weights", required=True, help="trained caffemodel")
+    p.add_argument("--kind", default="FILTER",
+                   choices=("FILTER", "CHANNEL", "SHAPE", "NON_STRUCTURED"),
+                   help="the groups pruned, as in a pruning config")
+    p.add_argument("--keep", type=float, nargs="+", default=[0.9, 0.75, 0.5, 0.25, 0.1],
+                   help="keep ratios")
+    p.add_argument("--layers", nargs="+", help="default: every Convolution and InnerProduct")
+    p.add_argument("--iters", type=int, help="TEST batches per score (default: one pass over "
+                                             "the test LMDB)")
+    p.add_argument("--json", help="also write the scan here")
 
     p = verbs.add_parser("prune", help="StructADMM pruning + masked retraining",
                          formatter_class=fmt)
@@ -205,6 +221,19 @@ def _run(args):
 
     if args.verb == "time":
         return _time(args)
+
+    if args.verb == "sensitivity":
+        from caffe_admm import backend, sensitivity
+        from caffe_admm.protoio import atomic_write
+        backend.set_mode(args.gpu)
+        result = sensitivity.scan(args.model, args.weights, args.keep, args.kind, args.layers,
+                                  args.iters, progress=lambda line: print(
+                                      line, file=sys.stderr, flush=True))
+        print(sensitivity.format_table(result))
+        if args.json:
+            with atomic_write(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+        return 0
 
     from caffe_admm import backend, solver
     backend.set_mode(args.gpu)

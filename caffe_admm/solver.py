@@ -38,8 +38,8 @@ from caffe_admm.masks import (apply_masks, filter_mask, load_masks, masks_from_z
                               sparsity_stats)
 from caffe_admm.progress import Progress
 
-__all__ = ["DivergenceError", "RunError", "train", "prune", "check", "retrain", "evaluate_net",
-           "recalibrate_batchnorm", "code_digest"]
+__all__ = ["DivergenceError", "RunError", "train", "prune", "check", "retrain", "evaluate",
+           "evaluate_net", "open_test_net", "hard_prune", "recalibrate_batchnorm", "code_digest"]
 
 SOURCE_TYPES = protoio.DATA_TYPES + ("Python",)  # a Python layer may read data too
 BN_BATCHES = 100  # the config's bn_recalibration_batches default, for `train`'s second score
@@ -486,23 +486,28 @@ def train(solver_path, out_dir, weights=None, iters=None, progress=True, restart
     return result
 
 
-def evaluate(net_path, weights, iters=None):
-    """Scores of the TEST phase of ``net_path`` with ``weights``.
-
-    ``iters`` defaults to enough batches to cover the first TEST data layer's
-    LMDB once (MNIST: 10000 / 100).
-    """
+def open_test_net(net_path, weights, iters=None):
+    """The TEST net of ``net_path`` with ``weights``, checked as every verb
+    checks it (a TEST data layer, weights that fit, a scalar output to
+    score): (net, net_param, iters). ``iters`` defaults to enough batches to
+    cover the first TEST data layer's LMDB once (MNIST: 10000 / 100)."""
     net_param = protoio.read_net(net_path)
     _check_test_phase(net_param, net_path)
     check_weights(weights, net_path, net_param)
     if not iters:
         iters = _full_pass_iters(net_param, net_path)
     net = caffe.Net(net_path, caffe.TEST, weights=weights)
-    scores = evaluate_net(net, iters)
-    if not scores:
+    if not any(net.blobs[name].data.size == 1 for name in net.outputs):
         raise RunError("%s: its TEST phase has no scalar output (an Accuracy or loss layer) "
                        "to report; outputs: %s" % (net_path, ", ".join(net.outputs)))
-    return scores, iters
+    return net, net_param, iters
+
+
+def evaluate(net_path, weights, iters=None):
+    """Scores of the TEST phase of ``net_path`` with ``weights``, over
+    ``iters`` batches (:func:`open_test_net`): (scores, iters)."""
+    net, _, iters = open_test_net(net_path, weights, iters)
+    return evaluate_net(net, iters), iters
 
 
 def _full_pass_iters(net_param, path):
@@ -738,7 +743,6 @@ def check(solver_path, weights, config_path):
     feeds = _announce(run)
     net = caffe.Net(run.net_path, caffe.TEST, weights=weights)
     masks = target_masks(cfg, {n: w.copy() for n, w in _weights(net, run.names).items()}, feeds)
-    _apply_masks(net, masks)
     caveats = ["which filters, columns or channels are kept is chosen here by the starting "
                "weights; the run chooses by its trained ones, so what compaction cuts beyond "
                "the config's counts can differ"]
@@ -756,7 +760,7 @@ def check(solver_path, weights, config_path):
                             for writers, why in cfg.uncoupled],
               "caveats": caveats, "compaction_error": None, "warnings": [], "notes": []}
     try:
-        _zero_constants(net, compact.dead_channel_constants(net, net_param, masks))
+        hard_prune(net, net_param, masks)
         costs, plan = compact.compacted_costs(net, net_param, compact.layer_inputs(net))
     except compact.CompactionError as exc:
         report["compaction_error"] = str(exc)
@@ -902,6 +906,27 @@ def _note_dead_inputs(totals, live_inputs_only, input_kinds=True, threshold=0.01
              "carry signal."
              % (dead, totals["nonzero"], 100.0 * dead / totals["nonzero"],
                 totals["compacted_compression"], totals["compression"]))
+
+
+def hard_prune(net, net_param, masks):
+    """Zero what ``masks`` prune in a live TEST-phase ``net`` as a run's hard
+    prune does: the weights, the biases of fully pruned filters, and the
+    constants on their channels (:func:`compact.dead_channel_constants`).
+
+    Returns
+    -------
+    constants : list of (layer, blob index, channels), those zeroed
+
+    Raises
+    ------
+    compact.CompactionError
+        where compaction's graph does not take the net; the weights and
+        biases are zeroed before, the constants not.
+    """
+    _apply_masks(net, masks)
+    constants = compact.dead_channel_constants(net, net_param, masks)
+    _zero_constants(net, constants)
+    return constants
 
 
 def _apply_masks(net, masks):

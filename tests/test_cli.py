@@ -19,8 +19,8 @@ def run(*args, cwd=None):
 def test_help_lists_every_verb():
     res = run("--help")
     assert res.returncode == 0
-    for verb in ("data", "lmdb", "train", "test", "prune", "retrain", "compact", "time", "report",
-                 "clean"):
+    for verb in ("data", "lmdb", "train", "test", "sensitivity", "prune", "retrain", "compact",
+                 "time", "report", "clean"):
         assert verb in res.stdout
 
 

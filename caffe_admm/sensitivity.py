@@ -1,0 +1,170 @@
+"""Per-layer pruning sensitivity: which layers take pruning, and how much.
+
+Each Convolution and InnerProduct layer is pruned alone, in one shot, to
+each of several keep ratios by the projection a run's hard prune uses (the
+groups of largest norm, :func:`projections.support`; for filters, their
+biases and the constants on their channels zeroed as the run zeroes them),
+with every other layer as it is, and the net is scored on its TEST phase.
+No retraining: the drop is an upper bound on what pruning that layer costs,
+and the ranking of the layers is what one reads off it (Han et al., NIPS
+2015, Sec. 4; Distiller's sensitivity analysis). Next to each layer stand
+its share of the weights and FLOPs, so a pruning config can go after the
+layers that cost much and mind little.
+
+Every score is taken on the same first ``iters`` TEST batches: the net is
+built afresh for each (a Data layer has no way back to its first record).
+"""
+
+import numpy as np
+
+from caffe_admm import compact, projections
+from caffe_admm.backend import caffe
+from caffe_admm.solver import evaluate_net, hard_prune, open_test_net
+from caffe_admm.timing import layer_costs
+
+__all__ = ["scan", "format_table", "KINDS"]
+
+# the config's kind names (caffe_admm/proto/admm.proto) -> projection kinds
+KINDS = {"FILTER": "filter", "CHANNEL": "channel", "SHAPE": "shape",
+         "NON_STRUCTURED": "non_structured"}
+
+
+def _skip_reason(kind, group, num_output):
+    """Why ``kind`` does not prune a layer with this ``group``, or None."""
+    if group == 1:
+        return None
+    if kind not in ("filter", "non_structured"):
+        return "kind %s does not fit a grouped convolution (group=%d)" % (kind.upper(), group)
+    if kind == "filter" and num_output == group:
+        return "one filter per group (depthwise): FILTER prunes nothing there"
+    return None
+
+
+def _pruned_net(model, weights, net_param, name, mask):
+    """A fresh TEST net with ``weights``, ``name`` pruned to ``mask`` as the
+    hard prune leaves it; returns (net, note or None)."""
+    net = caffe.Net(model, caffe.TEST, weights=weights)
+    try:
+        hard_prune(net, net_param, {name: mask})
+    except compact.CompactionError as exc:
+        return net, "constants on the pruned channels left as they are (%s)" % exc
+    return net, None
+
+
+def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layers=None,
+         iters=None, progress=None):
+    """Score ``model``'s TEST phase with each layer pruned alone to each keep ratio.
+
+    Parameters
+    ----------
+    model : str
+        Net prototxt with a TEST-phase data layer and a scalar output (an
+        Accuracy or a loss layer).
+    weights : str
+        Trained caffemodel.
+    keeps : sequence of float in (0, 1]
+    kind : str
+        FILTER, CHANNEL, SHAPE or NON_STRUCTURED (as in a pruning config).
+    layers : list of str, optional
+        The layers to scan (default: every Convolution and InnerProduct).
+    iters : int, optional
+        TEST batches per score (default: one pass over the TEST LMDB).
+    progress : callable, optional
+        Called with a line per layer.
+
+    Returns
+    -------
+    dict with ``baseline`` (the scores of the unpruned net), ``iters``,
+    ``kind``, ``keeps`` and per layer (net order) ``type``, ``params``,
+    ``flops``, their shares of the scanned net's, and ``results`` (per keep
+    ratio: ``keep``, ``groups_kept``, ``groups``, ``scores``) or ``skipped``
+    (why); ``notes``.
+    """
+    if kind not in KINDS:
+        raise ValueError("kind %r: choose one of %s" % (kind, ", ".join(KINDS)))
+    for keep in keeps:
+        if not 0.0 < keep <= 1.0:
+            raise ValueError("keep ratio %r is outside (0, 1]" % keep)
+    net, net_param, iters = open_test_net(model, weights, iters)
+    types = dict(zip(net._layer_names, [l.type for l in net.layers]))
+    costs = layer_costs(net)
+    names = list(costs) if layers is None else list(layers)
+    unknown = [n for n in names if n not in costs or types[n] not in ("Convolution",
+                                                                      "InnerProduct")]
+    if unknown:
+        raise ValueError("%s: no Convolution or InnerProduct layer named %s (those: %s)"
+                         % (model, ", ".join(map(repr, unknown)), ", ".join(
+                             n for n in costs if types[n] in ("Convolution", "InnerProduct"))))
+    baseline = evaluate_net(net, iters)
+    total_params = sum(c["params"] for c in costs.values())
+    total_flops = sum(c["flops"] for c in costs.values())
+    groups_of = compact.conv_groups(net)
+    pkind = KINDS[kind]
+    out = {"model": model, "weights": weights, "kind": kind, "keeps": list(keeps),
+           "iters": iters, "baseline": baseline, "layers": {}, "notes": []}
+    for name in names:
+        c = costs[name]
+        w = net.params[name][0].data
+        group = groups_of.get(name, 1)
+        entry = {"type": types[name], "params": c["params"], "flops": c["flops"],
+                 "params_share": c["params"] / total_params,
+                 "flops_share": c["flops"] / max(total_flops, 1)}
+        why = _skip_reason(pkind, group, w.shape[0])
+        if why:
+            entry["skipped"] = why
+            out["layers"][name] = entry
+            if progress:
+                progress("%s: skipped, %s" % (name, why))
+            continue
+        n = projections.num_groups(w.shape, pkind)
+        g = group if pkind == "filter" else 1
+        entry["results"] = []
+        for keep in keeps:
+            k = projections.keep_count(n, keep, g)
+            mask = projections.support(w, pkind, k, g)
+            pruned, note = _pruned_net(model, weights, net_param, name, mask)
+            if note and note not in out["notes"]:
+                out["notes"].append(note)
+            entry["results"].append({"keep": keep, "groups_kept": k, "groups": n,
+                                     "scores": evaluate_net(pruned, iters)})
+            del pruned
+        out["layers"][name] = entry
+        if progress:
+            progress("%s: %s" % (name, ", ".join(
+                "%g %s" % (r["keep"], _fmt(r["scores"])) for r in entry["results"])))
+    return out
+
+
+def _score_key(scores):
+    return "accuracy" if "accuracy" in scores else sorted(scores)[0]
+
+
+def _fmt(scores):
+    key = _score_key(scores)
+    return "%s %.4f" % (key, scores[key])
+
+
+def format_table(result):
+    """The scan as a text table: a row per layer, a column per keep ratio,
+    the score (``accuracy`` where the net has one) and its change from the
+    baseline."""
+    key = _score_key(result["baseline"])
+    base = result["baseline"][key]
+    scale = 100 if key == "accuracy" else 1  # points of accuracy
+    head = "%-12s %-13s %7s %7s" % ("layer", "type", "params", "FLOPs")
+    head += "".join(" %15s" % ("keep %g" % k) for k in result["keeps"])
+    lines = ["%s %s of the unpruned net: %.4f (%d TEST batches); kind %s, one layer at a "
+             "time, no retraining" % (result["model"], key, base, result["iters"],
+                                      result["kind"]), head]
+    for name, e in result["layers"].items():
+        row = "%-12s %-13s %6.1f%% %6.1f%%" % (name, e["type"], 100 * e["params_share"],
+                                               100 * e["flops_share"])
+        if "skipped" in e:
+            row += "  skipped: " + e["skipped"]
+        else:
+            row += "".join(" %7.4f (%+5.1f)" % (r["scores"][key],
+                                                scale * (r["scores"][key] - base))
+                           for r in e["results"])
+        lines.append(row)
+    lines += ["note: " + n for n in result["notes"]]
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""caffe-admm sensitivity: each layer pruned alone, the same TEST batches every time."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from caffe_admm import projections, sensitivity, solver
+from caffe_admm.backend import caffe
+
+from conftest import TINY_NET, write_tiny
+from test_cli import run
+
+
+def test_each_score_is_the_net_with_that_layer_pruned_on_the_same_batches(tiny_trained):
+    """2 of the TEST LMDB's 4 batches per score: a fresh net each time, so
+    keep 1 gives the baseline to the bit; conv1 at keep 0.5 is the net with
+    its 4 filters of least norm (and their biases) zeroed, scored here."""
+    result = sensitivity.scan(tiny_trained["net"], tiny_trained["weights"], keeps=(1.0, 0.5),
+                              iters=2)
+    assert list(result["layers"]) == ["conv1", "conv2", "ip1"] and result["iters"] == 2
+    for entry in result["layers"].values():
+        assert entry["results"][0]["scores"] == result["baseline"]
+    conv1 = result["layers"]["conv1"]
+    assert [(r["groups_kept"], r["groups"]) for r in conv1["results"]] == [(8, 8), (4, 8)]
+    assert conv1["params_share"] == pytest.approx(72 / (72 + 576 + 512))
+    net = caffe.Net(tiny_trained["net"], caffe.TEST, weights=tiny_trained["weights"])
+    w = net.params["conv1"][0].data
+    dropped = ~projections.group_mask(w, "filter", 4)
+    assert dropped.sum() == 4
+    w[dropped] = 0
+    net.params["conv1"][1].data[dropped] = 0
+    assert solver.evaluate_net(net, 2) == conv1["results"][1]["scores"]
+    assert result["layers"]["ip1"]["results"][1]["groups_kept"] == 2
+
+
+def test_kinds_a_layer_does_not_take_are_skipped_with_the_reason(tmp_path, tiny_data):
+    net = TINY_NET.replace("num_output: 8 kernel_size: 3 pad: 1\n    weight_filler { type: "
+                           '"xavier" } bias_filler { type: "constant" } } }\nlayer { name: "relu2"',
+                           "num_output: 8 kernel_size: 3 pad: 1 group: 8\n    weight_filler { "
+                           'type: "xavier" } bias_filler { type: "constant" } } }\nlayer { '
+                           'name: "relu2"')
+    _, net_path = write_tiny(tmp_path, tiny_data, net=net)
+    weights = str(tmp_path / "w.caffemodel")
+    caffe.Net(net_path, caffe.TEST).save(weights)
+    result = sensitivity.scan(net_path, weights, keeps=(0.5,), iters=1)
+    assert result["layers"]["conv2"]["skipped"].startswith("one filter per group (depthwise)")
+    assert "results" in result["layers"]["conv1"]
+    result = sensitivity.scan(net_path, weights, keeps=(0.5,), kind="SHAPE", iters=1,
+                              layers=["conv2", "ip1"])
+    assert list(result["layers"]) == ["conv2", "ip1"]
+    assert result["layers"]["conv2"]["skipped"] == ("kind SHAPE does not fit a grouped "
+                                                    "convolution (group=8)")
+    assert result["layers"]["ip1"]["results"][0]["groups"] == 128  # its columns
+    with pytest.raises(ValueError, match=r"no Convolution or InnerProduct layer named 'relu1'"):
+        sensitivity.scan(net_path, weights, layers=["relu1"], iters=1)
+    with pytest.raises(ValueError, match=r"keep ratio 0 is outside \(0, 1\]"):
+        sensitivity.scan(net_path, weights, keeps=(0,), iters=1)
+
+
+def test_the_command_prints_a_table_and_writes_json(tmp_path, tiny_trained):
+    out = str(tmp_path / "s.json")
+    res = run("sensitivity", "--model", tiny_trained["net"], "--weights",
+              tiny_trained["weights"], "--keep", "0.5", "0.25", "--iters", "2", "--json", out)
+    assert res.returncode == 0, res.stderr
+    with open(out) as f:
+        result = json.load(f)
+    lines = res.stdout.splitlines()
+    assert lines[0].endswith("accuracy of the unpruned net: %.4f (2 TEST batches); kind FILTER, "
+                             "one layer at a time, no retraining"
+                             % result["baseline"]["accuracy"])
+    assert lines[1].split() == ["layer", "type", "params", "FLOPs", "keep", "0.5", "keep", "0.25"]
+    conv2 = result["layers"]["conv2"]
+    assert lines[3].startswith("conv2        Convolution     49.7%") and \
+        ("%.4f" % conv2["results"][1]["scores"]["accuracy"]) in lines[3]
+    assert "conv1: 0.5 accuracy" in res.stderr  # progress, a line per layer
+    assert not os.path.exists(tmp_path / "nothing_else")
+    res = run("sensitivity", "--model", tiny_trained["net"], "--weights",
+              tiny_trained["weights"], "--kind", "ROWS")
+    assert res.returncode == 2 and "invalid choice: 'ROWS'" in res.stderr
+    assert np.isfinite(result["baseline"]["loss"])
