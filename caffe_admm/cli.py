@@ -73,6 +73,10 @@ def build_parser():
     p.add_argument("--layers", nargs="+", help="default: every Convolution and InnerProduct")
     p.add_argument("--iters", type=int, help="TEST batches per score (default: one pass over "
                                              "the test LMDB)")
+    p.add_argument("--bn-batches", type=int, default=100,
+                   help="on a net with BatchNorm: its statistics recomputed over this many "
+                        "training batches for every score, as a run's hard prune is scored "
+                        "(0: the caffemodel's)")
     p.add_argument("--json", help="also write the scan here")
 
     p = verbs.add_parser("prune", help="StructADMM pruning + masked retraining",
@@ -226,8 +230,10 @@ def _run(args):
         from caffe_admm import backend, sensitivity
         from caffe_admm.protoio import atomic_write
         backend.set_mode(args.gpu)
+        if args.bn_batches < 0:
+            raise ValueError("--bn-batches must be >= 0, got %d" % args.bn_batches)
         result = sensitivity.scan(args.model, args.weights, args.keep, args.kind, args.layers,
-                                  args.iters, progress=lambda line: print(
+                                  args.iters, args.bn_batches, progress=lambda line: print(
                                       line, file=sys.stderr, flush=True))
         print(sensitivity.format_table(result))
         if args.json:

@@ -13,13 +13,16 @@ layers that cost much and mind little.
 
 Every score is taken on the same first ``iters`` TEST batches: the net is
 built afresh for each (a Data layer has no way back to its first record).
+On a net with BatchNorm every score, the unpruned net's too, is taken with
+the statistics recomputed at its weights (over the same first training
+batches each time), as a run scores its hard prune: with the caffemodel's
+moving averages a pruned net scores far lower than the run would see.
 """
 
-import numpy as np
-
-from caffe_admm import compact, projections
-from caffe_admm.backend import caffe
-from caffe_admm.solver import evaluate_net, hard_prune, open_test_net
+from caffe_admm import compact, projections, protoio
+from caffe_admm.backend import caffe, caffe_pb2
+from caffe_admm.solver import (batchnorms, evaluate_net, hard_prune, open_test_net,
+                               recalibrate_test_net)
 from caffe_admm.timing import layer_costs
 
 __all__ = ["scan", "format_table", "KINDS"]
@@ -40,19 +43,24 @@ def _skip_reason(kind, group, num_output):
     return None
 
 
-def _pruned_net(model, weights, net_param, name, mask):
-    """A fresh TEST net with ``weights``, ``name`` pruned to ``mask`` as the
-    hard prune leaves it; returns (net, note or None)."""
-    net = caffe.Net(model, caffe.TEST, weights=weights)
-    try:
-        hard_prune(net, net_param, {name: mask})
-    except compact.CompactionError as exc:
-        return net, "constants on the pruned channels left as they are (%s)" % exc
-    return net, None
+def _scored(model, weights, net_param, iters, bns, bn_batches, name=None, mask=None):
+    """The TEST scores of a fresh net with ``weights``, ``name`` pruned to
+    ``mask`` as the hard prune leaves it, and the BatchNorm layers ``bns``
+    recalibrated over ``bn_batches`` training batches as a run does after
+    its hard prune: (scores, note or None)."""
+    net, note = caffe.Net(model, caffe.TEST, weights=weights), None
+    if name is not None:
+        try:
+            hard_prune(net, net_param, {name: mask})
+        except compact.CompactionError as exc:
+            note = "constants on the pruned channels left as they are (%s)" % exc
+    if bns and bn_batches:
+        recalibrate_test_net(net, caffe.Net(model, caffe.TRAIN, weights=weights), bns, bn_batches)
+    return evaluate_net(net, iters), note
 
 
 def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layers=None,
-         iters=None, progress=None):
+         iters=None, bn_batches=100, progress=None):
     """Score ``model``'s TEST phase with each layer pruned alone to each keep ratio.
 
     Parameters
@@ -69,6 +77,12 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
         The layers to scan (default: every Convolution and InnerProduct).
     iters : int, optional
         TEST batches per score (default: one pass over the TEST LMDB).
+    bn_batches : int
+        On a net with BatchNorm, every score (the baseline's too) is taken
+        with the statistics recomputed at its weights over this many
+        training batches (the same first ones each time), as a run scores
+        its hard prune; 0 keeps the caffemodel's. The prototxt then needs
+        its TRAIN-phase data layer.
     progress : callable, optional
         Called with a line per layer.
 
@@ -95,13 +109,19 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
         raise ValueError("%s: no Convolution or InnerProduct layer named %s (those: %s)"
                          % (model, ", ".join(map(repr, unknown)), ", ".join(
                              n for n in costs if types[n] in ("Convolution", "InnerProduct"))))
-    baseline = evaluate_net(net, iters)
+    bns = batchnorms(net_param) if bn_batches else []
+    if bns:
+        protoio.check_net(net_param, model, protoio.net_state(net_param, caffe_pb2.TRAIN))
+        baseline, _ = _scored(model, weights, net_param, iters, bns, bn_batches)
+    else:
+        baseline = evaluate_net(net, iters)
     total_params = sum(c["params"] for c in costs.values())
     total_flops = sum(c["flops"] for c in costs.values())
     groups_of = compact.conv_groups(net)
     pkind = KINDS[kind]
     out = {"model": model, "weights": weights, "kind": kind, "keeps": list(keeps),
-           "iters": iters, "baseline": baseline, "layers": {}, "notes": []}
+           "iters": iters, "bn_batches": bn_batches if bns else 0, "baseline": baseline,
+           "layers": {}, "notes": []}
     for name in names:
         c = costs[name]
         w = net.params[name][0].data
@@ -122,12 +142,12 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
         for keep in keeps:
             k = projections.keep_count(n, keep, g)
             mask = projections.support(w, pkind, k, g)
-            pruned, note = _pruned_net(model, weights, net_param, name, mask)
+            scores, note = _scored(model, weights, net_param, iters, bns, bn_batches, name,
+                                   mask)
             if note and note not in out["notes"]:
                 out["notes"].append(note)
             entry["results"].append({"keep": keep, "groups_kept": k, "groups": n,
-                                     "scores": evaluate_net(pruned, iters)})
-            del pruned
+                                     "scores": scores})
         out["layers"][name] = entry
         if progress:
             progress("%s: %s" % (name, ", ".join(
@@ -153,9 +173,11 @@ def format_table(result):
     scale = 100 if key == "accuracy" else 1  # points of accuracy
     head = "%-12s %-13s %7s %7s" % ("layer", "type", "params", "FLOPs")
     head += "".join(" %15s" % ("keep %g" % k) for k in result["keeps"])
-    lines = ["%s %s of the unpruned net: %.4f (%d TEST batches); kind %s, one layer at a "
-             "time, no retraining" % (result["model"], key, base, result["iters"],
-                                      result["kind"]), head]
+    lines = ["%s %s of the unpruned net: %.4f (%d TEST batches%s); kind %s, one layer at a "
+             "time, no retraining" % (
+                 result["model"], key, base, result["iters"],
+                 ", BatchNorm statistics recomputed over %d training batches for each score"
+                 % result["bn_batches"] if result["bn_batches"] else "", result["kind"]), head]
     for name, e in result["layers"].items():
         row = "%-12s %-13s %6.1f%% %6.1f%%" % (name, e["type"], 100 * e["params_share"],
                                                100 * e["flops_share"])

@@ -39,7 +39,8 @@ from caffe_admm.masks import (apply_masks, filter_mask, load_masks, masks_from_z
 from caffe_admm.progress import Progress
 
 __all__ = ["DivergenceError", "RunError", "train", "prune", "check", "retrain", "evaluate",
-           "evaluate_net", "open_test_net", "hard_prune", "recalibrate_batchnorm", "code_digest"]
+           "evaluate_net", "open_test_net", "hard_prune", "recalibrate_batchnorm",
+           "recalibrate_test_net", "batchnorms", "code_digest"]
 
 SOURCE_TYPES = protoio.DATA_TYPES + ("Python",)  # a Python layer may read data too
 BN_BATCHES = 100  # the config's bn_recalibration_batches default, for `train`'s second score
@@ -987,9 +988,9 @@ def recalibrate_batchnorm(net, names, batches):
         net.params[n][2].data[...] = 1
 
 
-def _batchnorms(net_param):
+def batchnorms(net_param):
     """The BatchNorm layers of the TRAIN net that update their statistics
-    (not ``use_global_stats: true``)."""
+    (not ``use_global_stats: true``): the ones a run recalibrates."""
     train = protoio.net_state(net_param, caffe_pb2.TRAIN)
     return [l.name for l in net_param.layer if l.type == "BatchNorm"
             and protoio.layer_included(l, train) and not (
@@ -1000,7 +1001,7 @@ def _batchnorms(net_param):
 def _recalibrate(solver, net_param, batches, constants=()):
     """:func:`recalibrate_batchnorm` on the solver's net, logged; the
     constants held at zero (``constants``) zeroed again."""
-    names = _batchnorms(net_param)
+    names = batchnorms(net_param)
     if not names or not batches:
         return
     _log("BatchNorm statistics recomputed over %d training batches (%d layer%s)"
@@ -1017,7 +1018,7 @@ def _recalibrated_baseline(net_path, out_dir, weights, batches, test_iter):
     its hooks left out): the run's solver, its data and the weights it
     starts from stay as they are."""
     net_param = _strip_hooks(protoio.read_net(net_path))
-    names = _batchnorms(net_param)
+    names = batchnorms(net_param)
     if not names or not batches:
         return None
     path = os.path.join(out_dir, ".recalibration.prototxt")
@@ -1027,12 +1028,25 @@ def _recalibrated_baseline(net_path, out_dir, weights, batches, test_iter):
         test = caffe.Net(path, caffe.TEST, weights=weights)
     finally:
         os.unlink(path)
+    recalibrate_test_net(test, train, names, batches)
+    return evaluate_net(test, test_iter)
+
+
+def recalibrate_test_net(test, train, names, batches):
+    """Give a TEST net the BatchNorm statistics of its own weights: every
+    blob of ``test`` copied into the TRAIN net ``train`` of the same
+    prototxt, the statistics of the BatchNorm layers ``names`` recomputed
+    there over ``batches`` training batches (:func:`recalibrate_batchnorm`),
+    and copied back."""
+    for name, blobs in test.params.items():
+        if name in train.params:
+            for theirs, mine in zip(train.params[name], blobs):
+                theirs.data[...] = mine.data
     recalibrate_batchnorm(train, names, batches)
     for name in names:
         if name in test.params:
             for mine, theirs in zip(test.params[name], train.params[name]):
                 mine.data[...] = theirs.data
-    return evaluate_net(test, test_iter)
 
 
 def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, snapshot_interval,

@@ -80,3 +80,37 @@ def test_the_command_prints_a_table_and_writes_json(tmp_path, tiny_trained):
               tiny_trained["weights"], "--kind", "ROWS")
     assert res.returncode == 2 and "invalid choice: 'ROWS'" in res.stderr
     assert np.isfinite(result["baseline"]["loss"])
+
+
+def test_on_a_batchnorm_net_every_score_has_its_statistics_recomputed(tmp_path, tiny_data,
+                                                                      capsys):
+    """As a run scores its hard prune: the unpruned net and each pruned one
+    with the BatchNorm statistics recomputed at their weights over the same
+    first 100 training batches; --bn-batches 0 keeps the caffemodel's."""
+    from test_solver import BN_NET
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=BN_NET, max_iter=60)
+    weights = solver.train(solver_path, str(tmp_path / "base"), progress=False)["weights"]
+    result = sensitivity.scan(net_path, weights, keeps=(1.0, 0.5), layers=["conv1"], iters=2)
+    assert result["bn_batches"] == 100
+
+    def recalibrated(prune=None):
+        from caffe_admm import protoio
+        test = caffe.Net(net_path, caffe.TEST, weights=weights)
+        if prune is not None:
+            solver.hard_prune(test, protoio.read_net(net_path), prune)
+        solver.recalibrate_test_net(test, caffe.Net(net_path, caffe.TRAIN, weights=weights),
+                                    ["bn1"], 100)
+        return solver.evaluate_net(test, 2)
+    assert result["baseline"] == recalibrated()
+    conv1 = result["layers"]["conv1"]["results"]
+    assert conv1[0]["scores"] == result["baseline"]
+    net = caffe.Net(net_path, caffe.TEST, weights=weights)
+    mask = projections.support(net.params["conv1"][0].data, "filter", 4)
+    assert conv1[1]["scores"] == recalibrated({"conv1": mask})
+    plain = sensitivity.scan(net_path, weights, keeps=(0.5,), layers=["conv1"], iters=2,
+                             bn_batches=0)
+    assert plain["bn_batches"] == 0 and plain["baseline"] == solver.evaluate_net(net, 2)
+    assert plain["baseline"] != result["baseline"]
+    assert "BatchNorm statistics recomputed over 100 training batches for each score" in \
+        sensitivity.format_table(result).splitlines()[0]
+    assert "recomputed" not in sensitivity.format_table(plain).splitlines()[0]

@@ -658,8 +658,8 @@ def test_recalibrated_batchnorm_statistics_are_the_mean_of_the_batch_statistics(
         'type: "BatchNorm" bottom: "conv1" top: "conv1" }',
         'type: "BatchNorm" bottom: "conv1" top: "conv1" '
         'batch_norm_param { use_global_stats: true } }') % tiny_data, caffe_pb2.NetParameter())
-    assert solver._batchnorms(frozen) == []  # frozen statistics: left as they are
-    assert solver._batchnorms(text_format.Parse(BN_NET % tiny_data,
+    assert solver.batchnorms(frozen) == []  # frozen statistics: left as they are
+    assert solver.batchnorms(text_format.Parse(BN_NET % tiny_data,
                                                 caffe_pb2.NetParameter())) == ["bn1"]
 
 
