@@ -78,6 +78,11 @@ def build_parser():
                         "training batches for every score, as a run's hard prune is scored "
                         "(0: the caffemodel's)")
     p.add_argument("--json", help="also write the scan here")
+    p.add_argument("--config-out", metavar="FILE",
+                   help="also write a pruning config: each layer at the smallest keep ratio "
+                        "that lost at most --max-drop points alone")
+    p.add_argument("--max-drop", type=float, default=1.0,
+                   help="with --config-out: points of accuracy a layer may lose alone")
 
     p = verbs.add_parser("prune", help="StructADMM pruning + masked retraining",
                          formatter_class=fmt)
@@ -232,6 +237,9 @@ def _run(args):
         backend.set_mode(args.gpu)
         if args.bn_batches < 0:
             raise ValueError("--bn-batches must be >= 0, got %d" % args.bn_batches)
+        if args.config_out and os.path.exists(args.config_out):
+            raise FileExistsError("%s exists; --config-out writes a new file"
+                                  % args.config_out)
         result = sensitivity.scan(args.model, args.weights, args.keep, args.kind, args.layers,
                                   args.iters, args.bn_batches, progress=lambda line: print(
                                       line, file=sys.stderr, flush=True))
@@ -239,6 +247,11 @@ def _run(args):
         if args.json:
             with atomic_write(args.json, "w") as f:
                 json.dump(result, f, indent=1)
+        if args.config_out:
+            text = sensitivity.config_text(result, args.max_drop)
+            with atomic_write(args.config_out, "w") as f:
+                f.write(text)
+            print("wrote %s:\n%s" % (args.config_out, text), end="")
         return 0
 
     from caffe_admm import backend, solver

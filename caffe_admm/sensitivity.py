@@ -25,7 +25,7 @@ from caffe_admm.solver import (batchnorms, evaluate_net, hard_prune, open_test_n
                                recalibrate_test_net)
 from caffe_admm.timing import layer_costs
 
-__all__ = ["scan", "format_table", "KINDS"]
+__all__ = ["scan", "format_table", "config_text", "KINDS"]
 
 # the config's kind names (caffe_admm/proto/admm.proto) -> projection kinds
 KINDS = {"FILTER": "filter", "CHANNEL": "channel", "SHAPE": "shape",
@@ -190,3 +190,50 @@ def format_table(result):
         lines.append(row)
     lines += ["note: " + n for n in result["notes"]]
     return "\n".join(lines)
+
+
+def config_text(result, max_drop):
+    """A pruning config (caffe_admm/proto/admm.proto) from a scan: each layer
+    at the smallest scanned keep ratio whose score, that layer pruned alone,
+    fell at most ``max_drop`` points of accuracy below the unpruned net's;
+    layers that fell further at every ratio below 1 are left out. Layers pruned
+    together lose more than each alone, and retraining wins some back: the
+    text says so, a starting point to edit.
+
+    Raises
+    ------
+    ValueError
+        if the net has no ``accuracy`` output, or no layer stays within
+        ``max_drop``.
+    """
+    if "accuracy" not in result["baseline"]:
+        raise ValueError("the scan has no accuracy score to hold a drop to (outputs: %s)"
+                         % ", ".join(sorted(result["baseline"])))
+    base = result["baseline"]["accuracy"]
+    lines, out = [], []
+    for name, e in result["layers"].items():
+        fine = [r for r in e.get("results", [])
+                if 100 * (base - r["scores"]["accuracy"]) <= max_drop and r["keep"] < 1]
+        if not fine:
+            out.append("%s (%s)" % (name, e["skipped"] if "skipped" in e else
+                                    "more than %g points at every keep ratio below 1"
+                                    % max_drop))
+            continue
+        r = min(fine, key=lambda r: r["keep"])
+        lines.append('layer { name: "%s" kind: %s keep_ratio: %g }  # %+.2f points alone, '
+                     '%.1f%% of the weights, %.1f%% of the FLOPs'
+                     % (name, result["kind"], r["keep"], 100 * (r["scores"]["accuracy"] - base),
+                        100 * e["params_share"], 100 * e["flops_share"]))
+    if not lines:
+        raise ValueError("no layer stays within %g points of %.4f at any scanned keep ratio; "
+                         "scan larger ones (--keep) or allow a larger drop" % (max_drop, base))
+    head = ["# From caffe-admm sensitivity: %s, %s" % (result["model"], result["weights"]),
+            "# (accuracy %.4f unpruned, %d TEST batches). Each layer at the smallest keep ratio"
+            % (base, result["iters"]),
+            "# scanned (%s) whose score, that layer alone pruned in one shot,"
+            % ", ".join("%g" % k for k in result["keeps"]),
+            "# fell at most %g points. Pruned together they lose more than each alone, and"
+            % max_drop,
+            "# retraining wins some back: a starting point. Method, schedule: the defaults."]
+    head += ["# left out: " + o for o in out]
+    return "\n".join(head + lines) + "\n"

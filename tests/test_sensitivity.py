@@ -114,3 +114,35 @@ def test_on_a_batchnorm_net_every_score_has_its_statistics_recomputed(tmp_path, 
     assert "BatchNorm statistics recomputed over 100 training batches for each score" in \
         sensitivity.format_table(result).splitlines()[0]
     assert "recomputed" not in sensitivity.format_table(plain).splitlines()[0]
+
+
+def test_a_config_from_a_scan_takes_each_layers_smallest_keep_within_the_drop(tmp_path,
+                                                                             tiny_trained):
+    from caffe_admm.config import Constraint, load_config
+    from caffe_admm.protoio import read_net
+    result = sensitivity.scan(tiny_trained["net"], tiny_trained["weights"],
+                              keeps=(1.0, 0.5, 0.25), iters=2)
+    base = result["baseline"]["accuracy"]
+    drops = {n: {r["keep"]: 100 * (base - r["scores"]["accuracy"]) for r in e["results"]}
+             for n, e in result["layers"].items()}
+    max_drop = sorted(d[0.25] for d in drops.values())[1]  # one layer at 0.25 at least
+    expected = {n: min(k for k, d in ds.items() if d <= max_drop) for n, ds in drops.items()}
+    assert 0.25 in expected.values()
+    expected = {n: k for n, k in expected.items() if k < 1}  # keep 1 prunes nothing: left out
+    path = tmp_path / "c.prototxt"
+    path.write_text(sensitivity.config_text(result, max_drop))
+    cfg = load_config(str(path), read_net(tiny_trained["net"]))
+    assert {s.name: s.constraints for s in cfg.layers} == {
+        n: (Constraint("filter", k),) for n, k in expected.items()}
+    with pytest.raises(ValueError, match="no layer stays within -1 points"):
+        sensitivity.config_text(result, -1)
+    # a layer over the drop at every ratio is left out, and named
+    text = sensitivity.config_text(dict(result, keeps=[0.25], layers={
+        n: dict(e, results=e["results"][2:]) for n, e in result["layers"].items()}),
+        max_drop)
+    over = sorted(n for n, d in drops.items() if d[0.25] > max_drop)
+    assert over and all("# left out: %s (more than %g points at every keep ratio below 1)"
+                        % (n, max_drop) in text for n in over)
+    res = run("sensitivity", "--model", tiny_trained["net"], "--weights",
+              tiny_trained["weights"], "--iters", "1", "--config-out", str(path))
+    assert res.returncode == 2 and "exists; --config-out writes a new file" in res.stderr
