@@ -77,7 +77,8 @@ def build_parser():
                    help="on a net with BatchNorm: its statistics recomputed over this many "
                         "training batches for every score, as a run's hard prune is scored "
                         "(0: the caffemodel's)")
-    p.add_argument("--json", help="also write the scan here")
+    p.add_argument("--json", help="also write the scan here, after each layer; a scan "
+                                  "interrupted goes on from it when run again")
     p.add_argument("--config-out", metavar="FILE",
                    help="also write a pruning config: each layer at the smallest keep ratio "
                         "that lost at most --max-drop points alone")
@@ -235,18 +236,15 @@ def _run(args):
         from caffe_admm import backend, sensitivity
         from caffe_admm.protoio import atomic_write
         backend.set_mode(args.gpu)
-        if args.bn_batches < 0:
-            raise ValueError("--bn-batches must be >= 0, got %d" % args.bn_batches)
         if args.config_out and os.path.exists(args.config_out):
             raise FileExistsError("%s exists; --config-out writes a new file"
                                   % args.config_out)
-        result = sensitivity.scan(args.model, args.weights, args.keep, args.kind, args.layers,
-                                  args.iters, args.bn_batches, progress=lambda line: print(
-                                      line, file=sys.stderr, flush=True))
+        progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        scan_args = (args.model, args.weights, args.keep, args.kind, args.layers, args.iters,
+                     args.bn_batches)
+        result = (sensitivity.scan_saved(args.json, *scan_args, progress=progress) if args.json
+                  else sensitivity.scan(*scan_args, progress=progress))
         print(sensitivity.format_table(result))
-        if args.json:
-            with atomic_write(args.json, "w") as f:
-                json.dump(result, f, indent=1)
         if args.config_out:
             text = sensitivity.config_text(result, args.max_drop)
             with atomic_write(args.config_out, "w") as f:
@@ -401,12 +399,15 @@ def main(argv=None):
     try:
         return _run(args)
     except KeyboardInterrupt:
-        print("caffe-admm: interrupted; %s" % (
-            "the run resumes from its last checkpoint when started again with the same --out"
-            if args.verb in ("train", "prune", "retrain") and not getattr(args, "check", False)
-            else
-            "nothing was left half-written (every output is written whole, then renamed)"),
-            file=sys.stderr)
+        if args.verb in ("train", "prune", "retrain") and not getattr(args, "check", False):
+            what = ("the run resumes from its last checkpoint when started again with the "
+                    "same --out")
+        elif args.verb == "sensitivity" and args.json:
+            what = ("%s holds the layers scanned so far; the same command goes on from there"
+                    % args.json)
+        else:
+            what = "nothing was left half-written (every output is written whole, then renamed)"
+        print("caffe-admm: interrupted; %s" % what, file=sys.stderr)
         return 130
     except (FileExistsError, NotADirectoryError) as exc:
         if not exc.filename:  # ours, with its own message

@@ -19,13 +19,16 @@ batches each time), as a run scores its hard prune: with the caffemodel's
 moving averages a pruned net scores far lower than the run would see.
 """
 
+import json
+import os
+
 from caffe_admm import compact, projections, protoio
 from caffe_admm.backend import caffe, caffe_pb2
-from caffe_admm.solver import (batchnorms, evaluate_net, hard_prune, open_test_net,
-                               recalibrate_test_net)
+from caffe_admm.solver import (batchnorms, evaluate_net, fingerprint, hard_prune,
+                               open_test_net, recalibrate_test_net)
 from caffe_admm.timing import layer_costs
 
-__all__ = ["scan", "format_table", "config_text", "KINDS"]
+__all__ = ["scan", "scan_saved", "format_table", "config_text", "KINDS"]
 
 # the config's kind names (caffe_admm/proto/admm.proto) -> projection kinds
 KINDS = {"FILTER": "filter", "CHANNEL": "channel", "SHAPE": "shape",
@@ -60,7 +63,7 @@ def _scored(model, weights, net_param, iters, bns, bn_batches, name=None, mask=N
 
 
 def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layers=None,
-         iters=None, bn_batches=100, progress=None):
+         iters=None, bn_batches=100, progress=None, previous=None, on_layer=None):
     """Score ``model``'s TEST phase with each layer pruned alone to each keep ratio.
 
     Parameters
@@ -84,7 +87,13 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
         its hard prune; 0 keeps the caffemodel's. The prototxt then needs
         its TRAIN-phase data layer.
     progress : callable, optional
-        Called with a line per layer.
+        Called with a line per score.
+    previous : dict, optional
+        An earlier scan's result, complete or not, made from the same files
+        and settings (``inputs``; else ValueError): its layers are taken as
+        they are, so an interrupted scan goes on where it stopped.
+    on_layer : callable, optional
+        Called with the result so far after each layer (to save it).
 
     Returns
     -------
@@ -99,6 +108,8 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
     for keep in keeps:
         if not 0.0 < keep <= 1.0:
             raise ValueError("keep ratio %r is outside (0, 1]" % keep)
+    if bn_batches < 0:
+        raise ValueError("bn_batches must be >= 0, got %d" % bn_batches)
     net, net_param, iters = open_test_net(model, weights, iters)
     types = dict(zip(net._layer_names, [l.type for l in net.layers]))
     costs = layer_costs(net)
@@ -122,7 +133,22 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
     out = {"model": model, "weights": weights, "kind": kind, "keeps": list(keeps),
            "iters": iters, "bn_batches": bn_batches if bns else 0, "baseline": baseline,
            "layers": {}, "notes": []}
+    out["inputs"] = fingerprint(model, weights, extra=json.dumps(
+        [kind, out["keeps"], iters, out["bn_batches"], baseline], sort_keys=True))
+    done = {}
+    if previous is not None:
+        if previous.get("inputs") != out["inputs"]:
+            raise ValueError("the earlier scan was made from other files or settings (model, "
+                             "weights, kind, keep ratios, iters, bn_batches)")
+        done = previous["layers"]
+        out["notes"] = list(previous.get("notes", []))
+    cells, count = sum(len(keeps) for n in names if n not in done), 0
     for name in names:
+        if name in done:
+            out["layers"][name] = done[name]
+            if progress:
+                progress("%s: from the earlier scan" % name)
+            continue
         c = costs[name]
         w = net.params[name][0].data
         group = groups_of.get(name, 1)
@@ -133,8 +159,11 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
         if why:
             entry["skipped"] = why
             out["layers"][name] = entry
+            count += len(keeps)
             if progress:
                 progress("%s: skipped, %s" % (name, why))
+            if on_layer:
+                on_layer(out)
             continue
         n = projections.num_groups(w.shape, pkind)
         g = group if pkind == "filter" else 1
@@ -148,11 +177,46 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
                 out["notes"].append(note)
             entry["results"].append({"keep": keep, "groups_kept": k, "groups": n,
                                      "scores": scores})
+            count += 1
+            if progress:
+                progress("[%d/%d] %s keep %g: %s" % (count, cells, name, keep, _fmt(scores)))
         out["layers"][name] = entry
-        if progress:
-            progress("%s: %s" % (name, ", ".join(
-                "%g %s" % (r["keep"], _fmt(r["scores"])) for r in entry["results"])))
+        if on_layer:
+            on_layer(out)
     return out
+
+
+def scan_saved(path, *args, **kwargs):
+    """:func:`scan`, its result written to the JSON file ``path`` after each
+    layer (whole, then renamed); where ``path`` holds an earlier scan of the
+    same files and settings, complete or interrupted, it goes on from there.
+
+    Raises
+    ------
+    ValueError
+        if ``path`` holds something else: another scan, or not a scan.
+    """
+    previous = None
+    if os.path.exists(path):
+        with open(path) as f:
+            try:
+                previous = json.load(f)
+            except ValueError:
+                previous = None
+        if not isinstance(previous, dict) or "inputs" not in previous:
+            raise ValueError("%s is not a sensitivity scan's JSON; pass another file" % path)
+
+    def save(result):
+        with protoio.atomic_write(path, "w") as f:
+            json.dump(result, f, indent=1)
+    try:
+        result = scan(*args, previous=previous, on_layer=save, **kwargs)
+    except ValueError as exc:
+        if previous is None or "earlier scan" not in str(exc):
+            raise
+        raise ValueError("%s: %s; pass another file, or delete it to scan anew" % (path, exc))
+    save(result)
+    return result
 
 
 def _score_key(scores):

@@ -40,7 +40,7 @@ from caffe_admm.progress import Progress
 
 __all__ = ["DivergenceError", "RunError", "train", "prune", "check", "retrain", "evaluate",
            "evaluate_net", "open_test_net", "hard_prune", "recalibrate_batchnorm",
-           "recalibrate_test_net", "batchnorms", "code_digest"]
+           "recalibrate_test_net", "batchnorms", "code_digest", "fingerprint"]
 
 SOURCE_TYPES = protoio.DATA_TYPES + ("Python",)  # a Python layer may read data too
 BN_BATCHES = 100  # the config's bn_recalibration_batches default, for `train`'s second score
@@ -349,10 +349,12 @@ def code_digest():
     kept in checkpoints: a run resumed under other code says so."""
     root = os.path.dirname(os.path.abspath(__file__))
     names = sorted(glob.glob("*.py", root_dir=root) + ["proto/admm.proto"])
-    return _fingerprint(*(os.path.join(root, n) for n in names), extra=" ".join(names))[:12]
+    return fingerprint(*(os.path.join(root, n) for n in names), extra=" ".join(names))[:12]
 
 
-def _fingerprint(*paths, extra=""):
+def fingerprint(*paths, extra=""):
+    """A short digest of the files' bytes and ``extra``: what a run's
+    checkpoints (and a sensitivity scan's partial results) were made from."""
     h = hashlib.sha256(extra.encode())
     for path in paths:
         with open(path, "rb") as f:
@@ -438,7 +440,7 @@ def train(solver_path, out_dir, weights=None, iters=None, progress=True, restart
     if restart and os.path.isdir(os.path.join(out_dir, "checkpoints")):
         shutil.rmtree(os.path.join(out_dir, "checkpoints"))
     os.makedirs(out_dir, exist_ok=True)
-    ckpt = _Checkpoints(out_dir, _fingerprint(solver_path, net_path,
+    ckpt = _Checkpoints(out_dir, fingerprint(solver_path, net_path,
                                               *([weights] if weights else []),
                                               extra="train:%d" % iters))
     meta = ckpt.load()
@@ -638,7 +640,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
         shutil.rmtree(os.path.join(out_dir, "checkpoints"))
     os.makedirs(out_dir, exist_ok=True)
     ckpt = _Checkpoints(
-        out_dir, _fingerprint(*run.files, extra=" ".join(cfg.changed_defaults)),
+        out_dir, fingerprint(*run.files, extra=" ".join(cfg.changed_defaults)),
         hint="".join(_changed_hint(f) for f in cfg.changed_defaults))
     meta = ckpt.load()
     if meta and meta["phase"] == "done":
@@ -1129,7 +1131,7 @@ def retrain(solver_path, weights, out_dir, masks_path=None, iters=None, progress
     if restart and os.path.isdir(os.path.join(out_dir, "checkpoints")):
         shutil.rmtree(os.path.join(out_dir, "checkpoints"))
     os.makedirs(out_dir, exist_ok=True)
-    ckpt = _Checkpoints(out_dir, _fingerprint(solver_path, net_path, weights,
+    ckpt = _Checkpoints(out_dir, fingerprint(solver_path, net_path, weights,
                                               *([masks_path] if masks_path else []),
                                               extra="retrain:%d" % iters))
     meta = ckpt.load()

@@ -135,6 +135,10 @@ def test_ctrl_c_says_what_happens_next(monkeypatch, capsys):
     assert "nothing was left half-written" in capsys.readouterr().err
     assert cli.main(["train", "--solver", "s", "--out", "o"]) == 130
     assert "resumes from its last checkpoint" in capsys.readouterr().err
+    from caffe_admm import sensitivity
+    monkeypatch.setattr(sensitivity, "scan_saved", interrupted)
+    assert cli.main(["sensitivity", "--model", "m", "--weights", "w", "--json", "s.json"]) == 130
+    assert "s.json holds the layers scanned so far" in capsys.readouterr().err
     monkeypatch.setattr(solver, "check", interrupted)  # writes nothing: nothing to resume
     assert cli.main(["prune", "--check", "--solver", "s", "--weights", "w",
                      "--config", "c"]) == 130

@@ -74,7 +74,7 @@ def test_the_command_prints_a_table_and_writes_json(tmp_path, tiny_trained):
     conv2 = result["layers"]["conv2"]
     assert lines[3].startswith("conv2        Convolution     49.7%") and \
         ("%.4f" % conv2["results"][1]["scores"]["accuracy"]) in lines[3]
-    assert "conv1: 0.5 accuracy" in res.stderr  # progress, a line per layer
+    assert "[1/6] conv1 keep 0.5: accuracy " in res.stderr  # progress, a line per score
     assert not os.path.exists(tmp_path / "nothing_else")
     res = run("sensitivity", "--model", tiny_trained["net"], "--weights",
               tiny_trained["weights"], "--kind", "ROWS")
@@ -146,3 +146,38 @@ def test_a_config_from_a_scan_takes_each_layers_smallest_keep_within_the_drop(tm
     res = run("sensitivity", "--model", tiny_trained["net"], "--weights",
               tiny_trained["weights"], "--iters", "1", "--config-out", str(path))
     assert res.returncode == 2 and "exists; --config-out writes a new file" in res.stderr
+
+
+def test_an_interrupted_scan_goes_on_from_its_json(tmp_path, tiny_trained, monkeypatch):
+    path = str(tmp_path / "s.json")
+    args = (tiny_trained["net"], tiny_trained["weights"], (1.0, 0.5), "FILTER", None, 2)
+    straight = sensitivity.scan(*args)
+    scored, calls = sensitivity._scored, []
+
+    def interrupted(*a, **k):
+        calls.append(a)
+        if len(calls) == 3:  # conv2's first score
+            raise KeyboardInterrupt
+        return scored(*a, **k)
+    monkeypatch.setattr(sensitivity, "_scored", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sensitivity.scan_saved(path, *args)
+    with open(path) as f:
+        assert list(json.load(f)["layers"]) == ["conv1"]
+    monkeypatch.setattr(sensitivity, "_scored", scored)
+    lines = []
+    result = sensitivity.scan_saved(path, *args, progress=lines.append)
+    assert lines[0] == "conv1: from the earlier scan" and len(lines) == 5
+    assert lines[1].startswith("[1/4] conv2 keep 1: accuracy ")
+    assert result["layers"] == straight["layers"] and result["inputs"] == straight["inputs"]
+    with open(path) as f:
+        assert json.load(f) == result
+    with pytest.raises(ValueError, match="s.json: the earlier scan was made from other files "
+                                         "or settings"):
+        sensitivity.scan_saved(path, tiny_trained["net"], tiny_trained["weights"], (0.5,),
+                               "FILTER", None, 2)
+    (tmp_path / "other.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="other.json is not a sensitivity scan's JSON"):
+        sensitivity.scan_saved(str(tmp_path / "other.json"), *args)
+    with pytest.raises(ValueError, match="bn_batches must be >= 0, got -1"):
+        sensitivity.scan(*args, bn_batches=-1)

@@ -408,7 +408,7 @@ def test_global_filter_shape_pruning_prunes_a_grouped_convolutions_filters(tmp_p
     # what versions that left conv2 out fingerprinted
     meta_path = run / "checkpoints" / "meta.json"
     meta = json.loads(meta_path.read_text())
-    meta["fingerprint"] = solver._fingerprint(solver_path, net_path, base["weights"], cfg,
+    meta["fingerprint"] = solver.fingerprint(solver_path, net_path, base["weights"], cfg,
                                               extra="penalty_pruned_only")
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(solver.RunError, match="when global_keep_ratio left out the grouped "
@@ -509,7 +509,7 @@ def test_a_run_begun_under_the_old_penalty_default_does_not_resume_under_the_new
                                      protoio.read_solver(tiny_trained["solver"]))
     meta_path = run / "checkpoints" / "meta.json"
     meta = json.loads(meta_path.read_text())
-    meta["fingerprint"] = solver._fingerprint(tiny_trained["solver"], net,
+    meta["fingerprint"] = solver.fingerprint(tiny_trained["solver"], net,
                                               tiny_trained["weights"], cfg)
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(solver.RunError, match="before the default of penalty_pruned_only "
@@ -520,7 +520,7 @@ def test_a_run_begun_under_the_old_penalty_default_does_not_resume_under_the_new
     # is the bytes alone, as before, so such a run resumes (here: is found complete)
     with open(cfg, "a") as f:
         f.write("penalty_pruned_only: true\n")
-    meta["fingerprint"] = solver._fingerprint(tiny_trained["solver"], net,
+    meta["fingerprint"] = solver.fingerprint(tiny_trained["solver"], net,
                                               tiny_trained["weights"], cfg)
     meta_path.write_text(json.dumps(meta))
     report = solver.prune(tiny_trained["solver"], tiny_trained["weights"], cfg, str(run),
