@@ -113,13 +113,12 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
     net, net_param, iters = open_test_net(model, weights, iters)
     types = dict(zip(net._layer_names, [l.type for l in net.layers]))
     costs = layer_costs(net)
-    names = list(costs) if layers is None else list(layers)
-    unknown = [n for n in names if n not in costs or types[n] not in ("Convolution",
-                                                                      "InnerProduct")]
+    prunable = [n for n in costs if types[n] in ("Convolution", "InnerProduct")]
+    names = prunable if layers is None else list(layers)
+    unknown = [n for n in names if n not in prunable]
     if unknown:
         raise ValueError("%s: no Convolution or InnerProduct layer named %s (those: %s)"
-                         % (model, ", ".join(map(repr, unknown)), ", ".join(
-                             n for n in costs if types[n] in ("Convolution", "InnerProduct"))))
+                         % (model, ", ".join(map(repr, unknown)), ", ".join(prunable)))
     bns = batchnorms(net_param) if bn_batches else []
     if bns:
         protoio.check_net(net_param, model, protoio.net_state(net_param, caffe_pb2.TRAIN))

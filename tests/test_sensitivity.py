@@ -181,3 +181,20 @@ def test_an_interrupted_scan_goes_on_from_its_json(tmp_path, tiny_trained, monke
         sensitivity.scan_saved(str(tmp_path / "other.json"), *args)
     with pytest.raises(ValueError, match="bn_batches must be >= 0, got -1"):
         sensitivity.scan(*args, bn_batches=-1)
+
+
+def test_a_deconvolution_is_counted_in_the_shares_but_not_scanned(tmp_path, tiny_data):
+    net = TINY_NET.replace(
+        'layer { name: "ip1" type: "InnerProduct" bottom: "conv2"',
+        'layer { name: "up" type: "Deconvolution" bottom: "conv2" top: "up"\n'
+        '  convolution_param { num_output: 4 kernel_size: 1 weight_filler { type: "xavier" } } }'
+        '\nlayer { name: "ip1" type: "InnerProduct" bottom: "up"')
+    assert 'name: "up"' in net
+    _, net_path = write_tiny(tmp_path, tiny_data, net=net)
+    weights = str(tmp_path / "w.caffemodel")
+    caffe.Net(net_path, caffe.TEST).save(weights)
+    result = sensitivity.scan(net_path, weights, keeps=(0.5,), iters=1)
+    assert list(result["layers"]) == ["conv1", "conv2", "ip1"]
+    assert sum(e["params_share"] for e in result["layers"].values()) < 1  # up's 32 weights
+    with pytest.raises(ValueError, match="no Convolution or InnerProduct layer named 'up'"):
+        sensitivity.scan(net_path, weights, layers=["up"], iters=1)
