@@ -15,7 +15,8 @@ the same budget for all (``--steps`` x ``--iters``, then ``--retrain``
 masked iterations, then the BatchNorm statistics recomputed over
 ``--bn-batches`` training batches: the config's default, 100; 0 keeps
 Caffe's moving averages; runs with another count than 100 are named
-``..._bnN``). SSL's Lasso has ``--lasso-lambda`` (0.005, as in
+``..._bnN``). SSL's Lasso (SLIMMING's, on the BatchNorm scales) has
+``--lasso-lambda`` (runs with another than 0.005 named ``..._lL``; 0.005 as in
 ``compare_methods.py``). ``--kind FILTER_SHAPE`` prunes shape columns
 too, at the same ratio (runs named ``..._fs``); ``--live-inputs`` sets
 ``live_inputs_only`` (``..._live``), where the budget of a layer reading
@@ -152,9 +153,11 @@ def prepare(out, train, test, seed, baseline_iters, lr, test_iter):
 def run(sp, net, weights, out, method, keep, couple, steps, iters, retrain, test_iter,
         bn_batches=100, kind="FILTER", live=False, lasso=0.005):
     """One pruning run and its compaction: a row of the table."""
-    name = "%s_keep%g_%s%s%s%s" % (method.lower(), keep, "coupled" if couple else "each",
-                                   "" if bn_batches == 100 else "_bn%d" % bn_batches,
-                                   "" if kind == "FILTER" else "_fs", "_live" if live else "")
+    name = "%s_keep%g_%s%s%s%s%s" % (
+        method.lower(), keep, "coupled" if couple else "each",
+        "" if bn_batches == 100 else "_bn%d" % bn_batches,
+        "" if kind == "FILTER" else "_fs", "_live" if live else "",
+        "_l%g" % lasso if method in ("SSL", "SLIMMING") and lasso != 0.005 else "")
     extra = [] if couple else ["couple_sums: false"]
     if live:
         extra.append("live_inputs_only: true")
@@ -203,7 +206,7 @@ def main(argv=None):
     parser.add_argument("--keep", type=float, nargs="+", default=[0.5, 0.25],
                         help="filters kept per convolution (global_keep_ratio)")
     parser.add_argument("--methods", nargs="+", default=["ADMM", "MAGNITUDE"],
-                        choices=["ADMM", "SSL", "MAGNITUDE"])
+                        choices=["ADMM", "SSL", "SLIMMING", "MAGNITUDE"])
     parser.add_argument("--seed", type=int, default=1, help="the solvers' random_seed")
     parser.add_argument("--baseline-iters", type=int, default=1500)
     parser.add_argument("--lr", type=float, default=0.02)
@@ -216,7 +219,7 @@ def main(argv=None):
                         help="the convolutions' kind; FILTER_SHAPE keeps the same ratio of "
                              "shape columns as of filters")
     parser.add_argument("--lasso-lambda", type=float, default=0.005,
-                        help="SSL's lasso_lambda (benchmarks/compare_methods.py's)")
+                        help="SSL's and SLIMMING's lasso_lambda (benchmarks/compare_methods.py's)")
     parser.add_argument("--live-inputs", action="store_true",
                         help="config live_inputs_only: true")
     parser.add_argument("--couple", default="both", choices=["both", "coupled", "each"],

@@ -104,6 +104,13 @@ class PruneConfig:
     uncoupled: tuple = ()
     # training batches over which BatchNorm statistics are recomputed (0: not)
     bn_batches: int = 100
+    # SLIMMING: (pruned layer, the Scale layer whose per-channel scale its
+    # Lasso goes on) per layer pruned below keep 1
+    scales: tuple = ()
+
+    def scale_of(self, name):
+        """SLIMMING: the Scale layer after ``name``'s BatchNorm."""
+        return dict(self.scales)[name]
 
     def layer(self, name):
         for spec in self.layers:
@@ -255,6 +262,32 @@ def _filters_only(layer, kind):
             "pruned (FILTER), not its columns" % layer.convolution_param.group)
 
 
+def _scale_after(path, net, name):
+    """SLIMMING: the Scale layer that takes ``name``'s output channels through
+    its BatchNorm (Convolution -> BatchNorm -> Scale, in place or not), or
+    ConfigError naming what follows instead."""
+    def reader(index, blob):
+        for j in range(index + 1, len(net.layer)):
+            if blob in net.layer[j].bottom:
+                return j
+        return None
+
+    index = next(i for i, l in enumerate(net.layer) if l.name == name)
+    bn = reader(index, net.layer[index].top[0])
+    scale = None if bn is None or net.layer[bn].type != "BatchNorm" else \
+        reader(bn, net.layer[bn].top[0])
+    if scale is None or net.layer[scale].type != "Scale" or len(net.layer[scale].bottom) != 1:
+        found = [net.layer[j] for j in (bn, scale) if j is not None]
+        raise ConfigError(
+            "%s: method SLIMMING puts the Lasso on the scale of the BatchNorm and Scale that "
+            "follow the layer; after %r come %s. Leave it unpruned (`layer { name: \"%s\" "
+            "keep_ratio: 1 }`) or use another method" % (
+                _where(path, name, "name"), name,
+                " then ".join("%r (%s)" % (l.name, l.type) for l in found) or "no reader",
+                name))
+    return net.layer[scale].name
+
+
 def _one_filter_per_group(layer):
     """A grouped Convolution with one filter in every group (depthwise)."""
     p = layer.convolution_param
@@ -372,6 +405,15 @@ def load_config(path, net):
                                  " and ".join(PRUNABLE_TYPES)))
         specs.append(_layer_spec(path, entry, layer, rho_initial, readers.get(entry.name, 1),
                                  producers.get(entry.name, 1)))
+    scales = ()
+    if msg.method == pb2.SLIMMING:
+        for spec in specs:
+            if spec.kind != "filter":
+                raise ConfigError("%s: method SLIMMING prunes filters by their BatchNorm scale; "
+                                  "kind %s has other groups (use FILTER)"
+                                  % (_where(path, spec.name, "kind"), spec.kind.upper()))
+        scales = tuple((spec.name, _scale_after(path, net, spec.name)) for spec in specs
+                       if spec.constraints[0].keep_ratio < 1)  # keep 1 prunes nothing
     coupled, uncoupled = (), ()
     if msg.couple_sums:
         specs, coupled, uncoupled = _couple(specs, sum_writers(net))
@@ -396,7 +438,7 @@ def load_config(path, net):
         penalty_pruned_only=bool(msg.penalty_pruned_only) and msg.method == pb2.ADMM,
         changed_defaults=tuple(changed), left_out=tuple(left_out),
         filters_only=tuple(filters_only), coupled=coupled,
-        uncoupled=uncoupled, bn_batches=msg.bn_recalibration_batches)
+        uncoupled=uncoupled, bn_batches=msg.bn_recalibration_batches, scales=scales)
 
 
 def _filter_ratio(spec):

@@ -30,8 +30,8 @@ from caffe_admm import projections
 from caffe_admm.admm import ADMMState
 from caffe_admm.liveness import masks_in_net_order
 
-__all__ = ["ADMMMethod", "SSLMethod", "MagnitudeMethod", "make_method", "target_masks",
-           "lasso_penalty", "joint_lasso_penalty"]
+__all__ = ["ADMMMethod", "SSLMethod", "SlimmingMethod", "MagnitudeMethod", "make_method",
+           "target_masks", "lasso_penalty", "joint_lasso_penalty"]
 
 
 def lasso_penalty(w, kind, lam):
@@ -299,6 +299,66 @@ class SSLMethod:
         return cls(cfg, int(arrays["round"]), feeds)
 
 
+def _scale_proxies(cfg, weights):
+    """SLIMMING: per pruned layer, a stand-in of its weight's shape whose
+    filter norms are the |gamma| of its channels (``weights`` holds the
+    Scale layers' gammas too): what SSL's ranking, joint norms and
+    threshold then read."""
+    out, scales = {}, dict(cfg.scales)
+    for spec in cfg.layers:
+        if spec.name not in scales:  # kept whole: its own norms, any ranking
+            out[spec.name] = weights[spec.name]
+            continue
+        w = np.shape(weights[spec.name])
+        gamma = np.abs(np.asarray(weights[cfg.scale_of(spec.name)], dtype=np.float64))
+        per_filter = np.sqrt(float(np.prod(w[1:])))
+        out[spec.name] = np.broadcast_to(
+            (gamma / per_filter).reshape((-1,) + (1,) * (len(w) - 1)), w)
+    return out
+
+
+class SlimmingMethod(SSLMethod):
+    """Network Slimming (Liu et al., ICCV 2017), SSL's baseline for nets with
+    BatchNorm: the Lasso goes on the scale gamma of each pruned layer's
+    output channels (the Scale after its BatchNorm, ``cfg.scale_of``), an L1
+    penalty lambda |gamma_c| (a coupled stream's writers: the joint
+    sqrt(sum_j gamma_j,c^2) per channel), and the hard prune keeps the
+    filters of largest |gamma| (joint over a stream). A Lasso on the filters
+    themselves has little hold there: the BatchNorm undoes their scale.
+    The hooks of the pruned layers add nothing in the first phase; those of
+    the Scale layers add the Lasso. ``weights`` given to it hold the Scale
+    layers' gammas too (:attr:`weight_layers`)."""
+    name = "slimming"
+
+    def __init__(self, cfg, round_=0, feeds=None):
+        super().__init__(cfg, round_, feeds)
+        self._owner = {scale: name for name, scale in cfg.scales}
+
+    @property
+    def weight_layers(self):
+        """The layers whose first blob the method reads: the Scale layers."""
+        return [scale for _, scale in self.cfg.scales]
+
+    def hook_terms(self, name):
+        if name not in self._owner:
+            return {}
+        owner = self.cfg.layer(self._owner[name])
+        scales = dict(self.cfg.scales)
+        partners = tuple((scales[n], self.cfg.layer(n).lasso_lambda)
+                         for n in self._stream.get(owner.name, ()) if n != owner.name)
+        return {"lasso": [(owner.lasso_lambda, "filter", partners)]}
+
+    def end_round(self, weights):
+        return super().end_round(_scale_proxies(self.cfg, weights))
+
+    def describe(self, log):
+        return "scales under 1e-3 of max: " + " ".join(
+            "%s=%.2f" % (n, e["filter"]) for n, e in log["small_group_fraction"].items())
+
+    def final_masks(self, weights):
+        return super().final_masks(_scale_proxies(self.cfg, weights))
+
+
 class MagnitudeMethod:
     """Iterative pruning: keep ratio falls linearly to the target over the rounds."""
     name = "magnitude"
@@ -358,13 +418,16 @@ class MagnitudeMethod:
 def target_masks(cfg, weights, feeds=None):
     """The masks at the config's keep ratios, chosen by ``weights``: what a
     hard prune at the target keeps (ADMM's, magnitude pruning's last round,
-    SSL's without ``ssl_threshold``), in net order, live inputs only where
+    SSL's without ``ssl_threshold``; SLIMMING's by the scales, which
+    ``weights`` then holds too), in net order, live inputs only where
     ``feeds`` is given, a coupled stream by joint norm.
 
     Returns
     -------
     dict[str, ndarray of bool], each the shape of ``weights[name]``
     """
+    if cfg.method == "slimming":  # ranked by the scales (``weights`` holds them)
+        weights = _scale_proxies(cfg, weights)
     return _supports(cfg, weights, feeds, _keep_counts)
 
 
@@ -374,5 +437,6 @@ def make_method(cfg, arrays=None, feeds=None):
     ``feeds`` (:class:`caffe_admm.liveness.InputFeeds`) makes every support
     keep live inputs only (config ``live_inputs_only``).
     """
-    cls = {"admm": ADMMMethod, "ssl": SSLMethod, "magnitude": MagnitudeMethod}[cfg.method]
+    cls = {"admm": ADMMMethod, "ssl": SSLMethod, "magnitude": MagnitudeMethod,
+           "slimming": SlimmingMethod}[cfg.method]
     return cls(cfg, feeds=feeds) if arrays is None else cls.from_arrays(cfg, arrays, feeds)

@@ -43,13 +43,17 @@ KINDS = ("filter", "channel", "shape", "non_structured")
 
 
 def as_4d(w):
-    """View a weight as (F, C, kh, kw); InnerProduct (N, K) becomes (N, K, 1, 1)."""
+    """View a weight as (F, C, kh, kw); InnerProduct (N, K) becomes (N, K, 1, 1),
+    a per-channel blob (C,) (a Scale's, for SLIMMING's Lasso) (C, 1, 1, 1)."""
     w = np.asarray(w)
+    if w.ndim == 1:
+        return w.reshape(w.shape[0], 1, 1, 1)
     if w.ndim == 2:
         return w.reshape(w.shape[0], w.shape[1], 1, 1)
     if w.ndim == 4:
         return w
-    raise ValueError("expected a 2-D InnerProduct or 4-D Convolution weight, got shape %s"
+    raise ValueError("expected a 2-D InnerProduct or 4-D Convolution weight (or a 1-D "
+                     "per-channel blob), got shape %s"
                      % (w.shape,))
 
 

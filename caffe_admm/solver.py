@@ -543,8 +543,10 @@ def _layer_report(spec, method, w):
     if method.name == "admm":
         out["rho_initial"] = spec.rho
         out["rho_final"] = [c.rho for c in method.state.constraints[spec.name]]
-    if method.name == "ssl":
+    if method.name in ("ssl", "slimming"):
         out["lasso_lambda"] = spec.lasso_lambda
+    if method.name == "slimming":
+        out["lasso_on"] = dict(method.cfg.scales).get(spec.name)  # None: kept whole
     out.update(stats)
     return out
 
@@ -648,7 +650,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
         with open(os.path.join(out_dir, "report.json")) as f:
             return json.load(f)
 
-    hooked = add_hooks(net_param, {n: shapes[n] for n in names})
+    hooked = add_hooks(net_param, {n: shapes[n] for n in _method_layers(cfg)})
     hooked_path = os.path.join(out_dir, "hooked_train_test.prototxt")
     protoio.write_text(hooked_path, hooked)
     history = meta["history"] if meta else {"steps": [], "loss": {cfg.method: [], "retrain": []},
@@ -742,10 +744,11 @@ def check(solver_path, weights, config_path):
     """
     run = _read_inputs(solver_path, weights, config_path)
     cfg, net_param = run.cfg, run.net_param
-    add_hooks(net_param, {n: run.shapes[n] for n in run.names})  # its refusals too
+    add_hooks(net_param, {n: run.shapes[n] for n in _method_layers(cfg)})  # its refusals too
     feeds = _announce(run)
     net = caffe.Net(run.net_path, caffe.TEST, weights=weights)
-    masks = target_masks(cfg, {n: w.copy() for n, w in _weights(net, run.names).items()}, feeds)
+    masks = target_masks(cfg, {n: w.copy() for n, w in _weights(net, _method_layers(cfg)).items()},
+                         feeds)
     caveats = ["which filters, columns or channels are kept is chosen here by the starting "
                "weights; the run chooses by its trained ones, so what compaction cuts beyond "
                "the config's counts can differ"]
@@ -798,7 +801,14 @@ def check(solver_path, weights, config_path):
     return report
 
 
-LABELS = {"admm": "ADMM step", "ssl": "SSL round", "magnitude": "pruning round"}
+LABELS = {"admm": "ADMM step", "ssl": "SSL round", "slimming": "slimming round",
+          "magnitude": "pruning round"}
+
+
+def _method_layers(cfg):
+    """The layers whose weights the method reads and hooks: the pruned ones,
+    and for SLIMMING the Scale layers after them."""
+    return [spec.name for spec in cfg.layers] + [scale for _, scale in cfg.scales]
 
 
 def _set_hooks(hooks, method):
@@ -815,7 +825,7 @@ def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ck
     """ADMM steps, SSL rounds or pruning rounds, then the hard prune."""
     sp_path = _write_solver(solver_param, hooked_path, out_dir, cfg.method, test_iter)
     solver = caffe.get_solver(sp_path)
-    names = [spec.name for spec in cfg.layers]
+    names = _method_layers(cfg)
     label = LABELS[cfg.method]
     if meta is None:
         solver.net.copy_from(weights)
@@ -1066,7 +1076,7 @@ def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, sn
     for name, hook in hooks.items():
         hook.penalty = []
         hook.lasso = []
-        hook.set_mask(masks[name])
+        hook.set_mask(masks.get(name))  # SLIMMING's Scale layers: none
     _apply_masks(solver.net, masks)
     # BatchNorm means, Scale/Bias offsets on pruned channels: zero, and held
     # there (their gradients zeroed before every update), so the channels

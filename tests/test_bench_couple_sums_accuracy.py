@@ -47,6 +47,23 @@ def test_with_live_inputs_only_a_coupled_run_keeps_no_weight_on_a_dead_input(tmp
     assert coupled["passed"] and coupled["warnings"] == []
 
 
+def test_slimming_runs_on_the_benchmarks_resnet(tmp_path, tiny_data):
+    """Every convolution there has a BatchNorm and Scale after it, so each
+    gets SLIMMING's Lasso on its scale; the classifier is kept whole."""
+    bench = load_benchmark("couple_sums_accuracy")
+    rows = bench.main(["--train", tiny_data["train"], "--test", tiny_data["test"],
+                       "--test-iter", "1", "--keep", "0.5", "--methods", "SLIMMING",
+                       "--baseline-iters", "40", "--steps", "2", "--iters", "10",
+                       "--retrain", "20", "--couple", "coupled", "--lasso-lambda", "0.05",
+                       "--work", str(tmp_path / "work"), "--out", str(tmp_path / "c.json")])
+    [row] = rows
+    assert row["run"] == "slimming_keep0.5_coupled_l0.05" and row["passed"]
+    assert row["compact_params"] < row["params"]
+    with open(tmp_path / "work" / "seed1" / row["run"] / "report.json") as f:
+        report = json.load(f)
+    assert report["method"] == "slimming" and report["layers"]["a1"]["lasso_on"] == "a1/scale"
+
+
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     bench = load_benchmark("couple_sums_accuracy")
     import pytest

@@ -285,3 +285,83 @@ def test_every_method_prunes_a_streams_writers_to_the_same_filters(tmp_path, met
     for k in kept.values():
         np.testing.assert_array_equal(k, expected)
     assert 0 < expected.sum() < 6
+
+
+def test_slimming_puts_the_lasso_on_the_batchnorm_scale_and_ranks_filters_by_it(tmp_path,
+                                                                               tiny_data):
+    """Network Slimming on BN_NET's conv1 (conv1 -> bn1 -> scale1): the
+    Lasso goes on scale1's gamma (conv1's hook adds nothing), which it
+    shrinks; the hard prune keeps the 4 filters of largest |gamma|, as
+    `prune --check` predicts from the starting weights."""
+    from caffe_admm.config import ConfigError, load_config
+    from caffe_admm.protoio import read_net
+    from conftest import TINY_NET, write_tiny
+    from test_solver import BN_NET
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=BN_NET, max_iter=60)
+    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)["weights"]
+    config = write(tmp_path / "c.prototxt", """
+        method: SLIMMING admm_steps: 2 iters_per_step: 20 retrain_iters: 20
+        snapshot_interval: 20
+        layer { name: "conv1" kind: FILTER keep_ratio: 0.5 lasso_lambda: 1 }""")
+    cfg_ = load_config(config, read_net(net_path))
+    assert cfg_.scales == (("conv1", "scale1"),)
+    method = methods.make_method(cfg_)
+    assert method.hook_terms("conv1") == {}
+    assert method.hook_terms("scale1") == {"lasso": [(1.0, "filter", ())]}
+    start = caffe.Net(net_path, caffe.TEST, weights=base)
+    gamma0 = start.params["scale1"][0].data.copy()
+    checked = solver.check(solver_path, base, config)
+    assert checked["layers"]["conv1"]["kept_out"] == sorted(np.argsort(-np.abs(gamma0))[:4])
+    report = solver.prune(solver_path, base, config, str(tmp_path / "run"), progress=False)
+    assert report["method"] == "slimming" and report["layers"]["conv1"]["lasso_on"] == "scale1"
+    assert report["layers"]["conv1"]["filters_kept"] == 4
+    hard = caffe.Net(net_path, caffe.TEST, weights=str(tmp_path / "run" / "slimming.caffemodel"))
+    gamma = np.abs(hard.params["scale1"][0].data)
+    assert gamma.mean() < 0.5 * np.abs(gamma0).mean()  # the Lasso's pull
+    kept = np.abs(hard.params["conv1"][0].data).reshape(8, -1).any(axis=1)
+    assert np.flatnonzero(kept).tolist() == sorted(np.argsort(-gamma)[:4])
+    # a layer without BatchNorm + Scale after it, and a kind with other groups, are refused
+    (tmp_path / "p").mkdir()
+    _, plain = write_tiny(tmp_path / "p", tiny_data, net=TINY_NET)
+    with pytest.raises(ConfigError, match=r"method SLIMMING puts the Lasso on the scale of the "
+                       r"BatchNorm and Scale that follow the layer; after 'conv1' come 'relu1' "
+                       r"\(ReLU\)"):
+        load_config(config, read_net(plain))
+    with pytest.raises(ConfigError, match="kind FILTER_SHAPE has other groups"):
+        load_config(write(tmp_path / "c2.prototxt", "method: SLIMMING layer { name: 'conv1' "
+                          "kind: FILTER_SHAPE keep_ratio: 0.5 }"), read_net(net_path))
+
+
+def test_slimming_couples_a_streams_writers_by_their_joint_scales(tmp_path, tiny_data):
+    """RESIDUAL_NET: conv1 and conv2 (each through BatchNorm and Scale) write
+    one sum; SLIMMING at half their filters keeps the same 4 in both, those
+    of largest sqrt(gamma_1^2 + gamma_2^2) at the end of the first phase. ip1
+    (no BatchNorm after it) is kept whole, so it needs none."""
+    from test_solver import RESIDUAL_NET
+    from conftest import write_tiny
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=RESIDUAL_NET, max_iter=60)
+    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)["weights"]
+    config = write(tmp_path / "c.prototxt", """
+        method: SLIMMING admm_steps: 2 iters_per_step: 20 retrain_iters: 20
+        snapshot_interval: 20 default { lasso_lambda: 0.01 } global_keep_ratio: 0.5
+        layer { name: "ip1" keep_ratio: 1 }""")
+    report = solver.prune(solver_path, base, config, str(tmp_path / "run"), progress=False)
+    assert report["coupled"] == [["conv1", "conv2"]]
+    assert report["layers"]["ip1"]["lasso_on"] is None
+    hard = caffe.Net(net_path, caffe.TEST, weights=str(tmp_path / "run" / "slimming.caffemodel"))
+    kept = {n: np.abs(hard.params[n][0].data).reshape(8, -1).any(axis=1).nonzero()[0].tolist()
+            for n in ("conv1", "conv2")}
+    joint = np.hypot(hard.params["scale1"][0].data, hard.params["scale2"][0].data)
+    assert kept["conv1"] == kept["conv2"] == sorted(np.argsort(-joint)[:4])
+
+
+def test_the_lasso_of_a_per_channel_scale_is_l1_and_joint_over_a_stream():
+    gamma = np.array([0.5, -2.0, 0.0, 1.5])
+    value, grad = methods.lasso_penalty(gamma, "filter", 0.1)
+    assert value == pytest.approx(0.1 * 4.0) and grad.shape == (4,)
+    assert np.allclose(grad, 0.1 * np.sign(gamma))
+    other = np.array([1.2, 0.0, 0.0, 2.0])
+    value, grad = methods.joint_lasso_penalty([gamma, other], [0.1, 0.1])
+    assert value == pytest.approx(0.1 * np.hypot(gamma, other).sum())
+    assert np.allclose(grad, 0.01 * gamma / np.where(np.hypot(gamma, other) > 0,
+                                                      0.1 * np.hypot(gamma, other), 1))

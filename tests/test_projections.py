@@ -140,4 +140,6 @@ def test_keep_count_bounds_and_errors():
     with pytest.raises(ValueError, match="unknown sparsity kind"):
         P.project(np.ones((3, 3)), "rows", 1)
     with pytest.raises(ValueError, match="2-D InnerProduct or 4-D"):
-        P.project(np.ones(3), "filter", 1)
+        P.project(np.ones((3, 3, 3)), "filter", 1)
+    # a per-channel blob (a Scale's gamma, SLIMMING's Lasso) is one value per filter
+    assert P.project(np.array([1.0, -3.0, 2.0]), "filter", 2).tolist() == [0.0, -3.0, 2.0]
