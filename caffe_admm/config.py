@@ -108,10 +108,6 @@ class PruneConfig:
     # Lasso goes on) per layer pruned below keep 1
     scales: tuple = ()
 
-    def scale_of(self, name):
-        """SLIMMING: the Scale layer after ``name``'s BatchNorm."""
-        return dict(self.scales)[name]
-
     def layer(self, name):
         for spec in self.layers:
             if spec.name == name:

@@ -310,7 +310,7 @@ def _scale_proxies(cfg, weights):
             out[spec.name] = weights[spec.name]
             continue
         w = np.shape(weights[spec.name])
-        gamma = np.abs(np.asarray(weights[cfg.scale_of(spec.name)], dtype=np.float64))
+        gamma = np.abs(np.asarray(weights[scales[spec.name]], dtype=np.float64))
         per_filter = np.sqrt(float(np.prod(w[1:])))
         out[spec.name] = np.broadcast_to(
             (gamma / per_filter).reshape((-1,) + (1,) * (len(w) - 1)), w)
@@ -320,24 +320,19 @@ def _scale_proxies(cfg, weights):
 class SlimmingMethod(SSLMethod):
     """Network Slimming (Liu et al., ICCV 2017), SSL's baseline for nets with
     BatchNorm: the Lasso goes on the scale gamma of each pruned layer's
-    output channels (the Scale after its BatchNorm, ``cfg.scale_of``), an L1
+    output channels (the Scale after its BatchNorm, ``cfg.scales``), an L1
     penalty lambda |gamma_c| (a coupled stream's writers: the joint
     sqrt(sum_j gamma_j,c^2) per channel), and the hard prune keeps the
     filters of largest |gamma| (joint over a stream). A Lasso on the filters
     themselves has little hold there: the BatchNorm undoes their scale.
     The hooks of the pruned layers add nothing in the first phase; those of
     the Scale layers add the Lasso. ``weights`` given to it hold the Scale
-    layers' gammas too (:attr:`weight_layers`)."""
+    layers' gammas too, by layer name."""
     name = "slimming"
 
     def __init__(self, cfg, round_=0, feeds=None):
         super().__init__(cfg, round_, feeds)
         self._owner = {scale: name for name, scale in cfg.scales}
-
-    @property
-    def weight_layers(self):
-        """The layers whose first blob the method reads: the Scale layers."""
-        return [scale for _, scale in self.cfg.scales]
 
     def hook_terms(self, name):
         if name not in self._owner:
