@@ -702,8 +702,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     report["pruned_layers_total"] = {"params": total, "nonzero": kept,
                                      "compression": total / max(kept, 1)}
     report["pruned_layers_total"].update(_compacted_total(solver, net_param, names, total))
-    _note_dead_inputs(report["pruned_layers_total"], cfg.live_inputs_only,
-                      any(c.kind != "filter" for spec in cfg.layers for c in spec.constraints))
+    _note_dead_inputs(report["pruned_layers_total"], cfg.live_inputs_only, _counts_inputs(cfg))
     all_params, _ = _net_arrays(solver.net, net_param)
     n_all = sum(b[0].size for b in all_params.values())
     n_zero = sum(int((b[0] == 0).sum()) for b in all_params.values())
@@ -752,7 +751,7 @@ def check(solver_path, weights, config_path):
     caveats = ["which filters, columns or channels are kept is chosen here by the starting "
                "weights; the run chooses by its trained ones, so what compaction cuts beyond "
                "the config's counts can differ"]
-    if cfg.method == "ssl" and cfg.ssl_threshold is not None:
+    if cfg.method in ("ssl", "slimming") and cfg.ssl_threshold is not None:
         caveats.append("ssl_threshold: the run's hard prune keeps the groups over %g of each "
                        "layer's largest norm after the Lasso, however many; shown here are the "
                        "keep ratios" % cfg.ssl_threshold)
@@ -794,8 +793,7 @@ def check(solver_path, weights, config_path):
                   "compacted_nonzero": sum(e["compact_nonzero"] for e in pruned)}
         totals["compression"] = totals["params"] / max(totals["nonzero"], 1)
         totals["compacted_compression"] = totals["params"] / max(totals["compacted_nonzero"], 1)
-        _note_dead_inputs(totals, cfg.live_inputs_only,
-                          any(c.kind != "filter" for spec in cfg.layers for c in spec.constraints))
+        _note_dead_inputs(totals, cfg.live_inputs_only, _counts_inputs(cfg))
         report["total"]["pruned_compacted_nonzero"] = totals["compacted_nonzero"]
         report["total"]["dead_input_weights"] = totals["dead_input_weights"]
     return report
@@ -895,6 +893,12 @@ def _compacted_total(solver, net_param, names, total):
         _log("compacted size not measured: %s" % exc)
         return {"compacted_nonzero": None, "compacted_compression": None}
     return {"compacted_nonzero": kept, "compacted_compression": total / max(kept, 1)}
+
+
+def _counts_inputs(cfg):
+    """Whether some layer's kind spends its budget on inputs (channel, shape
+    or single weights), not on filters alone."""
+    return any(c.kind != "filter" for spec in cfg.layers for c in spec.constraints)
 
 
 def _note_dead_inputs(totals, live_inputs_only, input_kinds=True, threshold=0.01):
