@@ -22,7 +22,7 @@ moving averages a pruned net scores far lower than the run would see.
 import json
 import os
 
-from caffe_admm import compact, projections, protoio
+from caffe_admm import compact, liveness, projections, protoio
 from caffe_admm.backend import caffe, caffe_pb2
 from caffe_admm.solver import (batchnorms, evaluate_net, fingerprint, hard_prune,
                                open_test_net, recalibrate_test_net)
@@ -255,13 +255,17 @@ def format_table(result):
     return "\n".join(lines)
 
 
-def config_text(result, max_drop):
+def config_text(result, max_drop, net_param=None):
     """A pruning config (caffe_admm/proto/admm.proto) from a scan: each layer
     at the smallest scanned keep ratio whose score, that layer pruned alone,
     fell at most ``max_drop`` points of accuracy below the unpruned net's;
-    layers that fell further at every ratio below 1 are left out. Layers pruned
-    together lose more than each alone, and retraining wins some back: the
-    text says so, a starting point to edit.
+    layers that fell further at every ratio below 1 are left out. The
+    writers of a residual stream (:func:`liveness.sum_writers`, from
+    ``net_param``, by default the scan's model) get one ratio, the largest
+    of theirs, so that the run prunes them coupled (config ``couple_sums``)
+    and compaction can cut the stream. Layers pruned together lose more than
+    each alone, and retraining wins some back: the text says so, a starting
+    point to edit.
 
     Raises
     ------
@@ -273,23 +277,44 @@ def config_text(result, max_drop):
         raise ValueError("the scan has no accuracy score to hold a drop to (outputs: %s)"
                          % ", ".join(sorted(result["baseline"])))
     base = result["baseline"]["accuracy"]
-    lines, out = [], []
-    for name, e in result["layers"].items():
-        fine = [r for r in e.get("results", [])
+    layers = result["layers"]
+    chosen, out = {}, []
+    for name, e in layers.items():
+        fine = [r["keep"] for r in e.get("results", [])
                 if 100 * (base - r["scores"]["accuracy"]) <= max_drop and r["keep"] < 1]
-        if not fine:
+        if fine:
+            chosen[name] = min(fine)
+        else:
             out.append("%s (%s)" % (name, e["skipped"] if "skipped" in e else
                                     "more than %g points at every keep ratio below 1"
                                     % max_drop))
-            continue
-        r = min(fine, key=lambda r: r["keep"])
-        lines.append('layer { name: "%s" kind: %s keep_ratio: %g }  # %+.2f points alone, '
-                     '%.1f%% of the weights, %.1f%% of the FLOPs'
-                     % (name, result["kind"], r["keep"], 100 * (r["scores"]["accuracy"] - base),
-                        100 * e["params_share"], 100 * e["flops_share"]))
-    if not lines:
+    if not chosen:
         raise ValueError("no layer stays within %g points of %.4f at any scanned keep ratio; "
                          "scan larger ones (--keep) or allow a larger drop" % (max_drop, base))
+    notes = []
+    if net_param is None:
+        net_param = protoio.read_net(result["model"])
+    for writers, other in liveness.sum_writers(net_param):
+        if other is not None or not any(w in chosen for w in writers):
+            continue
+        if all(w in chosen for w in writers):
+            keep = max(chosen[w] for w in writers)
+            if any(chosen[w] != keep for w in writers):
+                notes.append("the stream of %s: one keep ratio, %g, the largest of theirs, so "
+                             "the run prunes it coupled" % (", ".join(writers), keep))
+            chosen.update((w, keep) for w in writers)
+        else:
+            notes.append("the stream of %s: %s left out, so the run leaves it uncoupled and "
+                         "compaction keeps most of its channels" % (", ".join(writers), ", ".join(
+                             w for w in writers if w not in chosen)))
+    lines = []
+    for name, keep in chosen.items():
+        e = layers[name]
+        r = next(r for r in e["results"] if r["keep"] == keep)
+        lines.append('layer { name: "%s" kind: %s keep_ratio: %g }  # %+.2f points alone, '
+                     '%.1f%% of the weights, %.1f%% of the FLOPs'
+                     % (name, result["kind"], keep, 100 * (r["scores"]["accuracy"] - base),
+                        100 * e["params_share"], 100 * e["flops_share"]))
     head = ["# From caffe-admm sensitivity: %s, %s" % (result["model"], result["weights"]),
             "# (accuracy %.4f unpruned, %d TEST batches). Each layer at the smallest keep ratio"
             % (base, result["iters"]),
@@ -298,5 +323,5 @@ def config_text(result, max_drop):
             "# fell at most %g points. Pruned together they lose more than each alone, and"
             % max_drop,
             "# retraining wins some back: a starting point. Method, schedule: the defaults."]
-    head += ["# left out: " + o for o in out]
+    head += ["# left out: " + o for o in out] + ["# " + n for n in notes]
     return "\n".join(head + lines) + "\n"

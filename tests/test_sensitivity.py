@@ -198,3 +198,34 @@ def test_a_deconvolution_is_counted_in_the_shares_but_not_scanned(tmp_path, tiny
     assert sum(e["params_share"] for e in result["layers"].values()) < 1  # up's 32 weights
     with pytest.raises(ValueError, match="no Convolution or InnerProduct layer named 'up'"):
         sensitivity.scan(net_path, weights, layers=["up"], iters=1)
+
+
+def test_a_config_from_a_scan_gives_a_streams_writers_one_ratio(tmp_path, tiny_data):
+    """RESIDUAL_NET: conv1 and conv2 write one sum. The scan (made up here)
+    lets conv1 go to 0.25 and conv2 to 0.5: both get 0.5, so the run couples
+    them; with conv2 over the drop everywhere, the stream is named as left
+    uncoupled."""
+    from caffe_admm.config import load_config
+    from caffe_admm.protoio import read_net
+    from test_solver import RESIDUAL_NET
+    _, net_path = write_tiny(tmp_path, tiny_data, net=RESIDUAL_NET)
+
+    def scan_of(accuracies):
+        return {"model": net_path, "weights": "w", "kind": "FILTER", "keeps": [0.5, 0.25],
+                "iters": 4, "baseline": {"accuracy": 0.9},
+                "layers": {n: {"type": "Convolution", "params_share": 0.3, "flops_share": 0.3,
+                               "results": [{"keep": k, "scores": {"accuracy": a}}
+                                           for k, a in zip((0.5, 0.25), accs)]}
+                           for n, accs in accuracies.items()}}
+    text = sensitivity.config_text(scan_of({"conv1": (0.9, 0.895), "conv2": (0.895, 0.5),
+                                            "ip1": (0.5, 0.5)}), 1.0)
+    assert "# the stream of conv1, conv2: one keep ratio, 0.5, the largest of theirs" in text
+    path = tmp_path / "c.prototxt"
+    path.write_text(text)
+    cfg = load_config(str(path), read_net(net_path))
+    assert [(s.name, s.constraints[0].keep_ratio) for s in cfg.layers] == [("conv1", 0.5),
+                                                                          ("conv2", 0.5)]
+    assert cfg.coupled == (("conv1", "conv2"),)
+    text = sensitivity.config_text(scan_of({"conv1": (0.9, 0.895), "conv2": (0.5, 0.5)}), 1.0)
+    assert "# the stream of conv1, conv2: conv2 left out, so the run leaves it uncoupled" in text
+    assert 'layer { name: "conv1" kind: FILTER keep_ratio: 0.25 }' in text
