@@ -5,8 +5,8 @@ each of several keep ratios by the projection a run's hard prune uses (the
 groups of largest norm, :func:`projections.support`; for filters, their
 biases and the constants on their channels zeroed as the run zeroes them),
 with every other layer as it is, and the net is scored on its TEST phase.
-No retraining: the drop is an upper bound on what pruning that layer costs,
-and the ranking of the layers is what one reads off it (Han et al., NIPS
+No retraining: the drop is what pruning that layer costs before retraining
+wins some back, and the ranking of the layers is what one reads off it (Han et al., NIPS
 2015, Sec. 4; Distiller's sensitivity analysis). Next to each layer stand
 its share of the weights and FLOPs, so a pruning config can go after the
 layers that cost much and mind little.
