@@ -866,9 +866,7 @@ def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ck
     _recalibrate(solver, net_param, cfg.bn_batches)
     history["accuracy"]["after_" + cfg.method] = _evaluate(solver, test_iter)
     masks = method.final_masks(_weights(solver.net, names))
-    _apply_masks(solver.net, masks)
-    constants = _dead_constants(solver, net_param, masks)
-    _zero_constants(solver.net, constants)
+    constants = _hard_prune_solver(solver, net_param, masks)
     _recalibrate(solver, net_param, cfg.bn_batches, constants)
     history["accuracy"]["after_hard_prune"] = _evaluate(solver, test_iter)
     _log("after %s: %s; after hard prune: %s" % (
@@ -954,10 +952,13 @@ def _apply_masks(net, masks):
             net.params[name][1].data[~filter_mask(mask)] = 0
 
 
-def _dead_constants(solver, net_param, masks):
-    """compact.dead_channel_constants of the solver's net: (layer, blob, channels)."""
+def _hard_prune_solver(solver, net_param, masks):
+    """:func:`hard_prune` of the solver's nets (its TEST net shares the
+    train net's blobs); where compaction's graph does not take the net, the
+    constants are left as they are, and the log says so. Returns the
+    constants zeroed: (layer, blob, channels)."""
     try:
-        return compact.dead_channel_constants(_test_net(solver), net_param, masks)
+        return hard_prune(_test_net(solver), net_param, masks)
     except compact.CompactionError as exc:
         _log("constants of pruned channels left as they are (%s)" % exc)
         return []
@@ -1081,13 +1082,11 @@ def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, sn
         hook.penalty = []
         hook.lasso = []
         hook.set_mask(masks.get(name))  # SLIMMING's Scale layers: none
-    _apply_masks(solver.net, masks)
     # BatchNorm means, Scale/Bias offsets on pruned channels: zero, and held
     # there (their gradients zeroed before every update), so the channels
     # stay exactly zero and compaction cuts them
     hooked = protoio.read_net(hooked_path)
-    constants = _dead_constants(solver, hooked, masks)
-    _zero_constants(solver.net, constants)
+    constants = _hard_prune_solver(solver, hooked, masks)
     if constants:
         solver.add_callback(lambda: None,
                             lambda: _zero_constants(solver.net, constants, diff=True))
