@@ -6,7 +6,8 @@ Verbs:
   train    train a net with its Caffe solver (baseline)
   test     evaluate a net's TEST phase with given weights
   sensitivity
-           each layer pruned alone to several keep ratios, the net scored
+           each layer pruned alone to several keep ratios (a residual stream's
+           writers also together), the net scored
   prune    ADMM structured pruning, hard prune and masked retraining
   retrain  masked retraining alone (pruned weights stay exactly zero)
   compact  cut pruned filters/channels out: a smaller prototxt + caffemodel
@@ -61,8 +62,9 @@ def build_parser():
     p.add_argument("--weights", required=True, help="caffemodel")
     p.add_argument("--iters", type=int, help="batches (default: one pass over the test LMDB)")
 
-    p = verbs.add_parser("sensitivity", help="each layer pruned alone, in one shot, the net "
-                         "scored: which layers take pruning", formatter_class=fmt)
+    p = verbs.add_parser("sensitivity", help="each layer pruned alone (and under FILTER, a "
+                         "residual stream's writers together), in one shot, the net scored: "
+                         "which layers take pruning", formatter_class=fmt)
     p.add_argument("--model", required=True, help="net prototxt with a TEST-phase data layer")
     p.add_argument("--weights", required=True, help="trained caffemodel")
     p.add_argument("--kind", default="FILTER",
@@ -81,9 +83,11 @@ def build_parser():
                                   "interrupted goes on from it when run again")
     p.add_argument("--config-out", metavar="FILE",
                    help="also write a pruning config: each layer at the smallest keep ratio "
-                        "that lost at most --max-drop points alone")
+                        "that lost at most --max-drop points alone (a residual stream's "
+                        "writers: pruned together)")
     p.add_argument("--max-drop", type=float, default=1.0,
-                   help="with --config-out: points of accuracy a layer may lose alone")
+                   help="with --config-out: points of accuracy a layer may lose alone "
+                        "(a stream's writers: together)")
 
     p = verbs.add_parser("prune", help="StructADMM pruning + masked retraining",
                          formatter_class=fmt)

@@ -11,6 +11,12 @@ wins some back, and the ranking of the layers is what one reads off it (Han et a
 its share of the weights and FLOPs, so a pruning config can go after the
 layers that cost much and mind little.
 
+Under FILTER, the writers of each residual stream (:func:`liveness.sum_writers`)
+are also pruned together, to the filters of largest joint norm, as a run
+with ``couple_sums`` prunes them: one writer pruned alone leaves the
+stream's channels for compaction to keep, so only the joint row says what
+cutting the stream costs.
+
 Every score is taken on the same first ``iters`` TEST batches: the net is
 built afresh for each (a Data layer has no way back to its first record).
 On a net with BatchNorm every score, the unpruned net's too, is taken with
@@ -46,15 +52,38 @@ def _skip_reason(kind, group, num_output):
     return None
 
 
-def _scored(model, weights, net_param, iters, bns, bn_batches, name=None, mask=None):
-    """The TEST scores of a fresh net with ``weights``, ``name`` pruned to
-    ``mask`` as the hard prune leaves it, and the BatchNorm layers ``bns``
-    recalibrated over ``bn_batches`` training batches as a run does after
-    its hard prune: (scores, note or None)."""
+def _streams(net_param, names, skipped):
+    """The residual streams to scan as one, each a tuple of its writers:
+    those whose writers are all among ``names`` and none ``skipped``, and
+    whose channels no other layer writes; and notes on the others that
+    have a writer among ``names``."""
+    streams, notes = [], []
+    for writers, other in liveness.sum_writers(net_param):
+        if not any(w in names for w in writers):
+            continue
+        if other is not None:
+            notes.append("the stream of %s also carries %s's channels, which compaction keeps: "
+                         "not pruned together" % (", ".join(writers), other))
+        elif not all(w in names for w in writers):
+            notes.append("the stream of %s: %s not scanned, so not pruned together" % (
+                ", ".join(writers), ", ".join(w for w in writers if w not in names)))
+        elif any(w in skipped for w in writers):
+            notes.append("the stream of %s: %s skipped, so not pruned together" % (
+                ", ".join(writers), ", ".join(w for w in writers if w in skipped)))
+        else:
+            streams.append(tuple(writers))
+    return streams, notes
+
+
+def _scored(model, weights, net_param, iters, bns, bn_batches, masks=None):
+    """The TEST scores of a fresh net with ``weights``, the layers of
+    ``masks`` pruned to them as the hard prune leaves them, and the
+    BatchNorm layers ``bns`` recalibrated over ``bn_batches`` training
+    batches as a run does after its hard prune: (scores, note or None)."""
     net, note = caffe.Net(model, caffe.TEST, weights=weights), None
-    if name is not None:
+    if masks:
         try:
-            hard_prune(net, net_param, {name: mask})
+            hard_prune(net, net_param, masks)
         except compact.CompactionError as exc:
             note = "constants on the pruned channels left as they are (%s)" % exc
     if bns and bn_batches:
@@ -91,9 +120,10 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
     previous : dict, optional
         An earlier scan's result, complete or not, made from the same files
         and settings (``inputs``; else ValueError): its layers are taken as
-        they are, so an interrupted scan goes on where it stopped.
+        they are, and its streams, so an interrupted scan goes on where it
+        stopped.
     on_layer : callable, optional
-        Called with the result so far after each layer (to save it).
+        Called with the result so far after each layer and stream (to save it).
 
     Returns
     -------
@@ -101,7 +131,10 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
     ``kind``, ``keeps`` and per layer (net order) ``type``, ``params``,
     ``flops``, their shares of the scanned net's, and ``results`` (per keep
     ratio: ``keep``, ``groups_kept``, ``groups``, ``scores``) or ``skipped``
-    (why); ``notes``.
+    (why); ``streams``: under FILTER, per residual stream whose writers are
+    all scanned, the same with ``writers`` (pruned together to the filters
+    of largest joint norm, as a coupled run prunes them; ``params`` and
+    ``flops`` theirs summed); ``notes``.
     """
     if kind not in KINDS:
         raise ValueError("kind %r: choose one of %s" % (kind, ", ".join(KINDS)))
@@ -134,52 +167,82 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
            "layers": {}, "notes": []}
     out["inputs"] = fingerprint(model, weights, extra=json.dumps(
         [kind, out["keeps"], iters, out["bn_batches"], baseline], sort_keys=True))
-    done = {}
+    skipped = {n: _skip_reason(pkind, groups_of.get(n, 1), net.params[n][0].data.shape[0])
+               for n in names}
+    skipped = {n: why for n, why in skipped.items() if why}
+    streams, stream_notes = _streams(net_param, names, skipped) if pkind == "filter" else ([], [])
+    out["streams"] = []
+    done, done_streams = {}, {}
     if previous is not None:
         if previous.get("inputs") != out["inputs"]:
             raise ValueError("the earlier scan was made from other files or settings (model, "
                              "weights, kind, keep ratios, iters, bn_batches)")
         done = previous["layers"]
+        done_streams = {tuple(e["writers"]): e for e in previous.get("streams", [])}
         out["notes"] = list(previous.get("notes", []))
-    cells, count = sum(len(keeps) for n in names if n not in done), 0
+    out["notes"] += [n for n in stream_notes if n not in out["notes"]]
+    cells = len(keeps) * (sum(n not in done and n not in skipped for n in names)
+                          + sum(w not in done_streams for w in streams))
+    count = 0
+
+    def entry_of(names_, kind_name):
+        c = [costs[n] for n in names_]
+        return {"type": kind_name, "params": sum(x["params"] for x in c),
+                "flops": sum(x["flops"] for x in c),
+                "params_share": sum(x["params"] for x in c) / total_params,
+                "flops_share": sum(x["flops"] for x in c) / max(total_flops, 1)}
+
+    def results(label, n, group, masks_of):
+        nonlocal count
+        rows = []
+        for keep in keeps:
+            k = projections.keep_count(n, keep, group)
+            scores, note = _scored(model, weights, net_param, iters, bns, bn_batches,
+                                   masks_of(k))
+            if note and note not in out["notes"]:
+                out["notes"].append(note)
+            rows.append({"keep": keep, "groups_kept": k, "groups": n, "scores": scores})
+            count += 1
+            if progress:
+                progress("[%d/%d] %s keep %g: %s" % (count, cells, label, keep, _fmt(scores)))
+        return rows
+
     for name in names:
         if name in done:
             out["layers"][name] = done[name]
             if progress:
                 progress("%s: from the earlier scan" % name)
             continue
-        c = costs[name]
         w = net.params[name][0].data
-        group = groups_of.get(name, 1)
-        entry = {"type": types[name], "params": c["params"], "flops": c["flops"],
-                 "params_share": c["params"] / total_params,
-                 "flops_share": c["flops"] / max(total_flops, 1)}
-        why = _skip_reason(pkind, group, w.shape[0])
-        if why:
-            entry["skipped"] = why
-            out["layers"][name] = entry
-            count += len(keeps)
+        entry = entry_of([name], types[name])
+        if name in skipped:
+            entry["skipped"] = skipped[name]
             if progress:
-                progress("%s: skipped, %s" % (name, why))
-            if on_layer:
-                on_layer(out)
-            continue
-        n = projections.num_groups(w.shape, pkind)
-        g = group if pkind == "filter" else 1
-        entry["results"] = []
-        for keep in keeps:
-            k = projections.keep_count(n, keep, g)
-            mask = projections.support(w, pkind, k, g)
-            scores, note = _scored(model, weights, net_param, iters, bns, bn_batches, name,
-                                   mask)
-            if note and note not in out["notes"]:
-                out["notes"].append(note)
-            entry["results"].append({"keep": keep, "groups_kept": k, "groups": n,
-                                     "scores": scores})
-            count += 1
-            if progress:
-                progress("[%d/%d] %s keep %g: %s" % (count, cells, name, keep, _fmt(scores)))
+                progress("%s: skipped, %s" % (name, skipped[name]))
+        else:
+            g = groups_of.get(name, 1) if pkind == "filter" else 1
+            entry["results"] = results(name, projections.num_groups(w.shape, pkind), g,
+                                       lambda k: {name: projections.support(w, pkind, k, g)})
         out["layers"][name] = entry
+        if on_layer:
+            on_layer(out)
+    for writers in streams:
+        label = "stream of " + ", ".join(writers)
+        if writers in done_streams:
+            out["streams"].append(done_streams[writers])
+            if progress:
+                progress("%s: from the earlier scan" % label)
+            continue
+        ws = [net.params[n][0].data for n in writers]
+        group = groups_of.get(writers[0], 1)  # as the run's joint choice takes it
+
+        def joint(k):
+            kept = projections.joint_group_mask(ws, "filter", k, group)
+            return {n: projections.expand(kept, w.shape, "filter").copy()
+                    for n, w in zip(writers, ws)}
+        entry = dict(entry_of(writers, "stream"), writers=list(writers),
+                     results=results(label, ws[0].shape[0], group, joint))
+        out["streams"].append(entry)
         if on_layer:
             on_layer(out)
     return out
@@ -241,7 +304,11 @@ def format_table(result):
                  result["model"], key, base, result["iters"],
                  ", BatchNorm statistics recomputed over %d training batches for each score"
                  % result["bn_batches"] if result["bn_batches"] else "", result["kind"]), head]
-    for name, e in result["layers"].items():
+    streams = result.get("streams", [])
+    rows = list(result["layers"].items())
+    rows += [("stream %d" % (i + 1), dict(e, type="%d writers" % len(e["writers"])))
+             for i, e in enumerate(streams)]
+    for name, e in rows:
         row = "%-12s %-13s %6.1f%% %6.1f%%" % (name, e["type"], 100 * e["params_share"],
                                                100 * e["flops_share"])
         if "skipped" in e:
@@ -251,6 +318,9 @@ def format_table(result):
                                                 scale * (r["scores"][key] - base))
                            for r in e["results"])
         lines.append(row)
+    lines += ["stream %d: %s, pruned together to the filters of largest joint norm, as a "
+              "coupled run prunes them" % (i + 1, ", ".join(e["writers"]))
+              for i, e in enumerate(streams)]
     lines += ["note: " + n for n in result["notes"]]
     return "\n".join(lines)
 
@@ -261,11 +331,13 @@ def config_text(result, max_drop, net_param=None):
     fell at most ``max_drop`` points of accuracy below the unpruned net's;
     layers that fell further at every ratio below 1 are left out. The
     writers of a residual stream (:func:`liveness.sum_writers`, from
-    ``net_param``, by default the scan's model) get one ratio, the largest
-    of theirs, so that the run prunes them coupled (config ``couple_sums``)
-    and compaction can cut the stream. Layers pruned together lose more than
-    each alone, and retraining wins some back: the text says so, a starting
-    point to edit.
+    ``net_param``, by default the scan's model) get one ratio, so that the
+    run prunes them coupled (config ``couple_sums``) and compaction can cut
+    the stream: where the scan pruned them together (its ``streams``), the
+    smallest ratio at which that fell at most ``max_drop`` (none of them
+    where none did); else the largest of theirs alone. Layers pruned
+    together lose more than each alone, and retraining wins some back: the
+    text says so, a starting point to edit.
 
     Raises
     ------
@@ -278,50 +350,75 @@ def config_text(result, max_drop, net_param=None):
                          % ", ".join(sorted(result["baseline"])))
     base = result["baseline"]["accuracy"]
     layers = result["layers"]
-    chosen, out = {}, []
+
+    def rows_within(e):  # {keep: drop in points} of the rows below 1 within the drop
+        drops = {r["keep"]: 100 * (base - r["scores"]["accuracy"]) for r in e.get("results", [])}
+        return {k: d for k, d in drops.items() if d <= max_drop and k < 1}
+    chosen, out = {}, {}  # name -> (keep, comment); name -> why left out
     for name, e in layers.items():
-        fine = [r["keep"] for r in e.get("results", [])
-                if 100 * (base - r["scores"]["accuracy"]) <= max_drop and r["keep"] < 1]
+        fine = rows_within(e)
         if fine:
-            chosen[name] = min(fine)
+            keep = min(fine)
+            chosen[name] = (keep, "%+.2f points alone" % -fine[keep])
         else:
-            out.append("%s (%s)" % (name, e["skipped"] if "skipped" in e else
-                                    "more than %g points at every keep ratio below 1"
-                                    % max_drop))
-    if not chosen:
-        raise ValueError("no layer stays within %g points of %.4f at any scanned keep ratio; "
-                         "scan larger ones (--keep) or allow a larger drop" % (max_drop, base))
+            out[name] = (e["skipped"] if "skipped" in e else
+                         "more than %g points at every keep ratio below 1" % max_drop)
+    joint = {tuple(e["writers"]): e for e in result.get("streams", [])}
     notes = []
     if net_param is None:
         net_param = protoio.read_net(result["model"])
     for writers, other in liveness.sum_writers(net_param):
-        if other is not None or not any(w in chosen for w in writers):
+        if other is not None or not any(w in layers for w in writers):
             continue
-        if all(w in chosen for w in writers):
-            keep = max(chosen[w] for w in writers)
-            if any(chosen[w] != keep for w in writers):
+        listed = ", ".join(writers)
+        if writers in joint:
+            fine = rows_within(joint[writers])
+            for w in writers:
+                chosen.pop(w, None)
+                out.pop(w, None)
+            if fine:
+                keep = min(fine)
+                chosen.update((w, (keep, "%+.2f points with the stream of %s pruned together"
+                                   % (-fine[keep], listed))) for w in writers)
+            else:
+                out.update((w, "the stream of %s: more than %g points at every keep ratio "
+                               "below 1, pruned together" % (listed, max_drop))
+                           for w in writers)
+        elif not any(w in chosen for w in writers):
+            continue
+        elif all(w in chosen for w in writers):
+            keep = max(chosen[w][0] for w in writers)
+            if any(chosen[w][0] != keep for w in writers):
                 notes.append("the stream of %s: one keep ratio, %g, the largest of theirs, so "
-                             "the run prunes it coupled" % (", ".join(writers), keep))
-            chosen.update((w, keep) for w in writers)
+                             "the run prunes it coupled" % (listed, keep))
+                for w in writers:
+                    r = next(r for r in layers[w]["results"] if r["keep"] == keep)
+                    chosen[w] = (keep, "%+.2f points alone" % (
+                        100 * (r["scores"]["accuracy"] - base)))
         else:
             notes.append("the stream of %s: %s left out, so the run leaves it uncoupled and "
-                         "compaction keeps most of its channels" % (", ".join(writers), ", ".join(
+                         "compaction keeps most of its channels" % (listed, ", ".join(
                              w for w in writers if w not in chosen)))
+    if not chosen:
+        raise ValueError("no layer stays within %g points of %.4f at any scanned keep ratio; "
+                         "scan larger ones (--keep) or allow a larger drop" % (max_drop, base))
     lines = []
-    for name, keep in chosen.items():
-        e = layers[name]
-        r = next(r for r in e["results"] if r["keep"] == keep)
-        lines.append('layer { name: "%s" kind: %s keep_ratio: %g }  # %+.2f points alone, '
-                     '%.1f%% of the weights, %.1f%% of the FLOPs'
-                     % (name, result["kind"], keep, 100 * (r["scores"]["accuracy"] - base),
-                        100 * e["params_share"], 100 * e["flops_share"]))
+    for name, e in layers.items():
+        if name in chosen:
+            keep, comment = chosen[name]
+            lines.append('layer { name: "%s" kind: %s keep_ratio: %g }  # %s, %.1f%% of the '
+                         'weights, %.1f%% of the FLOPs' % (
+                             name, result["kind"], keep, comment, 100 * e["params_share"],
+                             100 * e["flops_share"]))
     head = ["# From caffe-admm sensitivity: %s, %s" % (result["model"], result["weights"]),
             "# (accuracy %.4f unpruned, %d TEST batches). Each layer at the smallest keep ratio"
             % (base, result["iters"]),
             "# scanned (%s) whose score, that layer alone pruned in one shot,"
             % ", ".join("%g" % k for k in result["keeps"]),
-            "# fell at most %g points. Pruned together they lose more than each alone, and"
-            % max_drop,
-            "# retraining wins some back: a starting point. Method, schedule: the defaults."]
-    head += ["# left out: " + o for o in out] + ["# " + n for n in notes]
+            "# fell at most %g points%s. Pruned together, all the layers lose more than each"
+            % (max_drop, "; a residual stream's writers at the smallest one at which\n# "
+               "pruning them together did" if joint else ""),
+            "# alone, and retraining wins some back: a starting point. Method, schedule: the",
+            "# defaults."]
+    head += ["# left out: %s (%s)" % o for o in out.items()] + ["# " + n for n in notes]
     return "\n".join(head + lines) + "\n"

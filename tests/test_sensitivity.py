@@ -229,3 +229,120 @@ def test_a_config_from_a_scan_gives_a_streams_writers_one_ratio(tmp_path, tiny_d
     text = sensitivity.config_text(scan_of({"conv1": (0.9, 0.895), "conv2": (0.5, 0.5)}), 1.0)
     assert "# the stream of conv1, conv2: conv2 left out, so the run leaves it uncoupled" in text
     assert 'layer { name: "conv1" kind: FILTER keep_ratio: 0.25 }' in text
+
+
+def _residual_weights(tmp_path, tiny_data):
+    """RESIDUAL_NET (conv1 and conv2 write one sum), briefly trained, its
+    filters rescaled so that each writer alone keeps other filters than the
+    two together: conv1's 4 largest are 0-3, conv2's 4-7, and the joint
+    norms' 0, 1, 5, 6."""
+    from test_solver import RESIDUAL_NET
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=RESIDUAL_NET, max_iter=30)
+    weights = solver.train(solver_path, str(tmp_path / "base"), progress=False)["weights"]
+    net = caffe.Net(net_path, caffe.TEST, weights=weights)
+    for name, norms in (("conv1", [4, 4, 3, 3, 1, 1, 0.5, 0.5]),
+                        ("conv2", [1, 0.5, 0.5, 1, 3, 3.5, 3.6, 2])):
+        w = net.params[name][0].data
+        w *= (np.array(norms) / np.sqrt((w.reshape(8, -1) ** 2).sum(axis=1)))[:, None, None, None]
+    path = str(tmp_path / "rescaled.caffemodel")
+    net.save(path)
+    return net_path, path
+
+
+def test_a_residual_streams_writers_are_also_scanned_pruned_together_by_joint_norm(
+        tmp_path, tiny_data):
+    """Beside each writer alone, a row with both pruned to the filters of
+    largest joint norm, as a coupled run prunes them: here 0, 1, 5 and 6,
+    which neither writer alone keeps."""
+    from caffe_admm import protoio
+    net_path, weights = _residual_weights(tmp_path, tiny_data)
+    result = sensitivity.scan(net_path, weights, keeps=(0.5,), iters=2, bn_batches=0)
+    assert list(result["layers"]) == ["conv1", "conv2", "ip1"]
+    [stream] = result["streams"]
+    layers = result["layers"]
+    assert stream["writers"] == ["conv1", "conv2"] and stream["type"] == "stream"
+    assert stream["params"] == layers["conv1"]["params"] + layers["conv2"]["params"]
+    assert stream["flops_share"] == pytest.approx(layers["conv1"]["flops_share"] +
+                                                  layers["conv2"]["flops_share"])
+    assert [(r["keep"], r["groups_kept"], r["groups"]) for r in stream["results"]] == [
+        (0.5, 4, 8)]
+
+    def pruned_to(kept_of):
+        net = caffe.Net(net_path, caffe.TEST, weights=weights)
+        masks = {n: np.broadcast_to(np.isin(np.arange(8), kept)[:, None, None, None],
+                                    net.params[n][0].data.shape).copy()
+                 for n, kept in kept_of.items()}
+        solver.hard_prune(net, protoio.read_net(net_path), masks)
+        return solver.evaluate_net(net, 2)
+    assert stream["results"][0]["scores"] == pruned_to({"conv1": [0, 1, 5, 6],
+                                                        "conv2": [0, 1, 5, 6]})
+    assert layers["conv1"]["results"][0]["scores"] == pruned_to({"conv1": [0, 1, 2, 3]})
+    assert layers["conv2"]["results"][0]["scores"] == pruned_to({"conv2": [4, 5, 6, 7]})
+    assert stream["results"][0]["scores"] not in (layers["conv1"]["results"][0]["scores"],
+                                                  layers["conv2"]["results"][0]["scores"])
+    table = sensitivity.format_table(result).splitlines()
+    assert table[5].startswith("stream 1     2 writers") and \
+        ("%.4f" % stream["results"][0]["scores"]["accuracy"]) in table[5]
+    assert table[6] == ("stream 1: conv1, conv2, pruned together to the filters of largest "
+                        "joint norm, as a coupled run prunes them")
+
+    # an interrupted scan goes on with the stream; a finished one takes it as it is
+    lines = []
+    again = sensitivity.scan(net_path, weights, keeps=(0.5,), iters=2, bn_batches=0,
+                             previous=dict(result, streams=[]), progress=lines.append)
+    assert again == result and lines == [
+        "conv1: from the earlier scan", "conv2: from the earlier scan",
+        "ip1: from the earlier scan",
+        "[1/1] stream of conv1, conv2 keep 0.5: " + sensitivity._fmt(stream["results"][0]["scores"])]
+    lines = []
+    sensitivity.scan(net_path, weights, keeps=(0.5,), iters=2, bn_batches=0, previous=result,
+                     progress=lines.append)
+    assert lines[-1] == "stream of conv1, conv2: from the earlier scan"
+
+    # no row where a writer is not scanned, or under a kind that does not cut the stream
+    part = sensitivity.scan(net_path, weights, keeps=(0.5,), layers=["conv2"], iters=2,
+                            bn_batches=0)
+    assert part["streams"] == [] and part["notes"] == [
+        "the stream of conv1, conv2: conv1 not scanned, so not pruned together"]
+    shape = sensitivity.scan(net_path, weights, keeps=(0.5,), kind="SHAPE", layers=["conv2"],
+                             iters=2, bn_batches=0)
+    assert shape["streams"] == [] and shape["notes"] == []
+
+
+def test_a_config_from_a_scan_takes_a_streams_ratio_from_its_writers_pruned_together(
+        tmp_path, tiny_data):
+    """Alone, conv1 and conv2 stay within the drop at 0.25; together only at
+    0.5, so both get 0.5. Where together they lose too much at every ratio,
+    both are left out, named, though each alone would have done."""
+    from caffe_admm.config import load_config
+    from caffe_admm.protoio import read_net
+    from test_solver import RESIDUAL_NET
+    _, net_path = write_tiny(tmp_path, tiny_data, net=RESIDUAL_NET)
+
+    def scan_of(stream):
+        row = {"type": "Convolution", "params_share": 0.3, "flops_share": 0.3,
+               "results": [{"keep": k, "scores": {"accuracy": 0.9}} for k in (0.5, 0.25)]}
+        return {"model": net_path, "weights": "w", "kind": "FILTER", "keeps": [0.5, 0.25],
+                "iters": 4, "baseline": {"accuracy": 0.9},
+                "layers": {"conv1": row, "conv2": row,
+                           "ip1": dict(row, results=[{"keep": k, "scores": {"accuracy": 0.5}}
+                                                     for k in (0.5, 0.25)])},
+                "streams": [dict(row, type="stream", writers=["conv1", "conv2"], results=[
+                    {"keep": k, "scores": {"accuracy": a}} for k, a in zip((0.5, 0.25), stream)])]}
+    text = sensitivity.config_text(scan_of((0.895, 0.8)), 1.0)
+    assert ('layer { name: "conv1" kind: FILTER keep_ratio: 0.5 }  # -0.50 points with the '
+            'stream of conv1, conv2 pruned together, 30.0% of the weights') in text
+    assert "# pruning them together did." in text and "the largest of theirs" not in text
+    path = tmp_path / "c.prototxt"
+    path.write_text(text)
+    cfg = load_config(str(path), read_net(net_path))
+    assert [(s.name, s.constraints[0].keep_ratio) for s in cfg.layers] == [("conv1", 0.5),
+                                                                          ("conv2", 0.5)]
+    assert cfg.coupled == (("conv1", "conv2"),)
+    with pytest.raises(ValueError, match="no layer stays within 1 points"):
+        sensitivity.config_text(scan_of((0.8, 0.8)), 1.0)
+    text = sensitivity.config_text(dict(scan_of((0.8, 0.8)), layers=dict(
+        scan_of((0.8, 0.8))["layers"], ip1=scan_of(())["layers"]["conv1"])), 1.0)
+    assert "# left out: conv1 (the stream of conv1, conv2: more than 1 points at every keep " \
+           "ratio below 1, pruned together)" in text
+    assert 'name: "conv1"' not in text and 'name: "ip1" kind: FILTER keep_ratio: 0.25' in text
