@@ -25,6 +25,16 @@ import sys
 __all__ = ["main", "build_parser"]
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" where an option has a default its help does not
+    already give; not after a required option, an unset one or a flag."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="caffe-admm", description=__doc__,
@@ -34,7 +44,7 @@ def build_parser():
     parser.add_argument("--gpu", type=int, default=None,
                         help="GPU id (Caffe must be built with CUDA); default: CPU")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsFormatter
 
     p = verbs.add_parser("data", help="write a data set as Caffe LMDBs", formatter_class=fmt)
     p.add_argument("dataset", choices=("mnist", "fashion_mnist"))
