@@ -107,6 +107,8 @@ class PruneConfig:
     # SLIMMING: (pruned layer, the Scale layer whose per-channel scale its
     # Lasso goes on) per layer pruned below keep 1
     scales: tuple = ()
+    # SLIMMING: the hard prune ranks all the pruned layers' channels together
+    slimming_global: bool = False
 
     def layer(self, name):
         for spec in self.layers:
@@ -410,6 +412,20 @@ def load_config(path, net):
                                   % (_where(path, spec.name, "kind"), spec.kind.upper()))
         scales = tuple((spec.name, _scale_after(path, net, spec.name)) for spec in specs
                        if spec.constraints[0].keep_ratio < 1)  # keep 1 prunes nothing
+    if msg.slimming_global:
+        if msg.method != pb2.SLIMMING:
+            raise ConfigError("%s: slimming_global applies to method SLIMMING only" % path)
+        if msg.HasField("ssl_threshold"):
+            raise ConfigError("%s: slimming_global and ssl_threshold each decide how many "
+                              "filters the hard prune keeps; set one" % path)
+        grouped = [spec for spec in specs if spec.filter_group > 1
+                   and spec.name in dict(scales)]
+        if grouped:
+            raise ConfigError("%s: slimming_global ranks single channels across layers, and "
+                              "this layer must keep the same number of filters in each of its "
+                              "%d groups; give it keep_ratio 1, or drop slimming_global"
+                              % (_where(path, grouped[0].name, "name"),
+                                 grouped[0].filter_group))
     coupled, uncoupled = (), ()
     if msg.couple_sums:
         specs, coupled, uncoupled = _couple(specs, sum_writers(net))
@@ -434,7 +450,8 @@ def load_config(path, net):
         penalty_pruned_only=bool(msg.penalty_pruned_only) and msg.method == pb2.ADMM,
         changed_defaults=tuple(changed), left_out=tuple(left_out),
         filters_only=tuple(filters_only), coupled=coupled,
-        uncoupled=uncoupled, bn_batches=msg.bn_recalibration_batches, scales=scales)
+        uncoupled=uncoupled, bn_batches=msg.bn_recalibration_batches, scales=scales,
+        slimming_global=bool(msg.slimming_global))
 
 
 def _filter_ratio(spec):

@@ -323,7 +323,9 @@ class SlimmingMethod(SSLMethod):
     output channels (the Scale after its BatchNorm, ``cfg.scales``), an L1
     penalty lambda |gamma_c| (a coupled stream's writers: the joint
     sqrt(sum_j gamma_j,c^2) per channel), and the hard prune keeps the
-    filters of largest |gamma| (joint over a stream). A Lasso on the filters
+    filters of largest |gamma| (joint over a stream), each layer at its keep
+    ratio or, with ``slimming_global``, at counts from one ranking of all
+    the layers' scales (:func:`_global_counts`). A Lasso on the filters
     themselves has little hold there: the BatchNorm undoes their scale.
     The hooks of the pruned layers add nothing in the first phase; those of
     the Scale layers add the Lasso. ``weights`` given to it hold the Scale
@@ -351,6 +353,8 @@ class SlimmingMethod(SSLMethod):
             "%s=%.2f" % (n, e["filter"]) for n, e in log["small_group_fraction"].items())
 
     def final_masks(self, weights):
+        if self.cfg.ssl_threshold is None:
+            return target_masks(self.cfg, weights, self.feeds)
         return super().final_masks(_scale_proxies(self.cfg, weights))
 
 
@@ -410,6 +414,48 @@ class MagnitudeMethod:
         return cls(cfg, int(arrays["round"]), _masks_from_arrays(arrays), feeds)
 
 
+def _global_counts(cfg, weights):
+    """SLIMMING with ``slimming_global``: a :func:`_keep_counts` whose counts
+    come from one ranking of all the pruned layers' channels by |gamma|
+    (``weights`` holds the Scale layers' gammas by layer name).
+
+    The filters kept in all are those the keep ratios keep, layer by layer.
+    Each layer (a coupled stream: its writers together) first keeps its
+    channel of largest |gamma|; the rest go to the channels of largest
+    |gamma| over all the layers, while they fit. A stream's channel ranks by
+    the root mean square of its writers' gammas and takes one filter per
+    writer. Layers at keep 1 keep their counts."""
+    scales = dict(cfg.scales)
+    stream = {n: writers for writers in cfg.coupled for n in writers}
+    owners, counts, spare = [], [], 0  # per owner (a layer, or a stream's writers)
+    channels = []  # (-score, owner, channel, filters it takes)
+    for spec in cfg.layers:
+        writers = stream.get(spec.name, (spec.name,))
+        if spec.name not in scales or writers in owners:
+            continue
+        gammas = np.array([np.abs(np.asarray(weights[scales[w]], dtype=np.float64))
+                           for w in writers])
+        score = np.sqrt((gammas ** 2).mean(axis=0))
+        top = int(np.argmax(score))
+        spare += len(writers) * (projections.keep_count(len(score),
+                                                        spec.constraints[0].keep_ratio) - 1)
+        channels += [(-score[c], len(owners), c, len(writers)) for c in range(len(score))
+                     if c != top]
+        owners.append(writers)
+        counts.append(1)
+    for _, owner, _, size in sorted(channels):
+        if size <= spare:
+            spare -= size
+            counts[owner] += 1
+    kept = {n: k for writers, k in zip(owners, counts) for n in writers}
+
+    def counts_of(spec, shape):
+        if spec.name not in kept:
+            return _keep_counts(spec, shape)
+        return [("filter", kept[spec.name], 1)]
+    return counts_of
+
+
 def target_masks(cfg, weights, feeds=None):
     """The masks at the config's keep ratios, chosen by ``weights``: what a
     hard prune at the target keeps (ADMM's, magnitude pruning's last round,
@@ -421,9 +467,12 @@ def target_masks(cfg, weights, feeds=None):
     -------
     dict[str, ndarray of bool], each the shape of ``weights[name]``
     """
+    counts_of = _keep_counts
     if cfg.method == "slimming":  # ranked by the scales (``weights`` holds them)
+        if cfg.slimming_global:
+            counts_of = _global_counts(cfg, weights)
         weights = _scale_proxies(cfg, weights)
-    return _supports(cfg, weights, feeds, _keep_counts)
+    return _supports(cfg, weights, feeds, counts_of)
 
 
 def make_method(cfg, arrays=None, feeds=None):

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from caffe_admm import compact, liveness, protoio
+from caffe_admm import compact, liveness, projections, protoio
 from caffe_admm.backend import caffe, caffe_pb2
 from caffe_admm.config import GROUPED_FILTERS_ONLY, PRUNABLE_TYPES, load_config
 from caffe_admm.layers import HOOK_PREFIX, NonFiniteWeights
@@ -683,6 +683,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
                      "prune_stages": cfg.prune_stages,
                      "penalty_pruned_only": cfg.penalty_pruned_only,
                      "ssl_threshold": cfg.ssl_threshold,
+                     "slimming_global": cfg.slimming_global,
                      "retrain_solver": cfg.retrain_solver,
                      "bn_recalibration_batches": cfg.bn_batches},
         "test_iter": test_iter, "accuracy": history["accuracy"],
@@ -755,6 +756,10 @@ def check(solver_path, weights, config_path):
         caveats.append("ssl_threshold: the run's hard prune keeps the groups over %g of each "
                        "layer's largest norm after the Lasso, however many; shown here are the "
                        "keep ratios" % cfg.ssl_threshold)
+    if cfg.slimming_global:
+        caveats.append("slimming_global: how many filters each layer keeps, not only which, "
+                       "comes from the run's trained scales; here from the starting ones. "
+                       + _global_note(cfg, masks))
     specs = {spec.name: spec for spec in cfg.layers}
     report = {"method": cfg.method, "solver": os.path.abspath(solver_path),
               "net": os.path.abspath(run.net_path), "weights": os.path.abspath(weights),
@@ -866,6 +871,8 @@ def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ck
     _recalibrate(solver, net_param, cfg.bn_batches)
     history["accuracy"]["after_" + cfg.method] = _evaluate(solver, test_iter)
     masks = method.final_masks(_weights(solver.net, names))
+    if cfg.slimming_global:
+        _log("slimming_global: %s" % _global_note(cfg, masks))
     constants = _hard_prune_solver(solver, net_param, masks)
     _recalibrate(solver, net_param, cfg.bn_batches, constants)
     history["accuracy"]["after_hard_prune"] = _evaluate(solver, test_iter)
@@ -876,6 +883,16 @@ def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ck
                  _strip_hooks(net_param))
     save_masks(os.path.join(out_dir, "masks.npz"), masks)
     return method, masks
+
+
+def _global_note(cfg, masks):
+    """Per layer ranked together (SLIMMING's ``slimming_global``), the
+    filters its masks keep against what its keep ratio alone would keep."""
+    return "filters kept, the scales of all the layers ranked together (keep_ratio alone): " \
+        + ", ".join("%s %d/%d (%d)" % (
+            name, filter_mask(masks[name]).sum(), len(masks[name]),
+            projections.keep_count(len(masks[name]), cfg.layer(name).constraints[0].keep_ratio))
+            for name, _ in cfg.scales)
 
 
 def _compacted_total(solver, net_param, names, total):

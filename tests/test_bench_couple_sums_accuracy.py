@@ -62,6 +62,20 @@ def test_slimming_runs_on_the_benchmarks_resnet(tmp_path, tiny_data):
     with open(tmp_path / "work" / "seed1" / row["run"] / "report.json") as f:
         report = json.load(f)
     assert report["method"] == "slimming" and report["layers"]["a1"]["lasso_on"] == "a1/scale"
+    # one ranking of all the scales: the same total of kept filters, shared as they fall
+    args = ["--train", tiny_data["train"], "--test", tiny_data["test"], "--test-iter", "1",
+            "--keep", "0.5", "--methods", "SLIMMING", "--baseline-iters", "40", "--steps", "2",
+            "--iters", "10", "--retrain", "20", "--couple", "coupled", "--lasso-lambda", "0.05",
+            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "g.json")]
+    [shared] = bench.main(args + ["--slimming-global"])
+    assert shared["run"] == "slimming_keep0.5_coupled_l0.05_global" and shared["slimming_global"]
+    assert shared["passed"] and not row["slimming_global"]
+    assert sum(shared["filters_kept"].values()) == sum(row["filters_kept"].values())
+    with open(tmp_path / "work" / "seed1" / shared["run"] / "config.prototxt") as f:
+        assert "slimming_global: true" in f.read()
+    import pytest
+    with pytest.raises(SystemExit):
+        bench.main(args[:9] + ["ADMM"] + args[10:] + ["--slimming-global"])
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):

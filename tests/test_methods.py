@@ -365,3 +365,117 @@ def test_the_lasso_of_a_per_channel_scale_is_l1_and_joint_over_a_stream():
     assert value == pytest.approx(0.1 * np.hypot(gamma, other).sum())
     assert np.allclose(grad, 0.01 * gamma / np.where(np.hypot(gamma, other) > 0,
                                                       0.1 * np.hypot(gamma, other), 1))
+
+
+def _three_scaled_net():
+    """RESIDUAL_NET with conv3 (6 filters, BatchNorm, Scale) after the sum:
+    a stream of two writers (conv1, conv2) and a layer of its own."""
+    from test_solver import RESIDUAL_NET
+    old = 'layer { name: "ip1" type: "InnerProduct" bottom: "sum"'
+    assert old in RESIDUAL_NET
+    return RESIDUAL_NET.replace(old, (
+        'layer { name: "conv3" type: "Convolution" bottom: "sum" top: "conv3"\n'
+        '  convolution_param { num_output: 6 kernel_size: 3 pad: 1\n'
+        '    weight_filler { type: "xavier" } bias_filler { type: "constant" } } }\n'
+        'layer { name: "bn3" type: "BatchNorm" bottom: "conv3" top: "conv3" }\n'
+        'layer { name: "scale3" type: "Scale" bottom: "conv3" top: "conv3" '
+        'scale_param { bias_term: true } }\n'
+        'layer { name: "ip1" type: "InnerProduct" bottom: "conv3"'))
+
+
+def test_slimming_global_ranks_all_the_layers_scales_together_at_the_same_total(tmp_path):
+    """Half of each layer's filters: 8 of the stream's (4 per writer) and 3
+    of conv3's, 11 in all. Ranked together, each keeps its largest channel;
+    then conv3's 1.0, the stream's 0.8 (two filters), conv3's 0.5 and 0.4,
+    the stream's 0.15 (two), and with one filter left, conv3's 0.02, which
+    fits where the stream's 0.14 does not: the stream keeps 3 channels,
+    conv3 5."""
+    from google.protobuf import text_format
+    from caffe_admm.backend import caffe_pb2
+    from caffe_admm.config import ConfigError, load_config
+
+    def parse_net(text):
+        return text_format.Parse(text, caffe_pb2.NetParameter())
+    net = parse_net(_three_scaled_net() % {"train": "t", "test": "t"})
+    text = ("method: SLIMMING default { kind: FILTER } global_keep_ratio: 0.5 %s "
+            'layer { name: "ip1" keep_ratio: 1 }')
+    cfg = load_config(write(tmp_path / "g.prototxt", text % "slimming_global: true"), net)
+    assert cfg.slimming_global and cfg.coupled == (("conv1", "conv2"),)
+    rng = np.random.default_rng(3)
+    shapes = {"conv1": (8, 1, 3, 3), "conv2": (8, 8, 3, 3), "conv3": (6, 8, 3, 3),
+              "ip1": (4, 6 * 14 * 14)}
+    weights = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    stream = np.array([0.9, 0.8, 0.15, 0.14, 0.13, 0.12, 0.11, 0.05])
+    weights.update(scale1=stream * [1, -1, 1, 1, -1, 1, 1, 1], scale2=stream,
+                   scale3=np.array([2.0, 1.0, 0.5, -0.4, 0.01, 0.02]))
+
+    def kept(masks):
+        return {n: np.flatnonzero(masks[n].reshape(len(masks[n]), -1).any(axis=1)).tolist()
+                for n in ("conv1", "conv2", "conv3")}
+    assert kept(methods.target_masks(cfg, weights)) == {
+        "conv1": [0, 1, 2], "conv2": [0, 1, 2], "conv3": [0, 1, 2, 3, 5]}
+    method = methods.make_method(cfg)
+    assert kept(method.final_masks(weights)) == kept(methods.target_masks(cfg, weights))
+    # each layer on its own: 4 and 3
+    alone = load_config(write(tmp_path / "a.prototxt", text % ""), net)
+    assert kept(methods.target_masks(alone, weights)) == {
+        "conv1": [0, 1, 2, 3], "conv2": [0, 1, 2, 3], "conv3": [0, 1, 2]}
+    # a layer whose scales all fall below the others' still keeps its largest
+    weights["scale3"] = np.array([0.001, 0.004, 0.002, 0.003, 0.0, 0.0])
+    assert kept(methods.target_masks(cfg, weights)) == {
+        "conv1": [0, 1, 2, 3, 4], "conv2": [0, 1, 2, 3, 4], "conv3": [1]}
+
+    with pytest.raises(ConfigError, match="slimming_global applies to method SLIMMING only"):
+        load_config(write(tmp_path / "s.prototxt", (text % "slimming_global: true").replace(
+            "method: SLIMMING", "method: SSL")), net)
+    with pytest.raises(ConfigError, match="slimming_global and ssl_threshold each decide"):
+        load_config(write(tmp_path / "t.prototxt", text % "slimming_global: true "
+                          "ssl_threshold: 0.1"), net)
+    grouped = parse_net(_three_scaled_net().replace(
+        "num_output: 6 kernel_size: 3 pad: 1", "num_output: 6 kernel_size: 3 pad: 1 group: 2")
+        % {"train": "t", "test": "t"})
+    with pytest.raises(ConfigError, match=r"layer 'conv3', field name: slimming_global ranks "
+                                          r"single channels across layers, and this layer must "
+                                          r"keep the same number of filters in each of its 2 "
+                                          r"groups"):
+        load_config(str(tmp_path / "g.prototxt"), grouped)
+
+
+def test_a_slimming_global_run_keeps_the_total_and_says_how_it_shared_it(tmp_path, tiny_data,
+                                                                         capsys):
+    from conftest import write_tiny
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=_three_scaled_net(),
+                                       max_iter=40)
+    base = solver.train(solver_path, str(tmp_path / "base"), progress=False)["weights"]
+    config = write(tmp_path / "c.prototxt", """
+        method: SLIMMING slimming_global: true admm_steps: 2 iters_per_step: 10
+        retrain_iters: 10 snapshot_interval: 10 default { kind: FILTER lasso_lambda: 0.01 }
+        global_keep_ratio: 0.5 layer { name: "ip1" keep_ratio: 1 }
+        layer { name: "conv3" keep_ratio: 0.5 lasso_lambda: 2 }""")
+    checked = solver.check(solver_path, base, config)
+    assert any(c.startswith("slimming_global: how many filters each layer keeps, not only "
+                            "which, comes from the run's trained scales") for c in checked["caveats"])
+    capsys.readouterr()
+    report = solver.prune(solver_path, base, config, str(tmp_path / "run"), progress=False)
+    kept = {n: report["layers"][n]["filters_kept"] for n in ("conv1", "conv2", "conv3")}
+    assert report["schedule"]["slimming_global"]
+    assert sum(kept.values()) == 11 and kept["conv1"] == kept["conv2"] and min(kept.values()) >= 1
+    line = next(l for l in capsys.readouterr().out.splitlines() if "slimming_global:" in l)
+    assert line.endswith("slimming_global: filters kept, the scales of all the layers ranked "
+                         "together (keep_ratio alone): conv3 %d/6 (3), conv1 %d/8 (4), "
+                         "conv2 %d/8 (4)" % (kept["conv3"], kept["conv1"], kept["conv2"]))
+    # the counts of one ranking of the scales at the end of the first phase
+    # (conv3's, pulled harder, mostly below the stream's)
+    from caffe_admm.config import load_config
+    from caffe_admm.protoio import read_net
+    end = caffe.Net(net_path, caffe.TEST, weights=str(
+        tmp_path / "run" / "checkpoints" / "slimming_iter_20.caffemodel"))
+    masks = methods.target_masks(load_config(config, read_net(net_path)), {
+        n: end.params[n][0].data for n in ("conv1", "conv2", "conv3", "ip1", "scale1",
+                                           "scale2", "scale3")})
+    assert kept == {n: masks[n].reshape(len(masks[n]), -1).any(axis=1).sum()
+                    for n in ("conv1", "conv2", "conv3")}
+    assert kept["conv3"] < 3
+    hard = caffe.Net(net_path, caffe.TEST, weights=str(tmp_path / "run" / "slimming.caffemodel"))
+    kept3 = np.abs(hard.params["conv3"][0].data).reshape(6, -1).any(axis=1)
+    assert kept3.sum() == kept["conv3"]
