@@ -200,13 +200,24 @@ def test_a_deconvolution_is_counted_in_the_shares_but_not_scanned(tmp_path, tiny
         sensitivity.scan(net_path, weights, layers=["up"], iters=1)
 
 
+def _loads_coupled_at(tmp_path, text, net_path, keep):
+    """``text`` loads as a config that prunes conv1 and conv2 at ``keep``,
+    coupled, and nothing else."""
+    from caffe_admm.config import load_config
+    from caffe_admm.protoio import read_net
+    path = tmp_path / "c.prototxt"
+    path.write_text(text)
+    cfg = load_config(str(path), read_net(net_path))
+    assert [(s.name, s.constraints[0].keep_ratio) for s in cfg.layers] == [("conv1", keep),
+                                                                          ("conv2", keep)]
+    assert cfg.coupled == (("conv1", "conv2"),)
+
+
 def test_a_config_from_a_scan_gives_a_streams_writers_one_ratio(tmp_path, tiny_data):
     """RESIDUAL_NET: conv1 and conv2 write one sum. The scan (made up here)
     lets conv1 go to 0.25 and conv2 to 0.5: both get 0.5, so the run couples
     them; with conv2 over the drop everywhere, the stream is named as left
     uncoupled."""
-    from caffe_admm.config import load_config
-    from caffe_admm.protoio import read_net
     from test_solver import RESIDUAL_NET
     _, net_path = write_tiny(tmp_path, tiny_data, net=RESIDUAL_NET)
 
@@ -220,12 +231,7 @@ def test_a_config_from_a_scan_gives_a_streams_writers_one_ratio(tmp_path, tiny_d
     text = sensitivity.config_text(scan_of({"conv1": (0.9, 0.895), "conv2": (0.895, 0.5),
                                             "ip1": (0.5, 0.5)}), 1.0)
     assert "# the stream of conv1, conv2: one keep ratio, 0.5, the largest of theirs" in text
-    path = tmp_path / "c.prototxt"
-    path.write_text(text)
-    cfg = load_config(str(path), read_net(net_path))
-    assert [(s.name, s.constraints[0].keep_ratio) for s in cfg.layers] == [("conv1", 0.5),
-                                                                          ("conv2", 0.5)]
-    assert cfg.coupled == (("conv1", "conv2"),)
+    _loads_coupled_at(tmp_path, text, net_path, 0.5)
     text = sensitivity.config_text(scan_of({"conv1": (0.9, 0.895), "conv2": (0.5, 0.5)}), 1.0)
     assert "# the stream of conv1, conv2: conv2 left out, so the run leaves it uncoupled" in text
     assert 'layer { name: "conv1" kind: FILTER keep_ratio: 0.25 }' in text
@@ -314,8 +320,6 @@ def test_a_config_from_a_scan_takes_a_streams_ratio_from_its_writers_pruned_toge
     """Alone, conv1 and conv2 stay within the drop at 0.25; together only at
     0.5, so both get 0.5. Where together they lose too much at every ratio,
     both are left out, named, though each alone would have done."""
-    from caffe_admm.config import load_config
-    from caffe_admm.protoio import read_net
     from test_solver import RESIDUAL_NET
     _, net_path = write_tiny(tmp_path, tiny_data, net=RESIDUAL_NET)
 
@@ -333,12 +337,7 @@ def test_a_config_from_a_scan_takes_a_streams_ratio_from_its_writers_pruned_toge
     assert ('layer { name: "conv1" kind: FILTER keep_ratio: 0.5 }  # -0.50 points with the '
             'stream of conv1, conv2 pruned together, 30.0% of the weights') in text
     assert "# pruning them together did." in text and "the largest of theirs" not in text
-    path = tmp_path / "c.prototxt"
-    path.write_text(text)
-    cfg = load_config(str(path), read_net(net_path))
-    assert [(s.name, s.constraints[0].keep_ratio) for s in cfg.layers] == [("conv1", 0.5),
-                                                                          ("conv2", 0.5)]
-    assert cfg.coupled == (("conv1", "conv2"),)
+    _loads_coupled_at(tmp_path, text, net_path, 0.5)
     with pytest.raises(ValueError, match="no layer stays within 1 points"):
         sensitivity.config_text(scan_of((0.8, 0.8)), 1.0)
     text = sensitivity.config_text(dict(scan_of((0.8, 0.8)), layers=dict(
