@@ -70,6 +70,13 @@ def _final_accuracy(run):
     return None
 
 
+def _method_label(run):
+    """A run's method as the tables and plots name it: SLIMMING with one
+    ranking of all the layers' scales (``slimming_global``) apart."""
+    method = run.get("method", "admm")
+    return method + " global" if run.get("schedule", {}).get("slimming_global") else method
+
+
 def summarize(runs):
     """One row per run: method, accuracy, compression, FLOP reduction, speed-up."""
     rows = []
@@ -79,7 +86,7 @@ def summarize(runs):
         recalibrated = run["accuracy"].get("baseline_recalibrated", {}).get("accuracy")
         base = (recalibrated if recalibrated is not None
                 else run["accuracy"].get("baseline", {}).get("accuracy"))
-        row = {"run": run["name"], "method": run.get("method", "admm"),
+        row = {"run": run["name"], "method": _method_label(run),
                "baseline_accuracy": base, "baseline_recalibrated": recalibrated is not None,
                "accuracy": _final_accuracy(run),
                "compression": run["pruned_layers_total"]["compression"],
@@ -122,7 +129,7 @@ def markdown(runs, rows):
                 "the pruned nets are scored (`baseline_recalibrated` in report.json; "
                 "`baseline` scores the caffemodel as it is)"]
     for run in runs:
-        out += ["", "### %s (%s)" % (run["name"], run.get("method", "admm")), "",
+        out += ["", "### %s (%s)" % (run["name"], _method_label(run)), "",
                 "| layer | kind | weights | kept | element sp. | filter sp. | channel sp. "
                 "| column sp. |", "|---|---|---|---|---|---|---|---|"]
         for name, l in run["layers"].items():
@@ -173,7 +180,7 @@ def plot(runs, rows, out_dir):
         vals = [run["layers"][n]["nonzero"] / run["layers"][n]["params"]
                 if n in run["layers"] else 0 for n in layer_names]
         ax.bar([j + i * width for j in range(len(layer_names))], [100 * v for v in vals],
-               width, label="%s (%s)" % (run["name"], run.get("method", "admm")))
+               width, label="%s (%s)" % (run["name"], _method_label(run)))
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layer_names))])
     ax.set_xticklabels(layer_names)
     paths.append(_finish(fig, ax, out_dir, "kept_fractions.png", "Kept weights per layer",
@@ -211,7 +218,7 @@ def plot(runs, rows, out_dir):
             k = min(10, len(ys))  # running mean over k samples: single batches are noisy
             smooth = [sum(ys[max(0, i - k + 1):i + 1]) / len(ys[max(0, i - k + 1):i + 1])
                       for i in range(len(ys))]
-            ax.plot(xs, smooth, lw=1, label="%s (%s)" % (run["name"], run.get("method", "admm")))
+            ax.plot(xs, smooth, lw=1, label="%s (%s)" % (run["name"], _method_label(run)))
     ax.set_yscale("log")
     paths.append(_finish(fig, ax, out_dir, "training_loss.png", "Training loss",
                          "iteration (pruning phase, then retraining); running mean of 10 samples",

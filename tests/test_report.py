@@ -63,6 +63,25 @@ def test_a_recalibrated_baseline_is_the_one_the_table_compares_with(tmp_path, ru
     assert "\\* with the BatchNorm statistics recomputed" in md
 
 
+def test_a_slimming_global_run_is_named_apart_from_per_layer_slimming(tmp_path, runs):
+    import shutil
+    paths = []
+    for name, shared in (("each", False), ("shared", True)):
+        paths.append(str(tmp_path / name))
+        shutil.copytree(runs[1], paths[-1])
+        with open(os.path.join(paths[-1], "report.json")) as f:
+            data = json.load(f)
+        data["method"] = "slimming"
+        data["schedule"]["slimming_global"] = shared
+        with open(os.path.join(paths[-1], "report.json"), "w") as f:
+            json.dump(data, f)
+    loaded = [report.load_run(p) for p in paths + runs[:1]]
+    rows = report.summarize(loaded)
+    assert [r["method"] for r in rows] == ["slimming", "slimming global", "admm"]
+    md = report.markdown(loaded, rows)
+    assert "### each (slimming)" in md and "### shared (slimming global)" in md
+
+
 def test_missing_unfinished_and_corrupt_runs_fail_clearly(tmp_path, runs):
     with pytest.raises(report.ReportError, match="not a directory"):
         report.load_run(str(tmp_path / "nope"))
