@@ -400,8 +400,19 @@ def config_text(result, max_drop, net_param=None):
                          "compaction keeps most of its channels" % (listed, ", ".join(
                              w for w in writers if w not in chosen)))
     if not chosen:
+        # the least drop that would let something through: a layer alone, or
+        # a stream's writers together (those not alone)
+        rows = [(name, e) for name, e in layers.items()
+                if not any(name in writers for writers in joint)]
+        rows += [("the stream of " + ", ".join(writers), e) for writers, e in joint.items()]
+        least = min(((100 * (base - r["scores"]["accuracy"]), r["keep"], name)
+                     for name, e in rows for r in e.get("results", []) if r["keep"] < 1),
+                    default=None)
         raise ValueError("no layer stays within %g points of %.4f at any scanned keep ratio; "
-                         "scan larger ones (--keep) or allow a larger drop" % (max_drop, base))
+                         "scan larger ones (--keep) or allow a larger drop%s" % (
+                             max_drop, base, "" if least is None else
+                             " (the least: %.2f points, %s at %g)"
+                             % (least[0], least[2], least[1])))
     lines = []
     for name, e in layers.items():
         if name in chosen:
