@@ -79,8 +79,11 @@ def _scored(model, weights, net_param, iters, bns, bn_batches, masks=None):
     """The TEST scores of a fresh net with ``weights``, the layers of
     ``masks`` pruned to them as the hard prune leaves them, and the
     BatchNorm layers ``bns`` recalibrated over ``bn_batches`` training
-    batches as a run does after its hard prune: (scores, note or None)."""
-    net, note = caffe.Net(model, caffe.TEST, weights=weights), None
+    batches as a run does after its hard prune: (scores, the weights of the
+    net's Convolution, Deconvolution and InnerProduct layers that
+    compaction would keep or None where it cannot compact the net, note or
+    None)."""
+    net, note, kept = caffe.Net(model, caffe.TEST, weights=weights), None, None
     if masks:
         try:
             hard_prune(net, net_param, masks)
@@ -88,7 +91,11 @@ def _scored(model, weights, net_param, iters, bns, bn_batches, masks=None):
             note = "constants on the pruned channels left as they are (%s)" % exc
     if bns and bn_batches:
         recalibrate_test_net(net, caffe.Net(model, caffe.TRAIN, weights=weights), bns, bn_batches)
-    return evaluate_net(net, iters), note
+    scores = evaluate_net(net, iters)
+    if masks and note is None:  # after scoring: the plan reads the net's next batches
+        costs, _ = compact.compacted_costs(net, net_param, compact.layer_inputs(net))
+        kept = sum(c["compact_params"] for c in costs.values())
+    return scores, kept, note
 
 
 def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layers=None,
@@ -130,8 +137,10 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
     dict with ``baseline`` (the scores of the unpruned net), ``iters``,
     ``kind``, ``keeps`` and per layer (net order) ``type``, ``params``,
     ``flops``, their shares of the scanned net's, and ``results`` (per keep
-    ratio: ``keep``, ``groups_kept``, ``groups``, ``scores``) or ``skipped``
-    (why); ``streams``: under FILTER, per residual stream whose writers are
+    ratio: ``keep``, ``groups_kept``, ``groups``, ``scores``, and
+    ``compact_params``, the weights of the compacted net, to set against
+    ``params``, the dense net's: None where compaction does not take the
+    net) or ``skipped`` (why); ``streams``: under FILTER, per residual stream whose writers are
     all scanned, the same with ``writers`` (pruned together to the filters
     of largest joint norm, as a coupled run prunes them; ``params`` and
     ``flops`` theirs summed); ``notes``.
@@ -155,7 +164,7 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
     bns = batchnorms(net_param) if bn_batches else []
     if bns:
         protoio.check_net(net_param, model, protoio.net_state(net_param, caffe_pb2.TRAIN))
-        baseline, _ = _scored(model, weights, net_param, iters, bns, bn_batches)
+        baseline, _, _ = _scored(model, weights, net_param, iters, bns, bn_batches)
     else:
         baseline = evaluate_net(net, iters)
     total_params = sum(c["params"] for c in costs.values())
@@ -164,6 +173,7 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
     pkind = KINDS[kind]
     out = {"model": model, "weights": weights, "kind": kind, "keeps": list(keeps),
            "iters": iters, "bn_batches": bn_batches if bns else 0, "baseline": baseline,
+           "params": total_params,
            "layers": {}, "notes": []}
     out["inputs"] = fingerprint(model, weights, extra=json.dumps(
         [kind, out["keeps"], iters, out["bn_batches"], baseline], sort_keys=True))
@@ -197,11 +207,12 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
         rows = []
         for keep in keeps:
             k = projections.keep_count(n, keep, group)
-            scores, note = _scored(model, weights, net_param, iters, bns, bn_batches,
-                                   masks_of(k))
+            scores, kept, note = _scored(model, weights, net_param, iters, bns, bn_batches,
+                                         masks_of(k))
             if note and note not in out["notes"]:
                 out["notes"].append(note)
-            rows.append({"keep": keep, "groups_kept": k, "groups": n, "scores": scores})
+            rows.append({"keep": keep, "groups_kept": k, "groups": n, "scores": scores,
+                         "compact_params": kept})
             count += 1
             if progress:
                 progress("[%d/%d] %s keep %g: %s" % (count, cells, label, keep, _fmt(scores)))
@@ -335,7 +346,10 @@ def config_text(result, max_drop, net_param=None):
     run prunes them coupled (config ``couple_sums``) and compaction can cut
     the stream: where the scan pruned them together (its ``streams``), the
     smallest ratio at which that fell at most ``max_drop`` (none of them
-    where none did); else the largest of theirs alone. Layers pruned
+    where none did); else the largest of theirs alone. A layer or stream
+    whose pruning compaction would keep whole at that ratio (the scan's
+    ``compact_params``: the classifier, whose filters a loss reads whole)
+    is left out, and why is said. Layers pruned
     together lose more than each alone, and retraining wins some back: the
     text says so, a starting point to edit.
 
@@ -354,6 +368,13 @@ def config_text(result, max_drop, net_param=None):
     def rows_within(e):  # {keep: drop in points} of the rows below 1 within the drop
         drops = {r["keep"]: 100 * (base - r["scores"]["accuracy"]) for r in e.get("results", [])}
         return {k: d for k, d in drops.items() if d <= max_drop and k < 1}
+
+    def saves_nothing(e, keep):  # compaction keeps every weight (scans before the field: no)
+        r = next(r for r in e["results"] if r["keep"] == keep)
+        return r.get("compact_params") is not None and r["compact_params"] >= result["params"]
+    nothing = ("compaction keeps its pruned filters, so pruning it saves nothing (a loss or "
+               "the net's outputs read them whole, or a residual stream's other writers keep "
+               "their channels; `prune --check` says which)")
     chosen, out = {}, {}  # name -> (keep, comment); name -> why left out
     for name, e in layers.items():
         fine = rows_within(e)
@@ -364,6 +385,11 @@ def config_text(result, max_drop, net_param=None):
             out[name] = (e["skipped"] if "skipped" in e else
                          "more than %g points at every keep ratio below 1" % max_drop)
     joint = {tuple(e["writers"]): e for e in result.get("streams", [])}
+    for name in list(chosen):
+        if not any(name in writers for writers in joint) and saves_nothing(layers[name],
+                                                                            chosen[name][0]):
+            del chosen[name]
+            out[name] = nothing
     notes = []
     if net_param is None:
         net_param = protoio.read_net(result["model"])
@@ -376,7 +402,9 @@ def config_text(result, max_drop, net_param=None):
             for w in writers:
                 chosen.pop(w, None)
                 out.pop(w, None)
-            if fine:
+            if fine and saves_nothing(joint[writers], min(fine)):
+                out.update((w, nothing) for w in writers)
+            elif fine:
                 keep = min(fine)
                 chosen.update((w, (keep, "%+.2f points with the stream of %s pruned together"
                                    % (-fine[keep], listed))) for w in writers)

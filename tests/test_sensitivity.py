@@ -33,6 +33,12 @@ def test_each_score_is_the_net_with_that_layer_pruned_on_the_same_batches(tiny_t
     net.params["conv1"][1].data[dropped] = 0
     assert solver.evaluate_net(net, 2) == conv1["results"][1]["scores"]
     assert result["layers"]["ip1"]["results"][1]["groups_kept"] == 2
+    # the compacted size: conv1's 4 filters (36 weights) and conv2's columns on
+    # them (4 x 8 x 9) go; ip1's filters are the classes, which the loss reads
+    # whole, so compaction keeps them
+    assert result["params"] == 72 + 576 + 512
+    assert [r["compact_params"] for r in conv1["results"]] == [1160, 1160 - 36 - 288]
+    assert [r["compact_params"] for r in result["layers"]["ip1"]["results"]] == [1160, 1160]
 
 
 def test_kinds_a_layer_does_not_take_are_skipped_with_the_reason(tmp_path, tiny_data):
@@ -347,3 +353,24 @@ def test_a_config_from_a_scan_takes_a_streams_ratio_from_its_writers_pruned_toge
     assert "# left out: conv1 (the stream of conv1, conv2: more than 1 points at every keep " \
            "ratio below 1, pruned together)" in text
     assert 'name: "conv1"' not in text and 'name: "ip1" kind: FILTER keep_ratio: 0.25' in text
+
+
+def test_a_config_from_a_scan_leaves_out_a_layer_whose_pruning_compaction_keeps(tmp_path,
+                                                                              tiny_trained):
+    """ip1 (the classes) stays within the drop here, but compaction keeps
+    its pruned filters: it is left out, and why is said."""
+    row = {"type": "InnerProduct", "params_share": 0.4, "flops_share": 0.1,
+           "results": [{"keep": 0.5, "scores": {"accuracy": 0.9}, "compact_params": 1160}]}
+    scan = {"model": tiny_trained["net"], "weights": "w", "kind": "FILTER", "keeps": [0.5],
+            "iters": 2, "baseline": {"accuracy": 0.9}, "params": 1160,
+            "layers": {"conv1": dict(row, type="Convolution", results=[
+                dict(row["results"][0], compact_params=836)]), "ip1": row}}
+    text = sensitivity.config_text(scan, 1.0)
+    assert 'layer { name: "conv1" kind: FILTER keep_ratio: 0.5 }' in text
+    assert "# left out: ip1 (compaction keeps its pruned filters, so pruning it saves " \
+           "nothing (a loss or the net's outputs read them whole" in text
+    assert 'name: "ip1"' not in text
+    # a scan from before the field: taken as it is
+    del row["results"][0]["compact_params"]
+    assert 'layer { name: "ip1" kind: FILTER keep_ratio: 0.5 }' in sensitivity.config_text(
+        scan, 1.0)
