@@ -93,8 +93,11 @@ def _scored(model, weights, net_param, iters, bns, bn_batches, masks=None):
         recalibrate_test_net(net, caffe.Net(model, caffe.TRAIN, weights=weights), bns, bn_batches)
     scores = evaluate_net(net, iters)
     if masks and note is None:  # after scoring: the plan reads the net's next batches
-        costs, _ = compact.compacted_costs(net, net_param, compact.layer_inputs(net))
-        kept = sum(c["compact_params"] for c in costs.values())
+        try:
+            costs, _ = compact.compacted_costs(net, net_param, compact.layer_inputs(net))
+            kept = sum(c["compact_params"] for c in costs.values())
+        except compact.CompactionError as exc:
+            note = "no compacted sizes (%s)" % exc
     return scores, kept, note
 
 
@@ -140,10 +143,10 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
     ratio: ``keep``, ``groups_kept``, ``groups``, ``scores``, and
     ``compact_params``, the weights of the compacted net, to set against
     ``params``, the dense net's: None where compaction does not take the
-    net) or ``skipped`` (why); ``streams``: under FILTER, per residual stream whose writers are
-    all scanned, the same with ``writers`` (pruned together to the filters
-    of largest joint norm, as a coupled run prunes them; ``params`` and
-    ``flops`` theirs summed); ``notes``.
+    net) or ``skipped`` (why); ``streams``: under FILTER, per residual
+    stream whose writers are all scanned, the same with ``writers``
+    (pruned together to the filters of largest joint norm, as a coupled
+    run prunes them; ``params`` and ``flops`` theirs summed); ``notes``.
     """
     if kind not in KINDS:
         raise ValueError("kind %r: choose one of %s" % (kind, ", ".join(KINDS)))
@@ -365,13 +368,19 @@ def config_text(result, max_drop, net_param=None):
     base = result["baseline"]["accuracy"]
     layers = result["layers"]
 
-    def rows_within(e):  # {keep: drop in points} of the rows below 1 within the drop
-        drops = {r["keep"]: 100 * (base - r["scores"]["accuracy"]) for r in e.get("results", [])}
-        return {k: d for k, d in drops.items() if d <= max_drop and k < 1}
+    def lost(r):  # points of accuracy
+        return 100 * (base - r["scores"]["accuracy"])
+
+    def row(e, keep):
+        return next(r for r in e["results"] if r["keep"] == keep)
+
+    def rows_within(e):  # {keep: points lost} of the rows below 1 within the drop
+        return {r["keep"]: lost(r) for r in e.get("results", [])
+                if r["keep"] < 1 and lost(r) <= max_drop}
 
     def saves_nothing(e, keep):  # compaction keeps every weight (scans before the field: no)
-        r = next(r for r in e["results"] if r["keep"] == keep)
-        return r.get("compact_params") is not None and r["compact_params"] >= result["params"]
+        kept = row(e, keep).get("compact_params")
+        return kept is not None and kept >= result["params"]
     nothing = ("compaction keeps its pruned filters, so pruning it saves nothing (a loss or "
                "the net's outputs read them whole, or a residual stream's other writers keep "
                "their channels; `prune --check` says which)")
@@ -419,10 +428,8 @@ def config_text(result, max_drop, net_param=None):
             if any(chosen[w][0] != keep for w in writers):
                 notes.append("the stream of %s: one keep ratio, %g, the largest of theirs, so "
                              "the run prunes it coupled" % (listed, keep))
-                for w in writers:
-                    r = next(r for r in layers[w]["results"] if r["keep"] == keep)
-                    chosen[w] = (keep, "%+.2f points alone" % (
-                        100 * (r["scores"]["accuracy"] - base)))
+                chosen.update((w, (keep, "%+.2f points alone" % -lost(row(layers[w], keep))))
+                              for w in writers)
         else:
             notes.append("the stream of %s: %s left out, so the run leaves it uncoupled and "
                          "compaction keeps most of its channels" % (listed, ", ".join(
@@ -433,9 +440,8 @@ def config_text(result, max_drop, net_param=None):
         rows = [(name, e) for name, e in layers.items()
                 if not any(name in writers for writers in joint)]
         rows += [("the stream of " + ", ".join(writers), e) for writers, e in joint.items()]
-        least = min(((100 * (base - r["scores"]["accuracy"]), r["keep"], name)
-                     for name, e in rows for r in e.get("results", []) if r["keep"] < 1),
-                    default=None)
+        least = min(((lost(r), r["keep"], name) for name, e in rows
+                     for r in e.get("results", []) if r["keep"] < 1), default=None)
         raise ValueError("no layer stays within %g points of %.4f at any scanned keep ratio; "
                          "scan larger ones (--keep) or allow a larger drop%s" % (
                              max_drop, base, "" if least is None else
