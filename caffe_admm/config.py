@@ -14,7 +14,7 @@ from caffe_admm.liveness import group_neighbours, sum_writers
 from caffe_admm.protoio import ProtoError, layer_line, parse_text
 
 __all__ = ["KIND_NAMES", "PRUNABLE_TYPES", "GROUPED_FILTERS_ONLY", "Constraint", "LayerSpec",
-           "PruneConfig", "load_config", "parse_settings", "ConfigError"]
+           "PruneConfig", "load_config", "parse_settings", "grouped_misfit", "ConfigError"]
 
 # proto enum name -> projection kinds (FILTER_SHAPE is two constraints).
 KIND_NAMES = {"FILTER": ("filter",), "CHANNEL": ("channel",), "SHAPE": ("shape",),
@@ -229,23 +229,32 @@ def _layer_spec(path, entry, layer, initial_rho, reader_group=1, producer_group=
                      channel_group=producer_group)
 
 
+def grouped_misfit(kind, group, depthwise):
+    """Why a convolution with ``group`` groups (``depthwise``: one filter in
+    each) takes nothing from pruning of ``kind`` (a kind's lower-case name,
+    e.g. ``filter_shape``), or None: a depthwise one under FILTER, which
+    would prune nothing; a grouped one under a kind without filters, or
+    FILTER_SHAPE on a depthwise one (a grouped one takes FILTER and
+    NON_STRUCTURED only; FILTER_SHAPE's filters: see :func:`_filters_only`)."""
+    if kind == "non_structured" or group == 1:
+        return None
+    if kind == "filter" or (kind == "filter_shape" and not depthwise):
+        return "one filter per group (depthwise): FILTER prunes nothing there" if depthwise \
+            else None
+    return "kind %s does not fit a grouped convolution (group=%d)" % (kind.upper(), group)
+
+
 def _left_out(layer, kind):
-    """Why ``global_keep_ratio`` leaves ``layer`` out under ``kind``, or None:
-    a depthwise convolution, which FILTER would not prune; a grouped one, which
-    takes FILTER and NON_STRUCTURED only, under a kind without filters
-    (FILTER_SHAPE: see :func:`_filters_only`)."""
+    """Why ``global_keep_ratio`` leaves ``layer`` out under ``kind``, or None
+    (:func:`grouped_misfit`, with what to do instead)."""
     pb2 = _pb2()
     group = layer.convolution_param.group if layer.type == "Convolution" else 1
-    if kind == pb2.NON_STRUCTURED or group == 1:
-        return None
     dw = _one_filter_per_group(layer)
-    if kind == pb2.FILTER or (kind == pb2.FILTER_SHAPE and not dw):
-        return ("one filter per group (depthwise): FILTER prunes nothing there; its channels "
-                "go with the filters of the layer that feeds it") if dw else None
-    return "kind %s does not fit a grouped convolution (group=%d)%s" % (
-        pb2.SparsityKind.Name(kind), group,
-        "; its channels go with the filters of the layer that feeds it" if dw else
-        "; a `layer` entry with kind FILTER or NON_STRUCTURED prunes it")
+    why = grouped_misfit(pb2.SparsityKind.Name(kind).lower(), group, dw)
+    if why is None:
+        return None
+    return why + ("; its channels go with the filters of the layer that feeds it" if dw else
+                  "; a `layer` entry with kind FILTER or NON_STRUCTURED prunes it")
 
 
 def _filters_only(layer, kind):

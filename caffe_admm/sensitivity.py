@@ -30,6 +30,7 @@ import os
 
 from caffe_admm import compact, liveness, projections, protoio
 from caffe_admm.backend import caffe, caffe_pb2
+from caffe_admm.config import grouped_misfit
 from caffe_admm.solver import (batchnorms, evaluate_net, fingerprint, hard_prune,
                                open_test_net, recalibrate_test_net)
 from caffe_admm.timing import layer_costs
@@ -39,17 +40,6 @@ __all__ = ["scan", "scan_saved", "format_table", "config_text", "KINDS"]
 # the config's kind names (caffe_admm/proto/admm.proto) -> projection kinds
 KINDS = {"FILTER": "filter", "CHANNEL": "channel", "SHAPE": "shape",
          "NON_STRUCTURED": "non_structured"}
-
-
-def _skip_reason(kind, group, num_output):
-    """Why ``kind`` does not prune a layer with this ``group``, or None."""
-    if group == 1:
-        return None
-    if kind not in ("filter", "non_structured"):
-        return "kind %s does not fit a grouped convolution (group=%d)" % (kind.upper(), group)
-    if kind == "filter" and num_output == group:
-        return "one filter per group (depthwise): FILTER prunes nothing there"
-    return None
 
 
 def _streams(net_param, names, skipped):
@@ -180,7 +170,8 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
            "layers": {}, "notes": []}
     out["inputs"] = fingerprint(model, weights, extra=json.dumps(
         [kind, out["keeps"], iters, out["bn_batches"], baseline], sort_keys=True))
-    skipped = {n: _skip_reason(pkind, groups_of.get(n, 1), net.params[n][0].data.shape[0])
+    skipped = {n: grouped_misfit(pkind, groups_of.get(n, 1),
+                                 net.params[n][0].data.shape[0] == groups_of.get(n, 1) > 1)
                for n in names}
     skipped = {n: why for n, why in skipped.items() if why}
     streams, stream_notes = _streams(net_param, names, skipped) if pkind == "filter" else ([], [])
