@@ -326,8 +326,23 @@ def format_table(result):
     lines += ["stream %d: %s, pruned together to the filters of largest joint norm, as a "
               "coupled run prunes them" % (i + 1, ", ".join(e["writers"]))
               for i, e in enumerate(streams)]
+    idle = [name for name, e in rows if _saves_nothing(result, e)]
+    if idle:
+        lines.append("no smaller net: compaction keeps what pruning %s zeroes, at every ratio "
+                     "(a loss or the net's outputs read it whole, or a residual stream's other "
+                     "writers keep its channels)" % ", ".join(idle))
     lines += ["note: " + n for n in result["notes"]]
     return "\n".join(lines)
+
+
+def _saves_nothing(result, e, keep=None):
+    """Whether compaction keeps every weight of the net with ``e``'s pruning
+    at ``keep`` (default: at every ratio below 1); False for scans without
+    compacted sizes, and for rows whose net compaction does not take."""
+    rows = [r for r in e.get("results", []) if (r["keep"] == keep if keep is not None
+                                                else r["keep"] < 1)]
+    return bool(rows) and all(r.get("compact_params") is not None
+                              and r["compact_params"] >= result["params"] for r in rows)
 
 
 def config_text(result, max_drop, net_param=None):
@@ -369,9 +384,6 @@ def config_text(result, max_drop, net_param=None):
         return {r["keep"]: lost(r) for r in e.get("results", [])
                 if r["keep"] < 1 and lost(r) <= max_drop}
 
-    def saves_nothing(e, keep):  # compaction keeps every weight (scans before the field: no)
-        kept = row(e, keep).get("compact_params")
-        return kept is not None and kept >= result["params"]
     nothing = ("compaction keeps its pruned filters, so pruning it saves nothing (a loss or "
                "the net's outputs read them whole, or a residual stream's other writers keep "
                "their channels; `prune --check` says which)")
@@ -386,8 +398,8 @@ def config_text(result, max_drop, net_param=None):
                          "more than %g points at every keep ratio below 1" % max_drop)
     joint = {tuple(e["writers"]): e for e in result.get("streams", [])}
     for name in list(chosen):
-        if not any(name in writers for writers in joint) and saves_nothing(layers[name],
-                                                                            chosen[name][0]):
+        if not any(name in writers for writers in joint) and _saves_nothing(
+                result, layers[name], chosen[name][0]):
             del chosen[name]
             out[name] = nothing
     notes = []
@@ -402,7 +414,7 @@ def config_text(result, max_drop, net_param=None):
             for w in writers:
                 chosen.pop(w, None)
                 out.pop(w, None)
-            if fine and saves_nothing(joint[writers], min(fine)):
+            if fine and _saves_nothing(result, joint[writers], min(fine)):
                 out.update((w, nothing) for w in writers)
             elif fine:
                 keep = min(fine)
