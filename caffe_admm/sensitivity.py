@@ -328,11 +328,15 @@ def format_table(result):
               for i, e in enumerate(streams)]
     idle = [name for name, e in rows if _saves_nothing(result, e)]
     if idle:
-        lines.append("no smaller net: compaction keeps what pruning %s zeroes, at every ratio "
-                     "(a loss or the net's outputs read it whole, or a residual stream's other "
-                     "writers keep its channels)" % ", ".join(idle))
+        lines.append("no smaller net: compaction keeps the filters pruning %s zeroes, at "
+                     "every ratio (%s)" % (", ".join(idle), _KEPT_WHY))
     lines += ["note: " + n for n in result["notes"]]
     return "\n".join(lines)
+
+
+# why compaction keeps a pruned layer's zero filters, in the cases a scan meets
+_KEPT_WHY = ("a loss or the net's outputs read them whole, or a residual stream's other "
+             "writers keep their channels")
 
 
 def _saves_nothing(result, e, keep=None):
@@ -384,9 +388,8 @@ def config_text(result, max_drop, net_param=None):
         return {r["keep"]: lost(r) for r in e.get("results", [])
                 if r["keep"] < 1 and lost(r) <= max_drop}
 
-    nothing = ("compaction keeps its pruned filters, so pruning it saves nothing (a loss or "
-               "the net's outputs read them whole, or a residual stream's other writers keep "
-               "their channels; `prune --check` says which)")
+    nothing = ("compaction keeps its pruned filters, so pruning it saves nothing (%s; "
+               "`prune --check` says which)" % _KEPT_WHY)
     chosen, out = {}, {}  # name -> (keep, comment); name -> why left out
     for name, e in layers.items():
         fine = rows_within(e)

@@ -40,9 +40,9 @@ def test_each_score_is_the_net_with_that_layer_pruned_on_the_same_batches(tiny_t
     assert [r["compact_params"] for r in conv1["results"]] == [1160, 1160 - 36 - 288]
     assert [r["compact_params"] for r in result["layers"]["ip1"]["results"]] == [1160, 1160]
     assert sensitivity.format_table(result).splitlines()[-1] == (
-        "no smaller net: compaction keeps what pruning ip1 zeroes, at every ratio (a loss or "
-        "the net's outputs read it whole, or a residual stream's other writers keep its "
-        "channels)")
+        "no smaller net: compaction keeps the filters pruning ip1 zeroes, at every ratio (a "
+        "loss or the net's outputs read them whole, or a residual stream's other writers keep "
+        "their channels)")
 
 
 def test_kinds_a_layer_does_not_take_are_skipped_with_the_reason(tmp_path, tiny_data):
