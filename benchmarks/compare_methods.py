@@ -24,7 +24,7 @@ order either way), and the pruning runs use that seed too:
 ADMM runs with `penalty_pruned_only: true` (each constraint's penalty on the
 weights its Z prunes only; the tool's default, written out here): plain ADMM,
 the StructADMM paper's penalty on every weight, lags magnitude pruning here
-(README, Results). `--admm-settings TEXT` replaces the ADMM config lines (rho
+(docs/results.md). `--admm-settings TEXT` replaces the ADMM config lines (rho
 schedule and penalty), for trying ADMM variants against the same baselines;
 plain ADMM is `--admm-settings "rho { initial: 0.01 growth: 2.0 max: 1 }
 penalty_pruned_only: false"`.

@@ -35,7 +35,7 @@ compaction kept::
         [--out benchmarks/results/couple_sums.json]
 
 One seed per invocation; a run's accuracy differs from seed to seed by
-about as much as the methods do (README, Results), so compare within a
+about as much as the methods do (docs/results.md), so compare within a
 seed and across several.
 """
 
