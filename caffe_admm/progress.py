@@ -17,10 +17,15 @@ class Progress:
     enabled : bool
     every : float
         Seconds between lines when the stream is not a terminal.
+    after : int
+        Iterations of the whole run that follow these ``total`` (later
+        ADMM steps, retraining). Where above 0, each line also gives the
+        run's time left at the current rate (evaluations not counted).
     """
 
-    def __init__(self, total, label, stream=None, enabled=True, every=10.0):
+    def __init__(self, total, label, stream=None, enabled=True, every=10.0, after=0):
         self.total = int(total)
+        self.after = int(after)
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
@@ -41,21 +46,27 @@ class Progress:
             return
         self.last = now
         rate = (done - self.first_done) / max(now - self.start, 1e-9)
-        left = (self.total - done) / rate if rate > 0 else float("nan")
+        left = _fmt(_seconds(self.total - done, rate)) + " left"
+        if self.after > 0:
+            left += " (run: %s)" % _fmt(_seconds(self.total - done + self.after, rate))
         frac = done / max(self.total, 1)
         if self.tty:
             bar = "#" * int(30 * frac)
-            self.stream.write("\r%s [%-30s] %d/%d %.1f it/s, %s left %s\x1b[K"
-                              % (self.label, bar, done, self.total, rate, _fmt(left), info))
+            self.stream.write("\r%s [%-30s] %d/%d %.1f it/s, %s %s\x1b[K"
+                              % (self.label, bar, done, self.total, rate, left, info))
         else:
-            self.stream.write("%s %d/%d (%.0f%%) %.1f it/s, %s left %s\n"
-                              % (self.label, done, self.total, 100 * frac, rate, _fmt(left), info))
+            self.stream.write("%s %d/%d (%.0f%%) %.1f it/s, %s %s\n"
+                              % (self.label, done, self.total, 100 * frac, rate, left, info))
         self.stream.flush()
 
     def close(self):
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def _seconds(iters, rate):
+    return iters / rate if rate > 0 else float("nan")
 
 
 def _fmt(seconds):

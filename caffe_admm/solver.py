@@ -155,7 +155,8 @@ def check_weights(weights_path, net_path, net_param):
         Parameter shapes of the net (TEST phase) by layer name.
     """
     if not os.path.isfile(weights_path):
-        raise RunError("weights file %s not found" % weights_path)
+        raise RunError("weights file %s %s" % (weights_path, "is not a file (a caffemodel)"
+                                               if os.path.exists(weights_path) else "not found"))
     model = protoio.read_caffemodel(weights_path)
     have = protoio.caffemodel_shapes(model)
     net = caffe.Net(net_path, caffe.TEST)
@@ -363,15 +364,16 @@ def fingerprint(*paths, extra=""):
 
 
 def _run_iters(solver, until, label, progress, chunk=None,
-               checkpoint_every=None, checkpoint=None, samples=None):
+               checkpoint_every=None, checkpoint=None, samples=None, after=0):
     """Step ``solver`` up to iteration ``until``, checking for divergence.
 
     Returns the sampled training outputs: list of (iteration, {name: value});
     ``samples``, a list, gets them as they come (for ``checkpoint``).
+    ``after``: the run's iterations after these, for its time left.
     """
     samples = [] if samples is None else samples
     start = solver.iter
-    bar = Progress(until - start, label, enabled=progress)
+    bar = Progress(until - start, label, enabled=progress, after=after)
     chunk = chunk or max(1, min(50, until - start))
     bar.update(0)
     while solver.iter < until:
@@ -392,7 +394,10 @@ def _run_iters(solver, until, label, progress, chunk=None,
                 "kept; lower base_lr (or rho) and run again with the same --out to resume"
                 % (label, solver.iter, ", ".join(bad)))
         samples.append((solver.iter, outputs))
-        bar.update(solver.iter - start, " ".join("%s=%.4g" % kv for kv in outputs.items()))
+        # a hook's output is its penalty: zero in retraining and for magnitude pruning
+        bar.update(solver.iter - start, " ".join(
+            "%s=%.4g" % (k, v) for k, v in outputs.items()
+            if v != 0 or not k.startswith(HOOK_PREFIX)))
         if checkpoint_every and checkpoint and solver.iter % checkpoint_every == 0 \
                 and solver.iter < until:
             checkpoint()
@@ -858,7 +863,8 @@ def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ck
         end = (method.round + 1) * ips
         samples = _run_iters(solver, end, "%s %d/%d" % (label, method.round + 1, cfg.admm_steps),
                              progress, checkpoint_every=cfg.snapshot_interval,
-                             checkpoint=checkpoint)
+                             checkpoint=checkpoint,
+                             after=(cfg.admm_steps - method.round - 1) * ips + cfg.retrain_iters)
         history["loss"][cfg.method].extend((it, out.get("loss")) for it, out in samples)
         log = method.end_round(_weights(solver.net, names))
         _set_hooks(hooks, method)

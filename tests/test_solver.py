@@ -438,6 +438,9 @@ def test_bad_inputs_fail_before_caffe(tmp_path, tiny_data, tiny_trained):
     with pytest.raises(solver.RunError, match="weights file .* not found"):
         solver.prune(tiny_trained["solver"], str(tmp_path / "none.caffemodel"),
                      config(tmp_path), str(tmp_path / "r2"), progress=False)
+    with pytest.raises(solver.RunError, match="weights file .* is not a file"):
+        solver.prune(tiny_trained["solver"], str(tmp_path), config(tmp_path),
+                     str(tmp_path / "r2"), progress=False)
     # an out dir holding another run is not silently mixed with a new one
     solver.prune(tiny_trained["solver"], tiny_trained["weights"], config(tmp_path, 1, 0),
                  str(tmp_path / "r3"), progress=False)
@@ -667,3 +670,20 @@ def test_a_negative_batchnorm_recalibration_is_refused(tmp_path):
     with pytest.raises(solver.RunError, match="0 or more batches, got -1"):
         solver.retrain(str(tmp_path / "s.prototxt"), str(tmp_path / "w"), str(tmp_path / "o"),
                        bn_batches=-1)
+
+
+def test_progress_lines_give_the_runs_time_left_and_no_zero_penalties(tmp_path, tiny_trained,
+                                                                       capsys):
+    solver.prune(tiny_trained["solver"], tiny_trained["weights"], config(tmp_path, 2, 40),
+                 str(tmp_path / "run"), progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    admm = [l for l in lines if l.startswith("ADMM step ") and " 40/40 " in l]
+    retrain = [l for l in lines if l.startswith("retrain ") and " 40/40 " in l]
+    # the last line of each bar (40 of 40) always prints
+    assert [l.split(" (")[0] for l in admm] == ["ADMM step 1/2 40/40", "ADMM step 2/2 40/40"]
+    # step 2 and retraining follow step 1, retraining step 2 (the tiny net runs them in no time)
+    assert all(" 0:00 left (run: 0:00) " in l for l in admm)
+    assert all(layers.HOOK_PREFIX + "conv1=" in l for l in admm)  # the penalties, non-zero
+    assert [l.split(" (")[0] for l in retrain] == ["retrain 40/40"]
+    assert "(run: " not in retrain[0] and layers.HOOK_PREFIX not in retrain[0]
+    assert "loss=" in retrain[0]
