@@ -22,7 +22,9 @@ too, at the same ratio (runs named ``..._fs``); ``--live-inputs`` sets
 ``live_inputs_only`` (``..._live``), where the budget of a layer reading
 a coupled stream goes to its live channels; ``--slimming-global`` sets
 SLIMMING's ``slimming_global`` (``..._global``), one ranking of all the
-layers' scales at the same total of kept filters. Each pruned net is compacted (``compact.compact``, its
+layers' scales at the same total of kept filters, and
+``--slimming-min-keep R`` its floor, ``slimming_min_keep_ratio``
+(``..._floorR``). Each pruned net is compacted (``compact.compact``, its
 equivalence check included) and its test accuracy measured over the
 whole test set. The table gives, per run, the accuracy after retraining, the
 weights and FLOPs of the compacted net against the dense one, the kept
@@ -153,19 +155,23 @@ def prepare(out, train, test, seed, baseline_iters, lr, test_iter):
 
 
 def run(sp, net, weights, out, method, keep, couple, steps, iters, retrain, test_iter,
-        bn_batches=100, kind="FILTER", live=False, lasso=0.005, slimming_global=False):
+        bn_batches=100, kind="FILTER", live=False, lasso=0.005, slimming_global=False,
+        slimming_min_keep=None):
     """One pruning run and its compaction: a row of the table."""
-    name = "%s_keep%g_%s%s%s%s%s%s" % (
+    name = "%s_keep%g_%s%s%s%s%s%s%s" % (
         method.lower(), keep, "coupled" if couple else "each",
         "" if bn_batches == 100 else "_bn%d" % bn_batches,
         "" if kind == "FILTER" else "_fs", "_live" if live else "",
         "_l%g" % lasso if method in ("SSL", "SLIMMING") and lasso != 0.005 else "",
-        "_global" if slimming_global else "")
+        "_global" if slimming_global else "",
+        "_floor%g" % slimming_min_keep if slimming_min_keep else "")
     extra = [] if couple else ["couple_sums: false"]
     if live:
         extra.append("live_inputs_only: true")
     if slimming_global:
         extra.append("slimming_global: true")
+    if slimming_min_keep:
+        extra.append("slimming_min_keep_ratio: %g" % slimming_min_keep)
     run_dir = os.path.join(out, name)
     os.makedirs(run_dir, exist_ok=True)
     config = _write(os.path.join(run_dir, "config.prototxt"), CONFIG % {
@@ -179,7 +185,7 @@ def run(sp, net, weights, out, method, keep, couple, steps, iters, retrain, test
     totals = report["pruned_layers_total"]
     return {"run": name, "method": method, "keep": keep, "couple_sums": couple,
             "bn_recalibration_batches": bn_batches, "kind": kind, "live_inputs_only": live,
-            "slimming_global": slimming_global,
+            "slimming_global": slimming_global, "slimming_min_keep_ratio": slimming_min_keep,
             "filters_kept": {n: e["filters_kept"] for n, e in report["layers"].items()},
             "kept_weights": totals["nonzero"], "dead_input_weights": totals["dead_input_weights"],
             "coupled": report["coupled"], "accuracy": scores["accuracy"],
@@ -231,6 +237,9 @@ def main(argv=None):
                         help="config live_inputs_only: true")
     parser.add_argument("--slimming-global", action="store_true",
                         help="config slimming_global: true (SLIMMING only)")
+    parser.add_argument("--slimming-min-keep", type=float, metavar="R",
+                        help="config slimming_min_keep_ratio: R, the floor of each layer's "
+                             "share under --slimming-global")
     parser.add_argument("--couple", default="both", choices=["both", "coupled", "each"],
                         help="run the config's default (coupled), couple_sums: false "
                              "(each), or both")
@@ -241,6 +250,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.slimming_global and args.methods != ["SLIMMING"]:
         parser.error("--slimming-global applies to --methods SLIMMING alone")
+    if args.slimming_min_keep is not None and not args.slimming_global:
+        parser.error("--slimming-min-keep is a floor under --slimming-global")
     for path in (args.train, args.test):
         if not os.path.isdir(path):
             parser.error("no LMDB %s; run `make data` (MNIST) or pass --train/--test" % path)
@@ -257,14 +268,15 @@ def main(argv=None):
                 rows.append(run(sp, net, weights, work, method, keep, couple, args.steps,
                                 args.iters, args.retrain, args.test_iter, args.bn_batches,
                                 args.kind, args.live_inputs, args.lasso_lambda,
-                                args.slimming_global))
+                                args.slimming_global, args.slimming_min_keep))
                 print(format_table(baseline, rows[-1:]).splitlines()[-1], flush=True)
     print(format_table(baseline, rows))
     write_json(args.out, {"seed": args.seed, "baseline_accuracy": baseline,
                           "settings": {k: getattr(args, k) for k in (
                               "baseline_iters", "lr", "steps", "iters", "retrain",
                               "bn_batches", "test_iter", "kind", "live_inputs",
-                              "lasso_lambda", "slimming_global", "couple")},
+                              "lasso_lambda", "slimming_global", "slimming_min_keep",
+                              "couple")},
                           "rows": rows})
     return rows
 

@@ -109,6 +109,9 @@ class PruneConfig:
     scales: tuple = ()
     # SLIMMING: the hard prune ranks all the pruned layers' channels together
     slimming_global: bool = False
+    # with slimming_global: the share of its filters each layer keeps at least
+    # (None: one filter)
+    slimming_min_keep: float = None
 
     def layer(self, name):
         for spec in self.layers:
@@ -435,6 +438,19 @@ def load_config(path, net):
                               "%d groups; give it keep_ratio 1, or drop slimming_global"
                               % (_where(path, grouped[0].name, "name"),
                                  grouped[0].filter_group))
+    min_keep = None
+    if msg.HasField("slimming_min_keep_ratio"):
+        if not msg.slimming_global:
+            raise ConfigError("%s: slimming_min_keep_ratio is the floor of slimming_global's "
+                              "ranking; set slimming_global: true, or drop it" % path)
+        min_keep = _ratio(path, None, msg, "slimming_min_keep_ratio")
+        over = [spec for spec in specs if spec.name in dict(scales)
+                and min_keep > spec.constraints[0].keep_ratio]
+        if over:
+            raise ConfigError("%s: slimming_min_keep_ratio %g is above this layer's keep ratio "
+                              "%g; the floor must fit in every pruned layer's own share"
+                              % (_where(path, over[0].name, "keep_ratio"), min_keep,
+                                 over[0].constraints[0].keep_ratio))
     coupled, uncoupled = (), ()
     if msg.couple_sums:
         specs, coupled, uncoupled = _couple(specs, sum_writers(net))
@@ -460,7 +476,7 @@ def load_config(path, net):
         changed_defaults=tuple(changed), left_out=tuple(left_out),
         filters_only=tuple(filters_only), coupled=coupled,
         uncoupled=uncoupled, bn_batches=msg.bn_recalibration_batches, scales=scales,
-        slimming_global=bool(msg.slimming_global))
+        slimming_global=bool(msg.slimming_global), slimming_min_keep=min_keep)
 
 
 def _filter_ratio(spec):

@@ -421,10 +421,11 @@ def _global_counts(cfg, weights):
 
     The filters kept in all are those the keep ratios keep, layer by layer.
     Each layer (a coupled stream: its writers together) first keeps its
-    channel of largest |gamma|; the rest go to the channels of largest
-    |gamma| over all the layers, while they fit. A stream's channel ranks by
-    the root mean square of its writers' gammas and takes one filter per
-    writer. Layers at keep 1 keep their counts."""
+    channels of largest |gamma| up to its floor (``slimming_min_keep`` of
+    them, else one); the rest go to the channels of largest |gamma| over all
+    the layers, while they fit. A stream's channel ranks by the root mean
+    square of its writers' gammas and takes one filter per writer. Layers at
+    keep 1 keep their counts."""
     scales = dict(cfg.scales)
     stream = {n: writers for writers in cfg.coupled for n in writers}
     owners, counts, spare = [], [], 0  # per owner (a layer, or a stream's writers)
@@ -436,13 +437,15 @@ def _global_counts(cfg, weights):
         gammas = np.array([np.abs(np.asarray(weights[scales[w]], dtype=np.float64))
                            for w in writers])
         score = np.sqrt((gammas ** 2).mean(axis=0))
-        top = int(np.argmax(score))
+        floor = (projections.keep_count(len(score), cfg.slimming_min_keep)
+                 if cfg.slimming_min_keep else 1)
+        top = set(np.argsort(-score, kind="stable")[:floor].tolist())
         spare += len(writers) * (projections.keep_count(len(score),
-                                                        spec.constraints[0].keep_ratio) - 1)
+                                                        spec.constraints[0].keep_ratio) - floor)
         channels += [(-score[c], len(owners), c, len(writers)) for c in range(len(score))
-                     if c != top]
+                     if c not in top]
         owners.append(writers)
-        counts.append(1)
+        counts.append(floor)
     for _, owner, _, size in sorted(channels):
         if size <= spare:
             spare -= size

@@ -689,6 +689,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
                      "penalty_pruned_only": cfg.penalty_pruned_only,
                      "ssl_threshold": cfg.ssl_threshold,
                      "slimming_global": cfg.slimming_global,
+                     "slimming_min_keep_ratio": cfg.slimming_min_keep,
                      "retrain_solver": cfg.retrain_solver,
                      "bn_recalibration_batches": cfg.bn_batches},
         "test_iter": test_iter, "accuracy": history["accuracy"],

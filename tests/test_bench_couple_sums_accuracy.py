@@ -73,9 +73,17 @@ def test_slimming_runs_on_the_benchmarks_resnet(tmp_path, tiny_data):
     assert sum(shared["filters_kept"].values()) == sum(row["filters_kept"].values())
     with open(tmp_path / "work" / "seed1" / shared["run"] / "config.prototxt") as f:
         assert "slimming_global: true" in f.read()
+    # a floor at the keep ratio leaves the ranking nothing to share: the per-layer counts
+    [floored] = bench.main(args + ["--slimming-global", "--slimming-min-keep", "0.5"])
+    assert floored["run"] == "slimming_keep0.5_coupled_l0.05_global_floor0.5"
+    assert floored["filters_kept"] == row["filters_kept"]
+    with open(tmp_path / "work" / "seed1" / floored["run"] / "config.prototxt") as f:
+        assert "slimming_min_keep_ratio: 0.5" in f.read()
     import pytest
     with pytest.raises(SystemExit):
         bench.main(args[:9] + ["ADMM"] + args[10:] + ["--slimming-global"])
+    with pytest.raises(SystemExit):
+        bench.main(args + ["--slimming-min-keep", "0.5"])
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):

@@ -441,6 +441,44 @@ def test_slimming_global_ranks_all_the_layers_scales_together_at_the_same_total(
         load_config(str(tmp_path / "g.prototxt"), grouped)
 
 
+def test_slimming_min_keep_ratio_is_a_floor_under_the_global_ranking(tmp_path):
+    """The net and budget of the test above, with conv3's scales all below
+    the stream's: alone, the ranking leaves conv3 one filter. With a floor
+    of 0.25 each writer first keeps 2 of 8 and conv3 2 of 6 (rounded as keep
+    ratios are); the 5 filters left go to the stream's 0.15 and 0.14 (two
+    each) and, where the 0.13 no longer fits, conv3's 0.002."""
+    from google.protobuf import text_format
+    from caffe_admm.backend import caffe_pb2
+    from caffe_admm.config import ConfigError, load_config
+    net = text_format.Parse(_three_scaled_net() % {"train": "t", "test": "t"},
+                            caffe_pb2.NetParameter())
+    text = ("method: SLIMMING default { kind: FILTER } global_keep_ratio: 0.5 %s "
+            'layer { name: "ip1" keep_ratio: 1 }')
+    cfg = load_config(write(tmp_path / "f.prototxt", text % "slimming_global: true "
+                            "slimming_min_keep_ratio: 0.25"), net)
+    assert cfg.slimming_min_keep == 0.25
+    rng = np.random.default_rng(3)
+    shapes = {"conv1": (8, 1, 3, 3), "conv2": (8, 8, 3, 3), "conv3": (6, 8, 3, 3),
+              "ip1": (4, 6 * 14 * 14)}
+    weights = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    stream = np.array([0.9, 0.8, 0.15, 0.14, 0.13, 0.12, 0.11, 0.05])
+    weights.update(scale1=stream, scale2=stream,
+                   scale3=np.array([0.001, 0.004, 0.002, 0.003, 0.0, 0.0]))
+    masks = methods.target_masks(cfg, weights)
+    assert {n: np.flatnonzero(masks[n].reshape(len(masks[n]), -1).any(axis=1)).tolist()
+            for n in ("conv1", "conv2", "conv3")} == {
+        "conv1": [0, 1, 2, 3], "conv2": [0, 1, 2, 3], "conv3": [1, 2, 3]}
+
+    with pytest.raises(ConfigError, match="slimming_min_keep_ratio is the floor of "
+                                          "slimming_global's ranking"):
+        load_config(write(tmp_path / "n.prototxt", text % "slimming_min_keep_ratio: 0.25"), net)
+    with pytest.raises(ConfigError, match=r"layer 'conv1', field keep_ratio: "
+                                          r"slimming_min_keep_ratio 0.6 is above this layer's "
+                                          r"keep ratio 0.5"):
+        load_config(write(tmp_path / "o.prototxt", text % "slimming_global: true "
+                          "slimming_min_keep_ratio: 0.6"), net)
+
+
 def test_a_slimming_global_run_keeps_the_total_and_says_how_it_shared_it(tmp_path, tiny_data,
                                                                          capsys):
     from conftest import write_tiny
