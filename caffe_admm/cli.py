@@ -11,6 +11,8 @@ Verbs:
   prune    ADMM structured pruning, hard prune and masked retraining
   retrain  masked retraining alone (pruned weights stay exactly zero)
   compact  cut pruned filters/channels out: a smaller prototxt + caffemodel
+  sparsity any caffemodel's zero filters, channels and columns, and what
+           compaction makes of them (nothing written)
   time     per-layer and whole-net forward time, original vs compacted
   report   tables and plots over one or more prune runs
   clean    a copy of a prototxt without a Caffe fork's fields (the SSL fork's) and
@@ -145,6 +147,14 @@ def build_parser():
                    help="also cut zero GEMM columns (conv: Im2col + Slice/Concat + 1x1 conv; "
                         "InnerProduct: Flatten + Slice/Concat); time it: it pays only "
                         "when the GEMM saving beats the copies")
+
+    p = verbs.add_parser("sparsity", help="a caffemodel's zero filters, channels and columns "
+                         "per layer, and its compacted shapes (nothing written; exit 1 where "
+                         "compaction would refuse the net, its counts printed still)",
+                         formatter_class=fmt)
+    p.add_argument("--model", required=True, help="net prototxt (deploy, or train/test)")
+    p.add_argument("--weights", required=True, help="caffemodel")
+    p.add_argument("--json", metavar="FILE", help="also write the table's figures as JSON")
 
     p = verbs.add_parser(
         "time", help="forward time, original vs compacted", formatter_class=fmt,
@@ -324,6 +334,15 @@ def _run(args):
                   % (report["reference_vs_original"]["max_abs_diff"],
                      "; ".join(report["dropped_constants"]) or "no constant dropped"))
         print("wrote %s/compact.prototxt, compact.caffemodel, plan.json" % args.out)
+    elif args.verb == "sparsity":
+        from caffe_admm import sparsity
+        result = sparsity.measure(args.model, args.weights)
+        print(sparsity.format_table(result))
+        if args.json:
+            from caffe_admm.protoio import atomic_write
+            with atomic_write(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+        return 1 if result["compaction_error"] else 0
     elif args.verb == "retrain":
         report = solver.retrain(args.solver, args.weights, args.out, masks_path=args.masks,
                                 iters=args.iters, progress=not args.quiet, restart=args.restart,
