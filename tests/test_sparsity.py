@@ -11,33 +11,24 @@ from caffe_admm.backend import caffe
 
 from conftest import ROOT, write
 
-NET = """
-    name: "s"
-    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 6 dim: 6 } } }
-    layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
-            convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
-    layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
-    layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2"
-            convolution_param { num_output: 3 kernel_size: 3 } }
-    layer { name: "ip" type: "InnerProduct" bottom: "c2" top: "ip"
-            inner_product_param { num_output: 2 } }
-"""
-
-
 @pytest.fixture
 def pruned(tmp_path):
-    """c1: filter 1 zero (and its bias), column (channel 0, 0, 0) zero in all
-    filters; c2 dense; ip: its first 16 inputs (c2's channel 0) zero."""
-    model = write(tmp_path / "s.prototxt", NET)
+    """test_compact's GROUPED net without its group: c1 (8 filters, 4 x 3 x 3),
+    c2 (6 filters, 8 x 3 x 3), fc (3 rows, 6 x 8 x 8 inputs). c1: filter 1
+    zero (and its bias), column (channel 0, 0, 0) zero in all filters; c2
+    dense; fc: its first 64 inputs (c2's channel 0) zero."""
+    from test_compact import GROUPED
+    assert " group: 2" in GROUPED
+    model = write(tmp_path / "s.prototxt", GROUPED.replace(" group: 2", ""))
     net = caffe.Net(model, caffe.TEST)
     rng = np.random.default_rng(0)
-    for name in ("c1", "c2", "ip"):
+    for name in ("c1", "c2", "fc"):
         for blob in net.params[name]:
             blob.data[...] = rng.uniform(0.5, 1.0, blob.data.shape)
     net.params["c1"][0].data[1] = 0
     net.params["c1"][1].data[1] = 0
     net.params["c1"][0].data[:, 0, 0, 0] = 0
-    net.params["ip"][0].data[:, :16] = 0
+    net.params["fc"][0].data[:, :64] = 0
     weights = str(tmp_path / "s.caffemodel")
     net.save(weights)
     return model, weights
@@ -45,29 +36,29 @@ def pruned(tmp_path):
 
 def test_counts_and_compacted_shapes_are_exact(pruned):
     result = sparsity.measure(*pruned)
-    c1, c2, ip = (result["layers"][n] for n in ("c1", "c2", "ip"))
-    assert (c1["type"], c2["type"], ip["type"]) == ("Convolution", "Convolution", "InnerProduct")
-    # c1: 4 x 18 weights, less filter 1 (18) and the column in the other 3
-    assert (c1["params"], c1["nonzero"]) == (72, 72 - 18 - 3)
-    assert (c1["filters_kept"], c1["channels_kept"], c1["shapes_kept"]) == (3, 2, 17)
-    assert c1["compact_shape"] == [3, 2, 3, 3] and c1["compact_nonzero"] == 51
+    c1, c2, fc = (result["layers"][n] for n in ("c1", "c2", "fc"))
+    assert (c1["type"], c2["type"], fc["type"]) == ("Convolution", "Convolution", "InnerProduct")
+    # c1: 8 x 36 weights, less filter 1 (36) and the column in the other 7
+    assert (c1["params"], c1["nonzero"]) == (288, 288 - 36 - 7)
+    assert (c1["filters_kept"], c1["channels_kept"], c1["shapes_kept"]) == (7, 4, 35)
+    assert c1["compact_shape"] == [7, 4, 3, 3] and c1["compact_nonzero"] == 245
     # c2: dense, but compaction cuts its channel 1 (c1's filter 1 is gone)
-    # and its filter 0, which ip no longer reads: 2 x 3 x 9 weights stay
-    assert (c2["nonzero"], c2["channels_kept"], c2["filters_kept"]) == (108, 4, 3)
-    assert c2["compact_shape"] == [2, 3, 3, 3] and c2["compact_nonzero"] == 54
-    # ip: c2's channel 0 (16 of 48 inputs) zero in both rows; shape columns = inputs
-    assert (ip["nonzero"], ip["shapes_kept"], ip["channels_kept"]) == (64, 32, 32)
-    assert ip["compact_shape"] == [2, 32] and ip["compact_nonzero"] == 64
+    # and its filter 0, which fc no longer reads: 5 x 7 x 9 weights stay
+    assert (c2["nonzero"], c2["channels_kept"], c2["filters_kept"]) == (432, 8, 6)
+    assert c2["compact_shape"] == [5, 7, 3, 3] and c2["compact_nonzero"] == 315
+    # fc: c2's channel 0 (64 of 384 inputs) zero in all rows; shape columns = inputs
+    assert (fc["nonzero"], fc["shapes_kept"], fc["channels_kept"]) == (960, 320, 320)
+    assert fc["compact_shape"] == [3, 320] and fc["compact_nonzero"] == 960
     t = result["total"]
-    assert (t["params"], t["nonzero"]) == (72 + 108 + 96, 51 + 108 + 64)
-    assert (t["compact_params"], t["compact_nonzero"]) == (54 + 54 + 64, 51 + 54 + 64)
+    assert (t["params"], t["nonzero"]) == (288 + 432 + 1152, 245 + 432 + 960)
+    assert (t["compact_params"], t["compact_nonzero"]) == (252 + 315 + 960, 245 + 315 + 960)
     assert result["compaction_error"] is None
     lines = sparsity.format_table(result).splitlines()
-    assert lines[1].split() == ["c1", "Convolution", "4x2x3x3", "70.83%", "3/4", "2/2", "17/18",
-                                "3x2x3x3"]
-    assert lines[-1].startswith("compacted: params 276 -> 172 (1.60x)")
-    assert lines[-1].endswith("it cuts 54 non-zero weights (on inputs no kept filter feeds, or "
-                              "in filters no kept weight reads) and keeps 3 zeros inside the "
+    assert lines[1].split() == ["c1", "Convolution", "8x4x3x3", "85.07%", "7/8", "4/4", "35/36",
+                                "7x4x3x3"]
+    assert lines[-1].startswith("compacted: params 1872 -> 1527 (1.23x)")
+    assert lines[-1].endswith("it cuts 117 non-zero weights (on inputs no kept filter feeds, or "
+                              "in filters no kept weight reads) and keeps 7 zeros inside the "
                               "kept shapes")
 
 
@@ -97,9 +88,9 @@ def test_cli_prints_the_table_and_writes_json(pruned, tmp_path):
                           "--weights", pruned[1], "--json", str(out)],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines()[-1].startswith("compacted: params 276 -> 172")
+    assert res.stdout.splitlines()[-1].startswith("compacted: params 1872 -> 1527")
     with open(out) as f:
-        assert json.load(f)["layers"]["c1"]["filters_kept"] == 3
+        assert json.load(f)["layers"]["c1"]["filters_kept"] == 7
     res = subprocess.run([ROOT + "/.venv/bin/caffe-admm", "sparsity", "--model", pruned[0],
                           "--weights", str(tmp_path / "none.caffemodel")],
                          capture_output=True, text=True)
