@@ -72,9 +72,14 @@ def _final_accuracy(run):
 
 def _method_label(run):
     """A run's method as the tables and plots name it: SLIMMING with one
-    ranking of all the layers' scales (``slimming_global``) apart."""
+    ranking of all the layers' scales (``slimming_global``) apart, and with
+    its floor (``slimming_min_keep_ratio``) apart again."""
     method = run.get("method", "admm")
-    return method + " global" if run.get("schedule", {}).get("slimming_global") else method
+    schedule = run.get("schedule", {})
+    if not schedule.get("slimming_global"):
+        return method
+    floor = schedule.get("slimming_min_keep_ratio")
+    return method + " global" + (" floor %g" % floor if floor else "")
 
 
 def summarize(runs):

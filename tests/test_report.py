@@ -66,20 +66,24 @@ def test_a_recalibrated_baseline_is_the_one_the_table_compares_with(tmp_path, ru
 def test_a_slimming_global_run_is_named_apart_from_per_layer_slimming(tmp_path, runs):
     import shutil
     paths = []
-    for name, shared in (("each", False), ("shared", True)):
+    for name, shared, floor in (("each", False, None), ("shared", True, None),
+                                ("floored", True, 0.25)):
         paths.append(str(tmp_path / name))
         shutil.copytree(runs[1], paths[-1])
         with open(os.path.join(paths[-1], "report.json")) as f:
             data = json.load(f)
         data["method"] = "slimming"
         data["schedule"]["slimming_global"] = shared
+        data["schedule"]["slimming_min_keep_ratio"] = floor
         with open(os.path.join(paths[-1], "report.json"), "w") as f:
             json.dump(data, f)
     loaded = [report.load_run(p) for p in paths + runs[:1]]
     rows = report.summarize(loaded)
-    assert [r["method"] for r in rows] == ["slimming", "slimming global", "admm"]
+    assert [r["method"] for r in rows] == ["slimming", "slimming global",
+                                           "slimming global floor 0.25", "admm"]
     md = report.markdown(loaded, rows)
     assert "### each (slimming)" in md and "### shared (slimming global)" in md
+    assert "### floored (slimming global floor 0.25)" in md
 
 
 def test_missing_unfinished_and_corrupt_runs_fail_clearly(tmp_path, runs):
