@@ -143,7 +143,7 @@ def rotate(items, k):
     return items[k:] + items[:k]
 
 
-def measure(plan, base_dir=".", caffe=None, progress=None):
+def measure(plan, base_dir=".", caffe=None, progress=None, on_batch=None):
     """Run a timing plan: original and compacted nets alternately, per batch size,
     the one that goes first swapped from one repeat to the next.
 
@@ -157,12 +157,16 @@ def measure(plan, base_dir=".", caffe=None, progress=None):
         The caffe binary (default: :func:`find_caffe`).
     progress : callable or None
         Called with one line of text after each ``caffe time`` process.
+    on_batch : callable or None
+        Called after each batch size with the result so far (the batch
+        sizes done), shaped as the return value.
 
     Returns
     -------
     dict shaped like :func:`caffe_admm.timing.compare`'s result.
     """
     caffe = find_caffe(caffe)
+    blas = None if plan.get("gpu") is not None else blas_info(caffe)
     runs = {}
     for batch, models in plan["models"].items():
         runs[batch] = {"original": [], "compact": []}
@@ -174,7 +178,9 @@ def measure(plan, base_dir=".", caffe=None, progress=None):
                 if progress:
                     progress("batch %s %s %d/%d: forward %.3f ms"
                              % (batch, which, r + 1, plan["repeats"], res["forward_ms"]))
-    return summarise(plan, runs, blas=None if plan.get("gpu") is not None else blas_info(caffe))
+        if on_batch:
+            on_batch(summarise(plan, runs, blas=blas))
+    return summarise(plan, runs, blas=blas)
 
 
 def cudnn_workspace_mb(environ=None):

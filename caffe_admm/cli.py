@@ -376,14 +376,28 @@ def _time(args):
         from caffe_admm import backend
         backend.set_mode(None)
         caffe_bin = None
-    result = timing.compare(args.model, args.weights, args.compact, args.compact_weights,
-                            batches=args.batch, repeats=args.repeats, engine=engine,
-                            gpu=args.gpu, iterations=args.iterations, progress=progress,
-                            conv_engine=args.conv_engine, caffe_bin=caffe_bin)
+    timed = []  # the result so far, after each batch size
+
+    def save(so_far):
+        timed[:] = [so_far]
+        if args.json:
+            with atomic_write(args.json, "w") as f:
+                json.dump(so_far, f, indent=1)
+    try:
+        result = timing.compare(args.model, args.weights, args.compact, args.compact_weights,
+                                batches=args.batch, repeats=args.repeats, engine=engine,
+                                gpu=args.gpu, iterations=args.iterations, progress=progress,
+                                conv_engine=args.conv_engine, caffe_bin=caffe_bin,
+                                on_batch=save)
+    except KeyboardInterrupt:
+        if timed:
+            print(timing.format_table(timed[0]))
+            print("caffe-admm time: interrupted after batch size%s %s%s" % (
+                "s" if len(timed[0]["batches"]) > 1 else "",
+                ", ".join(map(str, timed[0]["batches"])),
+                "; %s holds them" % args.json if args.json else ""), file=sys.stderr)
+        raise
     print(timing.format_table(result))
-    if args.json:
-        with atomic_write(args.json, "w") as f:
-            json.dump(result, f, indent=1)
     return 0
 
 

@@ -314,7 +314,7 @@ def write_plan(model, compact_model, out_dir, batches=(1, 8, 32), repeats=5, ite
 
 def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), repeats=10,
             warmup=2, engine="pycaffe", gpu=None, iterations=20, plan_dir=None, progress=None,
-            conv_engine=None, caffe_bin=None):
+            conv_engine=None, caffe_bin=None, on_batch=None):
     """Time the original and the compacted net alternately; speed-ups per layer.
 
     ``engine="caffe time"`` (forced by ``gpu``) runs Caffe's benchmark tool on
@@ -323,7 +323,8 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
     processes fill weights from the prototxt fillers, so ``weights`` and
     ``compact_weights`` are not used there. ``progress``, a callable, gets a
     line per repeat (pycaffe: both nets' whole forward times, original first)
-    or per ``caffe time`` process.
+    or per ``caffe time`` process. ``on_batch``, a callable, gets the result
+    so far after each batch size (an interrupted run keeps what it timed).
 
     Returns
     -------
@@ -340,7 +341,8 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
         with tempfile.TemporaryDirectory() as tmp:
             plan, path = write_plan(model, compact_model, plan_dir or tmp, batches, repeats,
                                     iterations, gpu, conv_engine)
-            return caffetime.measure(plan, os.path.dirname(path), caffe_bin, progress)
+            return caffetime.measure(plan, os.path.dirname(path), caffe_bin, progress,
+                                     on_batch)
     if engine != "pycaffe":
         raise ValueError("unknown timing engine %r (pycaffe or 'caffe time')" % engine)
     from caffe_admm.backend import caffe
@@ -359,6 +361,8 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
         out["batches"][batch] = speedups(*time_nets([a, b], batch, repeats, warmup, layers,
                                                     progress),
                                          costs_a, costs_b)
+        if on_batch:
+            on_batch(out)
     return out
 
 

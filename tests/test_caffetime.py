@@ -510,3 +510,29 @@ def test_table_warns_of_a_generic_blas_kernel():
     lines = timing.format_table(result).splitlines()
     assert lines[1] == "BLAS: /x/libopenblas.so.0, kernel Prescott"
     assert lines[2].startswith("WARNING: OpenBLAS runs its generic Prescott kernel")
+
+
+def test_an_interrupted_timing_keeps_the_batch_sizes_it_timed(tmp_path, monkeypatch, capsys):
+    """pycaffe engine: interrupted in batch 2's timing, the JSON holds batch 1
+    (as a full run's would), the table of it is printed, and the exit is 130."""
+    from caffe_admm import cli
+    _, weights, out = run_compact(tmp_path, LENET)
+    real, calls = timing.time_nets, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(timing, "time_nets", interrupted)
+    path = str(tmp_path / "t.json")
+    code = cli.main(["time", "--model", LENET, "--weights", weights, "--compact",
+                     os.path.join(out, "compact.prototxt"), "--compact-weights",
+                     os.path.join(out, "compact.caffemodel"), "--batch", "1", "2",
+                     "--repeats", "1", "--json", path])
+    assert code == 130 and calls == [1, 2]
+    with open(path) as f:
+        assert list(json.load(f)["batches"]) == ["1"]
+    captured = capsys.readouterr()
+    assert "batch 1" in captured.out and "whole net" in captured.out
+    assert "interrupted after batch size 1; %s holds them" % path in captured.err

@@ -20,7 +20,7 @@ def test_help_lists_every_verb():
     res = run("--help")
     assert res.returncode == 0
     for verb in ("data", "lmdb", "train", "test", "sensitivity", "prune", "retrain", "compact",
-                 "time", "report", "clean"):
+                 "sparsity", "time", "report", "clean"):
         assert verb in res.stdout
 
 
