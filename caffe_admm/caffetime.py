@@ -453,15 +453,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python3 -m caffe_admm.caffetime",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("plan", help="plan.json written by `caffe-admm time --plan-only DIR`")
-    parser.add_argument("out", help="result JSON (same layout as `caffe-admm time --json`)")
+    parser.add_argument("out", help="result JSON (same layout as `caffe-admm time --json`), "
+                        "written after each batch size")
     parser.add_argument("--caffe", help="caffe binary (default: $CAFFE_BIN or PATH)")
     args = parser.parse_args(argv)
     with open(args.plan) as f:
         plan = json.load(f)
+
+    def save(result):  # after each batch size: a run cut short keeps what it timed
+        with open(args.out + ".partial", "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(args.out + ".partial", args.out)
     result = measure(plan, os.path.dirname(os.path.abspath(args.plan)), args.caffe,
-                     progress=lambda line: print(line, file=sys.stderr, flush=True))
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+                     progress=lambda line: print(line, file=sys.stderr, flush=True),
+                     on_batch=save)
     from caffe_admm.timing import format_table  # numpy only: no pycaffe needed
     print(format_table(result))
     return 0

@@ -536,3 +536,27 @@ def test_an_interrupted_timing_keeps_the_batch_sizes_it_timed(tmp_path, monkeypa
     captured = capsys.readouterr()
     assert "batch 1" in captured.out and "whole net" in captured.out
     assert "interrupted after batch size 1; %s holds them" % path in captured.err
+
+
+def test_a_plan_cut_short_keeps_the_batch_sizes_it_measured(tmp_path, compacted, monkeypatch):
+    """``python3 -m caffe_admm.caffetime`` writes OUT after each batch size, so
+    a run stopped in batch 2 (a GPU machine's time running out) keeps batch 1."""
+    _, compact_model = compacted
+    _, path = timing.write_plan(LENET, compact_model, str(tmp_path / "plan"), batches=(1, 2),
+                                repeats=1, iterations=2)
+    real, calls = caffetime.run, []
+
+    def cut(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(caffetime, "run", cut)
+    out = str(tmp_path / "result.json")
+    with pytest.raises(KeyboardInterrupt):
+        caffetime.main([path, out, "--caffe", CAFFE])
+    assert len(calls) == 3
+    with open(out) as f:
+        result = json.load(f)
+    assert list(result["batches"]) == ["1"] and result["repeats"] == 1
+    assert not os.path.exists(out + ".partial")
