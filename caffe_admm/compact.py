@@ -66,7 +66,7 @@ from caffe_admm.timing import layer_costs
 __all__ = ["CompactionError", "plan_compaction", "apply_plan", "reference_params",
            "compact_shapes", "check_equivalence", "compact", "dropped_constants",
            "dead_channel_constants", "surviving_weights", "compacted_costs", "layer_inputs",
-           "conv_groups", "KNOWN_TYPES"]
+           "conv_groups", "as_filters", "KNOWN_TYPES"]
 
 # Layers with filters: weights (outputs, inputs / group, ...), a Deconvolution's
 # (inputs, outputs / group, ...)
@@ -537,7 +537,7 @@ def plan_compaction(net, net_param, drop_constants=False, inputs=None):
     """
     blob_space, layers = _build_graph(net, net_param)
     types = {info["name"]: info["type"] for info in layers}
-    filters = {name: _filters(net.params[name][0].data, types[name], _group(net, name))
+    filters = {name: as_filters(net.params[name][0].data, types[name], _group(net, name))
                if types[name] in CONV_TYPES else net.params[name][0].data
                for name in net.params if types[name] in CONV_TYPES + ("InnerProduct",)}
     weights = {name: w.copy() for name, w in filters.items()}
@@ -1115,7 +1115,7 @@ def reference_params(net, plan):
         blobs = params[name]
         if kind in CONV_TYPES:
             group = _group(net, name)
-            blobs[0] = _filters(blobs[0], kind, group).copy()
+            blobs[0] = as_filters(blobs[0], kind, group).copy()
         if "out" in entry:
             gone = np.setdiff1d(np.arange(blobs[0].shape[0]),
                                 list(entry["out"]) + entry.get("folded", []))
@@ -1141,7 +1141,7 @@ def reference_params(net, plan):
                 _zero_reader(w, "ip", block, 0, np.isin(np.arange(total), kept, invert=True),
                              total)
         if kind in CONV_TYPES:
-            blobs[0] = _filters(blobs[0], kind, group)
+            blobs[0] = as_filters(blobs[0], kind, group)
     return params
 
 
@@ -1252,7 +1252,7 @@ def conv_groups(net):
     return {name: _group(net, name) for name in net.params if types[name] in CONV_TYPES}
 
 
-def _filters(w, kind, group):
+def as_filters(w, kind, group):
     """A (De)Convolution weight as filters, shape (outputs, inputs / group, kh, kw).
 
     A Deconvolution stores (inputs, outputs / group, kh, kw): each group's
@@ -1294,7 +1294,7 @@ def apply_plan(net_param, params, plan, group_of):
             continue
         blobs = new_params[layer.name]
         if layer.type in CONV_TYPES:  # filters first; a Deconvolution's back at the end
-            blobs[0] = _filters(blobs[0], layer.type, group_of[layer.name])
+            blobs[0] = as_filters(blobs[0], layer.type, group_of[layer.name])
         out = np.asarray(entry.get("out", np.arange(blobs[0].shape[0])), dtype=np.int64)
         fold = entry.get("fold")
         if fold and "bias" in fold:
@@ -1325,7 +1325,7 @@ def apply_plan(net_param, params, plan, group_of):
             layer.convolution_param.num_output = len(out)
             if entry.get("depthwise"):
                 layer.convolution_param.group = group = len(out)
-            blobs[0] = _filters(blobs[0], layer.type, group)
+            blobs[0] = as_filters(blobs[0], layer.type, group)
         elif layer.type == "InnerProduct":
             w = blobs[0]
             if "in" in entry:

@@ -52,12 +52,17 @@ def apply_masks(weights, masks):
         np.multiply(w, mask, out=w)
 
 
-def sparsity_stats(w):
+def sparsity_stats(w, group=1):
     """Element and group sparsity of one weight.
 
     Parameters
     ----------
-    w : ndarray, shape (F, C, kh, kw) or (N, K)
+    w : ndarray, shape (F, C / group, kh, kw) or (N, K)
+    group : int
+        A grouped convolution's ``group``: filter f of group g reads input
+        channels g * C / group ... (g + 1) * C / group - 1, so a channel (a
+        shape column) is kept where a filter of its own group reads it, and
+        there are C (C x kh x kw) of them.
 
     Returns
     -------
@@ -69,9 +74,10 @@ def sparsity_stats(w):
     nz = w4 != 0
     out = {"shape": list(np.shape(w)), "params": int(w4.size), "nonzero": int(nz.sum())}
     out["element_sparsity"] = 1.0 - out["nonzero"] / max(out["params"], 1)
+    by_group = nz.reshape((group, nz.shape[0] // group) + nz.shape[1:])
     kept = {"filter": nz.any(axis=(1, 2, 3)),
-            "channel": nz.any(axis=(0, 2, 3)),
-            "shape": nz.any(axis=0).ravel()}
+            "channel": by_group.any(axis=(1, 3, 4)).ravel(),
+            "shape": by_group.any(axis=1).ravel()}
     for kind, k in kept.items():
         out[kind + "s"] = int(k.size)
         out[kind + "s_kept"] = int(k.sum())

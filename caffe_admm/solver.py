@@ -537,7 +537,7 @@ def _full_pass_iters(net_param, path):
 
 
 def _layer_report(spec, method, w):
-    stats = sparsity_stats(w)
+    stats = sparsity_stats(w, spec.group)
     out = {"kind": spec.kind, "method": method.name,
            "target_keep": {c.kind: c.keep_ratio for c in spec.constraints},
            "target_groups_kept": method.target_groups(spec.name),
@@ -789,7 +789,8 @@ def check(solver_path, weights, config_path):
         spec = specs.get(name)
         entry = {"kind": spec.kind if spec else None,
                  "target_keep": {c.kind: c.keep_ratio for c in spec.constraints} if spec else None}
-        entry.update(sparsity_stats(masks[name]) if name in masks else {})
+        entry.update(sparsity_stats(masks[name], spec.group if spec else 1)
+                     if name in masks else {})
         entry.update(cost)
         layers[name] = entry
     report["layers"] = layers
@@ -1184,7 +1185,8 @@ def retrain(solver_path, weights, out_dir, masks_path=None, iters=None, progress
                                 max(1, solver_param.snapshot or 1000), test_iter, ckpt, meta,
                                 history, progress, net_param=net_param, bn_batches=bn_batches)
     save_masks(os.path.join(out_dir, "masks.npz"), masks)
-    layers = {n: sparsity_stats(solver.net.params[n][0].data) for n in masks}
+    groups = compact.conv_groups(solver.net)
+    layers = {n: sparsity_stats(solver.net.params[n][0].data, groups.get(n, 1)) for n in masks}
     report = {"accuracy": history["accuracy"], "layers": layers, "loss": history["loss"],
               "iterations": iters, "bn_recalibration_batches": bn_batches}
     with protoio.atomic_write(os.path.join(out_dir, "report.json"), "w") as f:

@@ -27,8 +27,9 @@ def measure(model, weights):
     Returns
     -------
     result : dict
-        ``layers``: per layer name, ``type`` and :func:`masks.sparsity_stats`
-        of its weight, with ``compact_shape``, ``compact_params``,
+        ``layers``: per layer name, ``type``, ``group`` and
+        :func:`masks.sparsity_stats` of its weight (a Deconvolution's taken
+        as filters, outputs x inputs per group; ``shape`` is the blob's), with ``compact_shape``, ``compact_params``,
         ``compact_nonzero``, ``flops`` and ``compact_flops`` where compaction
         plans the net; ``total``: ``params``, ``nonzero`` and, where it
         plans it, ``compact_params``, ``compact_nonzero``, ``flops``,
@@ -43,10 +44,13 @@ def measure(model, weights):
     types = {info.name: info.type for info in net_param.layer}
     result = {"model": model, "weights": weights, "compaction_error": None,
               "warnings": [], "notes": []}
+    groups = compact.conv_groups(net)
     layers = {}
     for name, cost in layer_costs(net).items():
-        layers[name] = dict(sparsity_stats(net.params[name][0].data), type=types.get(name),
-                            flops=cost["flops"])
+        group = groups.get(name, 1)
+        w = compact.as_filters(net.params[name][0].data, types.get(name), group)
+        layers[name] = dict(sparsity_stats(w, group), type=types.get(name), group=group,
+                            shape=cost["weight_shape"], flops=cost["flops"])
     try:
         costs, plan = compact.compacted_costs(net, net_param, compact.layer_inputs(net))
     except compact.CompactionError as exc:

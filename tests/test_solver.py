@@ -396,6 +396,9 @@ def test_global_filter_shape_pruning_prunes_a_grouped_convolutions_filters(tmp_p
     assert report["left_out"] == {} and list(report["filters_only"]) == ["conv2"]
     assert report["layers"]["conv2"]["kind"] == "filter"
     assert report["layers"]["conv1"]["kind"] == "filter_shape"
+    # counted per group: 8 input channels (4 a group), 72 columns
+    assert (report["layers"]["conv2"]["filters_kept"], report["layers"]["conv2"]["channels"],
+            report["layers"]["conv2"]["shapes"]) == (4, 8, 72)
     assert ("global_keep_ratio prunes conv2 by filter: kind FILTER_SHAPE does not fit a grouped "
             "convolution (group=2)") in capsys.readouterr().out
     pruned = caffe.Net(net_path, caffe.TEST, weights=str(run / "pruned.caffemodel"))

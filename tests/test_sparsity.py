@@ -95,3 +95,28 @@ def test_cli_prints_the_table_and_writes_json(pruned, tmp_path):
                           "--weights", str(tmp_path / "none.caffemodel")],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "weights file" in res.stderr and "not found" in res.stderr
+
+
+def test_grouped_convolutions_and_deconvolutions_count_their_own_filters_and_channels(tmp_path):
+    """c2 of test_compact's GROUPED net (6 filters, group 2, 4 channels a
+    group): a Deconvolution after it stores its weight inputs x outputs."""
+    from test_compact import GROUPED
+    model = write(tmp_path / "g.prototxt", GROUPED.replace(
+        'layer { name: "fc"', 'layer { name: "up" type: "Deconvolution" bottom: "c2" top: "up"\n'
+        '        convolution_param { num_output: 3 kernel_size: 2 stride: 2 } }\n'
+        'layer { name: "fc"').replace('bottom: "c2" top: "fc"', 'bottom: "up" top: "fc"'))
+    net = caffe.Net(model, caffe.TEST)
+    for name in ("c1", "c2", "up", "fc"):
+        net.params[name][0].data[...] = 1
+    net.params["c2"][0].data[3] = 0          # a filter of group 1
+    net.params["c2"][0].data[:3, 1] = 0      # group 0 no longer reads input channel 1
+    net.params["up"][0].data[:, 1] = 0       # the Deconvolution's output 1
+    weights = str(tmp_path / "g.caffemodel")
+    net.save(weights)
+    result = sparsity.measure(model, weights)
+    c2, up = result["layers"]["c2"], result["layers"]["up"]
+    assert (c2["group"], c2["filters_kept"], c2["channels"], c2["channels_kept"]) == (2, 5, 8, 7)
+    assert (c2["shapes"], c2["shapes_kept"]) == (72, 63)
+    assert (up["type"], up["shape"], up["filters"], up["filters_kept"]) == (
+        "Deconvolution", [6, 3, 2, 2], 3, 2)
+    assert (up["channels"], up["channels_kept"]) == (6, 6)
