@@ -3,7 +3,7 @@
 import sys
 import time
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "format_seconds"]
 
 
 class Progress:
@@ -46,9 +46,10 @@ class Progress:
             return
         self.last = now
         rate = (done - self.first_done) / max(now - self.start, 1e-9)
-        left = _fmt(_seconds(self.total - done, rate)) + " left"
+        left = format_seconds(_seconds(self.total - done, rate)) + " left"
         if self.after > 0:
-            left += " (run: %s)" % _fmt(_seconds(self.total - done + self.after, rate))
+            left += " (run: %s)" % format_seconds(
+                _seconds(self.total - done + self.after, rate))
         frac = done / max(self.total, 1)
         if self.tty:
             bar = "#" * int(30 * frac)
@@ -69,7 +70,8 @@ def _seconds(iters, rate):
     return iters / rate if rate > 0 else float("nan")
 
 
-def _fmt(seconds):
+def format_seconds(seconds):
+    """M:SS, or H:MM:SS from an hour; "?" for NaN."""
     if seconds != seconds:  # NaN
         return "?"
     seconds = int(seconds)

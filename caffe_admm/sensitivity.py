@@ -27,12 +27,14 @@ moving averages a pruned net scores far lower than the run would see.
 
 import json
 import os
+import time
 
 from caffe_admm import compact, liveness, projections, protoio
 from caffe_admm.backend import caffe, caffe_pb2
 from caffe_admm.config import grouped_misfit
 from caffe_admm.solver import (batchnorms, evaluate_net, fingerprint, hard_prune,
                                open_test_net, recalibrate_test_net)
+from caffe_admm.progress import format_seconds
 from caffe_admm.timing import layer_costs
 
 __all__ = ["scan", "scan_saved", "format_table", "config_text", "KINDS"]
@@ -187,7 +189,7 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
     out["notes"] += [n for n in stream_notes if n not in out["notes"]]
     cells = len(keeps) * (sum(n not in done and n not in skipped for n in names)
                           + sum(w not in done_streams for w in streams))
-    count = 0
+    count, start = 0, time.monotonic()
 
     def entry_of(names_, kind_name):
         c = [costs[n] for n in names_]
@@ -209,7 +211,9 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
                          "compact_params": kept})
             count += 1
             if progress:
-                progress("[%d/%d] %s keep %g: %s" % (count, cells, label, keep, _fmt(scores)))
+                left = (cells - count) * (time.monotonic() - start) / count
+                progress("[%d/%d] %s keep %g: %s (%s left)" % (count, cells, label, keep,
+                                                             _fmt(scores), format_seconds(left)))
         return rows
 
     for name in names:

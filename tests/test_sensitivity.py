@@ -178,7 +178,8 @@ def test_an_interrupted_scan_goes_on_from_its_json(tmp_path, tiny_trained, monke
     lines = []
     result = sensitivity.scan_saved(path, *args, progress=lines.append)
     assert lines[0] == "conv1: from the earlier scan" and len(lines) == 5
-    assert lines[1].startswith("[1/4] conv2 keep 1: accuracy ")
+    assert lines[1].startswith("[1/4] conv2 keep 1: accuracy ") and lines[1].endswith(" left)")
+    assert lines[-1].startswith("[4/4] ") and lines[-1].endswith(" (0:00 left)")
     assert result["layers"] == straight["layers"] and result["inputs"] == straight["inputs"]
     with open(path) as f:
         assert json.load(f) == result
@@ -309,7 +310,8 @@ def test_a_residual_streams_writers_are_also_scanned_pruned_together_by_joint_no
     assert again == result and lines == [
         "conv1: from the earlier scan", "conv2: from the earlier scan",
         "ip1: from the earlier scan",
-        "[1/1] stream of conv1, conv2 keep 0.5: " + sensitivity._fmt(stream["results"][0]["scores"])]
+        "[1/1] stream of conv1, conv2 keep 0.5: %s (0:00 left)"
+        % sensitivity._fmt(stream["results"][0]["scores"])]
     lines = []
     sensitivity.scan(net_path, weights, keeps=(0.5,), iters=2, bn_batches=0, previous=result,
                      progress=lines.append)
