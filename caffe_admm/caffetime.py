@@ -31,7 +31,7 @@ import sys
 __all__ = ["parse_log", "time_log", "run", "rotate", "measure", "summarise", "cudnn_workspace_mb",
            "cudnn_find", "cpu_threads", "cpu_threads_line", "cpu_conv_engine", "cpu_conv_line",
            "blas_info", "loaded_blas_info", "blas_warning", "blas_lines", "build_tool", "find_caffe",
-           "main"]
+           "cpu_model", "run_environment", "main"]
 
 _LAYER = re.compile(r"\]\s+(\S+)\s+forward: ([0-9.eE+-]+) ms\.")
 _FORWARD = re.compile(r"Average Forward pass: ([0-9.eE+-]+) ms\.")
@@ -277,6 +277,29 @@ def cpu_flags(path="/proc/cpuinfo"):
     except OSError:
         pass
     return set()
+
+
+def cpu_model(path="/proc/cpuinfo"):
+    """The CPU's name (the first ``model name`` line), None where unreadable."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def run_environment():
+    """What this process's Caffe computes with, beyond its inputs: the CPU,
+    the thread settings (:func:`cpu_threads`), the BLAS it loaded and the
+    engine of its convolutions' forward pass. Threads, BLAS and engine change
+    the order of Caffe's sums, and so the last digits of a trained net: a
+    run's report records them."""
+    blas = loaded_blas_info()
+    return {"cpu": cpu_model(), "cpu_threads": cpu_threads(), "blas": blas,
+            "cpu_conv_engine": cpu_conv_engine(blas["onednn"])}
 
 
 def blas_warning(core, flags):

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from caffe_admm import compact, liveness, projections, protoio
+from caffe_admm import caffetime, compact, liveness, projections, protoio
 from caffe_admm.backend import caffe, caffe_pb2
 from caffe_admm.config import GROUPED_FILTERS_ONLY, PRUNABLE_TYPES, load_config
 from caffe_admm.layers import HOOK_PREFIX, NonFiniteWeights
@@ -481,7 +481,7 @@ def train(solver_path, out_dir, weights=None, iters=None, progress=True, restart
     result = {"solver": os.path.abspath(solver_path), "net": os.path.abspath(net_path),
               "iterations": iters, "seconds": history["seconds"], "test": scores,
               "test_iter": test_iter, "weights": os.path.abspath(model),
-              "loss": history["loss"]}
+              "loss": history["loss"], "environment": caffetime.run_environment()}
     recalibrated = _recalibrated_baseline(net_path, out_dir, model, BN_BATCHES, test_iter)
     if recalibrated is not None:
         result["test_recalibrated"] = recalibrated
@@ -700,6 +700,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
         "uncoupled": [{"writers": list(writers), "why": why} for writers, why in cfg.uncoupled],
         "steps": history["steps"], "loss": history["loss"],
         "seconds_this_session": time.time() - t0, "code": code_digest(),
+        "environment": caffetime.run_environment(),
     }
     if cfg.method == "admm":
         for name, entry in report["layers"].items():
@@ -1188,7 +1189,8 @@ def retrain(solver_path, weights, out_dir, masks_path=None, iters=None, progress
     groups = compact.conv_groups(solver.net)
     layers = {n: sparsity_stats(solver.net.params[n][0].data, groups.get(n, 1)) for n in masks}
     report = {"accuracy": history["accuracy"], "layers": layers, "loss": history["loss"],
-              "iterations": iters, "bn_recalibration_batches": bn_batches}
+              "iterations": iters, "bn_recalibration_batches": bn_batches,
+              "environment": caffetime.run_environment()}
     with protoio.atomic_write(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     return report

@@ -560,3 +560,13 @@ def test_a_plan_cut_short_keeps_the_batch_sizes_it_measured(tmp_path, compacted,
         result = json.load(f)
     assert list(result["batches"]) == ["1"] and result["repeats"] == 1
     assert not os.path.exists(out + ".partial")
+
+
+def test_cpu_model_reads_the_first_model_name(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t: avx2\n"
+                    "processor\t: 1\nmodel name\t: other\n")
+    assert caffetime.cpu_model(str(info)) == "AMD EPYC 7B13"
+    info.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # an ARM machine's
+    assert caffetime.cpu_model(str(info)) is None
+    assert caffetime.cpu_model(str(tmp_path / "none")) is None

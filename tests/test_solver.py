@@ -690,3 +690,16 @@ def test_progress_lines_give_the_runs_time_left_and_no_zero_penalties(tmp_path, 
     assert [l.split(" (")[0] for l in retrain] == ["retrain 40/40"]
     assert "(run: " not in retrain[0] and layers.HOOK_PREFIX not in retrain[0]
     assert "loss=" in retrain[0]
+
+
+def test_reports_record_what_changes_caffes_summation_order(pruned, tiny_trained):
+    """Threads, the BLAS and the convolution engine: the last digits of a run."""
+    from caffe_admm import caffetime
+    report, _ = pruned
+    with open(os.path.join(tiny_trained["dir"], "run", "train.json")) as f:
+        trained = json.load(f)
+    for env in (report["environment"], trained["environment"]):
+        assert env["cpu_threads"]["OPENBLAS_NUM_THREADS"] == os.environ.get("OPENBLAS_NUM_THREADS")
+        assert os.path.basename(env["blas"]["library"]).startswith("libopenblas")
+        assert env["cpu_conv_engine"] == "onednn" and env["blas"]["onednn"]
+        assert env["cpu"] == caffetime.cpu_model()
