@@ -134,8 +134,10 @@ def markdown(runs, rows):
                 "the pruned nets are scored (`baseline_recalibrated` in report.json; "
                 "`baseline` scores the caffemodel as it is)"]
     for run in runs:
-        out += ["", "### %s (%s)" % (run["name"], _method_label(run)), "",
-                "| layer | kind | weights | kept | element sp. | filter sp. | channel sp. "
+        out += ["", "### %s (%s)" % (run["name"], _method_label(run)), ""]
+        if run.get("environment"):
+            out += [_environment_line(run["environment"]), ""]
+        out += ["| layer | kind | weights | kept | element sp. | filter sp. | channel sp. "
                 "| column sp. |", "|---|---|---|---|---|---|---|---|"]
         for name, l in run["layers"].items():
             out.append("| %s | %s | %d | %d | %.2f%% | %.2f%% (%d/%d) | %.2f%% (%d/%d) "
@@ -146,6 +148,18 @@ def markdown(runs, rows):
                            100 * l["channel_sparsity"], l["channels_kept"], l["channels"],
                            100 * l["shape_sparsity"], l["shapes_kept"], l["shapes"]))
     return "\n".join(out) + "\n"
+
+
+def _environment_line(env):
+    """A run's ``environment`` (what changes the order of Caffe's sums) in a line."""
+    threads = ", ".join("%s=%s" % kv for kv in env.get("cpu_threads", {}).items()
+                        if kv[1] is not None) or "thread variables unset"
+    blas = env.get("blas") or {}
+    return "Ran on %s; %s; BLAS %s%s; CPU convolution forward: %s." % (
+        env.get("cpu") or "an unnamed CPU", threads,
+        os.path.basename(blas["library"]) if blas.get("library") else "unknown",
+        " (%s kernel)" % blas["core"] if blas.get("core") else "",
+        env.get("cpu_conv_engine", "unknown"))
 
 
 def plot(runs, rows, out_dir):

@@ -34,6 +34,10 @@ def test_report_tables_and_plots(tmp_path, runs):
     md = result["markdown"]
     assert "| conv1 | filter | 72 | 36 | 50.00% | 50.00% (4/8)" in md
     assert md.count("### ") == 3
+    # each run's environment under its heading: here OPENBLAS_NUM_THREADS, as the tests set it
+    threads = os.environ["OPENBLAS_NUM_THREADS"]
+    assert md.count("; OPENBLAS_NUM_THREADS=%s; BLAS libopenblas" % threads) == 3
+    assert md.count("; CPU convolution forward: onednn.") == 3
     names = sorted(os.path.basename(p) for p in result["plots"])
     assert names == ["accuracy_vs_compression.png", "admm_residuals.png", "kept_fractions.png",
                      "training_loss.png"]
