@@ -83,12 +83,14 @@ def _sum(name, a, b):
 
 
 def net_text(train, test):
-    """The train/test prototxt, reading the LMDBs ``train`` and ``test``."""
+    """The train/test prototxt, reading the LMDBs ``train`` and ``test`` (as
+    given: ``prototxt/resnet_mnist_train_test.prototxt`` is this with the
+    repository's relative paths)."""
     data = "".join(
         'layer { name: "data" type: "Data" top: "data" top: "label" include { phase: %s }\n'
         '  transform_param { scale: 0.00390625 }\n'
         '  data_param { source: "%s" batch_size: %d backend: LMDB } }\n'
-        % (phase, os.path.abspath(source), batch)
+        % (phase, source, batch)
         for phase, source, batch in (("TRAIN", train, 64), ("TEST", test, 100)))
     return ('name: "ResNetMNIST"\n' + data
             + _conv("conv1", "data", 16, 3)
@@ -146,7 +148,8 @@ def prepare(out, train, test, seed, baseline_iters, lr, test_iter):
     (resumed, or returned, if done). Returns (solver path, net path,
     baseline weights)."""
     os.makedirs(out, exist_ok=True)
-    net = _write(os.path.join(out, "resnet_mnist_train_test.prototxt"), net_text(train, test))
+    net = _write(os.path.join(out, "resnet_mnist_train_test.prototxt"),
+                 net_text(os.path.abspath(train), os.path.abspath(test)))
     sp = _write(os.path.join(out, "solver.prototxt"),
                 SOLVER % {"net": net, "test_iter": test_iter, "lr": lr, "iters": baseline_iters,
                           "dir": out, "seed": seed})

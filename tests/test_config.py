@@ -204,6 +204,33 @@ def test_bundled_configs_fit_lenet():
         assert {s.name for s in cfg.layers} <= {"conv1", "conv2", "ip1", "ip2"}
 
 
+def test_the_bundled_resnet_its_deploy_net_solver_and_config_agree():
+    """prototxt/resnet_mnist_*: the train/test net is the benchmark's
+    (couple_sums_accuracy.net_text) with relative data paths, the deploy net
+    has its layers, the solver names it, and the config prunes every
+    convolution to half with both residual streams coupled."""
+    import os
+
+    from caffe_admm.protoio import read_net, read_solver
+    from conftest import ROOT, load_benchmark
+    path = os.path.join(ROOT, "prototxt", "resnet_mnist_train_test.prototxt")
+    with open(path) as f:
+        text = f.read()
+    bench = load_benchmark("couple_sums_accuracy")
+    assert text.endswith(bench.net_text("data/mnist_train_lmdb", "data/mnist_test_lmdb"))
+    net = read_net(path)
+    deploy = read_net(os.path.join(ROOT, "prototxt", "resnet_mnist_deploy.prototxt"))
+    body = [l for l in net.layer if l.type not in ("Data", "Accuracy", "SoftmaxWithLoss")]
+    assert [l.type for l in deploy.layer] == ["Input"] + [l.type for l in body] + ["Softmax"]
+    assert list(deploy.layer[1:-1]) == body
+    solver = read_solver(os.path.join(ROOT, "solvers", "resnet_mnist_solver.prototxt"))
+    assert solver.net == "prototxt/resnet_mnist_train_test.prototxt"
+    cfg = load_config(os.path.join(ROOT, "prototxt", "resnet_mnist_admm_filter.prototxt"), net)
+    assert {s.name: s.constraints[0].keep_ratio for s in cfg.layers} == {
+        "conv1": 0.5, "a1": 0.5, "a2": 0.5, "b1": 0.5, "b2": 0.5, "b_proj": 0.5, "fc": 1.0}
+    assert sorted(cfg.coupled) == [("b2", "b_proj"), ("conv1", "a2")]
+
+
 @pytest.mark.parametrize("body, expected", [
     ("", True),                                   # ADMM's default
     ("penalty_pruned_only: false", False),        # the StructADMM paper's penalty
