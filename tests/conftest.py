@@ -120,6 +120,21 @@ def load_benchmark(name):
     return module
 
 
+def interrupt_on_call(monkeypatch, owner, name, n):
+    """Replace ``owner.name`` with a wrapper that records each call's
+    positional arguments and raises KeyboardInterrupt (a Ctrl-C) at the n-th
+    call; returns the list of calls."""
+    real, calls = getattr(owner, name), []
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
+
+
 def write(path, text):
     with open(path, "w") as f:
         f.write(textwrap.dedent(text))

@@ -10,7 +10,7 @@ import pytest
 from caffe_admm import caffetime, timing
 from caffe_admm.protoio import read_net
 
-from conftest import ROOT
+from conftest import ROOT, interrupt_on_call
 from test_compact import NETS, run_compact
 
 CAFFE = os.path.join(ROOT, ".venv", "bin", "caffe")
@@ -517,20 +517,13 @@ def test_an_interrupted_timing_keeps_the_batch_sizes_it_timed(tmp_path, monkeypa
     (as a full run's would), the table of it is printed, and the exit is 130."""
     from caffe_admm import cli
     _, weights, out = run_compact(tmp_path, LENET)
-    real, calls = timing.time_nets, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(args[1])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(timing, "time_nets", interrupted)
+    calls = interrupt_on_call(monkeypatch, timing, "time_nets", 2)
     path = str(tmp_path / "t.json")
     code = cli.main(["time", "--model", LENET, "--weights", weights, "--compact",
                      os.path.join(out, "compact.prototxt"), "--compact-weights",
                      os.path.join(out, "compact.caffemodel"), "--batch", "1", "2",
                      "--repeats", "1", "--json", path])
-    assert code == 130 and calls == [1, 2]
+    assert code == 130 and [args[1] for args in calls] == [1, 2]  # the batch sizes
     with open(path) as f:
         assert list(json.load(f)["batches"]) == ["1"]
     captured = capsys.readouterr()
@@ -544,14 +537,7 @@ def test_a_plan_cut_short_keeps_the_batch_sizes_it_measured(tmp_path, compacted,
     _, compact_model = compacted
     _, path = timing.write_plan(LENET, compact_model, str(tmp_path / "plan"), batches=(1, 2),
                                 repeats=1, iterations=2)
-    real, calls = caffetime.run, []
-
-    def cut(*args, **kwargs):
-        calls.append(args[1])
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(caffetime, "run", cut)
+    calls = interrupt_on_call(monkeypatch, caffetime, "run", 3)  # batch 2's first process
     out = str(tmp_path / "result.json")
     with pytest.raises(KeyboardInterrupt):
         caffetime.main([path, out, "--caffe", CAFFE])

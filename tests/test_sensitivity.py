@@ -9,7 +9,7 @@ import pytest
 from caffe_admm import projections, sensitivity, solver
 from caffe_admm.backend import caffe
 
-from conftest import TINY_NET, write_tiny
+from conftest import TINY_NET, interrupt_on_call, write_tiny
 from test_cli import run
 
 
@@ -162,14 +162,8 @@ def test_an_interrupted_scan_goes_on_from_its_json(tmp_path, tiny_trained, monke
     path = str(tmp_path / "s.json")
     args = (tiny_trained["net"], tiny_trained["weights"], (1.0, 0.5), "FILTER", None, 2)
     straight = sensitivity.scan(*args)
-    scored, calls = sensitivity._scored, []
-
-    def interrupted(*a, **k):
-        calls.append(a)
-        if len(calls) == 3:  # conv2's first score
-            raise KeyboardInterrupt
-        return scored(*a, **k)
-    monkeypatch.setattr(sensitivity, "_scored", interrupted)
+    scored = sensitivity._scored
+    interrupt_on_call(monkeypatch, sensitivity, "_scored", 3)  # conv2's first score
     with pytest.raises(KeyboardInterrupt):
         sensitivity.scan_saved(path, *args)
     with open(path) as f:
