@@ -32,9 +32,9 @@ import time
 from caffe_admm import compact, liveness, projections, protoio
 from caffe_admm.backend import caffe, caffe_pb2
 from caffe_admm.config import grouped_misfit
+from caffe_admm.progress import format_seconds
 from caffe_admm.solver import (batchnorms, evaluate_net, fingerprint, hard_prune,
                                open_test_net, recalibrate_test_net)
-from caffe_admm.progress import format_seconds
 from caffe_admm.timing import layer_costs
 
 __all__ = ["scan", "scan_saved", "format_table", "config_text", "KINDS"]

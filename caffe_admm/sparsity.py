@@ -29,9 +29,10 @@ def measure(model, weights):
     result : dict
         ``layers``: per layer name, ``type``, ``group`` and
         :func:`masks.sparsity_stats` of its weight (a Deconvolution's taken
-        as filters, outputs x inputs per group; ``shape`` is the blob's), with ``compact_shape``, ``compact_params``,
-        ``compact_nonzero``, ``flops`` and ``compact_flops`` where compaction
-        plans the net; ``total``: ``params``, ``nonzero`` and, where it
+        as filters, outputs x inputs per group; ``shape`` is the blob's),
+        ``flops``, and ``compact_shape``, ``compact_params``,
+        ``compact_nonzero`` and ``compact_flops`` where compaction plans the
+        net; ``total``: ``params``, ``nonzero`` and, where it
         plans it, ``compact_params``, ``compact_nonzero``, ``flops``,
         ``compact_flops``; ``compaction_error``: why compaction refuses the
         net, else None; ``warnings`` and ``notes`` of its plan.
