@@ -190,12 +190,18 @@ def main(argv=None):
     result = timing.compare(args.model, weights, compact_model,
                             os.path.join(tmp, "compact", "compact.caffemodel"),
                             batches=args.batch, repeats=args.repeats, engine=engine, gpu=args.gpu,
-                            iterations=args.iterations, conv_engine=args.conv_engine)
+                            iterations=args.iterations, conv_engine=args.conv_engine,
+                            # an interrupted run keeps the batch sizes it timed
+                            on_batch=lambda so_far: summarize(args, report, so_far, conv_params,
+                                                              conv_nonzero, partial=True))
     summarize(args, report, result, conv_params, conv_nonzero)
 
 
-def summarize(args, report, result, conv_params, conv_nonzero):
-    print(timing.format_table(result))
+def summarize(args, report, result, conv_params, conv_nonzero, partial=False):
+    """The benchmark's summary of ``result``, written to ``args.out`` and
+    printed; with ``partial`` (the batch sizes timed so far, after each one)
+    marked ``"partial": true`` and written, its table not printed."""
+    lines = [timing.format_table(result)]
     compact_conv = sum(report["layers"][n]["compact_params"] for n in KEEP)
     # the target is for filter/channel pruning; these layers' FLOPs also fell by shape
     shaped = sorted(n for n in KEEP if n in (report.get("shape_compaction") or {}))
@@ -208,6 +214,7 @@ def summarize(args, report, result, conv_params, conv_nonzero):
                "conv_compression_compacted": conv_params / compact_conv,
                "lrn_deviation_max_abs": report["equivalence"]["max_abs_diff"],
                "warnings": report["warnings"], "timing": result,
+               "partial": partial,
                "paper": {"structadmm_cpu_speedup": 11.93, "structadmm_conv_compression": 15.0,
                          "structadmm_gpu_speedups_no_loss": [2.58, 3.65],
                          "structadmm_gpu_speedups_2pct_loss": [3.15, 8.52],
@@ -226,15 +233,17 @@ def summarize(args, report, result, conv_params, conv_nonzero):
                 n: rows[n]["speedup"] / rows[n]["flop_reduction"] for n in KEEP},
             "target": {"speedup_over_flop_reduction": TARGET, "layers": check,
                        "not_checked_shape_compacted": shaped}}
-        print("batch %d: conv layers %.2fx faster for %.2fx fewer FLOPs; per layer, speed-up / "
-              "FLOP reduction: %s" % (batch, conv_orig / conv_comp, conv_flops / conv_flops_c,
-                                      ", ".join("%s %.2f" % (n, rows[n]["speedup"] /
-                                                              rows[n]["flop_reduction"])
-                                                for n in KEEP)))
-        print(format_target(batch, check, shaped))
-    print("conv weights: %d -> %d kept (%.1fx); LRN deviation (max |prob diff|) %.3g"
-          % (conv_params, conv_nonzero, conv_params / conv_nonzero,
-             report["equivalence"]["max_abs_diff"]))
+        lines.append("batch %d: conv layers %.2fx faster for %.2fx fewer FLOPs; per layer, "
+                     "speed-up / FLOP reduction: %s" % (
+                         batch, conv_orig / conv_comp, conv_flops / conv_flops_c,
+                         ", ".join("%s %.2f" % (n, rows[n]["speedup"] / rows[n]["flop_reduction"])
+                                   for n in KEEP)))
+        lines.append(format_target(batch, check, shaped))
+    lines.append("conv weights: %d -> %d kept (%.1fx); LRN deviation (max |prob diff|) %.3g"
+                 % (conv_params, conv_nonzero, conv_params / conv_nonzero,
+                    report["equivalence"]["max_abs_diff"]))
+    if not partial:
+        print("\n".join(lines))
     write_json(args.out, summary)
 
 

@@ -93,6 +93,14 @@ def test_summary_of_a_measured_plan_writes_the_target_per_batch(tmp_path, capsys
     assert sorted(target["layers"]) == ["conv1", "conv2", "conv4", "conv5"]
     assert all(c == {"of_flop": pytest.approx(0.8), "met": True, "repeats": "all"}
                for c in target["layers"].values())
+    assert json.load(open(str(out)))["partial"] is False
+    # after each batch size of a timing (main's on_batch): written and marked, no table
+    args = bench.argparse.Namespace(out=str(tmp_path / "partial.json"), keep_columns=0.5,
+                                    shape=True)
+    bench.summarize(args, report, result, 5 * 160, 5 * 10, partial=True)
+    assert capsys.readouterr().out == "wrote %s\n" % args.out
+    partial = json.load(open(args.out))
+    assert partial["partial"] is True and list(partial["conv_total"]) == ["4"]
 
 
 def test_measured_without_the_plan_or_the_result_is_refused_naming_the_file(tmp_path, capsys):
