@@ -205,6 +205,13 @@ def build_parser():
     return parser
 
 
+def _write_json(path, obj):
+    """``obj`` as JSON in ``path``, written whole, then renamed into place."""
+    from caffe_admm.protoio import atomic_write
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
 def _print_json(obj):
     print(json.dumps(obj, indent=1, sort_keys=True))
 
@@ -296,9 +303,7 @@ def _run(args):
         report = solver.check(args.solver, args.weights, args.config)
         _print_check(report)
         if args.json:
-            from caffe_admm.protoio import atomic_write
-            with atomic_write(args.json, "w") as f:
-                json.dump(report, f, indent=1)
+            _write_json(args.json, report)
         return 1 if report["compaction_error"] else 0
     elif args.verb == "prune":
         if not args.out:
@@ -339,9 +344,7 @@ def _run(args):
         result = sparsity.measure(args.model, args.weights)
         print(sparsity.format_table(result))
         if args.json:
-            from caffe_admm.protoio import atomic_write
-            with atomic_write(args.json, "w") as f:
-                json.dump(result, f, indent=1)
+            _write_json(args.json, result)
         return 1 if result["compaction_error"] else 0
     elif args.verb == "retrain":
         report = solver.retrain(args.solver, args.weights, args.out, masks_path=args.masks,
@@ -353,7 +356,6 @@ def _run(args):
 
 def _time(args):
     from caffe_admm import timing
-    from caffe_admm.protoio import atomic_write
     engine = "caffe time" if args.gpu is not None or args.engine == "caffe-time" else "pycaffe"
     if args.conv_engine and engine != "caffe time":
         raise ValueError("--conv-engine applies to the caffe-time engine: add --engine "
@@ -381,8 +383,7 @@ def _time(args):
     def save(so_far):
         timed[:] = [so_far]
         if args.json:
-            with atomic_write(args.json, "w") as f:
-                json.dump(so_far, f, indent=1)
+            _write_json(args.json, so_far)
     try:
         result = timing.compare(args.model, args.weights, args.compact, args.compact_weights,
                                 batches=args.batch, repeats=args.repeats, engine=engine,

@@ -136,7 +136,7 @@ def markdown(runs, rows):
     for run in runs:
         out += ["", "### %s (%s)" % (run["name"], _method_label(run)), ""]
         if run.get("environment"):
-            out += [_environment_line(run["environment"]), ""]
+            out += _environment_lines(run["environment"]) + [""]
         out += ["| layer | kind | weights | kept | element sp. | filter sp. | channel sp. "
                 "| column sp. |", "|---|---|---|---|---|---|---|---|"]
         for name, l in run["layers"].items():
@@ -150,16 +150,14 @@ def markdown(runs, rows):
     return "\n".join(out) + "\n"
 
 
-def _environment_line(env):
-    """A run's ``environment`` (what changes the order of Caffe's sums) in a line."""
-    threads = ", ".join("%s=%s" % kv for kv in env.get("cpu_threads", {}).items()
-                        if kv[1] is not None) or "thread variables unset"
-    blas = env.get("blas") or {}
-    return "Ran on %s; %s; BLAS %s%s; CPU convolution forward: %s." % (
-        env.get("cpu") or "an unnamed CPU", threads,
-        os.path.basename(blas["library"]) if blas.get("library") else "unknown",
-        " (%s kernel)" % blas["core"] if blas.get("core") else "",
-        env.get("cpu_conv_engine", "unknown"))
+def _environment_lines(env):
+    """A run's ``environment`` (what changes the order of Caffe's sums), in
+    the lines ``caffe-admm time``'s table gives it, as a Markdown list."""
+    from caffe_admm import caffetime  # standard library only
+    return ["- CPU: %s" % (env["cpu"] or "unnamed"),
+            "- " + caffetime.cpu_threads_line(env["cpu_threads"])] + [
+        "- " + line for line in caffetime.blas_lines(env["blas"])] + [
+        "- " + caffetime.cpu_conv_line(env["cpu_conv_engine"])]
 
 
 def plot(runs, rows, out_dir):
