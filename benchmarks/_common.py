@@ -6,6 +6,7 @@ The scripts import it as ``benchmarks._common`` (the repository root is on
 
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -29,25 +30,48 @@ def random_weights(net, rng, scale=1.0, then=None):
             then(name, types[name], blobs)
 
 
-def write_json(path, obj):
+def write_json(path, obj, quiet=False):
     """Write a result as JSON (its folder made, the file written atomically)
-    and say where."""
+    and, unless ``quiet``, say where."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=1)
-    print("wrote", path)
+    if not quiet:
+        print("wrote", path)
+
+
+def interrupted(where, out, kept):
+    """Say that a Ctrl-C stopped the run ``where``, and what ``out`` holds
+    (``kept``, a phrase; None where nothing was written yet); then exit with
+    130, as a shell reports a Ctrl-C."""
+    print("interrupted %s; %s" % (where, "%s holds %s" % (out, kept) if kept else
+                                  "nothing written to %s" % out), file=sys.stderr, flush=True)
+    raise SystemExit(130)
+
+
+def interrupted_in_batches(out, done):
+    """:func:`interrupted` in a timing that writes ``out`` after each batch
+    size; ``done``: the batch sizes written."""
+    interrupted("after batch size %s" % done[-1] if done else "in the first batch size", out,
+                "batch size %s" % ", ".join(map(str, done)) if done else None)
 
 
 def rows_of(items, measure, format_table, out):
     """``measure(item, tmp)`` for each item, each in a temporary folder; its
     table lines (``format_table`` of it alone, less the header) printed as
-    it comes, then the whole table; the rows written to ``out`` as JSON.
-    Returns the rows."""
+    it comes, then the whole table. The rows are written to ``out`` as JSON
+    after each item, so that a run stopped by Ctrl-C keeps the items it
+    measured (and exits with 130). Returns the rows."""
     rows = []
     for item in items:
-        with tempfile.TemporaryDirectory() as tmp:
-            rows.append(measure(item, tmp))
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                rows.append(measure(item, tmp))
+        except KeyboardInterrupt:
+            interrupted("in %s" % item, out,
+                        "the %d measured before it" % len(rows) if rows else None)
         print("\n".join(format_table(rows[-1:]).splitlines()[1:]), flush=True)
+        write_json(out, rows, quiet=True)
     print(format_table(rows))
-    write_json(out, rows)
+    print("wrote", out)
     return rows

@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 from caffe_admm import compact, projections, timing  # noqa: E402
 from caffe_admm.backend import caffe  # noqa: E402
 
-from benchmarks._common import write_json  # noqa: E402
+from benchmarks._common import interrupted_in_batches, write_json  # noqa: E402
 
 KEEP = {"conv1": 0.30, "conv2": 0.25, "conv3": 0.25, "conv4": 0.25, "conv5": 0.25}
 # issue #4's target: per layer, the measured speed-up is at least 0.8 of the
@@ -187,13 +187,19 @@ def main(argv=None):
         print("wrote the plan in", args.plan_only)
         return
     engine = "caffe time" if args.gpu is not None or args.engine == "caffe-time" else "pycaffe"
-    result = timing.compare(args.model, weights, compact_model,
-                            os.path.join(tmp, "compact", "compact.caffemodel"),
-                            batches=args.batch, repeats=args.repeats, engine=engine, gpu=args.gpu,
-                            iterations=args.iterations, conv_engine=args.conv_engine,
-                            # an interrupted run keeps the batch sizes it timed
-                            on_batch=lambda so_far: summarize(args, report, so_far, conv_params,
-                                                              conv_nonzero, partial=True))
+    done = []
+
+    def write_partial(so_far):  # an interrupted run keeps the batch sizes it timed
+        done[:] = list(so_far["batches"])
+        summarize(args, report, so_far, conv_params, conv_nonzero, partial=True)
+    try:
+        result = timing.compare(args.model, weights, compact_model,
+                                os.path.join(tmp, "compact", "compact.caffemodel"),
+                                batches=args.batch, repeats=args.repeats, engine=engine,
+                                gpu=args.gpu, iterations=args.iterations,
+                                conv_engine=args.conv_engine, on_batch=write_partial)
+    except KeyboardInterrupt:
+        interrupted_in_batches(args.out, done)
     summarize(args, report, result, conv_params, conv_nonzero)
 
 
@@ -244,7 +250,7 @@ def summarize(args, report, result, conv_params, conv_nonzero, partial=False):
                     report["equivalence"]["max_abs_diff"]))
     if not partial:
         print("\n".join(lines))
-    write_json(args.out, summary)
+    write_json(args.out, summary, quiet=partial)
 
 
 if __name__ == "__main__":

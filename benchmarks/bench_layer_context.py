@@ -20,7 +20,9 @@ writes JSON::
 The plan's nets take their weights from the prototxt fillers (random, the
 same distribution for both nets), which is enough for timing. The thread
 settings are this process's (``OPENBLAS_NUM_THREADS``, which also sets the
-oneDNN convolution's threads, ``CAFFE_CPU_CONV_THREADS``).
+oneDNN convolution's threads, ``CAFFE_CPU_CONV_THREADS``). The JSON is
+written after each batch size too (``"partial": true`` until the last), so
+that a run stopped by Ctrl-C keeps the batch sizes it timed.
 """
 
 import argparse
@@ -35,13 +37,16 @@ from caffe_admm import timing  # noqa: E402
 from caffe_admm.caffetime import (blas_lines, cpu_conv_engine, cpu_conv_line,  # noqa: E402
                                   cpu_threads, cpu_threads_line, loaded_blas_info)
 
-from benchmarks._common import write_json  # noqa: E402
+from benchmarks._common import interrupted_in_batches, write_json  # noqa: E402
 
 CONTEXTS = (("in_net", "in the net"), ("alone", "alone"))
 
 
-def measure(plan_dir, batches=None, rounds=15, iterations=20):
+def measure(plan_dir, batches=None, rounds=15, iterations=20, on_batch=None):
     """Both nets of the timing plan in ``plan_dir``, both contexts, per batch size.
+
+    ``on_batch(result)``, if given, is called with the result so far after
+    each batch size.
 
     Returns
     -------
@@ -80,6 +85,8 @@ def measure(plan_dir, batches=None, rounds=15, iterations=20):
                                 "of_flops": speedup / flop_reduction}
             rows[name] = row
         out["batches"][batch] = rows
+        if on_batch is not None:
+            on_batch(out)
     return out
 
 
@@ -111,9 +118,18 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                       "layer_context.json"))
     args = parser.parse_args(argv)
-    result = measure(args.plan_dir, args.batch, args.rounds, args.iterations)
+    done = []
+
+    def write_partial(result):  # an interrupted run keeps the batch sizes it timed
+        done[:] = list(result["batches"])
+        write_json(args.out, dict(result, partial=True), quiet=True)
+    try:
+        result = measure(args.plan_dir, args.batch, args.rounds, args.iterations,
+                         on_batch=write_partial)
+    except KeyboardInterrupt:
+        interrupted_in_batches(args.out, done)
     print(format_table(result))
-    write_json(args.out, result)
+    write_json(args.out, dict(result, partial=False))
     return 0
 
 

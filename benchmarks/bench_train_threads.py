@@ -15,7 +15,9 @@ writes JSON::
 
 A setting is ``NAME:VAR=VALUE[,VAR=VALUE...]``; every process also gets the
 environment of this one. Run from the repository root (LeNet's prototxt
-reads ``data/``; ``make data`` makes it).
+reads ``data/``; ``make data`` makes it). The JSON is written after each
+round too (``"partial": true`` until the last), so that a run stopped by
+Ctrl-C keeps its whole rounds.
 """
 
 import argparse
@@ -30,7 +32,7 @@ sys.path.insert(0, ROOT)
 
 from caffe_admm.caffetime import find_caffe, rotate, time_log  # noqa: E402
 
-from benchmarks._common import write_json  # noqa: E402
+from benchmarks._common import interrupted, write_json  # noqa: E402
 
 _PASS = re.compile(r"\]\s+(\S+)\s+(forward|backward): ([0-9.eE+-]+) ms\.")
 # caffe time times the passes in microseconds, but its "Average Forward-Backward"
@@ -129,20 +131,32 @@ def main(argv=None):
     envs = dict(args.setting)
     runs = {name: [] for name in names}
     start = time.time()
+
+    def write(done):
+        """The whole rounds so far to ``args.out``: ``partial`` before the last."""
+        whole = {name: results[:done] for name, results in runs.items()}
+        summary = summarise(whole, names)
+        write_json(args.out, {"model": args.model, "caffe": caffe, "settings": envs,
+                              "order": names, "rounds": args.rounds, "rounds_done": done,
+                              "partial": done < args.rounds, "iterations": args.iterations,
+                              "nproc": os.cpu_count(), "elapsed_s": time.time() - start,
+                              "runs": whole, "summary": summary}, quiet=done < args.rounds)
+        return summary
+
     for r in range(args.rounds):
-        for name in rotate(names, r):
-            res = parse_train_log(time_log(caffe, args.model, args.iterations, phase="TRAIN",
-                                           env=dict(os.environ, **envs[name])))
-            runs[name].append(res)
-            print("round %d/%d %s: %.3f ms" % (r + 1, args.rounds, name,
-                                               res["forward_backward_ms"]),
-                  file=sys.stderr, flush=True)
-    summary = summarise(runs, names)
+        try:
+            for name in rotate(names, r):
+                res = parse_train_log(time_log(caffe, args.model, args.iterations,
+                                               phase="TRAIN", env=dict(os.environ, **envs[name])))
+                runs[name].append(res)
+                print("round %d/%d %s: %.3f ms" % (r + 1, args.rounds, name,
+                                                   res["forward_backward_ms"]),
+                      file=sys.stderr, flush=True)
+        except KeyboardInterrupt:
+            interrupted("in round %d" % (r + 1), args.out,
+                        "the %d whole round%s before it" % (r, "s" * (r > 1)) if r else None)
+        summary = write(r + 1)  # after each round: an interrupted run keeps the whole ones
     print(format_table(summary, names))
-    write_json(args.out, {"model": args.model, "caffe": caffe, "settings": envs, "order": names,
-                          "rounds": args.rounds, "iterations": args.iterations,
-                          "nproc": os.cpu_count(), "elapsed_s": time.time() - start,
-                          "runs": runs, "summary": summary})
     return 0
 
 

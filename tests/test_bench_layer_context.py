@@ -8,7 +8,7 @@ import pytest
 
 from caffe_admm import caffetime, timing
 
-from conftest import ROOT, load_benchmark
+from conftest import ROOT, interrupt_on_call, load_benchmark
 from test_compact import run_compact
 
 LENET = os.path.join(ROOT, "prototxt", "lenet_deploy.prototxt")
@@ -46,9 +46,25 @@ def test_reports_both_contexts_against_the_flop_reduction(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "in the net" in text and "alone" in text and "conv2" in text
     assert caffetime.cpu_threads_line(result["cpu_threads"]) in text.splitlines()
+    assert result["partial"] is False
 
 
 def test_refuses_a_batch_size_the_plan_lacks(tmp_path):
     bench = load_benchmark("bench_layer_context")
     with pytest.raises(ValueError, match="no nets for batch size 4 .*it has 1, 2"):
         bench.measure(plan_dir(tmp_path), batches=[4])
+
+
+def test_an_interrupted_run_keeps_the_batch_sizes_it_timed(tmp_path, monkeypatch, capsys):
+    bench = load_benchmark("bench_layer_context")
+    plan = plan_dir(tmp_path)
+    calls = interrupt_on_call(monkeypatch, timing, "time_layer_contexts", 2)
+    out = tmp_path / "ctx.json"
+    with pytest.raises(SystemExit) as exc:
+        bench.main([plan, "--rounds", "1", "--iterations", "1", "--out", str(out)])
+    assert exc.value.code == 130 and [args[1] for args in calls] == [1, 2]
+    result = json.load(open(str(out)))
+    assert result["partial"] is True and list(result["batches"]) == ["1"]
+    assert set(result["batches"]["1"]) == {"conv1", "conv2", "ip1", "ip2"}
+    assert "interrupted after batch size 1; %s holds batch size 1" % out \
+        in capsys.readouterr().err

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import TINY_NET, load_benchmark
+from conftest import TINY_NET, interrupt_on_call, load_benchmark
 
 
 def load():
@@ -57,3 +57,27 @@ def test_an_iteration_is_the_forward_plus_the_backward_pass():
     res = load().parse_train_log(log)
     assert res == {"layers": {"conv1": {"forward": 0.125, "backward": 0.25}},
                    "forward_backward_ms": 0.5}
+
+
+def test_an_interrupted_run_keeps_its_whole_rounds(tmp_path, tiny_data, monkeypatch, capsys):
+    """The JSON is written after each round: a Ctrl-C in round 2 (its
+    second setting) leaves round 1's times, summarised and marked partial;
+    round 2's first setting, timed already, is not in it."""
+    bench = load()
+    model = tmp_path / "tiny_train_test.prototxt"
+    model.write_text(TINY_NET % tiny_data)
+    calls = interrupt_on_call(monkeypatch, bench, "time_log", 4)
+    out = tmp_path / "t.json"
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--model", str(model), "--rounds", "3", "--iterations", "2",
+                    "--setting", "a:OPENBLAS_NUM_THREADS=1",
+                    "--setting", "b:OPENBLAS_NUM_THREADS=1", "--out", str(out)])
+    assert exc.value.code == 130 and len(calls) == 4
+    result = json.load(open(str(out)))
+    assert result["partial"] is True and (result["rounds_done"], result["rounds"]) == (1, 3)
+    assert [len(result["runs"][n]) for n in ("a", "b")] == [1, 1]
+    assert result["summary"]["a"]["forward_backward_ms"] == \
+        result["runs"]["a"][0]["forward_backward_ms"]
+    captured = capsys.readouterr()
+    assert "speed-up" not in captured.out  # no table of a partial run
+    assert "interrupted in round 2; %s holds the 1 whole round before it" % out in captured.err
