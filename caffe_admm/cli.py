@@ -371,6 +371,8 @@ def _time(args):
         return 0
     progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if engine == "caffe time":
+        print("note: `caffe time` fills every weight from the prototxts' fillers; --weights "
+              "and --compact-weights are not read", file=sys.stderr)
         from caffe_admm import caffetime
         from caffe_admm.backend import caffe  # noqa: F401 - find_caffe prefers its build
         caffe_bin = caffetime.find_caffe(args.caffe)

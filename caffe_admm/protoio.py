@@ -20,7 +20,7 @@ __all__ = ["ProtoError", "parse_text", "unknown_fields", "read_without_unknown",
            "check_solver", "write_text", "write_binary", "atomic_write", "resolve_solver_net",
            "layer_line", "net_state", "layer_included", "check_bottoms", "check_sources",
            "check_layer_types", "check_net", "read_checked_net", "blob_shape",
-           "caffemodel_shapes", "make_caffemodel"]
+           "blob_fits", "caffemodel_shapes", "make_caffemodel"]
 
 
 class ProtoError(ValueError):
@@ -448,6 +448,28 @@ def blob_shape(blob):
     if blob.HasField("shape"):
         return tuple(int(d) for d in blob.shape.dim)
     return tuple(int(d) for d in (blob.num, blob.channels, blob.height, blob.width))
+
+
+_LEGACY_DIMS = ("num", "channels", "height", "width")
+
+
+def blob_fits(shape, blob):
+    """Whether Caffe copies the ``caffe_pb2.BlobProto`` ``blob`` into a blob
+    of ``shape`` (``Net::CopyTrainedLayersFrom``), as ``Blob::ShapeEquals``
+    decides and ``Blob::FromProto`` checks: a legacy 4-D blob fits a shape of
+    at most 4 axes that, padded with 1s on the left, equals it (an
+    InnerProduct's 1 x 1 x M x N); a ``shape`` fits only itself. Its values
+    must be as many as the shape's, and its diffs too where it holds any."""
+    shape = tuple(int(d) for d in shape)
+    if any(blob.HasField(f) for f in _LEGACY_DIMS):
+        fits = len(shape) <= 4 and (1,) * (4 - len(shape)) + shape == blob_shape(blob)
+    else:
+        fits = shape == blob_shape(blob)
+    count = 1
+    for d in shape:
+        count *= d
+    diffs = len(blob.double_diff) or len(blob.diff)
+    return fits and (len(blob.double_data) or len(blob.data)) == count and diffs in (0, count)
 
 
 def caffemodel_shapes(model):

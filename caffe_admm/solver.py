@@ -161,11 +161,21 @@ def check_weights(weights_path, net_path, net_param):
     have = protoio.caffemodel_shapes(model)
     net = caffe.Net(net_path, caffe.TEST)
     want = {name: [tuple(b.data.shape) for b in blobs] for name, blobs in net.params.items()}
-    for name, shapes in want.items():
-        if name in have and [tuple(s) for s in have[name]] != shapes \
-                and [int(np.prod(s)) for s in have[name]] != [int(np.prod(s)) for s in shapes]:
-            raise RunError("%s: layer %r has blobs of shapes %s but net %s expects %s"
-                           % (weights_path, name, have[name], net_path, shapes))
+    names = set(net._layer_names)
+    # as Net::CopyTrainedLayersFrom: each source layer named as one of the
+    # net's, whatever its blobs, and each blob as Blob::ShapeEquals sees it
+    for layer in list(model.layer) or list(model.layers):
+        shapes = want.get(layer.name, [])
+        if layer.name not in names or len(layer.blobs) == len(shapes) and all(
+                protoio.blob_fits(s, b) for s, b in zip(shapes, layer.blobs)):
+            continue
+        got = have.get(layer.name, [])
+        if [tuple(s) for s in got] == shapes:  # the shapes fit; the values do not
+            raise RunError("%s: layer %r has blobs of the shapes net %s expects, %s, but not "
+                           "as many values (a damaged caffemodel?)"
+                           % (weights_path, layer.name, net_path, shapes))
+        raise RunError("%s: layer %r has blobs of shapes %s but net %s expects %s"
+                       % (weights_path, layer.name, got, net_path, shapes))
     if not set(want) & set(have):
         raise RunError("%s holds no weights for any layer of %s (layers with weights: %s)"
                        % (weights_path, net_path, ", ".join(sorted(have)) or "none"))

@@ -349,6 +349,9 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
     from caffe_admm import protoio
     protoio.read_checked_net(model)
     protoio.read_checked_net(compact_model)
+    if weights:
+        _check_weights(weights, model, compact_model)
+    _check_weights(compact_weights, compact_model, model)
     a = caffe.Net(model, caffe.TEST, weights=weights) if weights else caffe.Net(model, caffe.TEST)
     b = caffe.Net(compact_model, caffe.TEST, weights=compact_weights)
     costs_a, costs_b = layer_costs(a), layer_costs(b)
@@ -364,6 +367,21 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
         if on_batch:
             on_batch(out)
     return out
+
+
+def _check_weights(weights, model, other):
+    """:func:`caffe_admm.solver.check_weights` (RunError where Caffe would
+    abort on ``weights``), saying so where they fit the ``other`` net."""
+    from caffe_admm.solver import RunError, check_weights
+    try:
+        check_weights(weights, model, None)
+    except RunError as exc:
+        try:
+            check_weights(weights, other, None)
+        except RunError:
+            raise exc from None
+        raise RunError("%s. They are weights of %s: are the original's and the compacted "
+                       "net's weights swapped?" % (exc, other)) from None
 
 
 def speedups(original, compact, costs_a, costs_b):

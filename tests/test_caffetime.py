@@ -8,9 +8,10 @@ import sys
 import pytest
 
 from caffe_admm import caffetime, timing
+from caffe_admm.backend import caffe
 from caffe_admm.protoio import read_net
 
-from conftest import ROOT, interrupt_on_call
+from conftest import ROOT, interrupt_on_call, write
 from test_compact import NETS, run_compact
 
 CAFFE = os.path.join(ROOT, ".venv", "bin", "caffe")
@@ -204,6 +205,7 @@ def test_cli_time_with_the_caffe_time_engine(tmp_path, compacted):
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.load(open(out))["batches"]["1"]["net"]["speedup"] > 0
     assert "batch 1 compact 1/1" in res.stderr
+    assert "--weights and --compact-weights are not read" in res.stderr
 
 
 def test_cli_plan_only_needs_the_caffe_time_engine(tmp_path, compacted):
@@ -556,3 +558,31 @@ def test_cpu_model_reads_the_first_model_name(tmp_path):
     info.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # an ARM machine's
     assert caffetime.cpu_model(str(info)) is None
     assert caffetime.cpu_model(str(tmp_path / "none")) is None
+
+
+def test_time_refuses_weights_that_do_not_fit_before_caffe_aborts(tmp_path, capsys):
+    """pycaffe's load of a caffemodel that does not fit aborts the process;
+    ``time`` checks both first, and names swapped files as such."""
+    from caffe_admm import cli
+    _, weights, out = run_compact(tmp_path, LENET)
+    compact_model = os.path.join(out, "compact.prototxt")
+    compact_weights = os.path.join(out, "compact.caffemodel")
+    base = ["time", "--model", LENET, "--compact", compact_model, "--batch", "1",
+            "--repeats", "1"]
+    assert cli.main(base + ["--weights", compact_weights, "--compact-weights", weights]) == 2
+    err = capsys.readouterr().err
+    assert "compact.caffemodel: layer 'conv1' has blobs of shapes" in err
+    assert "They are weights of %s: are the original's and the compacted net's weights " \
+        "swapped?" % compact_model in err
+    # weights of another net: no swap to suggest
+    other = write(tmp_path / "other.prototxt", """
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 8 dim: 8 } } }
+        layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+                convolution_param { num_output: 3 kernel_size: 3 } }
+    """)
+    other_weights = str(tmp_path / "other.caffemodel")
+    caffe.Net(other, caffe.TEST).save(other_weights)
+    assert cli.main(base + ["--compact-weights", other_weights]) == 2
+    err = capsys.readouterr().err
+    assert "other.caffemodel: layer 'conv1' has blobs of shapes [(3, 1, 3, 3), (3,)]" in err
+    assert "swapped" not in err

@@ -452,6 +452,61 @@ def test_bad_inputs_fail_before_caffe(tmp_path, tiny_data, tiny_trained):
                      str(tmp_path / "r3"), progress=False)
 
 
+WEIGHTS_NET = """
+name: "w"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 6 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 4 } }
+layer { name: "relu" type: "ReLU" bottom: "ip" top: "ip" }
+"""
+
+
+def _blob(shape, legacy=False, values=None):
+    blob = caffe_pb2.BlobProto()
+    if legacy:
+        blob.num, blob.channels, blob.height, blob.width = (1,) * (4 - len(shape)) + shape
+    else:
+        blob.shape.dim.extend(shape)
+    blob.data.extend([0.5] * (int(np.prod(shape)) if values is None else values))
+    return blob
+
+
+@pytest.mark.parametrize("case, blobs, fits", [
+    ("as saved", {"ip": [_blob((4, 6)), _blob((4,))]}, True),
+    ("legacy 4-D fields, as old caffemodels hold them",
+     {"ip": [_blob((4, 6), legacy=True), _blob((4,), legacy=True)]}, True),
+    ("a layer the net lacks", {"ip": [_blob((4, 6)), _blob((4,))], "gone": [_blob((3,))]},
+     True),
+    ("transposed: as many values", {"ip": [_blob((6, 4)), _blob((4,))]}, False),
+    ("a 4-D shape field is not a legacy one", {"ip": [_blob((1, 1, 4, 6)), _blob((4,))]},
+     False),
+    ("no bias blob", {"ip": [_blob((4, 6))]}, False),
+    ("too few values", {"ip": [_blob((4, 6), values=23), _blob((4,))]}, False),
+    ("blobs for a layer without parameters",
+     {"ip": [_blob((4, 6)), _blob((4,))], "relu": [_blob((4,))]}, False),
+])
+def test_the_weights_check_refuses_what_caffe_aborts_on(tmp_path, case, blobs, fits):
+    """check_weights agrees with Caffe's own copy of the weights (run in a
+    child process, where a mismatch aborts it)."""
+    net = write(tmp_path / "w.prototxt", WEIGHTS_NET)
+    model = caffe_pb2.NetParameter(name="w")
+    for name, layer_blobs in blobs.items():
+        model.layer.add(name=name, type="InnerProduct").blobs.extend(layer_blobs)
+    weights = str(tmp_path / "w.caffemodel")
+    with open(weights, "wb") as f:
+        f.write(model.SerializeToString())
+    code = ("from caffe_admm.backend import caffe; "
+            "caffe.Net(%r, caffe.TEST, weights=%r); print('loaded')" % (net, weights))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert ("loaded" in res.stdout) == fits, res.stderr[-500:]
+    if fits:
+        assert solver.check_weights(weights, net, None) == {"ip": [(4, 6), (4,)]}
+    else:
+        assert res.returncode in (-6, 134)  # glog's abort
+        with pytest.raises(solver.RunError, match="w.caffemodel: layer '(ip|relu)' has blobs"):
+            solver.check_weights(weights, net, None)
+
+
 def test_a_missing_training_source_and_a_net_with_nothing_to_score_are_refused(
         tmp_path, tiny_data, tiny_trained):
     tiny = dict(tiny_data, train=str(tmp_path / "moved_lmdb"))
