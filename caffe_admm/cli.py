@@ -296,7 +296,7 @@ def _run(args):
                 "%s %.4f" % kv for kv in sorted(result["test_recalibrated"].items())),
             result["weights"]))
     elif args.verb == "test":
-        scores, iters = solver.evaluate(args.model, args.weights, args.iters)
+        scores, iters = solver.evaluate(args.model, args.weights, args.iters, progress=True)
         print("%s over %d batches: %s" % (args.weights, iters,
                                           ", ".join("%s %.4f" % kv for kv in sorted(scores.items()))))
     elif args.verb == "prune" and args.check:

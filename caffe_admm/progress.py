@@ -19,19 +19,29 @@ class Progress:
         Seconds between lines when the stream is not a terminal.
     after : int
         Iterations of the whole run that follow these ``total`` (later
-        ADMM steps, retraining). Where above 0, each line also gives the
-        run's time left at the current rate (evaluations not counted).
+        ADMM steps, retraining). Where above 0 (or ``after_s``), each line
+        also gives the run's time left at the current rate.
+    after_s : float
+        Seconds of the run's other work after these (its evaluations, as
+        long as the ones measured so far), added to the run's time left.
+    quiet_s : float
+        Nothing is shown before this many seconds have passed (for work that
+        is often short, as evaluations are).
     """
 
-    def __init__(self, total, label, stream=None, enabled=True, every=10.0, after=0):
+    def __init__(self, total, label, stream=None, enabled=True, every=10.0, after=0,
+                 after_s=0.0, quiet_s=0.0):
         self.total = int(total)
         self.after = int(after)
+        self.after_s = float(after_s)
+        self.quiet_s = quiet_s
+        self.shown = False
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.every = every
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.monotonic()
+        self.start = self.created = time.monotonic()
         self.last = 0.0
         self.first_done = None
 
@@ -42,14 +52,15 @@ class Progress:
         if self.first_done is None:
             self.first_done, self.start = done, now
             return
-        if not self.tty and now - self.last < self.every and done < self.total:
+        if now - self.created < self.quiet_s or (
+                not self.tty and now - self.last < self.every and done < self.total):
             return
-        self.last = now
+        self.last, self.shown = now, True
         rate = (done - self.first_done) / max(now - self.start, 1e-9)
         left = format_seconds(_seconds(self.total - done, rate)) + " left"
-        if self.after > 0:
+        if self.after > 0 or self.after_s > 0:
             left += " (run: %s)" % format_seconds(
-                _seconds(self.total - done + self.after, rate))
+                _seconds(self.total - done + self.after, rate) + self.after_s)
         frac = done / max(self.total, 1)
         if self.tty:
             bar = "#" * int(30 * frac)
@@ -61,7 +72,7 @@ class Progress:
         self.stream.flush()
 
     def close(self):
-        if self.tty:
+        if self.tty and self.shown:
             self.stream.write("\n")
             self.stream.flush()
 

@@ -228,14 +228,23 @@ def _write_solver(solver_param, net_path, out_dir, tag, test_iter):
     return path
 
 
-def evaluate_net(net, iters):
-    """Mean of every scalar output of a TEST net over ``iters`` forward passes."""
+# evaluations and recalibrations show a progress bar from this many seconds on
+QUIET_S = 10.0
+
+
+def evaluate_net(net, iters, progress=False, label="test"):
+    """Mean of every scalar output of a TEST net over ``iters`` forward passes.
+    With ``progress``, a bar (``label``) where it takes over :data:`QUIET_S`."""
     sums = {}
-    for _ in range(iters):
+    bar = Progress(iters, label, enabled=progress, quiet_s=QUIET_S)
+    bar.update(0)
+    for i in range(iters):
         out = net.forward()
         for key, value in out.items():
             if value.size == 1:
                 sums[key] = sums.get(key, 0.0) + float(value.ravel()[0])
+        bar.update(i + 1)
+    bar.close()
     return {key: total / iters for key, total in sums.items()}
 
 
@@ -246,8 +255,25 @@ def _test_net(solver):
     return test_net
 
 
-def _evaluate(solver, iters):
-    return evaluate_net(_test_net(solver), iters)
+def _evaluate(solver, iters, progress=False, label="test"):
+    return evaluate_net(_test_net(solver), iters, progress, label)
+
+
+def _record_seconds(history, what, since):
+    """Record the seconds from ``since`` (``time.monotonic()``) as
+    ``history["eval_seconds"][what]``: the run's time left counts its later
+    evaluations ("test") and BatchNorm recalibrations ("recalibration") at
+    these."""
+    history.setdefault("eval_seconds", {})[what] = time.monotonic() - since
+
+
+def _evaluations_s(history, evaluations):
+    """Seconds of ``evaluations`` TEST passes, each with its BatchNorm
+    recalibration where the run has one, as long as the run's first ones
+    took (:func:`_record_seconds`; 0 where not measured, as in a run
+    resumed from a checkpoint written before they were recorded)."""
+    timed = history.get("eval_seconds", {})
+    return evaluations * (timed.get("test", 0.0) + timed.get("recalibration", 0.0))
 
 
 def _train_outputs(net):
@@ -374,16 +400,17 @@ def fingerprint(*paths, extra=""):
 
 
 def _run_iters(solver, until, label, progress, chunk=None,
-               checkpoint_every=None, checkpoint=None, samples=None, after=0):
+               checkpoint_every=None, checkpoint=None, samples=None, after=0, after_s=0.0):
     """Step ``solver`` up to iteration ``until``, checking for divergence.
 
     Returns the sampled training outputs: list of (iteration, {name: value});
     ``samples``, a list, gets them as they come (for ``checkpoint``).
-    ``after``: the run's iterations after these, for its time left.
+    ``after`` and ``after_s``: the run's iterations after these, and the
+    seconds of its evaluations, for its time left.
     """
     samples = [] if samples is None else samples
     start = solver.iter
-    bar = Progress(until - start, label, enabled=progress, after=after)
+    bar = Progress(until - start, label, enabled=progress, after=after, after_s=after_s)
     chunk = chunk or max(1, min(50, until - start))
     bar.update(0)
     while solver.iter < until:
@@ -485,14 +512,15 @@ def train(solver_path, out_dir, weights=None, iters=None, progress=True, restart
                    checkpoint_every=max(1, solver_param.snapshot or 1000),
                    checkpoint=lambda: ckpt.save(solver, "train", so_far()), samples=samples)
     history = so_far()
-    scores = _evaluate(solver, test_iter)
+    scores = _evaluate(solver, test_iter, progress)
     model = os.path.join(out_dir, "baseline.caffemodel")
     save_weights(model, solver.net, net_param)
     result = {"solver": os.path.abspath(solver_path), "net": os.path.abspath(net_path),
               "iterations": iters, "seconds": history["seconds"], "test": scores,
               "test_iter": test_iter, "weights": os.path.abspath(model),
               "loss": history["loss"], "environment": caffetime.run_environment()}
-    recalibrated = _recalibrated_baseline(net_path, out_dir, model, BN_BATCHES, test_iter)
+    recalibrated = _recalibrated_baseline(net_path, out_dir, model, BN_BATCHES, test_iter,
+                                          progress)
     if recalibrated is not None:
         result["test_recalibrated"] = recalibrated
         _log("with its BatchNorm statistics recomputed over %d training batches (as "
@@ -521,11 +549,11 @@ def open_test_net(net_path, weights, iters=None):
     return net, net_param, iters
 
 
-def evaluate(net_path, weights, iters=None):
+def evaluate(net_path, weights, iters=None, progress=False):
     """Scores of the TEST phase of ``net_path`` with ``weights``, over
     ``iters`` batches (:func:`open_test_net`): (scores, iters)."""
     net, _, iters = open_test_net(net_path, weights, iters)
-    return evaluate_net(net, iters), iters
+    return evaluate_net(net, iters, progress), iters
 
 
 def _full_pass_iters(net_param, path):
@@ -852,9 +880,13 @@ def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ck
         solver.net.copy_from(weights)
         method = make_method(cfg, feeds=feeds)
         method.start(_weights(solver.net, names))
-        history["accuracy"]["baseline"] = _evaluate(solver, test_iter)
+        t0 = time.monotonic()
+        history["accuracy"]["baseline"] = _evaluate(solver, test_iter, progress,
+                                                    "test: baseline")
+        _record_seconds(history, "test", t0)
         _log("baseline: %s" % _fmt_scores(history["accuracy"]["baseline"]))
-        scores = _recalibrated_baseline(hooked_path, out_dir, weights, cfg.bn_batches, test_iter)
+        scores = _recalibrated_baseline(hooked_path, out_dir, weights, cfg.bn_batches, test_iter,
+                                        progress, history)
         if scores is not None:
             history["accuracy"]["baseline_recalibrated"] = scores
             _log("baseline with its BatchNorm statistics recomputed over %d training batches, "
@@ -877,7 +909,9 @@ def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ck
         samples = _run_iters(solver, end, "%s %d/%d" % (label, method.round + 1, cfg.admm_steps),
                              progress, checkpoint_every=cfg.snapshot_interval,
                              checkpoint=checkpoint,
-                             after=(cfg.admm_steps - method.round - 1) * ips + cfg.retrain_iters)
+                             after=(cfg.admm_steps - method.round - 1) * ips + cfg.retrain_iters,
+                             # after this phase, after the hard prune, after retraining
+                             after_s=_evaluations_s(history, 3))
         history["loss"][cfg.method].extend((it, out.get("loss")) for it, out in samples)
         log = method.end_round(_weights(solver.net, names))
         _set_hooks(hooks, method)
@@ -887,14 +921,16 @@ def _first_phase(cfg, solver_param, hooked_path, out_dir, weights, test_iter, ck
     # the moving averages lag the weights that ADMM/SSL/pruning changed: the
     # accuracy before the hard prune too is measured with recomputed ones
     net_param = protoio.read_net(hooked_path)
-    _recalibrate(solver, net_param, cfg.bn_batches)
-    history["accuracy"]["after_" + cfg.method] = _evaluate(solver, test_iter)
+    _recalibrate(solver, net_param, cfg.bn_batches, progress=progress)
+    history["accuracy"]["after_" + cfg.method] = _evaluate(solver, test_iter, progress,
+                                                           "test: after " + cfg.method)
     masks = method.final_masks(_weights(solver.net, names))
     if cfg.slimming_global:
         _log("slimming_global: %s" % _global_note(cfg, masks))
     constants = _hard_prune_solver(solver, net_param, masks)
-    _recalibrate(solver, net_param, cfg.bn_batches, constants)
-    history["accuracy"]["after_hard_prune"] = _evaluate(solver, test_iter)
+    _recalibrate(solver, net_param, cfg.bn_batches, constants, progress)
+    history["accuracy"]["after_hard_prune"] = _evaluate(solver, test_iter, progress,
+                                                        "test: after the hard prune")
     _log("after %s: %s; after hard prune: %s" % (
         cfg.method, _fmt_scores(history["accuracy"]["after_" + cfg.method]),
         _fmt_scores(history["accuracy"]["after_hard_prune"])))
@@ -1016,7 +1052,7 @@ def _strip_hooks(net_param):
     return net
 
 
-def recalibrate_batchnorm(net, names, batches):
+def recalibrate_batchnorm(net, names, batches, progress=False):
     """Recompute the running statistics of the BatchNorm layers ``names`` of
     a TRAIN-phase ``net`` at its current weights.
 
@@ -1025,9 +1061,12 @@ def recalibrate_batchnorm(net, names, batches):
     leaves them in the blobs as Caffe accumulates them (the variance times
     m / (m - 1)); the blobs end as their mean, with the scale factor 1.
     Layers that share these blobs (the TEST net's) see the new statistics.
+    With ``progress``, a bar where it takes over :data:`QUIET_S`.
     """
     sums = {n: [np.zeros(net.params[n][i].data.shape) for i in (0, 1)] for n in names}
-    for _ in range(batches):
+    bar = Progress(batches, "BatchNorm statistics", enabled=progress, quiet_s=QUIET_S)
+    bar.update(0)
+    for b in range(batches):
         for n in names:
             for blob in net.params[n]:
                 blob.data[...] = 0
@@ -1035,6 +1074,8 @@ def recalibrate_batchnorm(net, names, batches):
         for n in names:
             for i in (0, 1):
                 sums[n][i] += net.params[n][i].data / net.params[n][2].data[0]
+        bar.update(b + 1)
+    bar.close()
     for n in names:
         for i in (0, 1):
             net.params[n][i].data[...] = sums[n][i] / batches
@@ -1051,7 +1092,7 @@ def batchnorms(net_param):
                 and l.batch_norm_param.use_global_stats)]
 
 
-def _recalibrate(solver, net_param, batches, constants=()):
+def _recalibrate(solver, net_param, batches, constants=(), progress=False):
     """:func:`recalibrate_batchnorm` on the solver's net, logged; the
     constants held at zero (``constants``) zeroed again."""
     names = batchnorms(net_param)
@@ -1059,17 +1100,19 @@ def _recalibrate(solver, net_param, batches, constants=()):
         return
     _log("BatchNorm statistics recomputed over %d training batches (%d layer%s)"
          % (batches, len(names), "s" if len(names) > 1 else ""))
-    recalibrate_batchnorm(solver.net, names, batches)
+    recalibrate_batchnorm(solver.net, names, batches, progress)
     _zero_constants(solver.net, constants)
 
 
-def _recalibrated_baseline(net_path, out_dir, weights, batches, test_iter):
+def _recalibrated_baseline(net_path, out_dir, weights, batches, test_iter, progress=False,
+                           history=None):
     """The TEST scores of ``weights`` with the BatchNorm statistics recomputed
     over ``batches`` training batches (:func:`recalibrate_batchnorm`), as a
     run measures its pruned nets; None where the net has no BatchNorm that
     Caffe updates, or ``batches`` is 0. On nets of their own (``net_path``,
     its hooks left out): the run's solver, its data and the weights it
-    starts from stay as they are."""
+    starts from stay as they are. The recalibration's seconds go into
+    ``history`` (:func:`_record_seconds`), if given."""
     net_param = _strip_hooks(protoio.read_net(net_path))
     names = batchnorms(net_param)
     if not names or not batches:
@@ -1081,11 +1124,14 @@ def _recalibrated_baseline(net_path, out_dir, weights, batches, test_iter):
         test = caffe.Net(path, caffe.TEST, weights=weights)
     finally:
         os.unlink(path)
-    recalibrate_test_net(test, train, names, batches)
-    return evaluate_net(test, test_iter)
+    t0 = time.monotonic()
+    recalibrate_test_net(test, train, names, batches, progress)
+    if history is not None:
+        _record_seconds(history, "recalibration", t0)
+    return evaluate_net(test, test_iter, progress, "test: BatchNorm statistics recomputed")
 
 
-def recalibrate_test_net(test, train, names, batches):
+def recalibrate_test_net(test, train, names, batches, progress=False):
     """Give a TEST net the BatchNorm statistics of its own weights: every
     blob of ``test`` copied into the TRAIN net ``train`` of the same
     prototxt, the statistics of the BatchNorm layers ``names`` recomputed
@@ -1095,7 +1141,7 @@ def recalibrate_test_net(test, train, names, batches):
         if name in train.params:
             for theirs, mine in zip(train.params[name], blobs):
                 theirs.data[...] = mine.data
-    recalibrate_batchnorm(train, names, batches)
+    recalibrate_batchnorm(train, names, batches, progress)
     for name in names:
         if name in test.params:
             for mine, theirs in zip(test.params[name], train.params[name]):
@@ -1134,12 +1180,14 @@ def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, sn
 
     if iters:
         samples = _run_iters(solver, iters, "retrain", progress,
-                             checkpoint_every=snapshot_interval, checkpoint=checkpoint)
+                             checkpoint_every=snapshot_interval, checkpoint=checkpoint,
+                             after_s=_evaluations_s(history, 1))
         history["loss"]["retrain"].extend((it, out.get("loss")) for it, out in samples)
     _apply_masks(solver.net, masks)
     _zero_constants(solver.net, constants)
-    _recalibrate(solver, hooked, bn_batches, constants)
-    history["accuracy"]["after_retrain"] = _evaluate(solver, test_iter)
+    _recalibrate(solver, hooked, bn_batches, constants, progress)
+    history["accuracy"]["after_retrain"] = _evaluate(solver, test_iter, progress,
+                                                     "test: after retraining")
     _log("after masked retraining: %s" % _fmt_scores(history["accuracy"]["after_retrain"]))
     net_param = net_param or _strip_hooks(hooked)
     save_weights(os.path.join(out_dir, "pruned.caffemodel"), solver.net, net_param)
@@ -1189,8 +1237,10 @@ def retrain(solver_path, weights, out_dir, masks_path=None, iters=None, progress
     protoio.write_text(hooked_path, hooked)
     history = meta["history"] if meta else {"loss": {"retrain": []}, "accuracy": {}}
     if meta is None:
+        t0 = time.monotonic()
         history["accuracy"]["before"] = evaluate_net(
-            caffe.Net(net_path, caffe.TEST, weights=weights), test_iter)
+            caffe.Net(net_path, caffe.TEST, weights=weights), test_iter, progress, "test: before")
+        _record_seconds(history, "test", t0)
     with _Interrupt():
         solver = _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters,
                                 max(1, solver_param.snapshot or 1000), test_iter, ckpt, meta,

@@ -743,8 +743,34 @@ def test_progress_lines_give_the_runs_time_left_and_no_zero_penalties(tmp_path, 
     assert all(" 0:00 left (run: 0:00) " in l for l in admm)
     assert all(layers.HOOK_PREFIX + "conv1=" in l for l in admm)  # the penalties, non-zero
     assert [l.split(" (")[0] for l in retrain] == ["retrain 40/40"]
-    assert "(run: " not in retrain[0] and layers.HOOK_PREFIX not in retrain[0]
+    # the run's last evaluation follows retraining
+    assert " 0:00 left (run: 0:00) " in retrain[0] and layers.HOOK_PREFIX not in retrain[0]
     assert "loss=" in retrain[0]
+    # evaluations show no bar where they take under QUIET_S (the tiny net's: no time)
+    assert not [l for l in lines if l.startswith("test")]
+    with open(str(tmp_path / "run" / "checkpoints" / "meta.json")) as f:
+        timed = json.load(f)["history"]["eval_seconds"]
+    assert list(timed) == ["test"] and 0 < timed["test"] < solver.QUIET_S  # no BatchNorm
+
+
+def test_the_run_s_time_left_counts_its_evaluations_as_long_as_the_first():
+    history = {"eval_seconds": {"test": 2.0, "recalibration": 3.0}}
+    assert solver._evaluations_s(history, 3) == 15.0
+    assert solver._evaluations_s({"eval_seconds": {"test": 2.0}}, 3) == 6.0
+    assert solver._evaluations_s({}, 3) == 0.0  # resumed from a checkpoint without them
+
+
+def test_a_long_evaluation_and_recalibration_show_a_bar(tiny_trained, monkeypatch, capsys):
+    monkeypatch.setattr(solver, "QUIET_S", 0.0)
+    net = caffe.Net(tiny_trained["net"], caffe.TEST, weights=tiny_trained["weights"])
+    quiet = solver.evaluate_net(net, 3)
+    assert capsys.readouterr().err == ""
+    assert set(solver.evaluate_net(net, 3, progress=True, label="test: baseline")) == set(quiet)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("test: baseline 3/3 (100%) ")
+    train = caffe.Net(tiny_trained["net"], caffe.TRAIN, weights=tiny_trained["weights"])
+    solver.recalibrate_batchnorm(train, [], 2, progress=True)
+    assert capsys.readouterr().err.splitlines()[-1].startswith("BatchNorm statistics 2/2 ")
 
 
 def test_reports_record_what_changes_caffes_summation_order(pruned, tiny_trained):
