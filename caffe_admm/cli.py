@@ -37,13 +37,33 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _at_least(low, number=int):
+    """An argparse type: a ``number`` of at least ``low``, refused with the
+    option's name (Caffe aborts on a negative batch size; a count below 1
+    would otherwise time, train or test nothing and say nothing)."""
+    def parse(text):
+        try:
+            value = number(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not a%s" % (
+                text, "n integer" if number is int else " number")) from None
+        if not value >= low:  # NaN too
+            raise argparse.ArgumentTypeError("%s: give %g or more" % (text, low))
+        return value
+    parse.__name__ = number.__name__
+    return parse
+
+
+COUNT, NON_NEGATIVE, NON_NEGATIVE_FLOAT = _at_least(1), _at_least(0), _at_least(0, float)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="caffe-admm", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version",
                         version="%(prog)s " + __import__("caffe_admm").__version__)
-    parser.add_argument("--gpu", type=int, default=None,
+    parser.add_argument("--gpu", type=NON_NEGATIVE, default=None,
                         help="GPU id (Caffe must be built with CUDA); default: CPU")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     fmt = _DefaultsFormatter
@@ -65,14 +85,14 @@ def build_parser():
     p.add_argument("--solver", required=True, help="solver prototxt")
     p.add_argument("--out", required=True, help="run directory (resumed if it holds a checkpoint)")
     p.add_argument("--weights", help="initial caffemodel (fine-tuning)")
-    p.add_argument("--iters", type=int, help="iterations (default: the solver's max_iter)")
+    p.add_argument("--iters", type=COUNT, help="iterations (default: the solver's max_iter)")
     p.add_argument("--restart", action="store_true", help="discard checkpoints in --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
     p = verbs.add_parser("test", help="evaluate the TEST phase of a net", formatter_class=fmt)
     p.add_argument("--model", required=True, help="net prototxt with a TEST-phase data layer")
     p.add_argument("--weights", required=True, help="caffemodel")
-    p.add_argument("--iters", type=int, help="batches (default: one pass over the test LMDB)")
+    p.add_argument("--iters", type=COUNT, help="batches (default: one pass over the test LMDB)")
 
     p = verbs.add_parser("sensitivity", help="each layer pruned alone (and under FILTER, a "
                          "residual stream's writers together), in one shot, the net scored: "
@@ -85,9 +105,9 @@ def build_parser():
     p.add_argument("--keep", type=float, nargs="+", default=[0.9, 0.75, 0.5, 0.25, 0.1],
                    help="keep ratios")
     p.add_argument("--layers", nargs="+", help="default: every Convolution and InnerProduct")
-    p.add_argument("--iters", type=int, help="TEST batches per score (default: one pass over "
+    p.add_argument("--iters", type=COUNT, help="TEST batches per score (default: one pass over "
                                              "the test LMDB)")
-    p.add_argument("--bn-batches", type=int, default=100,
+    p.add_argument("--bn-batches", type=NON_NEGATIVE, default=100,
                    help="on a net with BatchNorm: its statistics recomputed over this many "
                         "training batches for every score, as a run's hard prune is scored "
                         "(0: the caffemodel's)")
@@ -97,7 +117,7 @@ def build_parser():
                    help="also write a pruning config: each layer at the smallest keep ratio "
                         "that lost at most --max-drop points alone (a residual stream's "
                         "writers: pruned together)")
-    p.add_argument("--max-drop", type=float, default=1.0,
+    p.add_argument("--max-drop", type=NON_NEGATIVE_FLOAT, default=1.0,
                    help="with --config-out: points of accuracy a layer may lose alone "
                         "(a stream's writers: together)")
 
@@ -122,8 +142,10 @@ def build_parser():
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--masks", help="masks.npz (default: keep the non-zero weights of every "
                                    "Convolution/InnerProduct layer)")
-    p.add_argument("--iters", type=int, help="iterations (default: the solver's max_iter)")
-    p.add_argument("--bn-batches", type=int, default=100,
+    p.add_argument("--iters", type=NON_NEGATIVE,
+                   help="iterations (default: the solver's max_iter; 0: none, the masks "
+                        "applied and the net scored)")
+    p.add_argument("--bn-batches", type=NON_NEGATIVE, default=100,
                    help="then recompute the BatchNorm statistics over this many training "
                         "batches (0: keep Caffe's moving averages)")
     p.add_argument("--restart", action="store_true", help="discard checkpoints in --out")
@@ -134,7 +156,7 @@ def build_parser():
     p.add_argument("--weights", required=True, help="structured-sparse caffemodel")
     p.add_argument("--out", required=True, help="directory for compact.prototxt, "
                                                 "compact.caffemodel and plan.json")
-    p.add_argument("--tolerance", type=float, default=1e-4,
+    p.add_argument("--tolerance", type=NON_NEGATIVE_FLOAT, default=1e-4,
                    help="largest |masked - compacted| output difference, relative to the "
                         "outputs' scale (--drop-constants: |reference - compacted|)")
     p.add_argument("--force", action="store_true", help="write even above the tolerance")
@@ -172,14 +194,14 @@ def build_parser():
     p.add_argument("--weights", help="original caffemodel (default: random fillers)")
     p.add_argument("--compact", required=True, help="compacted deploy prototxt")
     p.add_argument("--compact-weights", required=True, help="compacted caffemodel")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32], help="batch sizes")
-    p.add_argument("--repeats", type=int, default=10,
+    p.add_argument("--batch", type=COUNT, nargs="+", default=[1, 8, 32], help="batch sizes")
+    p.add_argument("--repeats", type=COUNT, default=10,
                    help="timed runs after warm-up (caffe time: processes per net)")
     p.add_argument("--json", help="also write the result here")
     p.add_argument("--engine", choices=("pycaffe", "caffe-time"), default="pycaffe",
                    help="pycaffe: wall clock in this process (CPU); caffe-time: Caffe's "
                         "`caffe time` per-layer timer (CPU or GPU; the one --gpu uses)")
-    p.add_argument("--iterations", type=int, default=20,
+    p.add_argument("--iterations", type=COUNT, default=20,
                    help="caffe-time: forward passes averaged in each process")
     p.add_argument("--caffe", help="caffe-time: the caffe binary (default: $CAFFE_BIN, PATH)")
     p.add_argument("--conv-engine", choices=("CAFFE", "CUDNN"),

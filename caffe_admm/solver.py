@@ -469,6 +469,9 @@ def train(solver_path, out_dir, weights=None, iters=None, progress=True, restart
     -------
     dict, also written to ``out_dir/train.json``
     """
+    if iters is not None and iters < 1:
+        raise RunError("%d training iterations: give 1 or more (or none: the solver's "
+                       "max_iter)" % iters)
     solver_param = protoio.read_solver(solver_path)
     protoio.check_solver(solver_param, solver_path)
     net_path = protoio.resolve_solver_net(solver_path, solver_param)
@@ -537,6 +540,8 @@ def open_test_net(net_path, weights, iters=None):
     checks it (a TEST data layer, weights that fit, a scalar output to
     score): (net, net_param, iters). ``iters`` defaults to enough batches to
     cover the first TEST data layer's LMDB once (MNIST: 10000 / 100)."""
+    if iters is not None and iters < 0:
+        raise RunError("%d TEST batches: give 1 or more (or none: one pass)" % iters)
     net_param = protoio.read_net(net_path)
     _check_test_phase(net_param, net_path)
     check_weights(weights, net_path, net_param)
@@ -1207,6 +1212,8 @@ def retrain(solver_path, weights, out_dir, masks_path=None, iters=None, progress
     if bn_batches < 0:
         raise RunError("the BatchNorm recalibration needs 0 or more batches, got %d"
                        % bn_batches)
+    if iters is not None and iters < 0:
+        raise RunError("%d retraining iterations: give 0 or more" % iters)
     solver_param = protoio.read_solver(solver_path)
     protoio.check_solver(solver_param, solver_path)
     net_path = protoio.resolve_solver_net(solver_path, solver_param)

@@ -254,6 +254,15 @@ def _costs(model):
 CONV_ENGINES = ("CAFFE", "CUDNN")
 
 
+def _check_counts(batches, repeats, iterations):
+    """ValueError unless every batch size, the repeats and the iterations
+    are 1 or more (Caffe aborts on a negative batch size; 0 times nothing)."""
+    bad = ["batch size %s" % b for b in batches if b < 1] + ["repeats %s" % repeats] * (
+        repeats < 1) + ["iterations %s" % iterations] * (iterations < 1)
+    if bad:
+        raise ValueError("%s: give 1 or more" % ", ".join(bad))
+
+
 def write_plan(model, compact_model, out_dir, batches=(1, 8, 32), repeats=5, iterations=20,
                gpu=None, conv_engine=None):
     """Write a ``caffe time`` timing plan: ``out_dir/plan.json`` and, per batch
@@ -268,6 +277,7 @@ def write_plan(model, compact_model, out_dir, batches=(1, 8, 32), repeats=5, ite
     or ``python3 -m caffe_admm.caffetime PLAN OUT``.
     """
     from caffe_admm import protoio
+    _check_counts(batches, repeats, iterations)
     if conv_engine not in (None,) + CONV_ENGINES:
         raise ValueError("conv engine %r: use one of %s" % (conv_engine, ", ".join(CONV_ENGINES)))
     nets = {path: protoio.read_checked_net(path) for path in (model, compact_model)}
@@ -335,6 +345,7 @@ def compare(model, weights, compact_model, compact_weights, batches=(1, 8, 32), 
     a generic one on a CPU with AVX2) and the engine of the convolutions'
     forward pass (``cpu_conv_engine``: "onednn" or "caffe").
     """
+    _check_counts(batches, repeats, iterations)
     if gpu is not None or engine == "caffe time":
         import tempfile
         from caffe_admm import caffetime

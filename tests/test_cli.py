@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from caffe_admm.backend import caffe
 
 from conftest import ROOT, write
@@ -218,3 +220,41 @@ def test_an_senet_with_axpy_is_cleaned_then_compacted(tmp_path):
     small = caffe.Net(str(tmp_path / "out" / "compact.prototxt"), caffe.TEST)
     assert [small.params[n][0].data.shape[0] for n in ("c", "proj", "up")] == [3, 3, 3]
     assert np.all(small.params["down"][0].data.shape == (2, 3, 1, 1))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["time", "--batch", "1", "-2"], "argument --batch: -2: give 1 or more"),  # Caffe aborts
+    (["time", "--batch", "0"], "argument --batch: 0: give 1 or more"),
+    (["time", "--batch", "x"], "argument --batch: 'x' is not an integer"),
+    (["time", "--repeats", "0"], "argument --repeats: 0: give 1 or more"),
+    (["time", "--iterations", "0"], "argument --iterations: 0: give 1 or more"),
+    (["train", "--iters", "-1"], "argument --iters: -1: give 1 or more"),
+    (["test", "--iters", "0"], "argument --iters: 0: give 1 or more"),
+    (["sensitivity", "--bn-batches", "-1"], "argument --bn-batches: -1: give 0 or more"),
+    (["sensitivity", "--max-drop", "nan"], "argument --max-drop: nan: give 0 or more"),
+    (["retrain", "--iters", "-5"], "argument --iters: -5: give 0 or more"),
+    (["compact", "--tolerance", "-0.001"], "argument --tolerance: -0.001: give 0 or more"),
+    (["--gpu", "-1", "test"], "argument --gpu: -1: give 0 or more"),
+])
+def test_counts_out_of_range_are_refused_naming_the_option(args, message, capsys):
+    """Before anything is read: a negative batch size aborts Caffe, and a
+    count of 0 trained, tested or timed nothing and said nothing."""
+    from caffe_admm import cli
+    with pytest.raises(SystemExit) as exc:
+        cli.main(args)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_library_refuses_the_same_counts(tmp_path):
+    from caffe_admm import solver, timing
+    lenet = os.path.join(ROOT, "prototxt", "lenet_deploy.prototxt")
+    with pytest.raises(ValueError, match="batch size 0, repeats 0: give 1 or more"):
+        timing.compare(lenet, None, lenet, "w", batches=(1, 0), repeats=0)
+    with pytest.raises(ValueError, match="iterations 0: give 1 or more"):
+        timing.write_plan(lenet, lenet, str(tmp_path / "plan"), iterations=0)
+    with pytest.raises(solver.RunError, match="0 training iterations: give 1 or more"):
+        solver.train("s", str(tmp_path / "t"), iters=0)
+    with pytest.raises(solver.RunError, match="-1 retraining iterations: give 0 or more"):
+        solver.retrain("s", "w", str(tmp_path / "r"), iters=-1)
+    with pytest.raises(solver.RunError, match="-1 TEST batches: give 1 or more"):
+        solver.evaluate("n", "w", iters=-1)
