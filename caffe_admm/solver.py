@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 
 import numpy as np
@@ -179,6 +180,13 @@ def check_weights(weights_path, net_path, net_param):
     if not set(want) & set(have):
         raise RunError("%s holds no weights for any layer of %s (layers with weights: %s)"
                        % (weights_path, net_path, ", ".join(sorted(have)) or "none"))
+    missing = [name for name in want if name not in have]
+    if missing:  # Caffe leaves them as the prototxt's fillers make them, and says nothing
+        print("warning: %s holds no weights for layer%s %s of %s: Caffe leaves %s at %s "
+              "fillers (a layer renamed?)" % (
+                  weights_path, "s" * (len(missing) > 1), ", ".join(missing), net_path,
+                  "them" if len(missing) > 1 else "it", "their" if len(missing) > 1 else "its"),
+              file=sys.stderr, flush=True)
     return want
 
 

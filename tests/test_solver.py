@@ -507,6 +507,32 @@ def test_the_weights_check_refuses_what_caffe_aborts_on(tmp_path, case, blobs, f
             solver.check_weights(weights, net, None)
 
 
+def test_a_net_layer_the_weights_lack_is_named(tmp_path, capsys):
+    """Caffe leaves such a layer at its fillers without a word (a renamed
+    layer, say); the check says so, and goes on."""
+    net = write(tmp_path / "w.prototxt", WEIGHTS_NET)
+    model = caffe_pb2.NetParameter(name="w")
+    model.layer.add(name="ip_renamed", type="InnerProduct").blobs.extend(
+        [_blob((4, 6)), _blob((4,))])
+    model.layer.add(name="relu", type="ReLU")
+    weights = str(tmp_path / "w.caffemodel")
+    with open(weights, "wb") as f:
+        f.write(model.SerializeToString())
+    with pytest.raises(solver.RunError, match="holds no weights for any layer"):
+        solver.check_weights(weights, net, None)
+    two = write(tmp_path / "two.prototxt", WEIGHTS_NET + """
+        layer { name: "ip_renamed" type: "InnerProduct" bottom: "data" top: "ip2"
+                inner_product_param { num_output: 4 } }
+        layer { name: "ip3" type: "InnerProduct" bottom: "ip2" top: "ip3"
+                inner_product_param { num_output: 2 } }
+    """)
+    capsys.readouterr()
+    solver.check_weights(weights, two, None)
+    assert capsys.readouterr().err == (
+        "warning: %s holds no weights for layers ip, ip3 of %s: Caffe leaves them at their "
+        "fillers (a layer renamed?)\n" % (weights, two))
+
+
 def test_a_missing_training_source_and_a_net_with_nothing_to_score_are_refused(
         tmp_path, tiny_data, tiny_trained):
     tiny = dict(tiny_data, train=str(tmp_path / "moved_lmdb"))
