@@ -1516,6 +1516,8 @@ def compact(model, weights, out_dir, tolerance=1e-4, force=False, batches=2, sha
     """
     from caffe_admm.solver import check_weights
 
+    protoio.check_outputs(out_dir, ("compact.prototxt", "compact.caffemodel", "plan.json"),
+                          {"net": model, "weights": weights})
     net_param = protoio.read_checked_net(model)
     check_weights(weights, model, net_param)
     net = caffe.Net(model, caffe.TEST, weights=weights)

@@ -20,7 +20,7 @@ __all__ = ["ProtoError", "parse_text", "unknown_fields", "read_without_unknown",
            "check_solver", "write_text", "write_binary", "atomic_write", "resolve_solver_net",
            "layer_line", "net_state", "layer_included", "check_bottoms", "check_sources",
            "check_layer_types", "check_net", "read_checked_net", "blob_shape",
-           "blob_fits", "caffemodel_shapes", "make_caffemodel"]
+           "blob_fits", "caffemodel_shapes", "check_outputs", "make_caffemodel"]
 
 
 class ProtoError(ValueError):
@@ -29,11 +29,16 @@ class ProtoError(ValueError):
 
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
-    """Open a temporary file beside ``path``; rename it over ``path`` on success."""
+    """Open a temporary file beside ``path``; rename it over ``path`` on success.
+
+    The file gets the permissions ``open`` would give it (0666 less the
+    umask), not the temporary file's 0600.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -43,6 +48,26 @@ def atomic_write(path, mode="wb"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_outputs(out_dir, names, inputs):
+    """Refuse (ProtoError) where writing ``names`` into ``out_dir`` would
+    replace one of the ``inputs`` (``{what: path}``, None where not given):
+    a caffemodel compacted again into its own folder, a run's weights
+    retrained into its own run directory."""
+    for name in names:
+        out = os.path.join(out_dir, name)
+        for what, path in inputs.items():
+            if path and os.path.isfile(out) and os.path.isfile(path) \
+                    and os.path.samefile(out, path):
+                raise ProtoError("%s would be written over %s, the input %s: give another "
+                                 "output directory" % (out, path, what))
+
+
+def _umask():
+    mask = os.umask(0o22)  # reading it sets it: set it back
+    os.umask(mask)
+    return mask
 
 
 def _read_text(path):

@@ -147,6 +147,23 @@ def save_weights(path, net, net_param):
     protoio.write_binary(path, protoio.make_caffemodel(net_param.name, params, types))
 
 
+# what a run writes into its directory, besides checkpoints/ (``%s``: the method)
+RUN_OUTPUTS = {
+    "train": ("baseline.caffemodel", "train.json", "train_solver.prototxt"),
+    "prune": ("pruned.caffemodel", "train_test.prototxt", "masks.npz", "%s.caffemodel",
+              "report.json", "hooked_train_test.prototxt", "%s_solver.prototxt",
+              "retrain_solver.prototxt"),
+    "retrain": ("pruned.caffemodel", "masks.npz", "report.json", "retrain_train_test.prototxt",
+                "retrain_solver.prototxt"),
+}
+
+
+def _check_run_outputs(verb, out_dir, inputs, method=None):
+    """:func:`protoio.check_outputs` for what ``verb`` writes into ``out_dir``."""
+    names = [n % method if "%s" in n else n for n in RUN_OUTPUTS[verb]]
+    protoio.check_outputs(out_dir, names, inputs)
+
+
 def check_weights(weights_path, net_path, net_param):
     """Check a caffemodel against a net in Python, before Caffe would abort on it.
 
@@ -490,6 +507,8 @@ def train(solver_path, out_dir, weights=None, iters=None, progress=True, restart
     iters = int(iters or solver_param.max_iter)
     test_iter = _test_iters(solver_param)
     out_dir = os.path.abspath(out_dir)
+    _check_run_outputs("train", out_dir, {"solver": solver_path, "net": net_path,
+                                          "weights": weights})
     if restart and os.path.isdir(os.path.join(out_dir, "checkpoints")):
         shutil.rmtree(os.path.join(out_dir, "checkpoints"))
     os.makedirs(out_dir, exist_ok=True)
@@ -694,6 +713,8 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     shapes, names, test_iter = run.shapes, run.names, run.test_iter
 
     out_dir = os.path.abspath(out_dir)
+    _check_run_outputs("prune", out_dir, dict(zip(
+        ("solver", "net", "weights", "config", "retraining solver"), run.files)), cfg.method)
     if restart and os.path.isdir(os.path.join(out_dir, "checkpoints")):
         shutil.rmtree(os.path.join(out_dir, "checkpoints"))
     os.makedirs(out_dir, exist_ok=True)
@@ -1240,6 +1261,8 @@ def retrain(solver_path, weights, out_dir, masks_path=None, iters=None, progress
         prunable = [l.name for l in net_param.layer if l.type in PRUNABLE_TYPES]
         masks = masks_from_zeros({n: net.params[n][0].data for n in prunable if n in net.params})
     out_dir = os.path.abspath(out_dir)
+    _check_run_outputs("retrain", out_dir, {"solver": solver_path, "net": net_path,
+                                            "weights": weights, "masks": masks_path})
     if restart and os.path.isdir(os.path.join(out_dir, "checkpoints")):
         shutil.rmtree(os.path.join(out_dir, "checkpoints"))
     os.makedirs(out_dir, exist_ok=True)

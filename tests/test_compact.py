@@ -70,6 +70,23 @@ def run_compact(tmp_path, model, **kwargs):
     return compact.compact(model, weights, out), weights, out
 
 
+def test_compacting_into_the_inputs_folder_never_writes_over_them(tmp_path):
+    """Compacting a compacted net again into its own folder would replace
+    the caffemodel it reads: refused, the files as they were."""
+    model = os.path.join(NETS, "lenet_deploy.prototxt")
+    _, _, out = run_compact(tmp_path, model)
+    again = [os.path.join(out, n) for n in ("compact.prototxt", "compact.caffemodel")]
+    before = [open(p, "rb").read() for p in again]
+    with pytest.raises(protoio.ProtoError, match=r"out/compact.prototxt would be written over "
+                                                 r".*out/compact.prototxt, the input net: give "
+                                                 r"another output directory"):
+        compact.compact(again[0], again[1], out)
+    with pytest.raises(protoio.ProtoError, match="compact.caffemodel, the input weights"):
+        compact.compact(model, again[1], out)
+    assert [open(p, "rb").read() for p in again] == before
+    compact.compact(again[0], again[1], str(tmp_path / "again"))  # elsewhere: written
+
+
 @pytest.mark.parametrize("name", ["lenet_deploy", "resnet_mini_deploy", "se_resnet_mini_deploy",
                                   "mobilenet_v2_mini_deploy", "concat_deploy"])
 def test_compacted_outputs_equal_reference(tmp_path, name):

@@ -521,3 +521,23 @@ def test_a_leaky_relu6_is_not_rewritten(tmp_path):
                        r"negative_slope "
                        r"0.1; a Clip from 0 to 6 computes ReLU6 only without it"):
         protoio.clean(path, str(tmp_path / "stock.prototxt"))
+
+
+@pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_get_the_permissions_open_gives(tmp_path, umask, expected):
+    """Not the temporary file's 0600: a caffemodel another user (a Caffe
+    server, a colleague) reads, as `caffe` and `open` would write it."""
+    old = os.umask(umask)
+    try:
+        path = str(tmp_path / "out.prototxt")
+        with protoio.atomic_write(path, "w") as f:
+            f.write("name: 'x'\n")
+        assert os.stat(path).st_mode & 0o777 == expected
+        assert os.umask(umask) == umask  # left as it was
+    finally:
+        os.umask(old)
+    failed = str(tmp_path / "failed")
+    with pytest.raises(RuntimeError):
+        with protoio.atomic_write(failed) as f:
+            raise RuntimeError
+    assert os.listdir(str(tmp_path)) == ["out.prototxt"]  # nothing half-written left

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -505,6 +506,37 @@ def test_the_weights_check_refuses_what_caffe_aborts_on(tmp_path, case, blobs, f
         assert res.returncode in (-6, 134)  # glog's abort
         with pytest.raises(solver.RunError, match="w.caffemodel: layer '(ip|relu)' has blobs"):
             solver.check_weights(weights, net, None)
+
+
+def test_a_run_never_writes_over_its_inputs(tmp_path, pruned, tiny_trained):
+    """Retraining a run's weights into its own directory would replace them
+    (and --restart would discard its checkpoints first): refused before
+    anything is touched; so is training from a solver a run directory holds."""
+    _, run = pruned
+    weights = os.path.join(run, "pruned.caffemodel")
+    before = open(weights, "rb").read()
+    with pytest.raises(ProtoError, match=r"run/pruned.caffemodel would be written over .*, the "
+                                         r"input weights: give another output directory"):
+        solver.retrain(tiny_trained["solver"], weights, run, restart=True, progress=False)
+    assert open(weights, "rb").read() == before
+    assert os.path.isfile(os.path.join(run, "checkpoints", "meta.json"))
+    with pytest.raises(ProtoError, match="the input masks"):
+        solver.retrain(tiny_trained["solver"], tiny_trained["weights"], run,
+                       masks_path=os.path.join(run, "masks.npz"), progress=False)
+    # a second round of pruning from the first's net, into the same directory
+    second = str(tmp_path / "second_solver.prototxt")
+    with open(tiny_trained["solver"]) as f:
+        text = f.read()
+    with open(second, "w") as f:
+        f.write(text.replace(tiny_trained["net"], os.path.join(run, "train_test.prototxt")))
+    with pytest.raises(ProtoError, match="train_test.prototxt, the input net"):
+        solver.prune(second, tiny_trained["weights"], config(tmp_path), run, progress=False)
+    d = str(tmp_path / "trained")
+    os.makedirs(d)
+    own = os.path.join(d, "train_solver.prototxt")
+    shutil.copy(tiny_trained["solver"], own)
+    with pytest.raises(ProtoError, match="train_solver.prototxt, the input solver"):
+        solver.train(own, d, iters=1, progress=False)
 
 
 def test_a_net_layer_the_weights_lack_is_named(tmp_path, capsys):
