@@ -6,9 +6,12 @@ so an interrupted run never leaves a truncated file behind.
 """
 
 import contextlib
+import hashlib
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 
 from google.protobuf import text_format
@@ -740,7 +743,62 @@ def read_checked_net(path):
 
 def check_net(net_param, path, state):
     """:func:`check_bottoms`, :func:`check_sources` and :func:`check_layer_types`:
-    what makes Caffe abort (or fail without a message) when it builds the net."""
+    what makes Caffe abort (or fail without a message) when it builds the net,
+    named as such; then :func:`check_builds` for whatever else it aborts on."""
     check_layer_types(net_param, path, state)
     check_bottoms(net_param, path, state)
     check_sources(net_param, path, state)
+    check_builds(net_param, path, state)
+
+
+_BUILT = set()  # digests of the nets (text, state, directory) built by check_builds
+_FATAL = re.compile(r"^F\d+ [\d:.]+ +\d+ (\S+:\d+)\] (.*)$", re.M)
+_CREATING = re.compile(r"\] Creating [Ll]ayer (\S+)$", re.M)
+# the child loads pycaffe's extension alone (the caffe package imports
+# scikit-image, a second of the child's time); a Python layer's module that
+# imports caffe then finds it loaded
+_PROBE = ("import importlib.util, sys\n"
+          "spec = importlib.util.spec_from_file_location('caffe._caffe', sys.argv[4])\n"
+          "module = sys.modules['caffe._caffe'] = importlib.util.module_from_spec(spec)\n"
+          "spec.loader.exec_module(module)\n"
+          "module.Net(sys.argv[1], int(sys.argv[2]), level=int(sys.argv[3]))\n")
+
+
+def check_builds(net_param, path, state):
+    """Build the net in ``state`` (:func:`net_state`) in a child process, so
+    that a net Caffe aborts on (a glog check: shapes that do not match, a
+    parameter it needs, ...) is refused with ProtoError naming the layer
+    Caffe was setting up and its message, instead of ending this process
+    with a stack trace. Each net (its text, state and the current directory,
+    from which Caffe reads relative paths) is built once per process."""
+    phase, level, stages = state
+    probe = type(net_param)()
+    probe.CopyFrom(net_param)
+    probe.state.Clear()
+    probe.state.stage.extend(stages)
+    text = text_format.MessageToString(probe)
+    digest = hashlib.sha256(("%s\0%d\0%d\0%s" % (text, phase, level, os.getcwd())).encode())
+    if digest.hexdigest() in _BUILT:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        probe_path = os.path.join(tmp, "net.prototxt")
+        with open(probe_path, "w") as f:
+            f.write(text)
+        from caffe_admm.backend import caffe
+        env = dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1")
+        proc = subprocess.run([sys.executable, "-c", _PROBE, probe_path, str(phase), str(level),
+                               caffe._caffe.__file__],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                              universal_newlines=True, errors="replace")
+    if proc.returncode == 0:
+        _BUILT.add(digest.hexdigest())
+        return
+    fatal = _FATAL.search(proc.stderr)
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    why = "%s] %s" % fatal.groups() if fatal else (lines[-1] if lines else
+                                                  "exit %d" % proc.returncode)
+    creating = _CREATING.findall(proc.stderr[:fatal.start()] if fatal else proc.stderr)
+    layer = next((l for l in net_param.layer if creating and l.name == creating[-1]), None)
+    where = "%s (%s)" % (_where(path, layer), layer.type) if layer is not None else path
+    raise ProtoError("%s: Caffe aborts building the %s net: %s" % (
+        where, {0: "TRAIN", 1: "TEST"}.get(phase, str(phase)), why))

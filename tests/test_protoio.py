@@ -541,3 +541,65 @@ def test_written_files_get_the_permissions_open_gives(tmp_path, umask, expected)
         with protoio.atomic_write(failed) as f:
             raise RuntimeError
     assert os.listdir(str(tmp_path)) == ["out.prototxt"]  # nothing half-written left
+
+
+_INPUT = 'layer { name: "data" type: "Input" top: "data" ' \
+         'input_param { shape { dim: 1 dim: 1 dim: 8 dim: 8 } } }\n'
+
+
+@pytest.mark.parametrize("body, layer, message", [
+    ('layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" '
+     'convolution_param { num_output: 4 } }',
+     "conv1' (Convolution)", "kernel_size must be specified once"),
+    ('layer { name: "a" type: "Convolution" bottom: "data" top: "a" '
+     'convolution_param { num_output: 4 kernel_size: 3 } }\n'
+     'layer { name: "b" type: "Convolution" bottom: "data" top: "b" '
+     'convolution_param { num_output: 4 kernel_size: 5 } }\n'
+     'layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "sum" }',
+     "sum' (Eltwise)", "bottom[0]: 1 4 6 6 (144), bottom[1]: 1 4 4 4 (64)"),
+    ('layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+     'inner_product_param { num_output: 2 weight_filler { type: "xavierr" } } }',
+     "ip' (InnerProduct)", "Unknown filler name: xavierr"),
+])
+def test_a_net_caffe_aborts_on_is_refused_naming_the_layer(tmp_path, body, layer, message):
+    """Whatever Caffe checks when it builds a net (here what the named
+    checks do not cover) ends pycaffe's process; the verbs build it in a
+    child first and stop with the layer and Caffe's message."""
+    net = write(tmp_path / "bad.prototxt", 'name: "bad"\n' + _INPUT + body + "\n")
+    code = "from caffe_admm.backend import caffe; caffe.Net(%r, caffe.TEST)" % net
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode in (-6, 134) and message in res.stderr  # Caffe's abort
+    with pytest.raises(protoio.ProtoError) as exc:
+        protoio.read_checked_net(net)
+    line = 3 if "sum" not in layer else 5
+    assert str(exc.value).startswith("%s:%d: layer '%s: Caffe aborts building the TEST net: "
+                                     % (net, line, layer))
+    assert message in str(exc.value)
+
+
+def test_a_net_that_builds_is_built_once(tmp_path, monkeypatch):
+    net = write(tmp_path / "ok.prototxt", 'name: "ok"\n' + _INPUT +
+                'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+                'inner_product_param { num_output: 2 } }\n')
+    runs = []
+    real = subprocess.run
+    monkeypatch.setattr(protoio.subprocess, "run",
+                        lambda *a, **k: runs.append(a) or real(*a, **k))
+    protoio.read_checked_net(net)
+    protoio.read_checked_net(net)
+    assert len(runs) == 1
+    # from another directory, whose relative paths Caffe reads, it is built again
+    monkeypatch.chdir(tmp_path)
+    protoio.read_checked_net(net)
+    assert len(runs) == 2
+
+
+def test_the_verbs_stop_on_it_before_caffe_aborts(tmp_path):
+    net = write(tmp_path / "bad.prototxt", 'name: "bad"\n' + _INPUT +
+                'layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" '
+                'convolution_param { num_output: 4 } }\n')
+    res = subprocess.run([os.path.join(ROOT, ".venv", "bin", "caffe-admm"), "time", "--model",
+                          net, "--compact", net, "--compact-weights", net, "--batch", "1"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "Check failure stack trace" not in res.stderr
+    assert "bad.prototxt:3: layer 'conv1' (Convolution): Caffe aborts" in res.stderr
