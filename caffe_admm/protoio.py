@@ -785,7 +785,9 @@ def check_builds(net_param, path, state):
         with open(probe_path, "w") as f:
             f.write(text)
         from caffe_admm.backend import caffe
-        env = dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1")
+        # this process's sys.path, where Python layers' modules are imported from
+        env = dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1",
+                   PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         proc = subprocess.run([sys.executable, "-c", _PROBE, probe_path, str(phase), str(level),
                                caffe._caffe.__file__],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,

@@ -603,3 +603,23 @@ def test_the_verbs_stop_on_it_before_caffe_aborts(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 2 and "Check failure stack trace" not in res.stderr
     assert "bad.prototxt:3: layer 'conv1' (Convolution): Caffe aborts" in res.stderr
+
+
+def test_a_python_layer_on_this_process_s_sys_path_builds(tmp_path, monkeypatch):
+    """A script that puts its layers' folder on sys.path (not PYTHONPATH):
+    the child that builds the net imports them from there too."""
+    layers = tmp_path / "mylayers"
+    layers.mkdir()
+    (layers / "my_identity.py").write_text(
+        "import caffe\n"
+        "class Identity(caffe.Layer):\n"
+        "    def setup(self, bottom, top): pass\n"
+        "    def reshape(self, bottom, top): top[0].reshape(*bottom[0].data.shape)\n"
+        "    def forward(self, bottom, top): top[0].data[...] = bottom[0].data\n"
+        "    def backward(self, top, propagate_down, bottom): pass\n")
+    monkeypatch.syspath_prepend(str(layers))
+    net = write(tmp_path / "py.prototxt", 'name: "py"\n' + _INPUT +
+                'layer { name: "same" type: "Python" bottom: "data" top: "same" '
+                'python_param { module: "my_identity" layer: "Identity" } }\n')
+    protoio.read_checked_net(net)
+    assert caffe.Net(net, caffe.TEST).blobs["same"].data.shape == (1, 1, 8, 8)
