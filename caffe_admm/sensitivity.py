@@ -67,14 +67,15 @@ def _streams(net_param, names, skipped):
     return streams, notes
 
 
-def _scored(model, weights, net_param, iters, bns, bn_batches, masks=None):
+def _scored(model, weights, net_param, iters, bns, bn_batches, masks=None, label=None):
     """The TEST scores of a fresh net with ``weights``, the layers of
     ``masks`` pruned to them as the hard prune leaves them, and the
     BatchNorm layers ``bns`` recalibrated over ``bn_batches`` training
     batches as a run does after its hard prune: (scores, the weights of the
     net's Convolution, Deconvolution and InnerProduct layers that
     compaction would keep or None where it cannot compact the net, note or
-    None)."""
+    None). With a ``label``, a recalibration or evaluation that takes long
+    shows a progress bar (:data:`caffe_admm.solver.QUIET_S`)."""
     net, note, kept = caffe.Net(model, caffe.TEST, weights=weights), None, None
     if masks:
         try:
@@ -82,8 +83,9 @@ def _scored(model, weights, net_param, iters, bns, bn_batches, masks=None):
         except compact.CompactionError as exc:
             note = "constants on the pruned channels left as they are (%s)" % exc
     if bns and bn_batches:
-        recalibrate_test_net(net, caffe.Net(model, caffe.TRAIN, weights=weights), bns, bn_batches)
-    scores = evaluate_net(net, iters)
+        recalibrate_test_net(net, caffe.Net(model, caffe.TRAIN, weights=weights), bns, bn_batches,
+                             progress=label is not None)
+    scores = evaluate_net(net, iters, progress=label is not None, label="test: %s" % label)
     if masks and note is None:  # after scoring: the plan reads the net's next batches
         try:
             costs, _ = compact.compacted_costs(net, net_param, compact.layer_inputs(net))
@@ -159,9 +161,10 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
     bns = batchnorms(net_param) if bn_batches else []
     if bns:
         protoio.check_net(net_param, model, protoio.net_state(net_param, caffe_pb2.TRAIN))
-        baseline, _, _ = _scored(model, weights, net_param, iters, bns, bn_batches)
+        baseline, _, _ = _scored(model, weights, net_param, iters, bns, bn_batches,
+                                 label="baseline" if progress else None)
     else:
-        baseline = evaluate_net(net, iters)
+        baseline = evaluate_net(net, iters, progress=bool(progress), label="test: baseline")
     total_params = sum(c["params"] for c in costs.values())
     total_flops = sum(c["flops"] for c in costs.values())
     groups_of = compact.conv_groups(net)
@@ -204,7 +207,8 @@ def scan(model, weights, keeps=(0.9, 0.75, 0.5, 0.25, 0.1), kind="FILTER", layer
         for keep in keeps:
             k = projections.keep_count(n, keep, group)
             scores, kept, note = _scored(model, weights, net_param, iters, bns, bn_batches,
-                                         masks_of(k))
+                                         masks_of(k), "%s keep %g" % (label, keep)
+                                         if progress else None)
             if note and note not in out["notes"]:
                 out["notes"].append(note)
             rows.append({"keep": keep, "groups_kept": k, "groups": n, "scores": scores,

@@ -126,6 +126,27 @@ def test_on_a_batchnorm_net_every_score_has_its_statistics_recomputed(tmp_path, 
     assert "recomputed" not in sensitivity.format_table(plain).splitlines()[0]
 
 
+def test_a_long_score_shows_its_evaluation_and_recalibration(tmp_path, tiny_data, monkeypatch,
+                                                             capsys):
+    """On a large TEST set a single score takes minutes: its evaluation (and
+    BatchNorm recalibration) shows a bar from QUIET_S on, named by the score."""
+    from test_solver import BN_NET
+    solver_path, net_path = write_tiny(tmp_path, tiny_data, net=BN_NET, max_iter=20)
+    weights = solver.train(solver_path, str(tmp_path / "base"), progress=False)["weights"]
+    monkeypatch.setattr(solver, "QUIET_S", 0.0)
+    lines = []
+    sensitivity.scan(net_path, weights, keeps=(0.5,), layers=["conv1"], iters=2, bn_batches=3,
+                     progress=lines.append)
+    err = capsys.readouterr().err.splitlines()
+    for label in ("baseline", "conv1 keep 0.5"):
+        assert any(l.startswith("test: %s 2/2 (100%%) " % label) for l in err)
+    assert sum(l.startswith("BatchNorm statistics 3/3 ") for l in err) == 2
+    assert lines[0].startswith("[1/1] conv1 keep 0.5: ")
+    # without progress, none
+    sensitivity.scan(net_path, weights, keeps=(0.5,), layers=["conv1"], iters=2, bn_batches=3)
+    assert capsys.readouterr().err == ""
+
+
 def test_a_config_from_a_scan_takes_each_layers_smallest_keep_within_the_drop(tmp_path,
                                                                              tiny_trained):
     from caffe_admm.config import Constraint, load_config
