@@ -68,7 +68,16 @@ def check_outputs(out_dir, names, inputs):
 
 
 def _umask():
-    mask = os.umask(0o22)  # reading it sets it: set it back
+    """The process's umask, read from /proc (Linux 4.7 on); elsewhere set and
+    set back, os.umask's only way to read it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o22)
     os.umask(mask)
     return mask
 
