@@ -17,6 +17,8 @@ does not save its random generator's state).
 """
 
 import collections
+import contextvars
+import fcntl
 import functools
 import glob
 import hashlib
@@ -318,6 +320,49 @@ def _skip_batches(net, count):
         net.forward(start=start, end=end)
 
 
+_RUN_LOCKS = contextvars.ContextVar("run_locks")
+
+
+def _holds_run_dir(func):
+    """Release the run directory's lock (:func:`_open_run_dir`) when ``func``
+    returns or raises."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        token = _RUN_LOCKS.set([])
+        try:
+            return func(*args, **kwargs)
+        finally:
+            for f in _RUN_LOCKS.get():
+                f.close()
+            _RUN_LOCKS.reset(token)
+    return wrapper
+
+
+def _open_run_dir(out_dir, restart):
+    """Make ``out_dir``, lock it against a second run writing it at the same
+    time (an flock on ``out_dir/.lock``, released when the run ends, killed
+    too), and with ``restart`` discard its checkpoints."""
+    os.makedirs(out_dir, exist_ok=True)
+    f = open(os.path.join(out_dir, ".lock"), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        owner = f.read().strip()
+        f.close()
+        raise RunError("another caffe-admm run is writing %s%s; wait for it to end, or use "
+                       "another --out" % (out_dir, " (process %s)" % owner if owner else ""))
+    except OSError as exc:  # a file system without locks: run unguarded, and say so
+        _log("note: %s cannot be locked against a second run (%s)" % (out_dir, exc.strerror))
+    f.seek(0)
+    f.truncate()
+    f.write("%d\n" % os.getpid())
+    f.flush()
+    _RUN_LOCKS.get().append(f)
+    if restart and os.path.isdir(os.path.join(out_dir, "checkpoints")):
+        shutil.rmtree(os.path.join(out_dir, "checkpoints"))
+
+
 class _Interrupt:
     """Turn SIGTERM into KeyboardInterrupt so kill stops a run like Ctrl-C does."""
 
@@ -482,6 +527,7 @@ def _test_iters(solver_param, override=0):
     raise RunError("the solver has no test_iter; set test_iter in the solver or the config")
 
 
+@_holds_run_dir
 def train(solver_path, out_dir, weights=None, iters=None, progress=True, restart=False):
     """Plain training with the user's solver; writes ``baseline.caffemodel``.
 
@@ -509,9 +555,7 @@ def train(solver_path, out_dir, weights=None, iters=None, progress=True, restart
     out_dir = os.path.abspath(out_dir)
     _check_run_outputs("train", out_dir, {"solver": solver_path, "net": net_path,
                                           "weights": weights})
-    if restart and os.path.isdir(os.path.join(out_dir, "checkpoints")):
-        shutil.rmtree(os.path.join(out_dir, "checkpoints"))
-    os.makedirs(out_dir, exist_ok=True)
+    _open_run_dir(out_dir, restart)
     ckpt = _Checkpoints(out_dir, fingerprint(solver_path, net_path,
                                               *([weights] if weights else []),
                                               extra="train:%d" % iters))
@@ -697,6 +741,7 @@ def _changed_hint(entry):
             "config), that is the difference: the config leaves it unset" % entry)
 
 
+@_holds_run_dir
 def prune(solver_path, weights, config_path, out_dir, progress=True, restart=False):
     """StructADMM: ADMM training, hard prune, masked retraining.
 
@@ -715,9 +760,7 @@ def prune(solver_path, weights, config_path, out_dir, progress=True, restart=Fal
     out_dir = os.path.abspath(out_dir)
     _check_run_outputs("prune", out_dir, dict(zip(
         ("solver", "net", "weights", "config", "retraining solver"), run.files)), cfg.method)
-    if restart and os.path.isdir(os.path.join(out_dir, "checkpoints")):
-        shutil.rmtree(os.path.join(out_dir, "checkpoints"))
-    os.makedirs(out_dir, exist_ok=True)
+    _open_run_dir(out_dir, restart)
     ckpt = _Checkpoints(
         out_dir, fingerprint(*run.files, extra=" ".join(cfg.changed_defaults)),
         hint="".join(_changed_hint(f) for f in cfg.changed_defaults))
@@ -1229,6 +1272,7 @@ def _retrain_phase(solver_param, hooked_path, out_dir, weights, masks, iters, sn
     return solver
 
 
+@_holds_run_dir
 def retrain(solver_path, weights, out_dir, masks_path=None, iters=None, progress=True,
             restart=False, bn_batches=100):
     """Masked retraining alone: pruned weights (zeros, or ``masks_path``) stay 0.
@@ -1263,9 +1307,7 @@ def retrain(solver_path, weights, out_dir, masks_path=None, iters=None, progress
     out_dir = os.path.abspath(out_dir)
     _check_run_outputs("retrain", out_dir, {"solver": solver_path, "net": net_path,
                                             "weights": weights, "masks": masks_path})
-    if restart and os.path.isdir(os.path.join(out_dir, "checkpoints")):
-        shutil.rmtree(os.path.join(out_dir, "checkpoints"))
-    os.makedirs(out_dir, exist_ok=True)
+    _open_run_dir(out_dir, restart)
     ckpt = _Checkpoints(out_dir, fingerprint(solver_path, net_path, weights,
                                               *([masks_path] if masks_path else []),
                                               extra="retrain:%d" % iters))

@@ -539,6 +539,31 @@ def test_a_run_never_writes_over_its_inputs(tmp_path, pruned, tiny_trained):
         solver.train(own, d, iters=1, progress=False)
 
 
+def test_a_second_run_into_a_directory_being_written_is_refused(tmp_path, tiny_trained):
+    """A job submitted twice: the second stops before it reads or deletes
+    anything (--restart would discard the first one's checkpoints)."""
+    import fcntl
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoints").mkdir()
+    with open(str(out / ".lock"), "a+") as held:  # as the first run holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        for call in (lambda: solver.train(tiny_trained["solver"], str(out), iters=1,
+                                          restart=True, progress=False),
+                     lambda: solver.retrain(tiny_trained["solver"], tiny_trained["weights"],
+                                            str(out), iters=0, restart=True, progress=False)):
+            with pytest.raises(solver.RunError, match=r"another caffe-admm run is writing "
+                                                      r".*run \(process 4242\); wait for it"):
+                call()
+            assert (out / "checkpoints").is_dir()
+    # released: the run goes ahead, and releases it in turn (the same process twice)
+    solver.train(tiny_trained["solver"], str(out), iters=1, restart=True, progress=False)
+    solver.train(tiny_trained["solver"], str(out), iters=1, progress=False)
+    assert (out / ".lock").read_text() == "%d\n" % os.getpid()
+
+
 def test_a_net_layer_the_weights_lack_is_named(tmp_path, capsys):
     """Caffe leaves such a layer at its fillers without a word (a renamed
     layer, say); the check says so, and goes on."""
