@@ -786,8 +786,9 @@ def check_builds(net_param, path, state):
     probe.state.Clear()
     probe.state.stage.extend(stages)
     text = text_format.MessageToString(probe)
-    digest = hashlib.sha256(("%s\0%d\0%d\0%s" % (text, phase, level, os.getcwd())).encode())
-    if digest.hexdigest() in _BUILT:
+    key = hashlib.sha256(("%s\0%d\0%d\0%s" % (text, phase, level, os.getcwd())).encode())
+    key = key.hexdigest()
+    if key in _BUILT:
         return
     with tempfile.TemporaryDirectory() as tmp:
         probe_path = os.path.join(tmp, "net.prototxt")
@@ -802,7 +803,7 @@ def check_builds(net_param, path, state):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                               universal_newlines=True, errors="replace")
     if proc.returncode == 0:
-        _BUILT.add(digest.hexdigest())
+        _BUILT.add(key)
         return
     fatal = _FATAL.search(proc.stderr)
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
