@@ -49,11 +49,21 @@ def interrupted(where, out, kept):
     raise SystemExit(130)
 
 
-def interrupted_in_batches(out, done):
-    """:func:`interrupted` in a timing that writes ``out`` after each batch
-    size; ``done``: the batch sizes written."""
-    interrupted("after batch size %s" % done[-1] if done else "in the first batch size", out,
-                "batch size %s" % ", ".join(map(str, done)) if done else None)
+def timed_by_batch(out, run, write_partial):
+    """``run(on_batch)``, a timing that calls ``on_batch(result so far)``
+    after each batch size, which ``write_partial`` writes to ``out``; on
+    Ctrl-C, :func:`interrupted` says which batch sizes ``out`` holds.
+    Returns the timing's result."""
+    done = []
+
+    def on_batch(so_far):  # an interrupted run keeps the batch sizes it timed
+        done[:] = list(so_far["batches"])
+        write_partial(so_far)
+    try:
+        return run(on_batch)
+    except KeyboardInterrupt:
+        interrupted("after batch size %s" % done[-1] if done else "in the first batch size",
+                    out, "batch size %s" % ", ".join(map(str, done)) if done else None)
 
 
 def rows_of(items, measure, format_table, out):

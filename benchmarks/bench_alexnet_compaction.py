@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 from caffe_admm import compact, projections, timing  # noqa: E402
 from caffe_admm.backend import caffe  # noqa: E402
 
-from benchmarks._common import interrupted_in_batches, write_json  # noqa: E402
+from benchmarks._common import timed_by_batch, write_json  # noqa: E402
 
 KEEP = {"conv1": 0.30, "conv2": 0.25, "conv3": 0.25, "conv4": 0.25, "conv5": 0.25}
 # issue #4's target: per layer, the measured speed-up is at least 0.8 of the
@@ -187,19 +187,12 @@ def main(argv=None):
         print("wrote the plan in", args.plan_only)
         return
     engine = "caffe time" if args.gpu is not None or args.engine == "caffe-time" else "pycaffe"
-    done = []
-
-    def write_partial(so_far):  # an interrupted run keeps the batch sizes it timed
-        done[:] = list(so_far["batches"])
-        summarize(args, report, so_far, conv_params, conv_nonzero, partial=True)
-    try:
-        result = timing.compare(args.model, weights, compact_model,
-                                os.path.join(tmp, "compact", "compact.caffemodel"),
-                                batches=args.batch, repeats=args.repeats, engine=engine,
-                                gpu=args.gpu, iterations=args.iterations,
-                                conv_engine=args.conv_engine, on_batch=write_partial)
-    except KeyboardInterrupt:
-        interrupted_in_batches(args.out, done)
+    result = timed_by_batch(
+        args.out, lambda on_batch: timing.compare(
+            args.model, weights, compact_model, os.path.join(tmp, "compact", "compact.caffemodel"),
+            batches=args.batch, repeats=args.repeats, engine=engine, gpu=args.gpu,
+            iterations=args.iterations, conv_engine=args.conv_engine, on_batch=on_batch),
+        lambda so_far: summarize(args, report, so_far, conv_params, conv_nonzero, partial=True))
     summarize(args, report, result, conv_params, conv_nonzero)
 
 

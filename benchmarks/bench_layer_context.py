@@ -37,7 +37,7 @@ from caffe_admm import timing  # noqa: E402
 from caffe_admm.caffetime import (blas_lines, cpu_conv_engine, cpu_conv_line,  # noqa: E402
                                   cpu_threads, cpu_threads_line, loaded_blas_info)
 
-from benchmarks._common import interrupted_in_batches, write_json  # noqa: E402
+from benchmarks._common import timed_by_batch, write_json  # noqa: E402
 
 CONTEXTS = (("in_net", "in the net"), ("alone", "alone"))
 
@@ -118,16 +118,10 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                       "layer_context.json"))
     args = parser.parse_args(argv)
-    done = []
-
-    def write_partial(result):  # an interrupted run keeps the batch sizes it timed
-        done[:] = list(result["batches"])
-        write_json(args.out, dict(result, partial=True), quiet=True)
-    try:
-        result = measure(args.plan_dir, args.batch, args.rounds, args.iterations,
-                         on_batch=write_partial)
-    except KeyboardInterrupt:
-        interrupted_in_batches(args.out, done)
+    result = timed_by_batch(
+        args.out, lambda on_batch: measure(args.plan_dir, args.batch, args.rounds,
+                                           args.iterations, on_batch=on_batch),
+        lambda so_far: write_json(args.out, dict(so_far, partial=True), quiet=True))
     print(format_table(result))
     write_json(args.out, dict(result, partial=False))
     return 0
